@@ -1,0 +1,153 @@
+#!/usr/bin/env bash
+# Create/refresh the project venv (default <repo>/.venv, override with PED_SAM_VENV):
+# pinned dependencies from requirements.lock, ped_sam_ros as an editable install, and the
+# ped_sam_msgs interface package built with plain cmake and installed into the venv.
+# Idempotent: every step is skipped when its inputs did not change (stamps under $VENV).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${PED_SAM_VENV:-$ROOT/.venv}"
+case "$VENV" in /*) ;; *) VENV="$PWD/$VENV" ;; esac
+BUILD_DIR="$ROOT/build/ped_sam_msgs"
+STAMPS="$VENV/.ped_sam_stamps"
+
+log() { echo "[setup] $*"; }
+# pip, minus the noise about this machine's missing extra index folders
+pip_q() {
+    "$VPY" -m pip "$@" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+}
+die() { echo "[setup] ERROR: $*" >&2; exit 1; }
+
+hash_files() {  # hash of the names and contents of the given files (relative to ROOT)
+    (cd "$ROOT" && for f in "$@"; do
+        if [ -f "$f" ]; then printf '%s\n' "$f"; cat "$f"; else printf 'missing %s\n' "$f"; fi
+    done) | sha256sum | cut -d' ' -f1
+}
+stamp_ok() { [ -f "$STAMPS/$1" ] && [ "$(cat "$STAMPS/$1")" = "$2" ]; }
+stamp_set() { mkdir -p "$STAMPS" && printf '%s\n' "$2" >"$STAMPS/$1"; }
+
+# --- 1. Python 3.11 ---------------------------------------------------------------------
+PY=""
+for cand in ${PED_SAM_PYTHON:-} python3 python3.11; do
+    if command -v "$cand" >/dev/null 2>&1 &&
+        [ "$("$cand" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)" = "3.11" ]; then
+        PY="$(command -v "$cand")"
+        break
+    fi
+done
+[ -n "$PY" ] || die "Python 3.11 is required (the ros-kilted wheels are cp311 only), but \
+'python3' is $(python3 --version 2>&1 || echo 'missing') and no python3.11 was found. \
+Install Python 3.11 or point PED_SAM_PYTHON at one."
+
+# --- 2. venv ----------------------------------------------------------------------------
+if [ ! -x "$VENV/bin/python" ]; then
+    log "creating venv $VENV ($("$PY" --version))"
+    "$PY" -m venv "$VENV"
+    log "upgrading pip"
+    VPY="$VENV/bin/python" pip_q install --quiet --upgrade pip
+fi
+VPY="$VENV/bin/python"
+[ "$("$VPY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')" = "3.11" ] ||
+    die "$VENV is not a Python 3.11 venv; remove it and rerun"
+export VIRTUAL_ENV="$VENV"
+export PATH="$VENV/bin:$PATH"
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# --- 3. pinned dependencies -------------------------------------------------------------
+LOCK_HASH="$(hash_files requirements.lock)"
+if ! stamp_ok lock "$LOCK_HASH"; then
+    log "installing requirements.lock (into a fresh venv: ~6 GB, ~1.5 min)"
+    pip_q install --quiet -r "$ROOT/requirements.lock"
+    stamp_set lock "$LOCK_HASH"
+    rm -f "$STAMPS/msgs"   # new ros-* wheels: rebuild the interfaces against them
+else
+    log "requirements.lock unchanged"
+fi
+
+# --- 4. ped_sam_ros (editable) ----------------------------------------------------------
+# Top-level packages are part of the key: the editable finder maps them at install time.
+TOPPKGS="$(cd "$ROOT" && { ls -d -- */__init__.py 2>/dev/null || true; } | LC_ALL=C sort | tr '\n' ' ')"
+PKG_HASH="$(hash_files setup.py setup.cfg package.xml)-$(printf '%s' "$TOPPKGS" | sha256sum | cut -c1-16)"
+if ! stamp_ok pkg "$PKG_HASH"; then
+    log "installing ped_sam_ros (editable)"
+    # quiet unless it fails (setuptools always warns about editable installs)
+    if ! out="$("$VPY" -m pip install --quiet --no-deps --no-build-isolation -e "$ROOT" 2>&1)"; then
+        printf '%s\n' "$out" >&2
+        die "pip install -e $ROOT failed"
+    fi
+    stamp_set pkg "$PKG_HASH"
+else
+    log "ped_sam_ros install unchanged"
+fi
+# Editable installs skip setup.py's data_files: link them into the venv prefix (like colcon's
+# --symlink-install) so ament_index finds share/ped_sam_ros/{package.xml,launch,config}.
+SHARE="$VENV/share/ped_sam_ros"
+mkdir -p "$SHARE" "$VENV/share/ament_index/resource_index/packages"
+ln -sfn "$ROOT/resource/ped_sam_ros" "$VENV/share/ament_index/resource_index/packages/ped_sam_ros"
+for item in package.xml launch config; do
+    if [ -e "$ROOT/$item" ]; then ln -sfn "$ROOT/$item" "$SHARE/$item"; else rm -f "$SHARE/$item"; fi
+done
+
+# --- 5. fix include paths in the ros-* wheels' exported cmake files --------------------
+# The wheels were built in a manylinux container; their *Export.cmake files name its
+# Python/numpy include dirs under /opt/python/cp311-cp311. Point them at this venv's.
+if grep -rlqF --include='*.cmake' '/opt/python/cp311-cp311' "$VENV/share" 2>/dev/null; then
+    log "rewriting /opt/python/cp311-cp311 include paths in $VENV/share/**/*.cmake"
+    "$VPY" - "$VENV/share" <<'PYEOF'
+import pathlib, re, sys, sysconfig
+import numpy
+py_inc, np_inc = sysconfig.get_path("include"), numpy.get_include()
+pat = re.compile(r'/opt/python/cp311-cp311/[^;"\s)]*')
+def repl(m):
+    p = m.group(0).rstrip('/')
+    if '/numpy/' in p and p.endswith('/include'):
+        return np_inc
+    if re.search(r'/include/python3\.11m?$', p):
+        return py_inc
+    sys.exit(f"[setup] ERROR: unknown wheel-builder path {p!r}; extend scripts/setup.sh")
+n = 0
+for f in pathlib.Path(sys.argv[1]).rglob('*.cmake'):
+    text = f.read_text()
+    if '/opt/python/cp311-cp311' in text:
+        f.write_text(pat.sub(repl, text))
+        n += 1
+print(f"[setup]   rewrote {n} files (python: {py_inc}, numpy: {np_inc})")
+PYEOF
+fi
+
+# --- 6. ped_sam_msgs --------------------------------------------------------------------
+MSGS_FILES=()
+while IFS= read -r f; do MSGS_FILES+=("$f"); done < <(cd "$ROOT" && find ped_sam_msgs -type f | LC_ALL=C sort)
+MSGS_HASH="$(hash_files "${MSGS_FILES[@]}")-$LOCK_HASH"
+if ! stamp_ok msgs "$MSGS_HASH" || [ ! -d "$VENV/share/ped_sam_msgs" ]; then
+    log "building ped_sam_msgs (cmake, ~15 s)"
+    # A build dir configured for another venv cannot be reused.
+    if [ -f "$BUILD_DIR/CMakeCache.txt" ] &&
+        ! grep -qxF "CMAKE_INSTALL_PREFIX:PATH=$VENV" "$BUILD_DIR/CMakeCache.txt"; then
+        rm -rf "$BUILD_DIR"
+    fi
+    mkdir -p "$BUILD_DIR"
+    BLOG="$BUILD_DIR/build.log"
+    if ! (
+        export AMENT_PREFIX_PATH="$VIRTUAL_ENV" CMAKE_PREFIX_PATH="$VIRTUAL_ENV"
+        cmake -S "$ROOT/ped_sam_msgs" -B "$BUILD_DIR" \
+            -DCMAKE_INSTALL_PREFIX="$VENV" -DBUILD_TESTING=OFF -DCMAKE_BUILD_TYPE=Release \
+            -DPython3_EXECUTABLE="$VPY" -DPython3_FIND_VIRTUALENV=ONLY &&
+            cmake --build "$BUILD_DIR" -j "$(nproc)" &&
+            cmake --install "$BUILD_DIR"
+    ) >"$BLOG" 2>&1; then
+        tail -n 60 "$BLOG" >&2
+        die "building ped_sam_msgs failed (full log: $BLOG)"
+    fi
+    stamp_set msgs "$MSGS_HASH"
+else
+    log "ped_sam_msgs unchanged"
+fi
+
+# --- 7. verify --------------------------------------------------------------------------
+"$VPY" - <<'PYEOF'
+import rclpy, ped_sam_msgs.msg, ped_sam_msgs.srv, segment_anything, zmq, cv2, torch
+print(f"setup ok (python {__import__('sys').version.split()[0]}, torch {torch.__version__}, "
+      f"opencv {cv2.__version__}, pyzmq {zmq.__version__}, ped_sam_msgs "
+      f"{len([n for n in dir(ped_sam_msgs.msg) if n[0].isupper()])} msgs)")
+PYEOF
