@@ -91,7 +91,7 @@ def encode_message(header: dict, arrays: Sequence[Tuple[str, np.ndarray]] = ()) 
             raise WireError("bad_dtype", f"tensor {name!r} has unsupported dtype {arr.dtype}")
         arr = np.ascontiguousarray(arr, dtype=dt)
         specs.append({"name": name, "dtype": kind, "shape": list(arr.shape)})
-        bufs.append(memoryview(arr).cast("B"))
+        bufs.append(memoryview(arr).cast("B") if arr.size else b"")
     header["tensors"] = specs
     raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
     if len(raw) > MAX_HEADER_BYTES:
