@@ -16,7 +16,8 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from .geometry import Window
-from .wire import (EncodeRequest, decode_message, encode_message, make_encode_request, new_request_id,
+from .model import MODES
+from .wire import (EncodeRequest, WireError, decode_message, encode_message, make_encode_request, new_request_id,
                    pack_tokens, parse_encode_request, unpack_tokens)
 
 
@@ -85,22 +86,32 @@ class Transport(abc.ABC):
         self.close()
 
 
-def serve_encode(stage, frames, model: str) -> List:
-    """What a remote server does with one request's frames: shared by the
-    in-process transport and the ZeroMQ server. Raises WireError on bad input."""
-    from .wire import WireError
+def read_encode_request(frames, model: str) -> EncodeRequest:
+    """Decode and validate one encode request for a server running ``model``.
 
-    header, arrays = decode_message(frames)
+    Raises :class:`WireError` (whose ``code`` goes into the error reply)."""
+    return check_encode_request(*decode_message(frames), model)
+
+
+def check_encode_request(header: dict, arrays, model: str) -> EncodeRequest:
+    """Validate an already decoded encode request for a server running ``model``."""
     req = parse_encode_request(header, arrays)
     if req.model != model:
         raise WireError("wrong_model", f"this server runs {model}, the request is for {req.model}")
-    if req.mode not in ("paper", "exact"):
-        raise WireError("bad_mode", f"unknown mode {req.mode!r}")
+    if req.mode not in MODES:
+        raise WireError("bad_mode", f"unknown mode {req.mode!r} (servers run {list(MODES)})")
+    return req
+
+
+def run_encode(stage, req: EncodeRequest, queue_s: float = 0.0) -> List:
+    """What a remote server computes for a valid request: the reply frames.
+
+    Shared by the in-process transport and the ZeroMQ server."""
     t0 = time.perf_counter()
     tokens = stage.encode_window(req.pixels, req.window, req.mode).cpu().numpy()
     compute_s = time.perf_counter() - t0
     return encode_message(
-        {"type": "encoded", "id": req.id, "timing": {"compute_s": compute_s}},
+        {"type": "encoded", "id": req.id, "timing": {"compute_s": compute_s, "queue_s": queue_s}},
         pack_tokens(tokens, req.reply_dtype),
     )
 
@@ -132,7 +143,7 @@ class LocalTransport(Transport):
                                 int(timeout_s * 1000), self.token_dtype)
             up = make_encode_request(req)
             up_copy = [bytes(f) for f in up]  # what would cross the wire
-            reply = serve_encode(stage, up_copy, model)
+            reply = run_encode(stage, read_encode_request(up_copy, model))
             reply_copy = [bytes(f) for f in reply]
             header, arrays = decode_message(reply_copy, max_total_bytes=1 << 31)
             h, w = job.window.token_shape

@@ -17,6 +17,14 @@ Header fields (protocol version 1)::
   {"v": 1, "type": "info"} -> {"v": 1, "type": "info", "model": .., "modes": [..], ...}
   {"v": 1, "type": "error", "id": ..., "code": "bad_shape", "message": "..."}
 
+Error codes: the codec's own (``empty``, ``too_large``, ``header_too_large``,
+``bad_header``, ``bad_version``, ``bad_type``, ``bad_id``, ``frame_count``,
+``bad_dtype``, ``bad_shape``, ``bad_length``, ``bad_window``, ``bad_deadline``)
+and the server's (``wrong_model``, ``bad_mode``, ``deadline_expired``, ``busy``,
+``internal``).  Over ZeroMQ the server's ``MAXMSGSIZE`` bounds each *frame*: a
+larger frame makes libzmq close the connection without a reply (the client's
+deadline then fires); the codec bounds the whole message.
+
 Pixels go up as uint8 RGB (the resized, unnormalised frame crop, exactly the
 values SAM's preprocessing starts from); tokens come back as float32, float16
 or int8 with one float32 scale per token.
@@ -116,10 +124,12 @@ def decode_message(frames: Sequence, max_total_bytes: int = MAX_REQUEST_BYTES) -
         header = json.loads(head.tobytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise WireError("bad_header", f"header is not UTF-8 JSON: {e}") from None
+    except RecursionError:
+        raise WireError("bad_header", "header JSON is nested too deeply") from None
     if not isinstance(header, dict):
         raise WireError("bad_header", "header must be a JSON object")
     v = header.get("v")
-    if v != PROTOCOL_VERSION:
+    if type(v) is not int or v != PROTOCOL_VERSION:
         raise WireError("bad_version", f"protocol version {v!r} is not supported (this end speaks {PROTOCOL_VERSION})")
     mtype = header.get("type")
     if mtype not in MESSAGE_TYPES:
@@ -167,7 +177,7 @@ class EncodeRequest:
     mode: str
     window: Window
     pixels: np.ndarray
-    budget_ms: int
+    budget_ms: float
     reply_dtype: str = "float16"
 
 
@@ -189,7 +199,7 @@ def make_encode_request(req: EncodeRequest) -> List[BytesLike]:
         "model": req.model,
         "mode": req.mode,
         "window": {"rows": [w.row0, w.row1], "cols": [w.col0, w.col1], "index": w.index},
-        "budget_ms": int(req.budget_ms),
+        "budget_ms": float(req.budget_ms),
         "reply_dtype": req.reply_dtype,
     }
     return encode_message(header, [("pixels", req.pixels)])
@@ -215,7 +225,8 @@ def parse_encode_request(header: dict, arrays: Dict[str, np.ndarray]) -> EncodeR
         raise WireError("bad_window", "window index must be a small non-negative int")
     window = Window(index, 0, 0, r0, r1, c0, c1)
     budget = header.get("budget_ms")
-    if not isinstance(budget, (int, float)) or isinstance(budget, bool) or not 0 < budget <= 3_600_000:
+    if (not isinstance(budget, (int, float)) or isinstance(budget, bool) or not math.isfinite(budget)
+            or not 0 < budget <= 3_600_000):
         raise WireError("bad_deadline", "budget_ms must be a positive number of milliseconds (<= 1 h)")
     reply_dtype = header.get("reply_dtype", "float16")
     if reply_dtype not in TOKEN_DTYPES:
@@ -231,7 +242,7 @@ def parse_encode_request(header: dict, arrays: Dict[str, np.ndarray]) -> EncodeR
             "bad_shape",
             f"pixels of shape {list(pixels.shape)} do not fit the window's {ph}x{pw}x3 pixels",
         )
-    return EncodeRequest(rid, model, mode, window, pixels, int(budget), reply_dtype)
+    return EncodeRequest(rid, model, mode, window, pixels, float(budget), reply_dtype)
 
 
 # ---------------------------------------------------------------------------

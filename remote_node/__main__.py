@@ -1,0 +1,129 @@
+"""``python -m remote_node`` / ``ped-sam-remote``: run one remote encoder server.
+
+    python -m remote_node --bind tcp://127.0.0.1:5555 --model vit_b --checkpoint sam_vit_b_01ec64.pth
+    python -m remote_node --bind tcp://0.0.0.0:5555 --model vit_b --checkpoint sam_vit_b_01ec64.pth \\
+        --server-key keys/server.key_secret --authorized-keys keys/authorized/
+    python -m remote_node --bind 'tcp://127.0.0.1:*' --model vit_b/w32h2 --random-weights --seed 1 \\
+        --ready-file /tmp/server.endpoint
+
+Logs go to stderr.  SIGINT/SIGTERM stop the server cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Optional, Sequence
+
+log = logging.getLogger("remote_node")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="ped-sam-remote", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bind", required=True,
+                    help="ZeroMQ endpoint to bind, e.g. tcp://127.0.0.1:5555 (tcp://127.0.0.1:* picks a free port)")
+    ap.add_argument("--model", required=True, help="model geometry: vit_b, vit_l, vit_h, or e.g. vit_b/w32h2")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="full SAM checkpoint (.pth); only the remote stage is loaded")
+    src.add_argument("--random-weights", action="store_true",
+                     help="serve a randomly initialised model (demos/tests only: results are meaningless)")
+    ap.add_argument("--seed", type=int, default=0, help="seed for --random-weights (the edge must use the same)")
+    ap.add_argument("--server-key", help="this server's NAME.key_secret (enables CurveZMQ)")
+    ap.add_argument("--authorized-keys", help="directory of client public keys (*.key) allowed to connect")
+    ap.add_argument("--allow-insecure-remote", action="store_true",
+                    help="allow binding a non-loopback address without CurveZMQ (plaintext, anyone can connect)")
+    ap.add_argument("--name", help="server name shown in info replies and edge diagnostics")
+    ap.add_argument("--ready-file", help="write the bound endpoint to this file once the socket is bound")
+    ap.add_argument("--torch-threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return ap
+
+
+def _random_stage(spec: str, seed: int):
+    from ped_sam_ros.core.model import RemoteStage, get_geometry, random_sam
+
+    geom = get_geometry(spec)
+    sam_state = random_sam(geom, seed=seed).state_dict()
+    stage = RemoteStage(geom)
+    stage.load_state_dict({k: sam_state[stage.checkpoint_key(k)] for k in stage.state_dict()})
+    return stage
+
+
+def _write_ready_file(path: str, endpoint: str) -> None:
+    p = Path(path)
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(endpoint + "\n")
+    os.replace(tmp, p)  # readers never see a half-written file
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    from .policy import ServerConfigError, check_bind_policy
+
+    # Refuse an unsafe bind before spending seconds on loading the model.
+    try:
+        check_bind_policy(args.bind, bool(args.server_key), args.allow_insecure_remote)
+    except ServerConfigError as e:
+        print(f"ped-sam-remote: error: {e}", file=sys.stderr)
+        return 2
+
+    if args.torch_threads > 0:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
+
+    from .server import RemoteServer
+
+    try:
+        from ped_sam_ros.core.model import get_geometry
+
+        get_geometry(args.model)  # a bad model name fails here, before anything is loaded
+        stage = label = None
+        if args.random_weights:
+            bar = "!" * 78
+            log.warning("%s", bar)
+            log.warning("RANDOM WEIGHTS (seed %d): this server's outputs are MEANINGLESS. For demos and tests "
+                        "only;", args.seed)
+            log.warning("the edge must build its model with random_sam(%r, seed=%d) to match.", args.model,
+                        args.seed)
+            log.warning("%s", bar)
+            stage = _random_stage(args.model, args.seed)
+            label = f"random(seed={args.seed})"
+        server = RemoteServer(args.bind, args.model, args.checkpoint, server_secret_key=args.server_key,
+                              authorized_keys_dir=args.authorized_keys,
+                              allow_insecure_remote=args.allow_insecure_remote,
+                              name=args.name, stage=stage, checkpoint_label=label)
+    except Exception as e:  # config, keys, checkpoint, bind errors: one clear line, non-zero exit
+        log.debug("startup failed", exc_info=True)
+        print(f"ped-sam-remote: error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+
+    stop = threading.Event()
+
+    def _stop(signum, _frame):
+        log.info("signal %s: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        if args.ready_file:
+            _write_ready_file(args.ready_file, server.endpoint)
+        server.serve_forever(stop)
+    finally:
+        server.close()
+        log.info("stopped after %d requests served (%d refused)", server.requests_served, server.errors)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
