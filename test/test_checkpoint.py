@@ -64,8 +64,11 @@ def test_wrong_checkpoint_is_refused_clearly(tmp_path, tiny_b_checkpoint):
 
 
 def test_infer_geometry_from_checkpoint(tiny_b_checkpoint, tmp_path):
-    g = infer_geometry(tiny_b_checkpoint)
-    assert g.name == "vit_b" and g.embed_dim == 32 and g.global_attn_indexes == (2, 5, 8, 11)
+    with pytest.raises(CheckpointError, match="vit_b/w32hHEADS"):
+        infer_geometry(tiny_b_checkpoint)  # narrow: the head count is not in the weights
+    full = tmp_path / "full_b.pth"
+    save_checkpoint(build_sam("vit_b"), full)
+    assert infer_geometry(full) == get_geometry("vit_b")
     assert get_geometry("vit_h").spec == "vit_h" and get_geometry("vit_b/w32h2").spec == "vit_b/w32h2"
     with pytest.raises(ValueError):
         get_geometry("vit_x")

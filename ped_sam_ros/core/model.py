@@ -280,7 +280,11 @@ def _check_shapes(expected: Mapping[str, torch.Tensor], state: Mapping[str, torc
 
 
 def infer_geometry(path: Union[str, Path]) -> SamGeometry:
-    """Which official layout a checkpoint has (width and depth from the tensors)."""
+    """Which official model a checkpoint holds (from its encoder's depth and width).
+
+    The number of attention heads is not recorded in the weights, so a checkpoint
+    of a non-official width needs an explicit spec such as ``vit_b/w32h2``.
+    """
     state = load_state_dict(path)
     try:
         dim = state["image_encoder.patch_embed.proj.weight"].shape[0]
@@ -289,8 +293,11 @@ def infer_geometry(path: Union[str, Path]) -> SamGeometry:
     depth = 1 + max(int(k.split(".")[2]) for k in state if k.startswith("image_encoder.blocks."))
     for g in OFFICIAL.values():
         if g.depth == depth:
-            heads = g.num_heads if dim == g.embed_dim else max(1, dim // 64) if dim % 64 == 0 else 1
-            return get_geometry(g, embed_dim=dim, num_heads=heads)
+            if dim != g.embed_dim:
+                raise CheckpointError(
+                    f"{path}: a {g.name}-layout encoder of width {dim} (official: {g.embed_dim}); its head count "
+                    f"cannot be read from the weights: give the model as {g.name}/w{dim}hHEADS")
+            return g
     raise CheckpointError(f"{path}: encoder depth {depth} matches no SAM model (12, 24 or 32)")
 
 
