@@ -1,0 +1,1 @@
+"""Command-line tools of ped_sam_ros (demo, evaluation, bag helpers)."""
