@@ -13,7 +13,7 @@ setup(
         ('share/ament_index/resource_index/packages', ['resource/' + package_name]),
         ('share/' + package_name, ['package.xml']),
         ('share/' + package_name + '/launch', glob('launch/*.launch.py')),
-        ('share/' + package_name + '/config', glob('config/*.yaml')),
+        ('share/' + package_name + '/config', glob('config/*.yaml') + glob('config/*.xml')),
     ],
     install_requires=['setuptools'],
     zip_safe=True,
@@ -31,6 +31,7 @@ setup(
             'ped-sam-eval = ped_sam_ros.tools.evaluate:main',
             'ped-sam-bag-play = ped_sam_ros.tools.bag_play:main',
             'ped-sam-bag-record = ped_sam_ros.tools.bag_record:main',
+            'ped-sam-make-bag = ped_sam_ros.tools.make_bag:main',
         ],
     },
 )

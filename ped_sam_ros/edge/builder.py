@@ -1,0 +1,105 @@
+"""Build the edge pipeline from an :class:`EdgeConfig`: weights, transport, segmenter."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable, List, Optional
+
+import torch
+
+from ped_sam_ros.core.model import EdgeStage, RemoteStage, get_geometry, random_sam
+from ped_sam_ros.core.pipeline import DistributedEncoder, PedSamPredictor, Segmenter
+from ped_sam_ros.core.transport import LocalTransport, Transport
+
+from .config import EdgeConfig
+
+log = logging.getLogger(__name__)
+
+TransportFactory = Callable[[EdgeConfig], Transport]
+
+
+@dataclass
+class EdgePipeline:
+    """The edge's half of SAM plus the way to its remote half."""
+
+    config: EdgeConfig
+    edge: EdgeStage
+    transport: Transport
+    encoder: DistributedEncoder
+    segmenter: Segmenter
+
+    def close(self) -> None:
+        self.transport.close()
+
+
+def _load_random(stage, config: EdgeConfig):
+    """Load the tensors a stage owns from ``random_sam(model, seed)``: exactly
+    what ``ped-sam-remote --random-weights --seed N`` serves."""
+    state = random_sam(config.model, seed=config.seed).state_dict()
+    stage.load_state_dict({k: state[stage.checkpoint_key(k)] for k in stage.state_dict()})
+    return stage
+
+
+def build_edge_stage(config: EdgeConfig) -> EdgeStage:
+    geom = get_geometry(config.model)
+    if config.random_weights:
+        return _load_random(EdgeStage(geom, config.mode), config)
+    return EdgeStage.from_checkpoint(geom, config.checkpoint, config.mode)
+
+
+def build_remote_stage(config: EdgeConfig) -> RemoteStage:
+    """The servers' stage with the same weights (for :func:`local_transport`)."""
+    geom = get_geometry(config.model)
+    if config.random_weights:
+        return _load_random(RemoteStage(geom), config)
+    return RemoteStage.from_checkpoint(geom, config.checkpoint)
+
+
+class NamedLocalTransport(LocalTransport):
+    """:class:`LocalTransport` whose servers carry the configured names."""
+
+    def __init__(self, stage: RemoteStage, names: List[str], token_dtype: str = "float32"):
+        self._names = list(names)
+        super().__init__(stage, num_servers=len(self._names), token_dtype=token_dtype)
+
+    @property
+    def server_names(self) -> List[str]:
+        return list(self._names)
+
+
+def local_transport(config: EdgeConfig) -> Transport:
+    """Every configured server run in this process (tests, no network)."""
+    return NamedLocalTransport(build_remote_stage(config), config.server_names, config.wire_precision)
+
+
+def zmq_transport(config: EdgeConfig) -> Transport:
+    """One DEALER per configured server (CurveZMQ when keys are configured)."""
+    from ped_sam_ros.net.zmq_client import ZmqTransport
+
+    keys = [str(config.server_public_key(s.name)) for s in config.servers] if config.curve else None
+    return ZmqTransport([s.endpoint for s in config.servers], names=config.server_names,
+                        token_dtype=config.wire_precision,
+                        client_secret_key=config.client_secret_key or None, server_public_keys=keys)
+
+
+def build_pipeline(config: EdgeConfig, transport: Optional[Transport] = None,
+                   transport_factory: Optional[TransportFactory] = None) -> EdgePipeline:
+    """Edge stage (checkpoint or random weights), transport (ZeroMQ unless given)
+    and a :class:`Segmenter` over the distributed encoder."""
+    config.validate()
+    if config.torch_threads > 0:
+        torch.set_num_threads(config.torch_threads)
+    edge = build_edge_stage(config)
+    if transport is None:
+        transport = (transport_factory or zmq_transport)(config)
+    try:
+        encoder = DistributedEncoder(edge, transport, config.partition, config.assignment,
+                                     timeout_s=config.deadline_s, allow_adjacent=config.allow_adjacent,
+                                     max_share=config.max_share)
+    except Exception:
+        transport.close()
+        raise
+    segmenter = Segmenter(PedSamPredictor(encoder), multimask_output=config.multimask,
+                          amg_options=config.amg.to_kwargs())
+    return EdgePipeline(config, edge, transport, encoder, segmenter)

@@ -1,0 +1,218 @@
+"""What the edge runs, as one plain dataclass (no ROS).
+
+The ROS node fills an :class:`EdgeConfig` from its parameters
+(:mod:`ped_sam_ros.edge.params`); tests and tools build one directly.
+:meth:`EdgeConfig.validate` says everything that is wrong at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from ped_sam_ros.core.geometry import Partition, PartitionError
+from ped_sam_ros.core.model import MODES, get_geometry
+from ped_sam_ros.core.wire import TOKEN_DTYPES
+
+SERVER_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+ENDPOINT_RE = re.compile(r"(tcp://[^\s]+:\d+|ipc://[^\s]+)")
+
+
+class ConfigError(ValueError):
+    """An edge configuration that cannot run; the message lists every problem."""
+
+
+@dataclass(frozen=True)
+class RemoteServer:
+    """One remote encoder server: a name (used in logs, diagnostics and key file
+    names) and the ZeroMQ endpoint its ROUTER binds."""
+
+    name: str
+    endpoint: str
+
+
+def parse_servers(entries: Sequence[str]) -> List[RemoteServer]:
+    """``["NAME=ENDPOINT", ...]`` (or bare endpoints, named ``remote0``...)."""
+    out = []
+    for i, entry in enumerate(entries):
+        entry = str(entry).strip()
+        name, sep, endpoint = entry.partition("=")
+        if not sep:
+            name, endpoint = f"remote{i}", entry
+        name, endpoint = name.strip(), endpoint.strip()
+        if not SERVER_NAME_RE.fullmatch(name):
+            raise ConfigError(f"server entry {entry!r}: name {name!r} must be 1-64 letters, digits, '.', '_' or '-'")
+        if not ENDPOINT_RE.fullmatch(endpoint):
+            raise ConfigError(f"server entry {entry!r}: endpoint {endpoint!r} must look like tcp://HOST:PORT "
+                              f"or ipc://PATH")
+        out.append(RemoteServer(name, endpoint))
+    names = [s.name for s in out]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ConfigError(f"server names must be unique, {dup} repeat")
+    return out
+
+
+def format_servers(servers: Sequence[RemoteServer]) -> List[str]:
+    return [f"{s.name}={s.endpoint}" for s in servers]
+
+
+def parse_assignment(text: str, server_names: Sequence[str]) -> Optional[List[int]]:
+    """``"auto"`` (None: round robin keeping neighbours apart) or one server per
+    window in row-major order, by index or name: ``"0,1,2,3"``, ``"a b b a"``."""
+    text = str(text).strip()
+    if text.lower() in ("", "auto"):
+        return None
+    out = []
+    for tok in re.split(r"[\s,;]+", text):
+        if not tok:
+            continue
+        if tok.isdigit():
+            idx = int(tok)
+            if idx >= len(server_names):
+                raise ConfigError(f"assignment {text!r}: server index {idx} but only {len(server_names)} servers")
+        elif tok in server_names:
+            idx = list(server_names).index(tok)
+        else:
+            raise ConfigError(f"assignment {text!r}: {tok!r} is neither a server index nor one of {list(server_names)}")
+        out.append(idx)
+    return out
+
+
+@dataclass
+class AmgOptions:
+    """SAM's automatic mask generator settings (``SamAutomaticMaskGenerator``)."""
+
+    points_per_side: int = 32
+    points_per_batch: int = 64
+    pred_iou_thresh: float = 0.88
+    stability_score_thresh: float = 0.95
+    stability_score_offset: float = 1.0
+    box_nms_thresh: float = 0.7
+    min_mask_region_area: int = 0
+
+    def to_kwargs(self) -> Dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class EdgeConfig:
+    """Everything the edge needs to build its pipeline and run it."""
+
+    model: str = "vit_b"
+    checkpoint: str = ""
+    random_weights: bool = False
+    seed: int = 0
+    mode: str = "paper"
+    grid: str = "2x2"
+    aligned_cuts: bool = True
+    servers: List[RemoteServer] = field(default_factory=list)
+    assignment: Optional[List[int]] = None  # None: automatic
+    allow_adjacent: bool = False
+    max_share: float = 1.0
+    client_secret_key: str = ""  # this edge's NAME.key_secret
+    server_public_keys_dir: str = ""  # holds SERVER_NAME.key for every server
+    deadline_s: float = 30.0
+    connect_timeout_s: float = 10.0
+    wire_precision: str = "float16"
+    multimask: bool = True
+    automatic: bool = False
+    max_prompts: int = 64
+    amg: AmgOptions = field(default_factory=AmgOptions)
+    torch_threads: int = 0
+
+    # ------------------------------------------------------------------ derived
+
+    @property
+    def partition(self) -> Partition:
+        return Partition.parse(self.grid, aligned=self.aligned_cuts)
+
+    @property
+    def server_names(self) -> List[str]:
+        return [s.name for s in self.servers]
+
+    @property
+    def curve(self) -> bool:
+        return bool(self.server_public_keys_dir)
+
+    def server_public_key(self, name: str) -> Optional[Path]:
+        if not self.server_public_keys_dir:
+            return None
+        return Path(self.server_public_keys_dir).expanduser() / f"{name}.key"
+
+    # --------------------------------------------------------------- validation
+
+    def problems(self, check_files: bool = True) -> List[str]:
+        """Every reason this configuration cannot run (empty when it can)."""
+        errs: List[str] = []
+        try:
+            get_geometry(self.model)
+        except ValueError as e:
+            errs.append(str(e))
+        if self.random_weights and self.checkpoint:
+            errs.append("give either checkpoint or random_weights, not both")
+        if not self.random_weights and not self.checkpoint:
+            errs.append("no weights: set checkpoint to a SAM .pth file (e.g. sam_vit_b_01ec64.pth), or "
+                        "random_weights=true for a demo with meaningless masks")
+        if check_files and self.checkpoint and not Path(self.checkpoint).expanduser().is_file():
+            errs.append(f"checkpoint {self.checkpoint} does not exist")
+        if self.mode not in MODES:
+            errs.append(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.wire_precision not in TOKEN_DTYPES:
+            errs.append(f"wire_precision must be one of {TOKEN_DTYPES}, got {self.wire_precision!r}")
+        if not self.servers:
+            errs.append("no remote servers configured (remotes.servers)")
+        try:
+            part = self.partition
+        except PartitionError as e:
+            errs.append(str(e))
+            part = None
+        if part is not None and self.servers:
+            from ped_sam_ros.core.geometry import round_robin_assignment, validate_assignment
+
+            n = len(self.servers)
+            assign = self.assignment if self.assignment is not None else round_robin_assignment(part, n)
+            try:
+                validate_assignment(part, assign, n, allow_adjacent=self.allow_adjacent or n == 1,
+                                    max_share=self.max_share)
+            except PartitionError as e:
+                errs.append(f"assignment: {e}")
+            unused = sorted(set(range(n)) - set(assign))
+            if unused and len(assign) == len(part):
+                errs.append(f"servers {[self.servers[i].name for i in unused]} serve no window of the "
+                            f"{part.name} grid: remove them or change the grid/assignment")
+        if not 0.0 < self.max_share <= 1.0:
+            errs.append(f"max_share must be in (0, 1], got {self.max_share}")
+        if not self.deadline_s > 0:
+            errs.append(f"deadline must be positive, got {self.deadline_s}")
+        if self.server_public_keys_dir and not self.client_secret_key:
+            errs.append("keys.server_public_dir is set but keys.client_secret is not: CurveZMQ needs this "
+                        "edge's NAME.key_secret too")
+        if self.client_secret_key and not self.server_public_keys_dir:
+            errs.append("keys.client_secret is set but keys.server_public_dir is not: CurveZMQ needs each "
+                        "server's NAME.key")
+        if check_files and self.curve:
+            if not Path(self.client_secret_key).expanduser().is_file():
+                errs.append(f"client secret key {self.client_secret_key} does not exist")
+            for s in self.servers:
+                p = self.server_public_key(s.name)
+                if not p.is_file():
+                    errs.append(f"server public key {p} (for server {s.name}) does not exist")
+        if self.max_prompts < 1:
+            errs.append("max_prompts must be at least 1")
+        return errs
+
+    def validate(self, check_files: bool = True) -> "EdgeConfig":
+        errs = self.problems(check_files)
+        if errs:
+            raise ConfigError("invalid edge configuration:\n  - " + "\n  - ".join(errs))
+        return self
+
+    def describe(self) -> str:
+        weights = f"RANDOM weights (seed {self.seed})" if self.random_weights else f"checkpoint {self.checkpoint}"
+        return (f"model {self.model} ({weights}), mode {self.mode}, grid {self.grid}, "
+                f"{len(self.servers)} servers [{', '.join(format_servers(self.servers))}], "
+                f"wire {self.wire_precision}, curve {'on' if self.curve else 'off'}")

@@ -1,0 +1,260 @@
+"""The edge node's parameters: one table, plain validation functions (no ROS).
+
+The ROS node declares each :class:`ParamSpec` with a ``ParameterDescriptor``
+built from it (description, range, read_only) and calls
+:func:`validate_parameter` from its on-set-parameters callback; the same
+functions turn the values into an :class:`~ped_sam_ros.edge.config.EdgeConfig`.
+Read-only parameters take effect at start-up; the others may change at run time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from ped_sam_ros.core.geometry import Partition, PartitionError
+from ped_sam_ros.core.model import MODES, get_geometry
+from ped_sam_ros.core.wire import TOKEN_DTYPES
+
+from .config import AmgOptions, ConfigError, EdgeConfig, parse_assignment, parse_servers
+
+RELIABILITY = ("best_effort", "reliable")
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    name: str
+    default: Any
+    description: str
+    read_only: bool = True
+    choices: Optional[Tuple[str, ...]] = None
+    min: Optional[float] = None
+    max: Optional[float] = None
+
+    @property
+    def kind(self) -> str:
+        """bool, int, float, str or str_list (the ROS parameter type)."""
+        d = self.default
+        if isinstance(d, bool):
+            return "bool"
+        if isinstance(d, int):
+            return "int"
+        if isinstance(d, float):
+            return "float"
+        if isinstance(d, str):
+            return "str"
+        return "str_list"
+
+    def constraints(self) -> str:
+        parts = []
+        if self.choices:
+            parts.append("one of " + ", ".join(self.choices))
+        if self.min is not None or self.max is not None:
+            parts.append(f"range [{self.min if self.min is not None else '-inf'}, "
+                         f"{self.max if self.max is not None else 'inf'}]")
+        return "; ".join(parts)
+
+
+_DEFAULT_SERVERS = ["remote-a=tcp://127.0.0.1:5601", "remote-b=tcp://127.0.0.1:5602",
+                    "remote-c=tcp://127.0.0.1:5603", "remote-d=tcp://127.0.0.1:5604"]
+_AMG = AmgOptions()
+
+PARAMS: List[ParamSpec] = [
+    # --- model and split (start-up only)
+    ParamSpec("model", "vit_b", "SAM variant: vit_b, vit_l, vit_h, or a narrow random-weight variant such as "
+              "vit_b/w64h2 (width 64, 2 heads; for CPU demos and tests). Must match the remote servers."),
+    ParamSpec("checkpoint", "", "Path of the official SAM checkpoint (e.g. sam_vit_b_01ec64.pth); the edge loads "
+              "only the tensors it runs. Empty only with random_weights."),
+    ParamSpec("random_weights", False, "Use a randomly initialised model (seed below) instead of a checkpoint: "
+              "masks are MEANINGLESS; for demos and tests. The servers must use the same seed."),
+    ParamSpec("seed", 0, "Seed of the random weights (random_weights only).", min=0, max=2**31 - 1),
+    ParamSpec("mode", "paper", "Encoder split: 'paper' (all window blocks remote, global blocks at the edge: an "
+              "approximation of SAM) or 'exact' (only the blocks before the first global block remote: SAM's "
+              "exact output, more edge compute).", choices=MODES),
+    ParamSpec("grid", "2x2", "Partition of SAM's 64x64 token grid into ROWSxCOLS windows, one remote job each "
+              "(1..5 per axis with token-aligned cuts)."),
+    ParamSpec("aligned_cuts", True, "Cut only on SAM's 14-token attention windows (exact window blocks). False "
+              "allows even cuts that change the result."),
+    # --- remotes
+    ParamSpec("remotes.servers", _DEFAULT_SERVERS, "Remote encoder servers as NAME=ENDPOINT "
+              "(tcp://HOST:PORT or ipc://PATH). NAME appears in diagnostics and names the server's key file."),
+    ParamSpec("remotes.assignment", "auto", "Which server encodes each window, in row-major window order, by "
+              "index or name (e.g. '0,1,2,3'); 'auto' spreads windows so that neighbours go to different servers."),
+    ParamSpec("remotes.allow_adjacent", False, "Allow one server to receive two adjacent windows (privacy policy)."),
+    ParamSpec("remotes.max_share", 1.0, "Largest share of the frame one server may see (privacy policy).",
+              min=0.01, max=1.0),
+    ParamSpec("remotes.connect_timeout", 10.0, "Seconds to wait at start-up for every server's connection "
+              "(the node starts anyway and reports unreachable servers).", min=0.0, max=600.0),
+    ParamSpec("keys.client_secret", "", "This edge's CurveZMQ secret key file (NAME.key_secret, made with "
+              "ped-sam-keys). Empty: no encryption (allowed for loopback endpoints only)."),
+    ParamSpec("keys.server_public_dir", "", "Directory holding each server's public key as SERVER_NAME.key."),
+    ParamSpec("wire_precision", "float16", "Precision of the tokens the servers send back.", choices=TOKEN_DTYPES),
+    ParamSpec("torch_threads", 0, "Torch CPU threads of the edge (0: torch's default).", min=0, max=256),
+    # --- ROS interface (start-up only)
+    ParamSpec("image_qos.reliability", "best_effort", "Reliability of the image subscriptions (best_effort "
+              "matches both best-effort and reliable cameras).", choices=RELIABILITY),
+    ParamSpec("image_qos.depth", 5, "Queue depth of the image subscriptions (as ROS's sensor-data profile). The "
+              "node itself keeps only the latest frame and counts the ones it drops; frames that overflow this "
+              "queue before the callback runs are lost uncounted, so keep it above the burst size.",
+              min=1, max=100),
+    ParamSpec("use_compressed", False, "Also subscribe to ~/image/compressed (sensor_msgs/CompressedImage, "
+              "decoded with OpenCV)."),
+    ParamSpec("diagnostics_period", 1.0, "Seconds between /diagnostics messages.", min=0.1, max=60.0),
+    # --- runtime-changeable
+    ParamSpec("deadline", 30.0, "Seconds a frame's remote encoding may take before the frame fails (names the "
+              "late servers).", read_only=False, min=0.05, max=3600.0),
+    ParamSpec("multimask", True, "Let SAM propose 3 masks per prompt and keep the best-scored one.",
+              read_only=False),
+    ParamSpec("automatic", False, "Segment everything (SAM's automatic mask generator) instead of the held "
+              "prompts. A Prompts message also switches this.", read_only=False),
+    ParamSpec("max_prompts", 64, "Most objects one Prompts message or service call may ask for.",
+              read_only=False, min=1, max=1024),
+    ParamSpec("overlay_alpha", 0.5, "Opacity of the masks on ~/overlay.", read_only=False, min=0.0, max=1.0),
+    ParamSpec("service_timeout", 120.0, "Seconds the ~/segment service waits for its result.", read_only=False,
+              min=0.1, max=3600.0),
+    ParamSpec("amg.points_per_side", _AMG.points_per_side, "Automatic mode: grid of point prompts per side.",
+              read_only=False, min=1, max=128),
+    ParamSpec("amg.points_per_batch", _AMG.points_per_batch, "Automatic mode: point prompts decoded together.",
+              read_only=False, min=1, max=4096),
+    ParamSpec("amg.pred_iou_thresh", _AMG.pred_iou_thresh, "Automatic mode: keep masks whose predicted IoU "
+              "is at least this.", read_only=False, min=0.0, max=1.0),
+    ParamSpec("amg.stability_score_thresh", _AMG.stability_score_thresh, "Automatic mode: keep masks whose "
+              "stability score is at least this.", read_only=False, min=0.0, max=1.0),
+    ParamSpec("amg.stability_score_offset", _AMG.stability_score_offset, "Automatic mode: logit offset of the "
+              "stability score.", read_only=False, min=0.0, max=100.0),
+    ParamSpec("amg.box_nms_thresh", _AMG.box_nms_thresh, "Automatic mode: box IoU above which duplicate masks "
+              "are suppressed.", read_only=False, min=0.0, max=1.0),
+    ParamSpec("amg.min_mask_region_area", _AMG.min_mask_region_area, "Automatic mode: remove holes and islands "
+              "smaller than this many pixels (0: off).", read_only=False, min=0, max=10**7),
+]
+
+SPECS: Dict[str, ParamSpec] = {p.name: p for p in PARAMS}
+RUNTIME_PARAMS = tuple(p.name for p in PARAMS if not p.read_only)
+
+
+def defaults() -> Dict[str, Any]:
+    return {p.name: (list(p.default) if isinstance(p.default, list) else p.default) for p in PARAMS}
+
+
+def _type_ok(spec: ParamSpec, value: Any) -> bool:
+    k = spec.kind
+    if k == "bool":
+        return isinstance(value, bool)
+    if k == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if k == "float":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if k == "str":
+        return isinstance(value, str)
+    return isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+
+
+def validate_parameter(name: str, value: Any, current: Optional[Mapping[str, Any]] = None) -> Optional[str]:
+    """Why ``name`` may not take ``value`` (None when it may).
+
+    ``current``: the other parameters' values, for checks that involve two
+    (the assignment needs the server list).
+    """
+    spec = SPECS.get(name)
+    if spec is None:
+        return f"unknown parameter {name!r}"
+    if not _type_ok(spec, value):
+        return f"{name} must be of type {spec.kind}, got {type(value).__name__} {value!r}"
+    if spec.choices and value not in spec.choices:
+        return f"{name} must be one of {', '.join(spec.choices)}; got {value!r}"
+    if spec.min is not None and value < spec.min:
+        return f"{name} must be >= {spec.min}; got {value}"
+    if spec.max is not None and value > spec.max:
+        return f"{name} must be <= {spec.max}; got {value}"
+    if isinstance(value, float) and value != value:
+        return f"{name} must be a number, got NaN"
+    try:
+        if name == "model":
+            get_geometry(value)
+        elif name == "grid":
+            Partition.parse(value)
+        elif name == "remotes.servers":
+            if not value:
+                return "remotes.servers must name at least one server"
+            parse_servers(value)
+        elif name == "remotes.assignment":
+            servers = (current or {}).get("remotes.servers", SPECS["remotes.servers"].default)
+            parse_assignment(value, [s.name for s in parse_servers(servers)])
+    except (ValueError, PartitionError) as e:  # ConfigError is a ValueError
+        return f"{name}: {e}"
+    return None
+
+
+def validate_changes(changes: Mapping[str, Any], current: Mapping[str, Any]) -> Optional[str]:
+    """The on-set-parameters check: the first reason to refuse, or None."""
+    merged = dict(current)
+    merged.update(changes)
+    for name, value in changes.items():
+        spec = SPECS.get(name)
+        if spec is not None and spec.read_only and name in current and current[name] != value:
+            return f"{name} is read-only: it takes effect at start-up (restart the node to change it)"
+        reason = validate_parameter(name, value, merged)
+        if reason:
+            return reason
+    return None
+
+
+def config_from_params(values: Mapping[str, Any]) -> EdgeConfig:
+    """Parameter values (defaults filled in) -> :class:`EdgeConfig` (not yet validated
+    against the files on disk; call ``validate()``)."""
+    v = defaults()
+    v.update(values)
+    bad = [r for r in (validate_parameter(n, v[n], v) for n in SPECS) if r]
+    if bad:
+        raise ConfigError("invalid parameters:\n  - " + "\n  - ".join(bad))
+    servers = parse_servers(v["remotes.servers"])
+    return EdgeConfig(
+        model=v["model"],
+        checkpoint=v["checkpoint"],
+        random_weights=v["random_weights"],
+        seed=v["seed"],
+        mode=v["mode"],
+        grid=v["grid"],
+        aligned_cuts=v["aligned_cuts"],
+        servers=servers,
+        assignment=parse_assignment(v["remotes.assignment"], [s.name for s in servers]),
+        allow_adjacent=v["remotes.allow_adjacent"],
+        max_share=float(v["remotes.max_share"]),
+        client_secret_key=v["keys.client_secret"],
+        server_public_keys_dir=v["keys.server_public_dir"],
+        deadline_s=float(v["deadline"]),
+        connect_timeout_s=float(v["remotes.connect_timeout"]),
+        wire_precision=v["wire_precision"],
+        multimask=v["multimask"],
+        automatic=v["automatic"],
+        max_prompts=v["max_prompts"],
+        amg=amg_from_params(v),
+        torch_threads=v["torch_threads"],
+    )
+
+
+def amg_from_params(values: Mapping[str, Any]) -> AmgOptions:
+    v = defaults()
+    v.update(values)
+    return AmgOptions(
+        points_per_side=int(v["amg.points_per_side"]),
+        points_per_batch=int(v["amg.points_per_batch"]),
+        pred_iou_thresh=float(v["amg.pred_iou_thresh"]),
+        stability_score_thresh=float(v["amg.stability_score_thresh"]),
+        stability_score_offset=float(v["amg.stability_score_offset"]),
+        box_nms_thresh=float(v["amg.box_nms_thresh"]),
+        min_mask_region_area=int(v["amg.min_mask_region_area"]),
+    )
+
+
+def markdown_table(specs: Sequence[ParamSpec] = PARAMS) -> str:
+    """The parameter table of docs/ros.md (kept in sync by a test)."""
+    rows = ["| name | type | default | runtime | constraints | description |",
+            "|---|---|---|---|---|---|"]
+    for p in specs:
+        default = ", ".join(p.default) if isinstance(p.default, list) else repr(p.default)
+        if isinstance(p.default, list):
+            default = "[" + default + "]"
+        rows.append(f"| `{p.name}` | {p.kind} | `{default}` | {'no' if p.read_only else 'yes'} | "
+                    f"{p.constraints()} | {p.description} |")
+    return "\n".join(rows)
