@@ -1,0 +1,55 @@
+"""Start N PED-SAM remote encoder servers (ped-sam-remote) on this machine.
+
+    ros2 launch ped_sam_ros remotes.launch.py                       # the servers of config/remotes.yaml
+    ros2 launch ped_sam_ros remotes.launch.py remotes_file:=/etc/ped_sam/remotes.yaml
+    ros2 launch ped_sam_ros remotes.launch.py count:=4 base_port:=5601 checkpoint:=/opt/sam_vit_b_01ec64.pth
+
+In a real deployment each server runs in its own administrative domain: start
+them there (the same file with one entry, or `ped-sam-remote` directly). The
+servers are not ROS nodes; they speak ZeroMQ only.
+"""
+
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, ExecuteProcess, OpaqueFunction
+from launch.substitutions import LaunchConfiguration
+
+OVERRIDES = ('model', 'checkpoint', 'seed', 'server_keys_dir', 'authorized_keys', 'count', 'base_port',
+             'torch_threads', 'log_level')
+
+
+def _servers(context, *args, **kwargs):
+    from ped_sam_ros.edge.remotes import apply_overrides, load_remotes_file, remote_commands
+
+    cfg = load_remotes_file(LaunchConfiguration('remotes_file').perform(context))
+    cfg = apply_overrides(cfg, {k: LaunchConfiguration(k).perform(context) for k in OVERRIDES})
+    return [
+        ExecuteProcess(cmd=argv, name=name, output='screen', sigterm_timeout='10')
+        for name, argv in remote_commands(cfg, executable=['ped-sam-remote'])
+    ]
+
+
+def generate_launch_description():
+    default_file = os.path.join(get_package_share_directory('ped_sam_ros'), 'config', 'remotes.yaml')
+    return LaunchDescription([
+        DeclareLaunchArgument('remotes_file', default_value=default_file,
+                              description='YAML list of servers (name, bind) and their model/weights/keys'),
+        DeclareLaunchArgument('count', default_value='',
+                              description='Start this many loopback servers (remote-a, remote-b, ...) '
+                                          'instead of the file\'s list'),
+        DeclareLaunchArgument('base_port', default_value='5601', description='First port with count:=N'),
+        DeclareLaunchArgument('model', default_value='', description='Override the model (vit_b, vit_l, vit_h)'),
+        DeclareLaunchArgument('checkpoint', default_value='',
+                              description='Override: SAM checkpoint path (disables random weights)'),
+        DeclareLaunchArgument('seed', default_value='', description='Override the random-weights seed'),
+        DeclareLaunchArgument('server_keys_dir', default_value='',
+                              description='Override: directory with SERVER_NAME.key_secret (CurveZMQ)'),
+        DeclareLaunchArgument('authorized_keys', default_value='',
+                              description='Override: directory with the edges\' public keys'),
+        DeclareLaunchArgument('torch_threads', default_value='', description='Override torch CPU threads'),
+        DeclareLaunchArgument('log_level', default_value='info',
+                              choices=['debug', 'info', 'warning', 'error'], description='Server log level'),
+        OpaqueFunction(function=_servers),
+    ])

@@ -1,0 +1,192 @@
+"""Messages <-> arrays for the edge node (no rclpy context needed).
+
+Works on rclpy's generated message classes and, for reading, on the message
+objects ``rosbags`` deserializes (same field names; arrays instead of
+``array.array``), so the bag tools and tests share it.
+"""
+
+from __future__ import annotations
+
+import array
+from typing import Iterable, List, Sequence, Tuple
+
+import numpy as np
+
+from ped_sam_ros.core.masks import label_image, mask_to_rle, rle_to_bool
+from ped_sam_ros.core.pipeline import Instance, ObjectPrompt
+
+#: encoding -> (channels, index order that gives RGB)
+ENCODINGS = {
+    "rgb8": (3, (0, 1, 2)),
+    "bgr8": (3, (2, 1, 0)),
+    "rgba8": (4, (0, 1, 2)),
+    "bgra8": (4, (2, 1, 0)),
+    "mono8": (1, (0, 0, 0)),
+}
+SUPPORTED_ENCODINGS = tuple(ENCODINGS)
+
+
+class UnsupportedImage(ValueError):
+    """An image the node cannot use (encoding, size or data length)."""
+
+
+def _bytes_of(data) -> np.ndarray:
+    if isinstance(data, np.ndarray):
+        return data.view(np.uint8).reshape(-1)
+    return np.frombuffer(memoryview(data).cast("B"), dtype=np.uint8)
+
+
+def image_to_rgb(msg) -> np.ndarray:
+    """``sensor_msgs/Image`` (rgb8, bgr8, rgba8, bgra8, mono8) -> uint8 HxWx3 RGB.
+
+    Honours ``step`` (row padding); raises :class:`UnsupportedImage` with the
+    reason otherwise.
+    """
+    enc = msg.encoding
+    if enc not in ENCODINGS:
+        raise UnsupportedImage(f"encoding {enc!r} is not supported (use one of {', '.join(SUPPORTED_ENCODINGS)})")
+    ch, order = ENCODINGS[enc]
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    if h == 0 or w == 0:
+        raise UnsupportedImage(f"empty image ({w}x{h})")
+    if step < w * ch:
+        raise UnsupportedImage(f"step {step} is smaller than width x channels = {w * ch}")
+    data = _bytes_of(msg.data)
+    if data.size < h * step:
+        raise UnsupportedImage(f"{data.size} data bytes, expected height x step = {h * step}")
+    img = data[: h * step].reshape(h, step)[:, : w * ch].reshape(h, w, ch)
+    if ch == 1:
+        return np.ascontiguousarray(np.repeat(img, 3, axis=2))
+    return np.ascontiguousarray(img[:, :, list(order)])
+
+
+def compressed_to_rgb(msg) -> np.ndarray:
+    """``sensor_msgs/CompressedImage`` (JPEG, PNG, ...) -> uint8 HxWx3 RGB."""
+    import cv2
+
+    buf = _bytes_of(msg.data)
+    if buf.size == 0:
+        raise UnsupportedImage("empty compressed image")
+    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise UnsupportedImage(f"OpenCV cannot decode the compressed image (format {msg.format!r})")
+    if img.dtype != np.uint8:
+        raise UnsupportedImage(f"compressed image decodes to {img.dtype}, only 8-bit images are supported")
+    if img.ndim == 2:
+        return np.ascontiguousarray(np.repeat(img[:, :, None], 3, axis=2))
+    if img.shape[2] == 4:
+        return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def rgb_to_image(rgb: np.ndarray, header, encoding: str = "rgb8"):
+    from sensor_msgs.msg import Image
+
+    if encoding not in ("rgb8", "bgr8"):
+        raise ValueError("rgb_to_image writes rgb8 or bgr8")
+    arr = rgb if encoding == "rgb8" else rgb[:, :, ::-1]
+    arr = np.ascontiguousarray(arr, dtype=np.uint8)
+    h, w = arr.shape[:2]
+    return Image(header=header, height=h, width=w, encoding=encoding, is_bigendian=0, step=w * 3,
+                 data=arr.tobytes())
+
+
+def label_to_image(label: np.ndarray, header):
+    """Label map -> mono8 (uint8) or mono16 (uint16, little-endian) image."""
+    from sensor_msgs.msg import Image
+
+    if label.dtype == np.uint8:
+        enc, size = "mono8", 1
+    elif label.dtype == np.uint16:
+        enc, size = "mono16", 2
+    else:
+        raise ValueError(f"label maps are uint8 or uint16, got {label.dtype}")
+    arr = np.ascontiguousarray(label.astype(label.dtype.newbyteorder("<"), copy=False))
+    h, w = arr.shape
+    return Image(header=header, height=h, width=w, encoding=enc, is_bigendian=0, step=w * size,
+                 data=arr.tobytes())
+
+
+def image_to_label(msg) -> np.ndarray:
+    """mono8/mono16 label image -> uint8/uint16 HxW array."""
+    if msg.encoding not in ("mono8", "mono16"):
+        raise UnsupportedImage(f"label images are mono8 or mono16, got {msg.encoding!r}")
+    size = 1 if msg.encoding == "mono8" else 2
+    dt = np.dtype(np.uint8) if size == 1 else np.dtype(">u2" if msg.is_bigendian else "<u2")
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    data = _bytes_of(msg.data)[: h * step].reshape(h, step)[:, : w * size]
+    return np.ascontiguousarray(data).view(dt).reshape(h, w).astype(dt.newbyteorder("="))
+
+
+# ---------------------------------------------------------------------------- prompts
+
+
+def prompts_from_msgs(prompts: Iterable) -> List[ObjectPrompt]:
+    """``ped_sam_msgs/Prompt[]`` -> :class:`ObjectPrompt` list (not validated)."""
+    out = []
+    for p in prompts:
+        points = [(float(q.x), float(q.y), int(q.label)) for q in p.points]
+        box = (float(p.box.x_min), float(p.box.y_min), float(p.box.x_max), float(p.box.y_max)) if p.has_box else None
+        out.append(ObjectPrompt(points=points, box=box))
+    return out
+
+
+def prompts_to_msgs(prompts: Sequence[ObjectPrompt]) -> list:
+    from ped_sam_msgs.msg import BoxPrompt, PointPrompt, Prompt
+
+    out = []
+    for p in prompts:
+        msg = Prompt(points=[PointPrompt(x=float(x), y=float(y), label=int(lab)) for x, y, lab in p.points])
+        if p.box is not None:
+            msg.has_box = True
+            msg.box = BoxPrompt(x_min=float(p.box[0]), y_min=float(p.box[1]), x_max=float(p.box[2]),
+                                y_max=float(p.box[3]))
+        out.append(msg)
+    return out
+
+
+# ---------------------------------------------------------------------------- results
+
+
+def instance_to_msg(inst: Instance):
+    from ped_sam_msgs.msg import MaskInstance, MaskRle
+    from sensor_msgs.msg import RegionOfInterest
+
+    h, w, counts = mask_to_rle(inst.mask)
+    x, y, bw, bh = (int(v) for v in inst.bbox)
+    return MaskInstance(
+        id=int(inst.id), score=float(inst.score), stability_score=float(inst.stability_score),
+        bbox=RegionOfInterest(x_offset=x, y_offset=y, width=bw, height=bh, do_rectify=False),
+        area=int(inst.area), mask=MaskRle(height=h, width=w, counts=array.array("I", counts)))
+
+
+def result_to_msg(header, size: Tuple[int, int], instances: Sequence[Instance], timings: Sequence[Tuple[str, float]],
+                  model: str, mode: str, grid: Tuple[int, int], random_weights: bool, frames_dropped: int):
+    from ped_sam_msgs.msg import SegmentationResult, StageTiming
+
+    return SegmentationResult(
+        header=header, image_height=int(size[0]), image_width=int(size[1]), model_type=model, mode=mode,
+        grid_rows=int(grid[0]), grid_cols=int(grid[1]), random_weights=bool(random_weights),
+        instances=[instance_to_msg(i) for i in instances],
+        timings=[StageTiming(stage=k, seconds=float(v)) for k, v in timings],
+        frames_dropped=int(frames_dropped))
+
+
+def masks_from_result(msg) -> List[Tuple[int, np.ndarray]]:
+    """(id, bool HxW mask) for each instance of a ``SegmentationResult`` (rclpy or rosbags)."""
+    out = []
+    for inst in msg.instances:
+        m = inst.mask
+        out.append((int(inst.id), rle_to_bool(int(m.height), int(m.width), [int(c) for c in m.counts])))
+    return out
+
+
+def label_from_result(msg) -> np.ndarray:
+    """The label map the node publishes on ``~/label_mask``, rebuilt from the RLE masks."""
+    pairs = masks_from_result(msg)
+    return label_image([m for _, m in pairs], [i for i, _ in pairs], (int(msg.image_height), int(msg.image_width)))
+
+
+def stamp_key(header) -> Tuple[int, int, str]:
+    """(sec, nanosec, frame_id): how outputs are matched to their inputs."""
+    return (int(header.stamp.sec), int(header.stamp.nanosec), str(header.frame_id))

@@ -1,0 +1,457 @@
+"""The PED-SAM edge node: a thin rclpy adapter around :class:`EdgeRuntime`.
+
+Subscribes ``~/image`` (and ``~/image/compressed`` when ``use_compressed``) and
+``~/prompts``; serves ``~/segment``; publishes ``~/masks``, ``~/label_mask``,
+``~/overlay`` (only while subscribed) and ``/diagnostics``.  Every output
+carries its input image's header.  The network and the model run in the
+runtime's worker thread; callbacks only convert and hand over.
+
+    python -m ped_sam_ros.ros.edge_node --ros-args --params-file config/edge.yaml \\
+        -r __ns:=/robot -r ~/image:=/camera/image_raw
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import sys
+import threading
+import time
+from typing import Callable, Dict, List, Optional
+
+import rclpy
+from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType,
+                                SetParametersResult)
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
+                       qos_policy_name_from_kind)
+
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from ped_sam_msgs.msg import Prompts, SegmentationResult
+from ped_sam_msgs.srv import SegmentImage
+from sensor_msgs.msg import CompressedImage, Image
+
+from ped_sam_ros.core.masks import label_image, overlay
+from ped_sam_ros.edge.builder import build_pipeline
+from ped_sam_ros.edge.config import ConfigError, EdgeConfig
+from ped_sam_ros.edge.params import PARAMS, SPECS, amg_from_params, config_from_params, validate_changes
+from ped_sam_ros.edge.runtime import EdgeRuntime, ErrorReport, Frame, FrameResult, validate_prompts
+
+from .convert import (UnsupportedImage, compressed_to_rgb, image_to_rgb, label_to_image, prompts_from_msgs,
+                      result_to_msg, rgb_to_image)
+
+NODE_NAME = "edge_node"
+OUTPUT_QOS = QoSProfile(reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE,
+                        history=HistoryPolicy.KEEP_LAST, depth=5)
+PROMPTS_QOS = QoSProfile(reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE,
+                         history=HistoryPolicy.KEEP_LAST, depth=10)
+DIAGNOSTICS_QOS = QoSProfile(reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST, depth=10)
+RANDOM_BANNER = "RANDOM WEIGHTS: masks are meaningless"
+
+_PTYPE = {"bool": ParameterType.PARAMETER_BOOL, "int": ParameterType.PARAMETER_INTEGER,
+          "float": ParameterType.PARAMETER_DOUBLE, "str": ParameterType.PARAMETER_STRING,
+          "str_list": ParameterType.PARAMETER_STRING_ARRAY}
+
+
+def descriptor(spec) -> ParameterDescriptor:
+    d = ParameterDescriptor(name=spec.name, type=_PTYPE[spec.kind], description=spec.description,
+                            read_only=spec.read_only, additional_constraints=spec.constraints())
+    if spec.kind == "int" and spec.min is not None and spec.max is not None:
+        d.integer_range = [IntegerRange(from_value=int(spec.min), to_value=int(spec.max), step=1)]
+    elif spec.kind == "float" and spec.min is not None and spec.max is not None:
+        d.floating_point_range = [FloatingPointRange(from_value=float(spec.min), to_value=float(spec.max), step=0.0)]
+    return d
+
+
+def image_qos(reliability: str, depth: int) -> QoSProfile:
+    """Sensor-data style by default: best effort (matches reliable and best-effort
+    cameras), volatile, shallow."""
+    return QoSProfile(reliability=ReliabilityPolicy.RELIABLE if reliability == "reliable"
+                      else ReliabilityPolicy.BEST_EFFORT,
+                      durability=DurabilityPolicy.VOLATILE, history=HistoryPolicy.KEEP_LAST, depth=depth)
+
+
+def _kv(key: str, value) -> KeyValue:
+    if isinstance(value, float):
+        value = f"{value:.6g}"
+    return KeyValue(key=key, value=str(value))
+
+
+class EdgeNode(Node):
+    """See the module docstring; ``transport_factory`` replaces ZeroMQ (tests)."""
+
+    def __init__(self, transport_factory: Optional[Callable] = None, **kwargs):
+        super().__init__(NODE_NAME, **kwargs)
+        self._declare_parameters()
+        values = {name: self.get_parameter(name).value for name in SPECS}
+        self.config: EdgeConfig = config_from_params(values).validate()
+        self._overlay_alpha = float(values["overlay_alpha"])
+        self._service_timeout = float(values["service_timeout"])
+        self._max_prompts = int(values["max_prompts"])
+        self._refused_images = 0
+        self._last_diag_push = 0.0
+        self._diag_lock = threading.Lock()
+        self._warned_no_prompts = False
+        log = self.get_logger()
+        if self.config.random_weights:
+            bar = "!" * 72
+            for line in (bar, f"{RANDOM_BANNER} (model {self.config.model}, seed {self.config.seed}).",
+                         "Demo/test only. Set checkpoint to a SAM .pth file for real segmentation.", bar):
+                log.warning(line)
+        log.info(f"building the edge pipeline: {self.config.describe()}")
+
+        config = self.config
+        self.runtime = EdgeRuntime(lambda: build_pipeline(config, transport_factory=transport_factory),
+                                   on_result=self._on_result, on_error=self._on_error)
+        t0 = time.monotonic()
+        self.runtime.start()
+        log.info(f"pipeline ready in {time.monotonic() - t0:.1f} s")
+        self.runtime.set_automatic(config.automatic)
+
+        # Outputs
+        pub_events = PublisherEventCallbacks(incompatible_qos=self._on_offered_incompatible_qos)
+        self.masks_pub = self.create_publisher(SegmentationResult, "~/masks", OUTPUT_QOS, event_callbacks=pub_events)
+        self.label_pub = self.create_publisher(Image, "~/label_mask", OUTPUT_QOS, event_callbacks=pub_events)
+        self.overlay_pub = self.create_publisher(Image, "~/overlay", OUTPUT_QOS, event_callbacks=pub_events)
+        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", DIAGNOSTICS_QOS)
+
+        # Inputs: short callbacks in one group; the service waits in its own threads.
+        inputs = MutuallyExclusiveCallbackGroup()
+        sub_events = SubscriptionEventCallbacks(incompatible_qos=self._on_requested_incompatible_qos)
+        qos = image_qos(values["image_qos.reliability"], int(values["image_qos.depth"]))
+        self.image_sub = self.create_subscription(Image, "~/image", self._on_image, qos, callback_group=inputs,
+                                                  event_callbacks=sub_events)
+        self.compressed_sub = None
+        if values["use_compressed"]:
+            self.compressed_sub = self.create_subscription(CompressedImage, "~/image/compressed",
+                                                           self._on_compressed, qos, callback_group=inputs,
+                                                           event_callbacks=sub_events)
+        self.prompts_sub = self.create_subscription(Prompts, "~/prompts", self._on_prompts, PROMPTS_QOS,
+                                                    callback_group=inputs, event_callbacks=sub_events)
+        self.segment_srv = self.create_service(SegmentImage, "~/segment", self._on_segment,
+                                               callback_group=ReentrantCallbackGroup())
+        self.diag_timer = self.create_timer(float(values["diagnostics_period"]), self._on_diag_timer,
+                                            callback_group=MutuallyExclusiveCallbackGroup())
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        log.info(f"ready: image {self.image_sub.topic_name} ({values['image_qos.reliability']}, depth "
+                 f"{values['image_qos.depth']}), prompts {self.prompts_sub.topic_name}, "
+                 f"results {self.masks_pub.topic_name}, service {self.segment_srv.service_name}")
+
+    # ------------------------------------------------------------------ parameters
+
+    def _declare_parameters(self) -> None:
+        from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
+
+        for spec in PARAMS:
+            try:
+                self.declare_parameter(spec.name, spec.default, descriptor(spec))
+            except InvalidParameterTypeException as e:
+                hint = " (write floats with a decimal point, e.g. 30.0)" if spec.kind == "float" else ""
+                raise ConfigError(f"parameter {spec.name} must be of type {spec.kind}{hint}: {e}") from None
+            except InvalidParameterValueException as e:
+                raise ConfigError(f"parameter {spec.name}: {e} ({spec.constraints()})") from None
+
+    def _current_parameters(self) -> Dict:
+        return {name: self.get_parameter(name).value for name in SPECS}
+
+    def _on_set_parameters(self, params) -> SetParametersResult:
+        changes = {p.name: p.value for p in params}
+        current = self._current_parameters()
+        reason = validate_changes(changes, current)
+        if reason:
+            self.get_logger().warning(f"parameter change refused: {reason}")
+            return SetParametersResult(successful=False, reason=reason)
+        merged = dict(current)
+        merged.update(changes)
+        if "deadline" in changes:
+            self.runtime.update(deadline_s=float(changes["deadline"]))
+        if "multimask" in changes:
+            self.runtime.update(multimask=bool(changes["multimask"]))
+        if any(n.startswith("amg.") for n in changes):
+            self.runtime.update(amg=amg_from_params(merged))
+        if "automatic" in changes:
+            self.runtime.set_automatic(bool(changes["automatic"]))
+        if "overlay_alpha" in changes:
+            self._overlay_alpha = float(changes["overlay_alpha"])
+        if "service_timeout" in changes:
+            self._service_timeout = float(changes["service_timeout"])
+        if "max_prompts" in changes:
+            self._max_prompts = int(changes["max_prompts"])
+        return SetParametersResult(successful=True)
+
+    # ---------------------------------------------------------------------- inputs
+
+    def _refuse(self, what: str, header, reason: str) -> None:
+        self._refused_images += 1
+        self.get_logger().warning(
+            f"refusing {what} (frame_id {header.frame_id!r}, stamp {header.stamp.sec}.{header.stamp.nanosec:09d}): "
+            f"{reason} [{self._refused_images} refused so far]", throttle_duration_sec=5.0)
+
+    def _on_image(self, msg: Image) -> None:
+        t0, c0 = time.monotonic(), time.perf_counter()
+        try:
+            rgb = image_to_rgb(msg)
+        except (UnsupportedImage, ValueError) as e:
+            self._refuse("image", msg.header, str(e))
+            return
+        self.runtime.submit(Frame(rgb, msg.header, received=t0, convert_s=time.perf_counter() - c0))
+
+    def _on_compressed(self, msg: CompressedImage) -> None:
+        t0, c0 = time.monotonic(), time.perf_counter()
+        try:
+            rgb = compressed_to_rgb(msg)
+        except Exception as e:  # noqa: BLE001 - UnsupportedImage, or OpenCV on a corrupt payload
+            self._refuse("compressed image", msg.header, str(e))
+            return
+        self.runtime.submit(Frame(rgb, msg.header, received=t0, convert_s=time.perf_counter() - c0))
+
+    def _on_prompts(self, msg: Prompts) -> None:
+        prompts = prompts_from_msgs(msg.prompts)
+        try:
+            if not msg.automatic:
+                validate_prompts(prompts, self._max_prompts)
+        except ValueError as e:
+            self.get_logger().warning(f"Prompts message refused, keeping the previous prompts: {e}")
+            return
+        self.runtime.set_prompts(prompts, automatic=msg.automatic)
+        self._warned_no_prompts = False
+        what = "automatic mode (segment everything)" if msg.automatic else f"{len(prompts)} prompt(s)"
+        self.get_logger().info(f"holding {what} from now on")
+
+    def _on_segment(self, request: SegmentImage.Request, response: SegmentImage.Response) -> SegmentImage.Response:
+        frame = None
+        if not request.use_latest_frame:
+            t0, c0 = time.monotonic(), time.perf_counter()
+            try:
+                rgb = image_to_rgb(request.image)
+            except UnsupportedImage as e:
+                response.success, response.message = False, f"image refused: {e}"
+                return response
+            frame = Frame(rgb, request.image.header, received=t0, convert_s=time.perf_counter() - c0)
+        prompts = prompts_from_msgs(request.prompts)
+        if not request.automatic:
+            if not prompts:
+                response.success, response.message = False, "no prompts given and automatic is false"
+                return response
+            try:
+                validate_prompts(prompts, self._max_prompts)
+            except ValueError as e:
+                response.success, response.message = False, f"prompts refused: {e}"
+                return response
+        future = self.runtime.request(frame, prompts, bool(request.automatic))
+        try:
+            result = future.result(timeout=self._service_timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            response.success = False
+            response.message = f"no result within service_timeout={self._service_timeout:g} s"
+            return response
+        except Exception as e:  # noqa: BLE001 - reported to the caller
+            response.success, response.message = False, f"{type(e).__name__}: {e}"
+            return response
+        response.result = self._result_msg(result)[0]
+        response.success = True
+        response.message = f"{len(result.instances)} instance(s) in {result.timings.get('total', 0.0):.3f} s"
+        return response
+
+    # --------------------------------------------------------------------- outputs
+
+    def _result_msg(self, result: FrameResult):
+        t0 = time.perf_counter()
+        h, w = result.frame.size
+        label = label_image([i.mask for i in result.instances], [i.id for i in result.instances], (h, w))
+        timings = dict(result.timings)
+        timings["postprocess"] = time.perf_counter() - t0  # label map; RLE follows in result_to_msg
+        cfg = self.config
+        part = cfg.partition
+        msg = result_to_msg(result.meta, (h, w), result.instances, list(timings.items()), cfg.model, cfg.mode,
+                            part.shape, cfg.random_weights, result.frames_dropped)
+        post = time.perf_counter() - t0
+        msg.timings[-1].seconds = post
+        return msg, label, post
+
+    def _on_result(self, result: FrameResult) -> None:
+        """Worker thread: publish one frame's outputs (publishing is thread-safe)."""
+        if not self.context.ok():
+            return  # shutting down
+        if not result.encoded and not self._warned_no_prompts:
+            self._warned_no_prompts = True
+            self.get_logger().warning("no prompts held and automatic is false: publishing empty results. Publish "
+                                      "ped_sam_msgs/Prompts on ~/prompts or set automatic:=true")
+        msg, label, post = self._result_msg(result)
+        self.masks_pub.publish(msg)
+        self.label_pub.publish(label_to_image(label, result.meta))
+        if self.overlay_pub.get_subscription_count() > 0:
+            self.overlay_pub.publish(rgb_to_image(self._overlay(result), result.meta))
+        self.runtime.record_stage("postprocess", post)
+
+    def _overlay(self, result: FrameResult):
+        points = [pt for p in result.prompts for pt in p.points]
+        boxes = [p.box for p in result.prompts if p.box is not None]
+        caption = f"{len(result.instances)} object(s)"
+        if self.config.random_weights:
+            caption = f"{RANDOM_BANNER} | " + caption
+        return overlay(result.frame.rgb, [i.mask for i in result.instances], alpha=self._overlay_alpha,
+                       points=points, boxes=boxes, caption=caption)
+
+    def _on_error(self, report: ErrorReport) -> None:
+        if not self.context.ok():
+            return
+        who = f" (servers: {', '.join(report.servers)})" if report.servers else ""
+        self.get_logger().error(f"frame failed{who}: {report.message}", throttle_duration_sec=2.0)
+        now = time.monotonic()
+        if now - self._last_diag_push >= 0.2:  # push diagnostics at once, but not in a flood
+            self._on_diag_timer()
+
+    def _on_requested_incompatible_qos(self, info) -> None:
+        self.get_logger().error(
+            f"incompatible QoS on a subscription: a publisher offers an incompatible "
+            f"{qos_policy_name_from_kind(info.last_policy_kind)} policy ({info.total_count} so far); nothing is "
+            f"received from it. For images, image_qos.reliability=best_effort matches every camera.",
+            throttle_duration_sec=5.0)
+
+    def _on_offered_incompatible_qos(self, info) -> None:
+        self.get_logger().error(
+            f"incompatible QoS on an output: a subscriber requests an incompatible "
+            f"{qos_policy_name_from_kind(info.last_policy_kind)} policy ({info.total_count} so far)",
+            throttle_duration_sec=5.0)
+
+    # ----------------------------------------------------------------- diagnostics
+
+    def diagnostic_statuses(self) -> List[DiagnosticStatus]:
+        d = self.runtime.diagnostics()
+        fqn = self.get_fully_qualified_name()
+        cfg = self.config
+        recent_error = d["last_error_time"] is not None and time.time() - d["last_error_time"] < 5.0
+        if d["state"] != "running":
+            level, message = DiagnosticStatus.ERROR, f"pipeline {d['state']}"
+        elif recent_error:
+            who = f" ({', '.join(d['last_error_servers'])})" if d["last_error_servers"] else ""
+            level, message = DiagnosticStatus.ERROR, f"frame failed{who}: {d['last_error']}"[:400]
+        else:
+            level, message = DiagnosticStatus.OK, "running"
+        message += (f"; frames in {d['frames_in']}, out {d['frames_out']}, dropped {d['frames_dropped']}, "
+                    f"failed {d['frames_failed']}")
+        values = [_kv(k, d[k]) for k in ("state", "frames_in", "frames_out", "frames_dropped", "frames_failed",
+                                          "requests", "requests_failed", "automatic", "prompts", "bytes_up",
+                                          "bytes_down", "last_error")]
+        values += [_kv("refused_images", self._refused_images), _kv("model", cfg.model), _kv("mode", cfg.mode),
+                   _kv("grid", cfg.grid), _kv("random_weights", cfg.random_weights),
+                   _kv("wire_precision", cfg.wire_precision)]
+        for stage, s in d["stages"].items():
+            values += [_kv(f"stage.{stage}.last_ms", 1000 * s["last"]), _kv(f"stage.{stage}.mean_ms", 1000 * s["mean"]),
+                       _kv(f"stage.{stage}.max_ms", 1000 * s["max"])]
+        out = [DiagnosticStatus(level=level, name=f"{fqn}: pipeline", message=message,
+                                hardware_id="ped_sam_edge", values=values)]
+        for r in d["remotes"]:
+            connected = r.get("connected", True)
+            state = r.get("state", "unknown")
+            if not connected:
+                lvl, msg = DiagnosticStatus.ERROR, f"{r['name']} disconnected"
+            elif state in ("error", "timeout"):
+                lvl, msg = DiagnosticStatus.ERROR, f"{r['name']} {state}"
+            else:
+                lvl, msg = DiagnosticStatus.OK, f"{r['name']} {state}"
+            if r.get("last_error") and lvl == DiagnosticStatus.ERROR:
+                msg += f": {r['last_error']}"[:300]
+            rv = [_kv("name", r["name"]), _kv("endpoint", r.get("endpoint", "")), _kv("state", state),
+                  _kv("connected", connected)]
+            for key, scale, label in (("last_latency_s", 1000, "last_latency_ms"),
+                                      ("mean_round_trip_s", 1000, "mean_latency_ms"),
+                                      ("last_compute_s", 1000, "last_compute_ms"),
+                                      ("mean_compute_s", 1000, "mean_compute_ms")):
+                if r.get(key) is not None:
+                    rv.append(_kv(label, scale * r[key]))
+            for key in ("share", "windows", "frames", "failed_frames", "bytes_up", "bytes_down", "requests",
+                        "replies", "errors", "timeouts", "late_replies", "consecutive_failures", "last_error"):
+                if key in r:
+                    rv.append(_kv(key, r[key]))
+            out.append(DiagnosticStatus(level=lvl, name=f"{fqn}: remote {r['name']}", message=msg,
+                                        hardware_id=str(r.get("endpoint", r["name"])), values=rv))
+        return out
+
+    def _on_diag_timer(self) -> None:
+        try:
+            self.publish_diagnostics()
+        except Exception as e:  # noqa: BLE001 - diagnostics must never take the node down
+            self.get_logger().error(f"publishing diagnostics failed: {type(e).__name__}: {e}",
+                                    throttle_duration_sec=10.0)
+
+    def publish_diagnostics(self) -> None:
+        with self._diag_lock:
+            self._last_diag_push = time.monotonic()
+            msg = DiagnosticArray(status=self.diagnostic_statuses())
+            msg.header.stamp = self.get_clock().now().to_msg()
+            self.diag_pub.publish(msg)
+
+    def shutdown(self) -> None:
+        self.runtime.stop()
+
+
+class RosLogHandler(logging.Handler):
+    """Python ``logging`` records (core, runtime, ZeroMQ client) into the node's ROS logger."""
+
+    def __init__(self, logger):
+        super().__init__()
+        self.ros_logger = logger
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = f"[{record.name}] {self.format(record)}"
+            if record.levelno >= logging.ERROR:
+                self.ros_logger.error(text)
+            elif record.levelno >= logging.WARNING:
+                self.ros_logger.warning(text)
+            elif record.levelno >= logging.INFO:
+                self.ros_logger.info(text)
+            else:
+                self.ros_logger.debug(text)
+        except Exception:  # noqa: BLE001 - logging must never raise
+            pass
+
+
+def main(args: Optional[List[str]] = None) -> int:
+    try:
+        rclpy.init(args=args if args is not None else sys.argv)
+    except Exception as e:  # noqa: BLE001 - e.g. a malformed --ros-args rule
+        print(f"edge_node: cannot parse the ROS arguments: {e}", file=sys.stderr)
+        return 2
+    handler = RosLogHandler(rclpy.logging.get_logger(NODE_NAME))
+    logging.getLogger().addHandler(handler)
+    logging.getLogger().setLevel(logging.INFO)
+    node = None
+    code = 0
+    try:
+        try:
+            node = EdgeNode()
+            handler.ros_logger = node.get_logger()
+        except Exception as e:  # configuration, checkpoint, keys: one clear line and a non-zero exit
+            from ped_sam_ros.core.model import CheckpointError
+            from ped_sam_ros.core.geometry import PartitionError
+
+            expected = (ConfigError, CheckpointError, PartitionError, FileNotFoundError, ValueError)
+            rclpy.logging.get_logger(NODE_NAME).fatal(f"cannot start: {type(e).__name__}: {e}")
+            if not isinstance(e, expected):
+                raise
+            return 2
+        executor = MultiThreadedExecutor(num_threads=4)
+        executor.add_node(node)
+        try:
+            executor.spin()
+        except (KeyboardInterrupt, ExternalShutdownException):
+            pass
+        finally:
+            executor.shutdown(timeout_sec=1.0)
+    finally:
+        if node is not None:
+            node.shutdown()
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,232 @@
+"""The edge node end to end: real remote servers and the real node (separate
+processes), real photos published from this test's own rclpy node (DDS on this
+machine only, a domain of our own).
+
+Results carry their input's header; their RLE masks decode to the published
+label image; prompts work through the topic and through the service; an
+unsupported encoding is refused without harming the node; parameters are
+validated at run time.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from net_helpers import start_servers
+from ros_helpers import TEST_MODEL, TEST_SEED, EdgeProcess, TestNode, domain_id, image_msg, small_photos
+
+pytestmark = pytest.mark.timeout(300)
+
+NS = "/itest"
+PREFIX = f"{NS}/edge_node"
+RESULT_TIMEOUT_S = 90.0
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    from diagnostic_msgs.msg import DiagnosticArray
+    from ped_sam_msgs.msg import Prompts, SegmentationResult
+    from sensor_msgs.msg import CompressedImage, Image
+
+    work = tmp_path_factory.mktemp("ros_integration")
+    dom = domain_id(offset=11)
+    args = ["--model", TEST_MODEL, "--random-weights", "--seed", str(TEST_SEED)]
+    servers = start_servers(work, [("left", args), ("right", args)])
+    edge = EdgeProcess(work / "edge", dom, [f"{s.name}={s.endpoint}" for s in servers], "1x2", namespace=NS,
+                       extra_params=["use_compressed:=true", "amg.points_per_side:=2", "amg.pred_iou_thresh:=0.0",
+                                     "amg.stability_score_thresh:=0.0"])
+    t = None
+    try:
+        edge.start()
+        edge.wait_ready()
+        t = TestNode(dom, "integration_test")
+        s = {
+            "edge": edge, "node": t, "servers": servers,
+            "masks": t.collect(SegmentationResult, f"{PREFIX}/masks"),
+            "labels": t.collect(Image, f"{PREFIX}/label_mask"),
+            "overlays": t.collect(Image, f"{PREFIX}/overlay"),
+            "diags": t.collect(DiagnosticArray, "/diagnostics"),
+            "image_pub": t.node.create_publisher(Image, f"{PREFIX}/image", 5),
+            "compressed_pub": t.node.create_publisher(CompressedImage, f"{PREFIX}/image/compressed", 5),
+            "prompts_pub": t.node.create_publisher(Prompts, f"{PREFIX}/prompts", 10),
+        }
+        for key in ("image_pub", "compressed_pub", "prompts_pub"):
+            t.wait_for_subscribers(s[key])
+        yield s
+    finally:
+        if t is not None:
+            t.close()
+        edge.stop()
+        for srv in servers:
+            srv.stop()
+
+
+def _by_stamp(msgs, header):
+    from ped_sam_ros.ros.convert import stamp_key
+
+    key = stamp_key(header)
+    return [m for m in msgs if stamp_key(m.header) == key]
+
+
+def _wait_result(stack, header, timeout_s=RESULT_TIMEOUT_S):
+    t = stack["node"]
+    try:
+        t.wait_until(lambda: _by_stamp(stack["masks"], header) and _by_stamp(stack["labels"], header), timeout_s,
+                     f"a result for stamp {header.stamp.sec}")
+    except TimeoutError:
+        raise AssertionError(f"no result for {header}:\n{stack['edge'].log_text()}") from None
+    return _by_stamp(stack["masks"], header)[0], _by_stamp(stack["labels"], header)[0]
+
+
+def _prompts_msg(objects, automatic=False):
+    from ped_sam_msgs.msg import Prompts
+    from ped_sam_ros.core.pipeline import ObjectPrompt
+    from ped_sam_ros.ros.convert import prompts_to_msgs
+
+    return Prompts(prompts=prompts_to_msgs([ObjectPrompt(points=p, box=b) for p, b in objects]), automatic=automatic)
+
+
+def _check_result(result, label_msg, rgb, header, n_instances):
+    from ped_sam_ros.ros.convert import image_to_label, label_from_result, masks_from_result
+
+    assert result.header == header, "the input header (stamp and frame_id) is copied, never restamped"
+    assert label_msg.header == header
+    assert (result.image_height, result.image_width) == rgb.shape[:2]
+    assert result.model_type == TEST_MODEL and result.mode == "paper" and result.random_weights
+    assert (result.grid_rows, result.grid_cols) == (1, 2)
+    assert [i.id for i in result.instances] == list(range(1, n_instances + 1))
+    label = image_to_label(label_msg)
+    assert label_msg.encoding == "mono8" and label.shape == rgb.shape[:2]
+    assert np.array_equal(label_from_result(result), label), "RLE masks decode to the label image"
+    for inst, (iid, mask) in zip(result.instances, masks_from_result(result)):
+        assert mask.shape == rgb.shape[:2] and inst.area == int(mask.sum())
+        assert 0.0 <= inst.stability_score <= 1.0
+        if inst.area:
+            ys, xs = np.nonzero(mask)
+            assert (inst.bbox.x_offset, inst.bbox.y_offset, inst.bbox.width, inst.bbox.height) == (
+                xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1)
+    stages = [s.stage for s in result.timings]
+    for stage in ("remote", "edge_encoder", "decoder", "total", "postprocess"):
+        assert stage in stages
+
+
+def test_prompts_topic_results_carry_input_headers(stack):
+    photos = small_photos()
+    objects = [([(40.0, 30.0, 1)], None), ([(20.0, 60.0, 1), (5.0, 5.0, 0)], (10.0, 40.0, 70.0, 90.0))]
+    stack["prompts_pub"].publish(_prompts_msg(objects))
+    time.sleep(0.5)
+    for k, (rgb, enc) in enumerate(zip(photos[:2], ("rgb8", "bgr8"))):
+        msg = image_msg(rgb, 1_000 + k, 123_456_789 + k, frame_id=f"cam_{k}", encoding=enc)
+        stack["image_pub"].publish(msg)
+        result, label = _wait_result(stack, msg.header)
+        _check_result(result, label, rgb, msg.header, n_instances=2)
+        # someone (this test) subscribes to ~/overlay, so the node draws it, same header
+        stack["node"].wait_until(lambda: _by_stamp(stack["overlays"], msg.header), 10, "overlay")
+        ov = _by_stamp(stack["overlays"], msg.header)[0]
+        assert ov.encoding == "rgb8" and (ov.height, ov.width) == rgb.shape[:2]
+
+
+def test_segment_service_with_prompts_and_automatic(stack):
+    from ped_sam_msgs.srv import SegmentImage
+    from ped_sam_ros.ros.convert import image_to_label, label_from_result
+
+    t = stack["node"]
+    client = t.node.create_client(SegmentImage, f"{PREFIX}/segment")
+    rgb = small_photos()[2]
+    img = image_msg(rgb, 2_000, 1, frame_id="service_cam", encoding="bgr8")
+    req = SegmentImage.Request(image=img, use_latest_frame=False,
+                               prompts=_prompts_msg([([(50.0, 30.0, 1)], None)]).prompts, automatic=False)
+    resp = t.call(client, req, RESULT_TIMEOUT_S)
+    assert resp.success, resp.message
+    assert resp.result.header == img.header
+    assert [i.id for i in resp.result.instances] == [1]
+    assert (resp.result.image_height, resp.result.image_width) == rgb.shape[:2]
+    label_from_result(resp.result)  # the RLE is valid for the image size
+
+    # Automatic mode (SAM's mask generator over the distributed embedding) on the latest topic frame.
+    resp = t.call(client, SegmentImage.Request(use_latest_frame=True, automatic=True), RESULT_TIMEOUT_S)
+    assert resp.success, resp.message
+    assert resp.result.header.frame_id.startswith("cam_")  # the latest frame published on ~/image
+    assert all(i.mask.height == resp.result.image_height for i in resp.result.instances)
+
+    resp = t.call(client, SegmentImage.Request(image=img, automatic=False), 30)
+    assert not resp.success and "no prompts" in resp.message
+    assert stack["edge"].alive
+
+
+def test_unsupported_encoding_is_refused_and_node_keeps_answering(stack):
+    import cv2
+    from sensor_msgs.msg import CompressedImage
+
+    bad = image_msg(np.zeros((8, 8), np.float32), 3_000, 0, frame_id="depth", encoding="32FC1")
+    stack["image_pub"].publish(bad)
+    time.sleep(1.5)
+    assert stack["edge"].alive
+    assert not _by_stamp(stack["masks"], bad.header)
+    assert "32FC1" in stack["edge"].log_text(100_000) and "refusing image" in stack["edge"].log_text(100_000)
+
+    # Still answering: a JPEG on ~/image/compressed (use_compressed:=true).
+    rgb = small_photos()[3]
+    ok, jpeg = cv2.imencode(".jpg", rgb[:, :, ::-1])
+    assert ok
+    msg = CompressedImage(header=image_msg(rgb, 3_001, 0, frame_id="jpeg_cam").header, format="jpeg",
+                          data=jpeg.tobytes())
+    stack["compressed_pub"].publish(msg)
+    result, _ = _wait_result(stack, msg.header)
+    assert (result.image_height, result.image_width) == rgb.shape[:2]
+    values = {}
+    for arr in stack["diags"]:
+        for st in arr.status:
+            if st.name == f"{PREFIX}: pipeline":
+                values = {kv.key: kv.value for kv in st.values}
+    assert int(values.get("refused_images", 0)) >= 1
+
+
+def test_runtime_parameters_are_validated(stack):
+    from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+    from rcl_interfaces.srv import SetParameters
+
+    t = stack["node"]
+    client = t.node.create_client(SetParameters, f"{PREFIX}/set_parameters")
+
+    def set_param(name, value):
+        if isinstance(value, bool):
+            pv = ParameterValue(type=ParameterType.PARAMETER_BOOL, bool_value=value)
+        elif isinstance(value, float):
+            pv = ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=value)
+        else:
+            pv = ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=value)
+        resp = t.call(client, SetParameters.Request(parameters=[Parameter(name=name, value=pv)]), 30)
+        return resp.results[0]
+
+    r = set_param("deadline", -1.0)
+    assert not r.successful and r.reason
+    r = set_param("model", "vit_h")
+    assert not r.successful and "read-only" in r.reason.lower(), r.reason
+    r = set_param("amg.pred_iou_thresh", 0.5)
+    assert r.successful, r.reason
+    r = set_param("deadline", 20.0)
+    assert r.successful, r.reason
+    r = set_param("overlay_alpha", 0.8)
+    assert r.successful, r.reason
+
+
+def test_diagnostics_name_each_remote(stack):
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    t = stack["node"]
+    names = {f"{PREFIX}: remote left", f"{PREFIX}: remote right", f"{PREFIX}: pipeline"}
+    t.wait_until(lambda: stack["diags"] and names <= {s.name for s in stack["diags"][-1].status}, 10, "diagnostics")
+    last = {s.name: s for s in stack["diags"][-1].status}
+    for srv in stack["servers"]:
+        st = last[f"{PREFIX}: remote {srv.name}"]
+        assert st.level == DiagnosticStatus.OK, st.message
+        values = {kv.key: kv.value for kv in st.values}
+        assert values["endpoint"] == srv.endpoint
+        assert float(values["last_latency_ms"]) > 0 and int(values["frames"]) >= 1
+        assert float(values["share"]) > 0
+    pipeline = {kv.key: kv.value for kv in last[f"{PREFIX}: pipeline"].values}
+    assert "stage.remote.mean_ms" in pipeline and "frames_dropped" in pipeline
