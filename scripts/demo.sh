@@ -1,17 +1,5 @@
 #!/usr/bin/env bash
-# Run the demo in the project venv: scripts/demo.sh [demo args...]
+# Run the demo in the project venv: scripts/demo.sh [demo args...]  (--help lists them)
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VENV="${PED_SAM_VENV:-$ROOT/.venv}"
-case "$VENV" in /*) ;; *) VENV="$PWD/$VENV" ;; esac
-export PED_SAM_VENV="$VENV"
-"$ROOT/scripts/setup.sh"
-
-# DDS stays on this machine.
-export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
-export ROS_DOMAIN_ID="${ROS_DOMAIN_ID:-42}"
-export FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA
-# ament_index (share/ lookups: package.xml, config, interface files) finds the venv prefix.
-export AMENT_PREFIX_PATH="$VENV${AMENT_PREFIX_PATH:+:$AMENT_PREFIX_PATH}"
-
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 exec "$VENV/bin/python" -m ped_sam_ros.tools.demo "$@"

@@ -10,7 +10,6 @@ is stopped (SIGINT, SIGTERM, then SIGKILL), whatever happens.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -19,6 +18,8 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
+
+from ped_sam_ros.tools.processes import stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_MODEL = "vit_b/w16h1"  # SAM's real geometry (1024 input, 64x64 tokens), width 16: fast on a CPU
@@ -56,23 +57,6 @@ def use_domain(domain: int) -> None:
     os.environ["ROS_DOMAIN_ID"] = str(domain)
     os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
     os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(FASTDDS_PROFILE)
-
-
-def stop_process(proc: Optional[subprocess.Popen], timeout_s: float = 10.0) -> Optional[int]:
-    """SIGINT, then SIGTERM, then SIGKILL; always reaps the process."""
-    if proc is None:
-        return None
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
-        if proc.poll() is not None:
-            break
-        try:
-            proc.send_signal(sig)
-            proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            continue
-        except ProcessLookupError:
-            break
-    return proc.returncode
 
 
 class EdgeProcess:

@@ -37,6 +37,8 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from ped_sam_ros.tools.processes import stop_process
+
 REPO = Path(__file__).resolve().parents[2]
 NS = "/demo"
 PREFIX = f"{NS}/edge_node"
@@ -106,16 +108,7 @@ class Procs:
                 self.say(line)
 
     def stop(self, proc: subprocess.Popen, timeout_s: float = 10.0) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
-            if proc.poll() is not None:
-                return
-            try:
-                proc.send_signal(sig)
-                proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                continue
-            except ProcessLookupError:
-                return
+        stop_process(proc, timeout_s)
 
     def stop_all(self) -> None:
         for name, proc, log in reversed(self.items):

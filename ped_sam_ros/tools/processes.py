@@ -1,0 +1,25 @@
+"""Child-process helpers shared by the demo and the tests."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from typing import Optional
+
+
+def stop_process(proc: Optional[subprocess.Popen], timeout_s: float = 10.0) -> Optional[int]:
+    """SIGINT, then SIGTERM, then SIGKILL, waiting ``timeout_s`` after each;
+    always reaps the process. Returns its exit code (None if there was none)."""
+    if proc is None:
+        return None
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+        if proc.poll() is not None:
+            break
+        try:
+            proc.send_signal(sig)
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            continue
+        except ProcessLookupError:
+            break
+    return proc.returncode
