@@ -124,15 +124,19 @@ class LocalTransport(Transport):
     still go through the real wire codec.
     """
 
-    def __init__(self, stages, num_servers: Optional[int] = None, token_dtype: str = "float32"):
+    def __init__(self, stages, num_servers: Optional[int] = None, token_dtype: str = "float32",
+                 names: Optional[Sequence[str]] = None):
         self.stages = list(stages) if isinstance(stages, (list, tuple)) else [stages]
-        self.num_servers = num_servers or len(self.stages)
+        self.num_servers = num_servers or (len(names) if names else len(self.stages))
+        if names is not None and len(names) != self.num_servers:
+            raise ValueError(f"{len(names)} names for {self.num_servers} servers")
+        self._names = list(names) if names is not None else [f"local-{i}" for i in range(self.num_servers)]
         self.token_dtype = token_dtype
-        self._stats: List[Dict] = [{"name": n, "state": "ok", "requests": 0} for n in self.server_names]
+        self._stats: List[Dict] = [{"name": n, "state": "ok", "requests": 0} for n in self._names]
 
     @property
     def server_names(self) -> List[str]:
-        return [f"local-{i}" for i in range(self.num_servers)]
+        return list(self._names)
 
     def encode(self, jobs, model, mode, timeout_s=60.0):
         out = []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable, List, Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -56,21 +56,9 @@ def build_remote_stage(config: EdgeConfig) -> RemoteStage:
     return RemoteStage.from_checkpoint(geom, config.checkpoint)
 
 
-class NamedLocalTransport(LocalTransport):
-    """:class:`LocalTransport` whose servers carry the configured names."""
-
-    def __init__(self, stage: RemoteStage, names: List[str], token_dtype: str = "float32"):
-        self._names = list(names)
-        super().__init__(stage, num_servers=len(self._names), token_dtype=token_dtype)
-
-    @property
-    def server_names(self) -> List[str]:
-        return list(self._names)
-
-
 def local_transport(config: EdgeConfig) -> Transport:
     """Every configured server run in this process (tests, no network)."""
-    return NamedLocalTransport(build_remote_stage(config), config.server_names, config.wire_precision)
+    return LocalTransport(build_remote_stage(config), token_dtype=config.wire_precision, names=config.server_names)
 
 
 def zmq_transport(config: EdgeConfig) -> Transport:
