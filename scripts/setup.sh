@@ -43,8 +43,8 @@ Install Python 3.11 or point PED_SAM_PYTHON at one."
 if [ ! -x "$VENV/bin/python" ]; then
     log "creating venv $VENV ($("$PY" --version))"
     "$PY" -m venv "$VENV"
-    log "upgrading pip"
-    VPY="$VENV/bin/python" pip_q install --quiet --upgrade pip
+    log "installing pip 26.3 (pinned)"
+    VPY="$VENV/bin/python" pip_q install --quiet "pip==26.3"
 fi
 VPY="$VENV/bin/python"
 [ "$("$VPY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')" = "3.11" ] ||
