@@ -273,8 +273,13 @@ def validate_assignment(
     num_servers: int,
     allow_adjacent: bool = False,
     max_share: float = 1.0,
+    valid_tokens: Optional[Tuple[int, int]] = None,
 ) -> None:
-    """Refuse assignments that break the privacy policy, with the reason."""
+    """Refuse assignments that break the privacy policy, with the reason.
+
+    Shares are of the frame's content: ``valid_tokens`` (rows, cols) is the part of the
+    token grid a real frame covers; without it the whole grid counts (a square frame).
+    """
     if len(assignment) != len(partition):
         raise PartitionError(
             f"assignment lists {len(assignment)} servers but the {partition.name} grid has "
@@ -291,9 +296,17 @@ def validate_assignment(
                 f"windows {a} and {b} are adjacent and both go to server {assignment[a]} "
                 f"({len(bad)} such pairs); use more servers, another assignment, or allow_adjacent"
             )
-    shares = server_shares(partition, assignment)
+    check_max_share(server_shares(partition, assignment, valid_tokens), max_share)
+
+
+def check_max_share(shares: Sequence[float], max_share: float, names: Optional[Sequence[str]] = None,
+                    what: str = "the frame") -> None:
+    """Raise if one server's share of the frame exceeds ``max_share``."""
+    if not shares:
+        return
     worst = max(range(len(shares)), key=lambda i: shares[i])
     if shares[worst] > max_share + 1e-9:
+        who = f"server {worst}" + (f" ({names[worst]})" if names and worst < len(names) else "")
         raise PartitionError(
-            f"server {worst} would see {shares[worst]:.1%} of the frame, above the limit of {max_share:.1%}"
+            f"{who} would see {shares[worst]:.1%} of {what}, above the limit of {max_share:.1%}"
         )

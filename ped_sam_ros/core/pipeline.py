@@ -18,7 +18,8 @@ import torch
 from segment_anything import SamAutomaticMaskGenerator, SamPredictor
 from segment_anything.utils.amg import batched_mask_to_box, calculate_stability_score
 
-from .geometry import (Partition, round_robin_assignment, server_shares, validate_assignment)
+from .geometry import (Partition, check_max_share, round_robin_assignment, server_shares,
+                       validate_assignment)
 from .model import EdgeStage, sam_head
 from .transport import Transport, WindowJob
 
@@ -53,6 +54,7 @@ class DistributedEncoder:
         self.assignment = list(assignment) if assignment is not None else round_robin_assignment(partition, n)
         validate_assignment(partition, self.assignment, n, allow_adjacent=allow_adjacent or n == 1,
                             max_share=max_share)
+        self.max_share = max_share
         self.timeout_s = timeout_s
 
     @property
@@ -80,6 +82,12 @@ class DistributedEncoder:
             raise ValueError(f"expected a uint8 HxWx3 image, got {resized.dtype} {resized.shape}")
         if max(resized.shape[:2]) != geom.img_size:
             raise ValueError(f"the frame must be resized to longest side {geom.img_size}, got {resized.shape[:2]}")
+        # The policy limits the share of *this* frame's content, and for a non-square frame
+        # a window's share differs from the square-frame figure checked at construction.
+        valid = (-(-resized.shape[0] // 16), -(-resized.shape[1] // 16))
+        shares = server_shares(self.partition, self.assignment, valid)
+        check_max_share(shares, self.max_share, self.transport.server_names,
+                        what=f"this {resized.shape[0]}x{resized.shape[1]} frame (after resizing)")
         stats = EncodeStats()
         t0 = time.perf_counter()
         jobs = self.jobs_for(resized)
@@ -95,8 +103,6 @@ class DistributedEncoder:
         features = self.edge(tokens)
         t4 = time.perf_counter()
         stats.timings = {"partition": t1 - t0, "remote": t2 - t1, "merge": t3 - t2, "edge_encoder": t4 - t3}
-        valid = (-(-resized.shape[0] // 16), -(-resized.shape[1] // 16))
-        shares = server_shares(self.partition, self.assignment, valid)
         names = self.transport.server_names
         for s, name in enumerate(names):
             mine = [r for r in results if r.server == s]
@@ -240,7 +246,8 @@ class Segmenter:
         self.stats = getattr(self.predictor, "last_stats", None) or self.stats
         records.sort(key=lambda r: -r["area"])
         return [
+            # the box from the mask itself, as for prompts (SAM's own AMG box is one pixel narrower)
             Instance(k, r["segmentation"], float(r["predicted_iou"]), float(r["stability_score"]),
-                     tuple(int(v) for v in r["bbox"]), int(r["area"]))
+                     _bbox_xywh(r["segmentation"]), int(r["area"]))
             for k, r in enumerate(records, start=1)
         ]
