@@ -52,7 +52,11 @@ def test_full_size_counts_match_method_md():
         total = sum(full.values())
         per_window_block = full["window_block"] / len(g.window_blocks)
         per_global_block = full["global_block"] / 4
-        assert per_window_block / 1e9 == pytest.approx(window_g, rel=0.25)
+        # method.md's ~30/54/83 G is 12*C^2 per token over 4096 tokens; SAM pads the 64x64 grid to
+        # 70x70 for its 14x14 windows, and the counted qkv/proj/attention run on the padding too
+        # (+6 to 9 %), which also lowers the global share by up to 1.6 points
+        assert per_window_block / 1e9 == pytest.approx(window_g, rel=0.1)
+        assert per_window_block / 1e9 > window_g
         assert per_global_block / 1e9 == pytest.approx(global_g, rel=0.05)
         assert full["global_block"] / total == pytest.approx(share, abs=0.02)
         # the counter agrees with the closed form

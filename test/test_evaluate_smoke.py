@@ -4,6 +4,7 @@ import csv
 import json
 import time
 
+import numpy as np
 import pytest
 
 from conftest import TINY_B
@@ -50,6 +51,8 @@ def test_report_folder(report):
     md = (out / "report.md").read_text()
     assert "RANDOM WEIGHTS" in md and "no learned reconstruction attacker" in md
     assert "estimate" in md and "servers are assumed to be this same CPU" in md
+    # with --no-time-full-size the headline's latency comes from this run's own stage times, and says so
+    assert f"for the **{TINY_B} (this run)** geometry (counted MACs; compute time: measured stage times of this run" in md
     for heading in ("## Headline", "## 1. Fidelity", "## 2. Privacy", "## 3. Compute"):
         assert heading in md
 
@@ -100,6 +103,9 @@ def test_bad_arguments_are_refused(tmp_path, capsys):
     assert "impossible" in capsys.readouterr().err
     assert evaluate.main(["--checkpoint", str(tmp_path / "missing.pth"), "--out", str(tmp_path)]) == 2
     assert evaluate.main(["--images", str(tmp_path), "--out", str(tmp_path)]) == 2
+    capsys.readouterr()
+    assert evaluate.main(["--cost-models", "vit_b,vit_x", "--out", str(tmp_path)]) == 2
+    assert "vit_x" in capsys.readouterr().err
 
 
 def test_config_parsing():
@@ -110,3 +116,18 @@ def test_config_parsing():
     assert len(parse_configs(["default"])) == 2 + 2 * 2 * 4
     with pytest.raises(ValueError, match="bad configuration"):
         parse_configs(["paper-2x2"])
+
+
+def test_images_of_every_common_type_become_rgb_uint8():
+    from ped_sam_ros.eval.images import as_rgb_uint8
+
+    ramp = np.linspace(0, 1, 64 * 48).reshape(48, 64)
+    want = np.round(ramp * 255).astype(np.uint8)
+    u16 = np.round(ramp * 65535).astype(np.uint16)
+    for img in (want, u16, ramp, ramp.astype(np.float32) * 255, u16[..., None], np.stack([u16, u16], -1),
+                np.stack([u16] * 3 + [np.full_like(u16, 65535)], -1)):
+        rgb = as_rgb_uint8(img)
+        assert rgb.shape == (48, 64, 3) and rgb.dtype == np.uint8, img.shape
+        assert np.abs(rgb[..., 1].astype(int) - want).max() <= 1, (img.dtype, img.shape)
+    with pytest.raises(ValueError, match="not an RGB image"):
+        as_rgb_uint8(np.zeros((4, 4, 5), np.uint8))

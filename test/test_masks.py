@@ -48,3 +48,7 @@ def test_overlay_changes_only_masked_pixels_and_draws_points():
     assert not np.array_equal(out[15:25, 15:25], rgb[15:25, 15:25])
     pts = overlay(rgb, [], points=[(50, 5, 1)])
     assert tuple(pts[5, 50]) == (40, 220, 40)
+    gray = overlay(rgb[..., 0], [m])  # a gray frame comes back as RGB with the same colouring
+    assert np.array_equal(gray, out)
+    with pytest.raises(ValueError, match="mask 0 has shape"):
+        overlay(rgb, [m[:20]])

@@ -92,6 +92,13 @@ def test_reconstructions_of_a_partial_view():
     for name in ("nearest", "mean"):
         assert np.array_equal(priv.ATTACKS[name](flat, s2), flat)
     assert np.abs(priv.inpaint_reconstruction(flat, s2).astype(int) - 77).max() <= 8
+    # gray frames work too, and keep their shape
+    gray = img[..., 0]
+    for name, fn in priv.ATTACKS.items():
+        rec = fn(gray, seen)
+        assert rec.shape == gray.shape and np.array_equal(rec[seen], gray[seen]), name
+        assert priv.reconstruction_scores(gray, rec, seen)["unseen_fraction"] == 0.75
+    assert np.all(priv.mean_fill_reconstruction(gray, seen)[~seen] == np.round(gray[seen].mean()))
 
 
 def test_box_helpers():

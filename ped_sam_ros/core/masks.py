@@ -64,6 +64,16 @@ def overlay(
     points (green foreground, red background), boxes and an optional caption."""
     import cv2
 
+    rgb = np.asarray(rgb)
+    if rgb.ndim == 3 and rgb.shape[2] == 1:
+        rgb = rgb[..., 0]
+    if rgb.ndim == 2:
+        rgb = np.stack([rgb] * 3, axis=-1)  # a gray frame is drawn on in colour
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"overlay needs an (H, W, 3) RGB or (H, W) gray image, got shape {rgb.shape}")
+    for i, m in enumerate(masks):
+        if m.shape != rgb.shape[:2]:
+            raise ValueError(f"mask {i} has shape {m.shape}, the image {rgb.shape[:2]}")
     out = rgb.astype(np.float32).copy()
     colors = palette(len(masks))
     order = sorted(range(len(masks)), key=lambda i: -int(masks[i].sum()))

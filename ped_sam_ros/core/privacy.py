@@ -163,7 +163,8 @@ def mean_fill_reconstruction(image: np.ndarray, seen: np.ndarray) -> np.ndarray:
     if not seen.any():
         return np.full_like(image, 128)
     out = image.copy()
-    out[~seen] = np.round(image[seen].reshape(-1, image.shape[-1]).mean(0)).astype(image.dtype)
+    channels = image.shape[2:]  # () for a gray image
+    out[~seen] = np.round(image[seen].reshape((-1,) + channels).mean(0)).astype(image.dtype)
     return out
 
 

@@ -13,11 +13,24 @@ EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def as_rgb_uint8(img: np.ndarray) -> np.ndarray:
+    """Any common image array as RGB uint8: 8- and 16-bit integers are scaled by their
+    range (a 16-bit photo is not clipped to white), floats in [0, 1] or [0, 255], gray
+    (H, W) or (H, W, 1), gray+alpha (H, W, 2), RGB and RGBA (alpha dropped)."""
     img = np.asarray(img)
-    if img.dtype != np.uint8:
-        if np.issubdtype(img.dtype, np.floating) and img.max() <= 1.0:
-            img = img * 255.0
-        img = np.clip(np.round(img), 0, 255).astype(np.uint8)
+    if img.dtype == bool:
+        img = img.astype(np.uint8) * 255
+    elif img.dtype != np.uint8:
+        if np.issubdtype(img.dtype, np.integer):
+            if img.dtype.itemsize > 1:
+                img = img.astype(np.float64) * (255.0 / np.iinfo(img.dtype).max)
+        elif np.issubdtype(img.dtype, np.floating):
+            if img.size and np.nanmax(img) <= 1.0:
+                img = img * 255.0
+        else:
+            raise ValueError(f"not an image: dtype {img.dtype}")
+        img = np.clip(np.round(np.nan_to_num(img)), 0, 255).astype(np.uint8)
+    if img.ndim == 3 and img.shape[2] in (1, 2):
+        img = img[..., 0]
     if img.ndim == 2:
         img = np.stack([img] * 3, axis=-1)
     if img.ndim != 3 or img.shape[2] not in (3, 4):

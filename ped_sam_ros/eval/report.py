@@ -262,8 +262,9 @@ def render_markdown(res: Dict, files: Dict[str, Path], out: Path) -> str:
     # ---------------------------------------------------------------- headline
     g = summary[0]["cost_geometry"] if summary else "?"
     add("## Headline\n")
+    gi = cost["geometries"].get(g, {})
     add(f"Fidelity and privacy are measured on this run's model and images; MAC share and latency are for the "
-        f"full-size **{g}** geometry (counted MACs, compute measured on this machine per component, fp16 tokens, "
+        f"**{g}** geometry (counted MACs; compute time: {gi.get('timing_source', 'n/a')}; fp16 tokens, "
         f"100 Mbit/s with 20 ms RTT; {meta['server_assumption'].split(';')[0]}).\n")
     add(table(["configuration", "servers", "embedding cosine", "point-prompt mask IoU", "max single-server share",
                "reconstruction SSIM (inpaint, frame)", f"edge MAC share ({g})", f"latency @100 Mbit/s ({g})"],

@@ -93,6 +93,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         else:
             geom = get_geometry(DEFAULT_MODEL)
         configs = parse_configs([args.configs])
+        cost_models = [m.strip() for m in args.cost_models.split(",") if m.strip()]
+        for m in cost_models:
+            get_geometry(m)
         images = load_images(args.images, max_images=args.max_images or None, max_side=args.max_side or None)
     except (ValueError, FileNotFoundError, CheckpointError) as e:
         print(f"ped-sam-eval: {e}", file=sys.stderr)
@@ -105,7 +108,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         model=geom.spec, checkpoint=args.checkpoint, seed=args.seed, configs=configs, images=images,
         wire_dtype=args.wire_dtype, point_grid=args.point_grid, amg_points=args.amg_points,
         amg_images=args.amg_images or None,
-        cost_models=[m for m in args.cost_models.split(",") if m.strip()],
+        cost_models=cost_models,
         time_full_size=not args.no_time_full_size, timing_cache=args.timing_cache, retime=args.retime,
         server_speedup=args.server_speedup, attack_all_servers=args.attack_all_servers,
         image_source=f"folder {args.images}" if args.images else "scikit-image sample photos",
