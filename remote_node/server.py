@@ -20,13 +20,17 @@ Robustness rules:
   header could be read far enough to find it) and the server keeps serving;
 * a request whose ``budget_ms``, counted from its arrival here, has run out
   when its compute would start gets ``deadline_expired`` instead;
-* at most :data:`MAX_QUEUED` encode requests wait; beyond that the reply is
-  ``busy``;
-* a single frame larger than ``MAXMSGSIZE`` (:data:`wire.MAX_REQUEST_BYTES`) is
+* at most :data:`MAX_QUEUED` encode requests, holding at most
+  :data:`MAX_QUEUED_BYTES` bytes of request frames, wait for the compute
+  thread (both configurable); a request beyond either gets ``busy``;
+* an unexpected exception while handling a request gets an ``internal`` reply;
+  its traceback is logged once per exception type and minute, not per request;
+* a single frame larger than ``MAXMSGSIZE`` (``max_message_bytes``, default
+  :data:`wire.MAX_REQUEST_BYTES`; the codec applies the same limit to the whole
+  message) is
   dropped by libzmq before it reaches this code: libzmq closes that connection
   (the client's DEALER reconnects by itself) and no reply is sent, so the client
-  sees a deadline miss.  ``MAXMSGSIZE`` bounds each frame; the wire codec bounds
-  the whole message, and more than :data:`MAX_FRAMES` frames are refused;
+  sees a deadline miss.  More than :data:`MAX_FRAMES` frames are refused;
 * replies are sent without blocking (``ROUTER_MANDATORY``): a reply for a peer
   that went away, or whose queue is full, is dropped and logged.
 """
@@ -46,9 +50,9 @@ import zmq
 
 from ped_sam_ros.core import wire
 from ped_sam_ros.core.model import MODES, RemoteStage, get_geometry
-from ped_sam_ros.core.transport import check_encode_request, run_encode
+from ped_sam_ros.core.transport import check_encode_request, frames_nbytes, run_encode
 from ped_sam_ros.core.wire import WireError
-from ped_sam_ros.net.curve import load_secret_pair
+from ped_sam_ros.net.curve import CurveKeyError, load_authorized_keys, load_secret_pair
 
 from .policy import ServerConfigError, check_bind_policy, is_local_endpoint  # noqa: F401
 
@@ -65,6 +69,10 @@ POLL_MS = 100
 MAX_FRAMES = 8
 #: encode requests waiting for the compute thread, at most
 MAX_QUEUED = 256
+#: bytes of request frames (mostly pixels) waiting for the compute thread, at most
+MAX_QUEUED_BYTES = 64 << 20
+#: an unexpected exception's traceback is logged at most this often per exception type
+INTERNAL_LOG_EVERY_S = 60.0
 
 
 class _AuthLog(logging.LoggerAdapter):
@@ -110,15 +118,16 @@ def _best_effort_id(frames) -> Optional[str]:
 class _Job:
     """A valid encode request waiting for (or in) the compute thread."""
 
-    __slots__ = ("envelope", "request", "arrival", "id", "budget_s", "summary")
+    __slots__ = ("envelope", "request", "arrival", "id", "budget_s", "summary", "nbytes")
 
-    def __init__(self, envelope, request, arrival, summary):
+    def __init__(self, envelope, request, arrival, summary, nbytes):
         self.envelope = envelope
         self.request = request  # a validated wire.EncodeRequest (its pixels view the received frame)
         self.arrival = arrival
         self.id = request.id
         self.budget_s = request.budget_ms / 1000.0
         self.summary = summary
+        self.nbytes = nbytes  # the request's frames, held until the compute thread takes the job
 
 
 class RemoteServer:
@@ -130,6 +139,12 @@ class RemoteServer:
 
     ``stage`` may be given instead of ``checkpoint`` (e.g. random weights for
     demos); ``checkpoint_label`` is then what ``info`` reports.
+
+    ``max_message_bytes``: the largest request (``MAXMSGSIZE`` per frame, and the
+    codec's limit for the whole message).  ``max_queued`` / ``max_queued_bytes``:
+    how many encode requests, and how many bytes of them, may wait for the
+    compute thread before new ones get ``busy``; ``max_queued_bytes`` must be at
+    least ``max_message_bytes`` (an idle server takes any valid request).
     """
 
     def __init__(
@@ -146,7 +161,19 @@ class RemoteServer:
         checkpoint_label: Optional[str] = None,
         context: Optional[zmq.Context] = None,
         max_message_bytes: int = wire.MAX_REQUEST_BYTES,
+        max_queued: int = MAX_QUEUED,
+        max_queued_bytes: int = MAX_QUEUED_BYTES,
     ):
+        for label, value in (("max_message_bytes", max_message_bytes), ("max_queued", max_queued),
+                             ("max_queued_bytes", max_queued_bytes)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ServerConfigError(f"{label} must be a positive integer, got {value!r}")
+        if max_queued_bytes < max_message_bytes:
+            raise ServerConfigError(f"max_queued_bytes ({max_queued_bytes}) must be at least max_message_bytes "
+                                    f"({max_message_bytes}), or a largest request would always be refused")
+        self.max_message_bytes = max_message_bytes
+        self.max_queued = max_queued
+        self.max_queued_bytes = max_queued_bytes
         self.bind_address = bind
         self.name = name or f"remote@{bind}"
         self.curve = server_secret_key is not None
@@ -156,12 +183,13 @@ class RemoteServer:
                 "authorized client public keys (--authorized-keys DIR)")
         check_bind_policy(bind, self.curve, allow_insecure_remote)
         if self.curve:
-            keys_dir = Path(authorized_keys_dir)
-            if not keys_dir.is_dir():
-                raise ServerConfigError(f"authorized keys directory {keys_dir} does not exist")
-            n_keys = len(list(keys_dir.glob("*.key")))
-            if n_keys == 0:
-                log.warning("no *.key files in %s: no client will be accepted", keys_dir)
+            # Every *.key file is checked: pyzmq's authenticator trusts no key at all when one of
+            # them cannot be read (it only logs that), and would refuse every client.
+            keys_location = str(Path(authorized_keys_dir))
+            try:
+                self.authorized_keys = load_authorized_keys(keys_location)
+            except CurveKeyError as e:
+                raise ServerConfigError(f"authorized keys: {e}") from None
             public, secret = load_secret_pair(server_secret_key)
 
         self.geometry = get_geometry(model_spec)
@@ -179,6 +207,8 @@ class RemoteServer:
         self.requests_served = 0
         self.errors = 0
         self._lock = threading.Lock()  # counters, shared with the compute thread
+        self._queued_bytes = 0  # bytes of the jobs waiting for the compute thread (guarded by _lock)
+        self._internal_logged: dict = {}  # exception type -> monotonic time its traceback was last logged
         self._stopping = threading.Event()
         self.started = time.time()
 
@@ -192,10 +222,16 @@ class RemoteServer:
 
                 self._auth = ThreadAuthenticator(self.context, log=_AuthLog(logging.getLogger("remote_node.auth")))
                 self._auth.start()
-                self._auth.configure_curve(domain="*", location=str(Path(authorized_keys_dir)))
+                self._auth.configure_curve(domain="*", location=keys_location)
+                trusted = set(self._auth.certs.get("*", {}))
+                if trusted != {k for _, k in self.authorized_keys}:  # a key file changed in between
+                    raise ServerConfigError(f"the Curve authenticator loaded {len(trusted)} client key(s) from "
+                                            f"{keys_location}, not the {len(self.authorized_keys)} checked "
+                                            f"(did the directory change during startup?)")
             s = self.context.socket(zmq.ROUTER)
+            self.socket = s  # registered at once: close() releases it whatever fails below
             s.setsockopt(zmq.LINGER, 0)
-            s.setsockopt(zmq.MAXMSGSIZE, int(max_message_bytes))
+            s.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
             s.setsockopt(zmq.RCVHWM, RCVHWM)
             s.setsockopt(zmq.SNDHWM, SNDHWM)
             s.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -206,7 +242,6 @@ class RemoteServer:
                 s.curve_secretkey = secret
                 s.curve_publickey = public
                 s.curve_server = True
-            self.socket = s
             s.bind(bind)
             self.endpoint = s.getsockopt(zmq.LAST_ENDPOINT).decode()
         except Exception:
@@ -214,7 +249,8 @@ class RemoteServer:
             raise
         log.info("%s serving %s on %s (checkpoint %s, Curve %s, protocol v%d)", self.name, self.model_spec,
                  self.endpoint, self.checkpoint_label,
-                 "on" if self.curve else "OFF (plaintext)", wire.PROTOCOL_VERSION)
+                 f"on, {len(self.authorized_keys)} authorized client key(s)" if self.curve
+                 else "OFF (plaintext)", wire.PROTOCOL_VERSION)
 
     # ------------------------------------------------------------------ loop
 
@@ -282,13 +318,31 @@ class RemoteServer:
             try:
                 result = self._admit(body, extra, arrival, envelope, jobs.qsize())
             except Exception as e:  # never let one request take the server down
-                log.exception("internal error while reading a request")
+                self._log_internal(e, "reading a request")
                 result = self._error(_best_effort_id(body) if body else None, "internal",
                                      f"{type(e).__name__}: {e}")
             if isinstance(result, _Job):
+                with self._lock:
+                    self._queued_bytes += result.nbytes
                 jobs.put(result)
             else:
                 self._send(envelope, result)
+
+    def _log_internal(self, exc: BaseException, doing: str) -> None:
+        """Log an unexpected exception: with its traceback once per type and
+        :data:`INTERNAL_LOG_EVERY_S`, otherwise one line at debug level."""
+        key = type(exc).__name__
+        now = time.monotonic()
+        with self._lock:
+            last = self._internal_logged.get(key)
+            loud = last is None or now - last >= INTERNAL_LOG_EVERY_S
+            if loud:
+                self._internal_logged[key] = now
+        if loud:
+            log.error("internal error while %s (the next %s within %.0f s are logged at debug level only)",
+                      doing, key, INTERNAL_LOG_EVERY_S, exc_info=exc)
+        else:
+            log.debug("internal error while %s: %s: %s", doing, key, exc)
 
     def _error(self, rid, code: str, message: str) -> List:
         with self._lock:
@@ -305,7 +359,7 @@ class RemoteServer:
                                f"a request has at most {MAX_FRAMES} frames, this one had "
                                f"{len(frames) + extra_frames}")
         try:
-            header, arrays = wire.decode_message(frames)
+            header, arrays = wire.decode_message(frames, max_total_bytes=self.max_message_bytes)
             mtype = header.get("type")
             if mtype == "info":
                 if arrays:
@@ -316,11 +370,15 @@ class RemoteServer:
             req = check_encode_request(header, arrays, self.model_spec)
         except WireError as e:
             return self._error(_best_effort_id(frames), e.code, str(e))
-        if queued >= MAX_QUEUED:
-            return self._error(req.id, "busy", f"{queued} requests already waiting; try later")
+        nbytes = frames_nbytes(frames)
+        with self._lock:
+            queued_bytes = self._queued_bytes
+        if queued >= self.max_queued or queued_bytes + nbytes > self.max_queued_bytes:
+            return self._error(req.id, "busy", f"{queued} requests ({queued_bytes} bytes) already waiting, at most "
+                                               f"{self.max_queued} ({self.max_queued_bytes} bytes); try later")
         w = req.window
         summary = f"rows [{w.row0}, {w.row1}) cols [{w.col0}, {w.col1}) {req.mode} {req.reply_dtype}"
-        return _Job(envelope, req, arrival, summary)
+        return _Job(envelope, req, arrival, summary, nbytes)
 
     def _compute_loop(self, jobs: "queue.Queue", done_tx: zmq.Socket) -> None:
         """The compute thread: one job at a time; replies go back to the I/O thread."""
@@ -328,12 +386,14 @@ class RemoteServer:
             job = jobs.get()
             if job is None:
                 return
+            with self._lock:
+                self._queued_bytes -= job.nbytes
             if self._stopping.is_set():
                 continue
             try:
                 reply = self._compute(job)
             except Exception as e:  # never let one request take the server down
-                log.exception("internal error while encoding %s", job.id)
+                self._log_internal(e, f"encoding {job.id}")
                 reply = self._error(job.id, "internal", f"{type(e).__name__}: {e}")
             try:
                 done_tx.send_multipart(list(job.envelope) + list(reply), copy=False)

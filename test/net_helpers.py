@@ -13,12 +13,14 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from ped_sam_ros.core import wire
 
@@ -168,8 +170,9 @@ class RawClient:
     """A DEALER that sends arbitrary frames and waits (bounded) for replies."""
 
     def __init__(self, ctx: zmq.Context, endpoint: str, curve: Optional[Tuple[bytes, bytes, bytes]] = None,
-                 immediate: bool = False):
+                 immediate: bool = False, monitor: bool = False):
         self.socket = ctx.socket(zmq.DEALER)
+        self.monitor = None
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.RECONNECT_IVL, 50)
         if immediate:
@@ -179,7 +182,21 @@ class RawClient:
             self.socket.curve_publickey = public
             self.socket.curve_secretkey = secret
             self.socket.curve_serverkey = server_public
+        if monitor:
+            self.monitor = self.socket.get_monitor_socket()
         self.socket.connect(endpoint)
+
+    def wait_event(self, events: int, timeout_s: float = 20.0) -> Optional[dict]:
+        """The first monitor event among ``events`` (a bit mask), or None after timeout_s."""
+        assert self.monitor is not None, "RawClient(monitor=True) needed"
+        end = time.monotonic() + timeout_s
+        while True:
+            left = end - time.monotonic()
+            if left <= 0 or not self.monitor.poll(max(1, int(left * 1000))):
+                return None
+            ev = recv_monitor_message(self.monitor)
+            if ev["event"] & events:
+                return ev
 
     def send(self, frames: Sequence, timeout_s: float = 10.0) -> bool:
         """Send without ever blocking the test: False if the socket would not take it.
@@ -208,6 +225,9 @@ class RawClient:
         return self.recv(timeout_s)
 
     def close(self) -> None:
+        if self.monitor is not None:
+            self.socket.disable_monitor()
+            self.monitor.close(linger=0)
         self.socket.close(linger=0)
 
 
@@ -218,3 +238,109 @@ def header_frame(**fields) -> bytes:
 def pixels_for(window, seed: int = 0) -> np.ndarray:
     h, w = window.pixel_shape
     return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+# ---------------------------------------------------------------------------
+# RemoteServer in this process (for seams a child process does not offer)
+
+
+class BlockingStage:
+    """Wraps a RemoteStage: each ``encode_window`` waits until the test calls :meth:`release`.
+
+    ``started`` is set when a compute begins, so a test knows the compute thread
+    is busy without timing anything.
+    """
+
+    def __init__(self, stage, hold_s: float = 120.0):
+        self.inner = stage
+        self.geometry = stage.geometry
+        self.started = threading.Event()
+        self._release = threading.Event()
+        self.hold_s = hold_s
+        self.calls = 0
+
+    def release(self) -> None:
+        self._release.set()
+
+    def encode_window(self, pixels, window, mode):
+        self.calls += 1
+        self.started.set()
+        if not self._release.wait(self.hold_s):
+            raise RuntimeError("BlockingStage: the test never released the compute")
+        return self.inner.encode_window(pixels, window, mode)
+
+
+class FailingStage:
+    """A stage whose every compute raises (drives the server's ``internal`` path)."""
+
+    def __init__(self, stage):
+        self.geometry = stage.geometry
+        self.calls = 0
+
+    def encode_window(self, pixels, window, mode):
+        self.calls += 1
+        raise RuntimeError(f"stage failure #{self.calls}")
+
+
+class InProcessServer:
+    """``RemoteServer(...)`` with ``serve_forever`` in a thread; a context manager.
+
+    Leaving the block releases a :class:`BlockingStage` first, so no test can
+    leave the compute thread stuck.
+    """
+
+    def __init__(self, model: str, stage, **kwargs):
+        from remote_node.server import RemoteServer
+
+        self.stage = stage
+        self.server = RemoteServer("tcp://127.0.0.1:*", model, None, stage=stage, **kwargs)
+        self.endpoint = self.server.endpoint
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self.server.serve_forever, args=(self._stop,), daemon=True)
+
+    def __enter__(self) -> "InProcessServer":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if isinstance(self.stage, BlockingStage):
+            self.stage.release()
+        self._stop.set()
+        self._thread.join(30.0)
+        self.server.close()
+        assert not self._thread.is_alive(), "serve_forever did not return after its stop event"
+
+
+class FakeRouter:
+    """A ROUTER in a thread that answers each request with ``reply(header) -> frames``.
+
+    For what a real server never sends (odd info replies, unreadable headers).
+    """
+
+    def __init__(self, ctx: zmq.Context, reply):
+        self.reply = reply
+        self.socket = ctx.socket(zmq.ROUTER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.bind("tcp://127.0.0.1:*")
+        self.endpoint = self.socket.getsockopt(zmq.LAST_ENDPOINT).decode()
+        self.requests: List[dict] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if not self.socket.poll(50):
+                continue
+            identity, *body = self.socket.recv_multipart()
+            header = json.loads(body[0])
+            self.requests.append(header)
+            self.socket.send_multipart([identity] + list(self.reply(header)))
+
+    def __enter__(self) -> "FakeRouter":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(30.0)
+        self.socket.close(linger=0)

@@ -104,6 +104,9 @@ def _malformed():
         "empty_header_frame": ([b""], "bad_header", None),
         "json_not_object": ([b"[1, 2, 3]"], "bad_header", None),
         "deeply_nested_json": ([b"[" * 16000], "bad_header", None),
+        # json raises a plain ValueError for an integer of more than 4300 digits
+        "integer_json_will_not_convert": ([b'{"v": 1, "type": "info", "id": "m-1", "n": ' + b"9" * 5000 + b"}"],
+                                          "bad_header", None),
         "header_too_large": ([header_frame(v=1, type="info", id="m-1", pad="x" * 20000)], "header_too_large", None),
         "unknown_version": (_replace(ok, v=7), "bad_version", "m-1"),
         "unknown_type": (_replace(ok, type="teleport"), "bad_type", "m-1"),
@@ -120,6 +123,8 @@ def _malformed():
         "shape_byte_mismatch": (_replace(ok, tensors=[{"name": "pixels", "dtype": "uint8", "shape": [32, 16, 3]}]),
                                 "bad_length", "m-1"),
         "wrong_dtype_name": (_replace(ok, tensors=[{"name": "pixels", "dtype": "float64", "shape": [32, 32, 3]}]),
+                             "bad_dtype", "m-1"),
+        "unhashable_dtype": (_replace(ok, tensors=[{"name": "pixels", "dtype": ["uint8"], "shape": [32, 32, 3]}]),
                              "bad_dtype", "m-1"),
         "float_pixels": (_replace(ok, tensors=[{"name": "pixels", "dtype": "float32", "shape": [32, 32, 3]}])[:1]
                          + [np.zeros((32, 32, 3), np.float32).tobytes()], "bad_dtype", "m-1"),
@@ -220,10 +225,14 @@ def test_expired_budget_is_not_computed(client, stage):
 
 
 def test_budget_counts_from_arrival_while_queued(client):
-    """A request waiting behind a long compute expires; info is answered at once meanwhile."""
+    """A request waiting behind a long compute expires; info is answered at once meanwhile.
+
+    (test_net_hardening has a twin that holds the compute deterministically.)"""
     full = Window(0, 0, 0, 0, 64, 0, 64)  # the whole 64x64 grid in paper mode: hundreds of ms
     assert client.send(encode_frames("long", full, mode="paper"))
-    assert client.send(encode_frames("short", budget_ms=50))
+    # 1 ms: far less than "long" computes, far more than "short" needs to reach the compute thread
+    # when nothing is queued; counted from compute start it would be served
+    assert client.send(encode_frames("short", budget_ms=1))
     assert client.send([header_frame(v=1, type="info", id="info-now")])
     order = []
     end = time.monotonic() + 60
@@ -359,8 +368,8 @@ def test_curve_authorized_client_served_unknown_client_refused(ctx, tmp_path):
         assert "Curve on" in log and "MEANINGLESS" in log
         spub = load_public_key(server_pub)
         good = RawClient(ctx, srv.endpoint, curve=load_secret_pair(edge_sec) + (spub,))
-        bad = RawClient(ctx, srv.endpoint, curve=load_secret_pair(bad_sec) + (spub,))
-        plain = RawClient(ctx, srv.endpoint)
+        bad = RawClient(ctx, srv.endpoint, curve=load_secret_pair(bad_sec) + (spub,), monitor=True)
+        plain = RawClient(ctx, srv.endpoint, monitor=True)
 
         # the random-weights server computes what random_sam(spec, seed) computes
         sam = random_sam(TINY_B, seed=3)
@@ -371,12 +380,19 @@ def test_curve_authorized_client_served_unknown_client_refused(ctx, tmp_path):
         info = good.request([header_frame(v=1, type="info", id="ci")], REPLY_TIMEOUT_S)[0]
         assert info["curve"] is True and info["checkpoint"] == "random(seed=3)"
 
-        # refused at the handshake: the request cannot even be sent, or it is never answered
-        sent = bad.send(encode_frames("intruder"), timeout_s=0.5)
-        assert not sent or bad.recv(1.5) is None, "a client with an unknown key must get no reply"
-        sent = plain.send(encode_frames("plaintext"), timeout_s=0.5)
-        assert not sent or plain.recv(0.2) is None, "a plaintext client must get no reply from a Curve server"
+        # refused at the handshake: the server's ZAP handler says no (status 400) to the unknown key,
+        # and the plaintext client fails the handshake (mechanism mismatch); neither ever connects
+        outcome = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                   | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+        ev = bad.wait_event(outcome, REPLY_TIMEOUT_S)
+        assert ev is not None and (ev["event"], ev["value"]) == (zmq.EVENT_HANDSHAKE_FAILED_AUTH, 400), ev
+        ev = plain.wait_event(outcome, REPLY_TIMEOUT_S)
+        assert ev is not None and ev["event"] in (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
+                                                  zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL), ev
+        bad.send(encode_frames("intruder"), timeout_s=0.5)  # queued or refused; never delivered
+        plain.send(encode_frames("plaintext"), timeout_s=0.5)
         assert_serves(good, stage, rid="curve-good-again")
+        assert bad.recv(0.2) is None and plain.recv(0.2) is None
 
         # the edge transport: unknown key -> handshake refused, clear error, fails fast
         t_bad = ZmqTransport([srv.endpoint], names=["curve-srv"], client_secret_key=str(bad_sec),
@@ -406,5 +422,11 @@ def test_curve_authorized_client_served_unknown_client_refused(ctx, tmp_path):
                 c.close()
         code = srv.stop()
     assert code == 0, srv.log_text()  # SIGTERM: clean shutdown
-    assert "Curve handshake refused: DENIED" in srv.log_text()  # the operator sees the intruder
-    assert "stopped after" in srv.log_text()
+    full_log = srv.log_path.read_text(errors="replace")
+    denied = [line for line in full_log.splitlines() if "Curve handshake refused: DENIED" in line]
+    intruder_key = load_secret_pair(bad_sec)[0].decode()
+    # the operator sees the intruder's key, and only the intruder's
+    assert denied and all(intruder_key in line for line in denied), full_log
+    assert load_public_key(edge_pub).decode() not in full_log
+    assert "Curve on, 1 authorized client key(s)" in full_log
+    assert "stopped after" in full_log

@@ -183,6 +183,17 @@ def test_deeply_nested_json_header_is_refused():
     assert e.value.code == "bad_header"
 
 
+@pytest.mark.parametrize("number", [b"7" * 5000, b"-" + b"7" * 4301])
+def test_header_number_json_will_not_convert_is_a_wire_error(number):
+    """json refuses integers of more than 4300 digits with a plain ValueError: it must
+    come out as WireError bad_header (the server answers it, the client reports it)."""
+    raw = b'{"v": 1, "type": "info", "id": "n-1", "n": ' + number + b"}"
+    assert len(raw) <= wire.MAX_HEADER_BYTES
+    with pytest.raises(WireError) as ei:
+        decode_message([raw])
+    assert ei.value.code == "bad_header" and "4300" in str(ei.value)
+
+
 @pytest.mark.parametrize("v", [None, 0, 2, "1", 99, 1.0, True])
 def test_unknown_version(v):
     frames = _with_header(make_encode_request(_request()), v=v if v is not None else _DELETE)
@@ -252,7 +263,7 @@ def test_duplicate_tensor_name():
     assert _code(frames) == "bad_header"
 
 
-@pytest.mark.parametrize("dtype", ["float64", "object", "<f4", "uint16", None])
+@pytest.mark.parametrize("dtype", ["float64", "object", "<f4", "uint16", None, ["uint8"], {"uint8": 1}, 8])
 def test_unknown_dtype(dtype):
     frames = make_encode_request(_request())
     h, w = WIN.pixel_shape

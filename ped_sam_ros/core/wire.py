@@ -10,18 +10,23 @@ an error reply.
 Header fields (protocol version 1)::
 
   {"v": 1, "type": "encode", "id": "<=64 chars", "model": "vit_b", "mode": "paper",
-   "window": {"rows": [r0, r1], "cols": [c0, c1]}, "budget_ms": 2000,
+   "window": {"rows": [r0, r1], "cols": [c0, c1], "index": 0}, "budget_ms": 2000,
    "reply_dtype": "float16", "tensors": [{"name": "pixels", "dtype": "uint8", "shape": [h, w, 3]}]}
   {"v": 1, "type": "encoded", "id": ..., "tensors": [{"name": "tokens", ...}, ("scales")],
    "timing": {"queue_s": .., "compute_s": ..}}
   {"v": 1, "type": "info"} -> {"v": 1, "type": "info", "model": .., "modes": [..], ...}
   {"v": 1, "type": "error", "id": ..., "code": "bad_shape", "message": "..."}
 
+``window.index`` (optional, default 0) is the edge's number for the window; the
+token grid position is ``rows`` / ``cols`` (token units, end exclusive).
+
 Error codes: the codec's own (``empty``, ``too_large``, ``header_too_large``,
 ``bad_header``, ``bad_version``, ``bad_type``, ``bad_id``, ``frame_count``,
-``bad_dtype``, ``bad_shape``, ``bad_length``, ``bad_window``, ``bad_deadline``)
-and the server's (``wrong_model``, ``bad_mode``, ``deadline_expired``, ``busy``,
-``internal``).  Over ZeroMQ the server's ``MAXMSGSIZE`` bounds each *frame*: a
+``bad_dtype``, ``bad_shape``, ``bad_length``, ``bad_window``, ``bad_deadline``),
+``bad_reply`` (raised on the edge by :func:`unpack_tokens` for a reply whose
+tokens do not fit the request; never sent by a server), and the server's
+(``wrong_model``, ``bad_mode``, ``deadline_expired``, ``busy``, ``internal``).
+Over ZeroMQ the server's ``MAXMSGSIZE`` bounds each *frame*: a
 larger frame makes libzmq close the connection without a reply (the client's
 deadline then fires); the codec bounds the whole message.
 
@@ -122,10 +127,10 @@ def decode_message(frames: Sequence, max_total_bytes: int = MAX_REQUEST_BYTES) -
         raise WireError("header_too_large", f"header of {head.nbytes} bytes exceeds {MAX_HEADER_BYTES}")
     try:
         header = json.loads(head.tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise WireError("bad_header", f"header is not UTF-8 JSON: {e}") from None
     except RecursionError:
         raise WireError("bad_header", "header JSON is nested too deeply") from None
+    except ValueError as e:  # not UTF-8, not JSON, or a number json will not convert (> 4300 digits)
+        raise WireError("bad_header", f"header is not readable UTF-8 JSON: {str(e)[:200]}") from None
     if not isinstance(header, dict):
         raise WireError("bad_header", "header must be a JSON object")
     v = header.get("v")
@@ -149,7 +154,7 @@ def decode_message(frames: Sequence, max_total_bytes: int = MAX_REQUEST_BYTES) -
         name, dtype, shape = spec.get("name"), spec.get("dtype"), spec.get("shape")
         if not isinstance(name, str) or not name or name in arrays:
             raise WireError("bad_header", f"bad or duplicate tensor name {name!r}")
-        if dtype not in DTYPES:
+        if not isinstance(dtype, str) or dtype not in DTYPES:
             raise WireError("bad_dtype", f"tensor {name!r}: dtype {dtype!r} is not one of {sorted(DTYPES)}")
         if (not isinstance(shape, list) or len(shape) > 4
                 or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= 1 << 20 for d in shape)):

@@ -9,12 +9,13 @@ by path.  :func:`is_local_endpoint` says when Curve is needed at all.
 
 from __future__ import annotations
 
+import glob
 import ipaddress
 import logging
 import os
 import stat
 from pathlib import Path
-from typing import Tuple, Union
+from typing import List, Tuple, Union
 
 log = logging.getLogger(__name__)
 
@@ -25,18 +26,37 @@ class CurveKeyError(ValueError):
     """A key file that is missing or not a CurveZMQ certificate."""
 
 
+def _check_z85_key(p: Path, which: str, key: bytes) -> None:
+    """A Curve key in a certificate is 40 Z85 characters (32 bytes)."""
+    from zmq.utils import z85
+
+    ok = len(key) == 40
+    if ok:
+        try:
+            ok = len(z85.decode(key)) == 32
+        except Exception:  # characters outside the Z85 alphabet
+            ok = False
+    if not ok:
+        raise CurveKeyError(f"{p}: the {which} key is not a 40-character Z85 Curve key")
+
+
 def _load(path: PathLike):
     import zmq.auth
 
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise CurveKeyError(f"Curve key file {p} does not exist")
+    if not p.is_file():
+        raise CurveKeyError(f"Curve key file {p} is not a regular file")
     try:
         public, secret = zmq.auth.load_certificate(str(p))
     except Exception as e:  # malformed file: zmq.auth raises ValueError / IOError variants
         raise CurveKeyError(f"{p} is not a CurveZMQ certificate ({e})") from None
     if not public:
         raise CurveKeyError(f"{p} holds no public key")
+    _check_z85_key(p, "public", public)
+    if secret:
+        _check_z85_key(p, "secret", secret)
     return p, public, secret
 
 
@@ -61,6 +81,32 @@ def load_secret_pair(path: PathLike) -> Tuple[bytes, bytes]:
     except OSError:
         pass
     return public, secret
+
+
+def load_authorized_keys(directory: PathLike) -> List[Tuple[Path, bytes]]:
+    """Check every ``*.key`` file of an authorized-keys directory: (path, public key) each.
+
+    The files are the ones pyzmq's authenticator reads (``glob(DIR/*.key)``).  That
+    authenticator trusts *no* key at all when one file in the directory is unreadable
+    (it only logs), so each file is checked here first: a bad file raises
+    :class:`CurveKeyError` naming it, and so does a directory without any ``*.key``.
+    """
+    d = Path(directory)
+    if not d.is_dir():
+        raise CurveKeyError(f"authorized keys directory {d} does not exist or is not a directory")
+    # exactly pyzmq's pattern (unescaped), so both see the same files
+    files = sorted(glob.glob(os.path.join(str(d), "*.key")))
+    if not files:
+        raise CurveKeyError(f"authorized keys directory {d} holds no client public keys (*.key files): "
+                            f"no client could connect")
+    keys = []
+    for f in files:
+        p, public, secret = _load(f)
+        if secret:
+            log.warning("authorized key file %s also holds a secret key: only the public NAME.key file "
+                        "belongs there", p)
+        keys.append((p, public))
+    return keys
 
 
 def is_local_endpoint(endpoint: str) -> bool:

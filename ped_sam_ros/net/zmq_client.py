@@ -39,7 +39,7 @@ from ped_sam_ros.core import wire
 from ped_sam_ros.core.transport import RemoteEncodeError, Transport, WindowJob, WindowResult, frames_nbytes
 from ped_sam_ros.core.wire import EncodeRequest, WireError
 
-from .curve import is_local_endpoint, load_public_key, load_secret_pair
+from .curve import CurveKeyError, is_local_endpoint, load_public_key, load_secret_pair
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,9 @@ _MONITOR_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | zmq.
                    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 #: replies to this many abandoned requests are recognised as "late" rather than unknown
 _ABANDONED_MEMORY = 4096
+#: fields of an info reply that are not copied into :meth:`ZmqTransport.info`'s dicts: protocol
+#: fields, and the ones this client fills in itself (the server's name goes to ``server_name``)
+_INFO_OWN_KEYS = frozenset({"v", "type", "id", "tensors", "name", "endpoint", "error", "server_name"})
 #: replies bigger than this (per frame) make libzmq drop the connection; vit_h float32 tokens
 #: of the whole 64x64 grid are 21 MB
 DEFAULT_MAX_REPLY_BYTES = 32 << 20
@@ -153,12 +156,12 @@ class ZmqTransport(Transport):
         self._opts = dict(hwm=hwm, reconnect_ivl_ms=reconnect_ivl_ms, reconnect_ivl_max_ms=reconnect_ivl_max_ms,
                           heartbeat_ivl_ms=heartbeat_ivl_ms, heartbeat_timeout_ms=heartbeat_timeout_ms,
                           max_reply_bytes=max_reply_bytes)
-        self._own_context = context is None
-        self.context = context or zmq.Context()
         self._servers = [_Server(i, s) for i, s in enumerate(specs)]
         names_seen = [s.name for s in self._servers]
         if len(set(names_seen)) != len(names_seen):
             raise ValueError(f"server names must be unique, got {names_seen}")
+        self._own_context = context is None
+        self.context = context or zmq.Context()
         self._owner = threading.Lock()  # held while a thread uses the sockets
         self._stats_lock = threading.Lock()  # guards health dicts (read from other threads)
         self._abandoned: "collections.OrderedDict[str, int]" = collections.OrderedDict()
@@ -175,7 +178,17 @@ class ZmqTransport(Transport):
 
     def _open(self, srv: _Server) -> None:
         o = self._opts
+        # Keys first: a bad key file raises before any socket exists.
+        curve = None
+        if srv.spec.server_public_key:
+            try:
+                public, secret = load_secret_pair(srv.spec.client_secret_key)
+                server_public = load_public_key(srv.spec.server_public_key)
+            except CurveKeyError as e:
+                raise CurveKeyError(f"server {srv.label}: {e}") from None
+            curve = (public, secret, server_public)
         s = self.context.socket(zmq.DEALER)
+        srv.socket = s  # registered at once: close() releases it whatever fails below
         s.setsockopt(zmq.LINGER, 0)
         s.setsockopt(zmq.IMMEDIATE, 1)
         s.setsockopt(zmq.SNDHWM, o["hwm"])
@@ -186,16 +199,11 @@ class ZmqTransport(Transport):
         s.setsockopt(zmq.HEARTBEAT_TIMEOUT, o["heartbeat_timeout_ms"])
         s.setsockopt(zmq.HEARTBEAT_TTL, 2 * o["heartbeat_timeout_ms"])
         s.setsockopt(zmq.MAXMSGSIZE, o["max_reply_bytes"])
-        if srv.spec.server_public_key:
-            public, secret = load_secret_pair(srv.spec.client_secret_key)
-            s.curve_publickey = public
-            s.curve_secretkey = secret
-            s.curve_serverkey = load_public_key(srv.spec.server_public_key)
-        else:
-            if not is_local_endpoint(srv.endpoint):
-                log.warning("server %s is not on this machine and has no Curve key: pixels and tokens "
-                            "cross the network in plaintext", srv.label)
-        srv.socket = s
+        if curve is not None:
+            s.curve_publickey, s.curve_secretkey, s.curve_serverkey = curve
+        elif not is_local_endpoint(srv.endpoint):
+            log.warning("server %s is not on this machine and has no Curve key: pixels and tokens "
+                        "cross the network in plaintext", srv.label)
         srv.monitor = s.get_monitor_socket(_MONITOR_EVENTS)
         s.connect(srv.endpoint)
 
@@ -469,7 +477,12 @@ class ZmqTransport(Transport):
                         try:
                             header, _ = wire.decode_message(frames, max_total_bytes=self._opts["max_reply_bytes"])
                         except WireError as e:
-                            out[srv.index]["error"] = f"unreadable reply: {e}"
+                            # no id to match it by: this server's one info request is answered
+                            out[srv.index]["error"] = f"unreadable reply ({e.code}: {e})"
+                            mine = [r for r, i in pending.items() if i == srv.index]
+                            for r in mine:
+                                del pending[r]
+                            self._abandon((r, srv.index) for r in mine)
                             continue
                         rid = header.get("id")
                         if pending.get(rid) != srv.index:
@@ -482,7 +495,7 @@ class ZmqTransport(Transport):
                         del pending[rid]
                         if header.get("type") == "info":
                             out[srv.index].update({k: v for k, v in header.items()
-                                                   if k not in ("v", "type", "id", "tensors", "name")})
+                                                   if k not in _INFO_OWN_KEYS})
                             out[srv.index]["server_name"] = header.get("name")
                         else:
                             out[srv.index]["error"] = f"{header.get('code')}: {header.get('message')}"
@@ -496,6 +509,7 @@ class ZmqTransport(Transport):
     # ------------------------------------------------------------- lifecycle
 
     def close(self) -> None:
+        """Close every socket (and the context, when this transport made it); never blocks."""
         if self.closed:
             return
         self.closed = True
@@ -511,7 +525,9 @@ class ZmqTransport(Transport):
                     sock.close(linger=0)
                     setattr(srv, name, None)
         if self._own_context:
-            self.context.term()
+            # destroy() closes any socket still open (with linger 0) before terminating,
+            # so a socket missed above can never make this wait forever.
+            self.context.destroy(linger=0)
 
 
 def _num(v) -> Optional[float]:
