@@ -2,7 +2,8 @@
 process, and an rclpy test node spun in a background thread.
 
 Every rclpy process here runs with ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST and a
-ROS_DOMAIN_ID derived from the pytest process (1..100), so DDS stays on this
+ROS_DOMAIN_ID derived from the pytest process (1..100, or the range in
+PED_SAM_TEST_DOMAINS, e.g. 60-99), so DDS stays on this
 machine and parallel runs do not meet. Every wait is bounded and every process
 is stopped (SIGINT, SIGTERM, then SIGKILL), whatever happens.
 """
@@ -29,11 +30,28 @@ NODE_STARTUP_S = 120.0
 FASTDDS_PROFILE = REPO / "config" / "fastdds_large_images.xml"
 
 
+def domain_range() -> range:
+    """The DDS domains the tests may use: 1..100, or PED_SAM_TEST_DOMAINS=LO-HI (e.g. 60-99,
+    so that runs sharing a machine keep apart)."""
+    text = os.environ.get("PED_SAM_TEST_DOMAINS", "").strip()
+    if not text:
+        return range(1, 101)
+    lo, sep, hi = text.partition("-")
+    try:
+        r = range(int(lo), int(hi) + 1)
+    except ValueError:
+        r = range(0)
+    if not sep or not r or r.start < 0 or r.stop > 233:
+        raise ValueError(f"PED_SAM_TEST_DOMAINS={text!r} must look like LO-HI within 0-232")
+    return r
+
+
 def domain_id(offset: int = 0) -> int:
-    """A DDS domain in 1..100 from the pytest worker and process id."""
+    """A DDS domain of :func:`domain_range` from the pytest worker and process id."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
     w = int("".join(c for c in worker if c.isdigit()) or 0)
-    return 1 + (os.getpid() * 7 + w * 13 + offset) % 100
+    r = domain_range()
+    return r[(os.getpid() * 7 + w * 13 + offset) % len(r)]
 
 
 def ros_env(domain: int) -> Dict[str, str]:

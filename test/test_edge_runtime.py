@@ -75,6 +75,20 @@ def test_validate_parameter_gives_reasons(name, value, needle):
     assert reason and needle in reason, reason
 
 
+def test_grid_validation_follows_aligned_cuts():
+    # 6 parts per axis exist only with free (even) cuts
+    assert "impossible" in validate_parameter("grid", "6x1")
+    assert "impossible" in validate_parameter("grid", "6x1", {"aligned_cuts": True})
+    assert validate_parameter("grid", "6x1", {"aligned_cuts": False}) is None
+    six = [f"s{i}=tcp://127.0.0.1:{5600 + i}" for i in range(6)]
+    cfg = config_from_params({"grid": "6x1", "aligned_cuts": False, "random_weights": True, "remotes.servers": six})
+    assert cfg.partition.shape == (6, 1) and cfg.problems() == []
+    with pytest.raises(ConfigError, match="impossible"):
+        config_from_params({"grid": "6x1", "random_weights": True, "remotes.servers": six})
+    cur = dict(defaults(), grid="6x1", aligned_cuts=False, **{"remotes.servers": six})
+    assert validate_changes({"grid": "6x1", "deadline": 5.0}, cur) is None  # the node's own values stay valid
+
+
 def test_validate_parameter_accepts_good_values():
     for spec in PARAMS:
         assert validate_parameter(spec.name, spec.default) is None, spec.name
@@ -306,6 +320,14 @@ def _frame(k, h=20, w=30):
     return Frame(np.full((h, w, 3), k, np.uint8), meta={"stamp": k})
 
 
+def _until(pred, timeout_s=10.0, what="condition"):
+    """Poll ``pred`` (counters are updated after the callbacks return), bounded."""
+    end = time.monotonic() + timeout_s
+    while not pred():
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
 def test_results_carry_meta_timings_and_instances(fake):
     fake.rt.set_prompts([ObjectPrompt(points=[(5.0, 4.0, 1)]), ObjectPrompt(points=[(10.0, 2.0, 1)])])
     fake.rt.submit(_frame(1))
@@ -314,8 +336,9 @@ def test_results_carry_meta_timings_and_instances(fake):
     assert r.meta == {"stamp": 1} and r.encoded and [i.id for i in r.instances] == [1, 2]
     assert {"queue", "preprocess", "remote", "edge_encoder", "decoder", "total"} <= set(r.timings)
     assert r.frames_dropped == 0
+    _until(lambda: fake.rt.diagnostics()["frames_out"] == 1, what="frames_out")
     d = fake.rt.diagnostics()
-    assert d["frames_in"] == d["frames_out"] == 1 and d["state"] == "running"
+    assert d["frames_in"] == d["frames_out"] == 1 and d["state"] == "running" and d["callback_errors"] == 0
     assert [x["name"] for x in d["remotes"]] == ["left", "right"]
     assert d["remotes"][0]["bytes_up"] == 150 and d["remotes"][0]["share"] == 0.5
     assert d["remotes"][0]["mean_round_trip_s"] == pytest.approx(0.01)
@@ -352,6 +375,7 @@ def test_remote_errors_are_reported_with_server_names_and_the_worker_goes_on(fak
     fake.rt.submit(_frame(2))
     fake.wait(lambda: fake.results)
     assert fake.results[0].meta == {"stamp": 2}
+    _until(lambda: fake.rt.diagnostics()["frames_out"] == 1, what="frames_out")
     d = fake.rt.diagnostics()
     assert d["frames_failed"] == 1 and d["frames_out"] == 1 and d["last_error_servers"] == ["right"]
     right = next(r for r in d["remotes"] if r["name"] == "right")
@@ -361,6 +385,33 @@ def test_remote_errors_are_reported_with_server_names_and_the_worker_goes_on(fak
     fake.rt.submit(_frame(3))
     fake.wait(lambda: len(fake.errors) == 2)
     assert fake.errors[1].servers == [] and fake.rt.diagnostics()["state"] == "running"
+
+
+def test_a_frame_whose_result_callback_raises_is_not_counted_as_output():
+    names = ["left", "right"]
+    pipe = EdgePipeline(_config(), edge=None, transport=FakeTransport(names),
+                        encoder=SimpleNamespace(timeout_s=30.0), segmenter=FakeSegmenter(names))
+    calls = []
+
+    def on_result(r):  # publishing the first frame fails
+        calls.append(r.meta["stamp"])
+        if r.meta["stamp"] == 1:
+            raise RuntimeError("publisher gone")
+
+    rt = EdgeRuntime(pipe, on_result=on_result, idle_poll_s=0.05).start()
+    try:
+        rt.set_prompts([ObjectPrompt(points=[(1.0, 1.0, 1)])])
+        rt.submit(_frame(1))
+        _until(lambda: rt.diagnostics()["frames_failed"] == 1, what="the failed publish to be counted")
+        d = rt.diagnostics()
+        assert d["frames_out"] == 0 and d["callback_errors"] == 1 and d["state"] == "running"
+        rt.submit(_frame(2))
+        _until(lambda: rt.diagnostics()["frames_out"] == 1, what="the second frame")
+        d = rt.diagnostics()
+        assert calls == [1, 2] and d["frames_failed"] == 1 and d["callback_errors"] == 1
+        assert d["frames_in"] == d["frames_out"] + d["frames_dropped"] + d["frames_failed"]
+    finally:
+        rt.stop()
 
 
 def test_requests_run_before_stream_frames_and_are_never_dropped(fake):

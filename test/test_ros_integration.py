@@ -5,7 +5,10 @@ machine only, a domain of our own).
 Results carry their input's header; their RLE masks decode to the published
 label image; prompts work through the topic and through the service; an
 unsupported encoding is refused without harming the node; parameters are
-validated at run time.
+validated at run time (by rclpy's descriptors and by the node itself) and take
+effect; a Prompts message is validated in automatic mode too and keeps the
+``automatic`` parameter in sync.  Each test sets up the node state it relies on
+(waiting, bounded, until the node reports it in /diagnostics).
 """
 
 from __future__ import annotations
@@ -81,6 +84,69 @@ def _wait_result(stack, header, timeout_s=RESULT_TIMEOUT_S):
     return _by_stamp(stack["masks"], header)[0], _by_stamp(stack["labels"], header)[0]
 
 
+def _pipeline_values(arr):
+    for st in arr.status:
+        if st.name == f"{PREFIX}: pipeline":
+            return {kv.key: kv.value for kv in st.values}
+    return None
+
+
+def _wait_pipeline(stack, pred, what, since=None, timeout_s=30.0):
+    """Wait until a /diagnostics message received after index ``since`` (default: now) has pipeline
+    values satisfying ``pred``; returns them."""
+    diags = stack["diags"]
+    start = len(diags) if since is None else since
+    found = []
+
+    def check():
+        for arr in diags[start:]:
+            v = _pipeline_values(arr)
+            if v is not None and pred(v):
+                found.append(v)
+                return True
+        return False
+
+    try:
+        stack["node"].wait_until(check, timeout_s, what)
+    except TimeoutError:
+        last = _pipeline_values(diags[-1]) if diags else None
+        raise AssertionError(f"{what}: last pipeline diagnostics {last}\n{stack['edge'].log_text()}") from None
+    return found[0]
+
+
+def _hold_prompts(stack, msg, n_prompts, automatic=False):
+    """Publish a Prompts message and wait until the node holds it (its diagnostics say so)."""
+    since = len(stack["diags"])
+    stack["prompts_pub"].publish(msg)
+    want = str(automatic)
+    return _wait_pipeline(stack, lambda v: int(v["prompts"]) == n_prompts and v["automatic"] == want,
+                          f"the node to hold {n_prompts} prompt(s), automatic {automatic}", since=since)
+
+
+def _get_param(stack, name):
+    from rcl_interfaces.srv import GetParameters
+
+    t = stack["node"]
+    client = t.node.create_client(GetParameters, f"{PREFIX}/get_parameters")
+    try:
+        resp = t.call(client, GetParameters.Request(names=[name]), 30)
+    finally:
+        t.node.destroy_client(client)
+    from rclpy.parameter import parameter_value_to_python
+
+    return parameter_value_to_python(resp.values[0])
+
+
+def _eventually(fn, timeout_s, what):
+    """Poll ``fn`` (which may call services: not inside TestNode.wait_until, whose lock the
+    spinning thread needs), bounded."""
+    end = time.monotonic() + timeout_s
+    while not fn():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.1)
+
+
 def _prompts_msg(objects, automatic=False):
     from ped_sam_msgs.msg import Prompts
     from ped_sam_ros.core.pipeline import ObjectPrompt
@@ -116,8 +182,7 @@ def _check_result(result, label_msg, rgb, header, n_instances):
 def test_prompts_topic_results_carry_input_headers(stack):
     photos = small_photos()
     objects = [([(40.0, 30.0, 1)], None), ([(20.0, 60.0, 1), (5.0, 5.0, 0)], (10.0, 40.0, 70.0, 90.0))]
-    stack["prompts_pub"].publish(_prompts_msg(objects))
-    time.sleep(0.5)
+    _hold_prompts(stack, _prompts_msg(objects), 2)  # held before the first image is published
     for k, (rgb, enc) in enumerate(zip(photos[:2], ("rgb8", "bgr8"))):
         msg = image_msg(rgb, 1_000 + k, 123_456_789 + k, frame_id=f"cam_{k}", encoding=enc)
         stack["image_pub"].publish(msg)
@@ -146,10 +211,16 @@ def test_segment_service_with_prompts_and_automatic(stack):
     assert (resp.result.image_height, resp.result.image_width) == rgb.shape[:2]
     label_from_result(resp.result)  # the RLE is valid for the image size
 
-    # Automatic mode (SAM's mask generator over the distributed embedding) on the latest topic frame.
+    # Automatic mode (SAM's mask generator over the distributed embedding) on the latest topic frame:
+    # this test's own frame, once the node has processed it.
+    latest_rgb = small_photos()[1]
+    latest = image_msg(latest_rgb, 2_100, 7, frame_id="latest_cam")
+    stack["image_pub"].publish(latest)
+    _wait_result(stack, latest.header)
     resp = t.call(client, SegmentImage.Request(use_latest_frame=True, automatic=True), RESULT_TIMEOUT_S)
     assert resp.success, resp.message
-    assert resp.result.header.frame_id.startswith("cam_")  # the latest frame published on ~/image
+    assert resp.result.header == latest.header, "the latest frame received on ~/image"
+    assert (resp.result.image_height, resp.result.image_width) == latest_rgb.shape[:2]
     assert all(i.mask.height == resp.result.image_height for i in resp.result.instances)
 
     resp = t.call(client, SegmentImage.Request(image=img, automatic=False), 30)
@@ -185,33 +256,83 @@ def test_unsupported_encoding_is_refused_and_node_keeps_answering(stack):
     assert int(values.get("refused_images", 0)) >= 1
 
 
-def test_runtime_parameters_are_validated(stack):
+def _set_param(stack, name, value):
     from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
     from rcl_interfaces.srv import SetParameters
 
     t = stack["node"]
+    if isinstance(value, bool):
+        pv = ParameterValue(type=ParameterType.PARAMETER_BOOL, bool_value=value)
+    elif isinstance(value, float):
+        pv = ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=value)
+    elif isinstance(value, int):
+        pv = ParameterValue(type=ParameterType.PARAMETER_INTEGER, integer_value=value)
+    else:
+        pv = ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=value)
     client = t.node.create_client(SetParameters, f"{PREFIX}/set_parameters")
-
-    def set_param(name, value):
-        if isinstance(value, bool):
-            pv = ParameterValue(type=ParameterType.PARAMETER_BOOL, bool_value=value)
-        elif isinstance(value, float):
-            pv = ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=value)
-        else:
-            pv = ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=value)
+    try:
         resp = t.call(client, SetParameters.Request(parameters=[Parameter(name=name, value=pv)]), 30)
-        return resp.results[0]
+    finally:
+        t.node.destroy_client(client)
+    return resp.results[0]
 
-    r = set_param("deadline", -1.0)
-    assert not r.successful and r.reason
-    r = set_param("model", "vit_h")
+
+def test_runtime_parameters_are_validated(stack):
+    from ped_sam_msgs.srv import SegmentImage
+
+    # Refused by rclpy's descriptors (range, read_only) before the node's callback runs.
+    r = _set_param(stack, "deadline", -1.0)
+    assert not r.successful and "out of range" in r.reason, r.reason
+    r = _set_param(stack, "model", "vit_h")
     assert not r.successful and "read-only" in r.reason.lower(), r.reason
-    r = set_param("amg.pred_iou_thresh", 0.5)
+
+    # Refused by the node's own callback (no descriptor can say it): max_prompts below the prompts held.
+    three = [([(10.0 + 20 * k, 30.0, 1)], None) for k in range(3)]
+    _hold_prompts(stack, _prompts_msg(three), 3)
+    r = _set_param(stack, "max_prompts", 2)
+    assert not r.successful, "the node holds 3 prompts"
+    assert "max_prompts=2 is below the 3 prompts held now" in r.reason, r.reason
+    assert _get_param(stack, "max_prompts") == 64, "a refused change leaves the value"
+
+    # Accepted changes are stored and take effect.
+    r = _set_param(stack, "max_prompts", 3)
     assert r.successful, r.reason
-    r = set_param("deadline", 20.0)
-    assert r.successful, r.reason
-    r = set_param("overlay_alpha", 0.8)
-    assert r.successful, r.reason
+    assert _get_param(stack, "max_prompts") == 3
+    t = stack["node"]
+    client = t.node.create_client(SegmentImage, f"{PREFIX}/segment")
+    img = image_msg(small_photos()[0], 4_000, 0, frame_id="param_cam")
+    four = _prompts_msg([([(10.0 + 10 * k, 20.0, 1)], None) for k in range(4)]).prompts
+    resp = t.call(client, SegmentImage.Request(image=img, prompts=four), 30)
+    assert not resp.success and "4 prompts exceed max_prompts=3" in resp.message, resp.message
+    try:
+        for name, value in (("amg.pred_iou_thresh", 0.5), ("deadline", 20.0), ("overlay_alpha", 0.8)):
+            r = _set_param(stack, name, value)
+            assert r.successful, r.reason
+            assert _get_param(stack, name) == value
+    finally:
+        assert _set_param(stack, "max_prompts", 64).successful
+
+
+def test_prompts_are_validated_in_automatic_mode_and_switch_the_parameter(stack):
+    from ped_sam_msgs.msg import BoxPrompt, Prompt, Prompts
+
+    _hold_prompts(stack, _prompts_msg([([(30.0, 30.0, 1)], None)]), 1)
+    assert _get_param(stack, "automatic") is False
+    # automatic=true with an invalid prompt (a box with x_max < x_min): refused as a whole, so no invalid
+    # prompt is held for when automatic is switched off again
+    bad = Prompts(automatic=True, prompts=[Prompt(has_box=True, box=BoxPrompt(x_min=50.0, y_min=5.0, x_max=10.0,
+                                                                             y_max=40.0))])
+    stack["prompts_pub"].publish(bad)
+    # the next (valid) message on the same reliable topic arrives after it
+    v = _hold_prompts(stack, _prompts_msg([([(5.0, 5.0, 1)], None), ([(9.0, 9.0, 1)], None)], automatic=True), 2,
+                      automatic=True)
+    assert v["automatic"] == "True"
+    log = stack["edge"].log_text(200_000)
+    assert "Prompts message refused, keeping the previous prompts and mode: prompt 1:" in log, log[-3000:]
+    # the node's automatic parameter follows the Prompts message's mode, both ways
+    _eventually(lambda: _get_param(stack, "automatic") is True, 30, "the automatic parameter to become true")
+    _hold_prompts(stack, _prompts_msg([([(30.0, 30.0, 1)], None)]), 1, automatic=False)
+    _eventually(lambda: _get_param(stack, "automatic") is False, 30, "the automatic parameter to become false")
 
 
 def test_diagnostics_name_each_remote(stack):

@@ -81,7 +81,8 @@ PARAMS: List[ParamSpec] = [
     ParamSpec("remotes.assignment", "auto", "Which server encodes each window, in row-major window order, by "
               "index or name (e.g. '0,1,2,3'); 'auto' spreads windows so that neighbours go to different servers."),
     ParamSpec("remotes.allow_adjacent", False, "Allow one server to receive two adjacent windows (privacy policy)."),
-    ParamSpec("remotes.max_share", 1.0, "Largest share of the frame one server may see (privacy policy).",
+    ParamSpec("remotes.max_share", 1.0, "Largest share of a frame's content one server may see (privacy policy); "
+              "checked for every frame, whose aspect ratio changes the shares: a frame over it is refused.",
               min=0.01, max=1.0),
     ParamSpec("remotes.connect_timeout", 10.0, "Seconds to wait at start-up for every server's connection "
               "(the node starts anyway and reports unreachable servers).", min=0.0, max=600.0),
@@ -153,7 +154,7 @@ def validate_parameter(name: str, value: Any, current: Optional[Mapping[str, Any
     """Why ``name`` may not take ``value`` (None when it may).
 
     ``current``: the other parameters' values, for checks that involve two
-    (the assignment needs the server list).
+    (the assignment needs the server list, the grid ``aligned_cuts``).
     """
     spec = SPECS.get(name)
     if spec is None:
@@ -172,7 +173,8 @@ def validate_parameter(name: str, value: Any, current: Optional[Mapping[str, Any
         if name == "model":
             get_geometry(value)
         elif name == "grid":
-            Partition.parse(value)
+            aligned = (current or {}).get("aligned_cuts", SPECS["aligned_cuts"].default)
+            Partition.parse(value, aligned=bool(aligned))
         elif name == "remotes.servers":
             if not value:
                 return "remotes.servers must name at least one server"

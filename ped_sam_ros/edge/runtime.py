@@ -11,7 +11,9 @@ processes frames one at a time.
   never dropped by stream frames and runs before them; its result comes back
   through a ``concurrent.futures.Future``.
 * Results go to ``on_result``; failures (a :class:`RemoteEncodeError` names
-  the servers at fault) go to ``on_error`` and the worker keeps going.
+  the servers at fault) go to ``on_error`` and the worker keeps going.  A stream
+  frame counts in ``frames_out`` once ``on_result`` returned; when it raises,
+  the frame counts in ``frames_failed`` and the exception in ``callback_errors``.
 * :meth:`EdgeRuntime.diagnostics` is a snapshot for status reporting: counts,
   per-stage times, and per-remote health merged with what each server did.
 """
@@ -433,23 +435,32 @@ class EdgeRuntime:
             return
         with self._lock:
             self.busy = False
-            if not job.future:
-                self.frames_out += 1
             result.frames_dropped = self.frames_dropped
         if job.future is not None:
             job.future.set_result(result)
-        else:
-            self._call(self.on_result, result)
-
-    def _call(self, callback, arg) -> None:
-        if callback is None:
             return
+        # A stream frame is output once on_result has published it; a frame whose callback
+        # raised is counted as failed (and in callback_errors), so that
+        # frames_in == frames_out + frames_dropped + frames_failed once the worker is idle.
+        delivered = self._call(self.on_result, result)
+        with self._lock:
+            if delivered:
+                self.frames_out += 1
+            else:
+                self.frames_failed += 1
+
+    def _call(self, callback, arg) -> bool:
+        """Run a result/error callback; False (counted in ``callback_errors``) when it raised."""
+        if callback is None:
+            return True
         try:
             callback(arg)
         except Exception:  # noqa: BLE001 - a broken callback must not stop the worker
             with self._lock:
                 self.callback_errors += 1
             log.exception("result/error callback failed")
+            return False
+        return True
 
     def _process(self, frame: Frame, prompts: List[ObjectPrompt], automatic: bool, from_request: bool) -> FrameResult:
         seg = self.pipeline.segmenter

@@ -6,6 +6,14 @@ Subscribes ``~/image`` (and ``~/image/compressed`` when ``use_compressed``) and
 carries its input image's header.  The network and the model run in the
 runtime's worker thread; callbacks only convert and hand over.
 
+Threads: the ``~/segment`` service waits for the worker, so it holds an executor
+thread per call.  At most :attr:`EdgeNode.max_service_calls` calls wait at a
+time (a further call is answered at once: ``busy: N segment requests already
+waiting``), and :func:`make_executor` gives the executor that many threads plus
+one for each mutually exclusive group (inputs, the diagnostics timer, the
+default group with the parameter services), so images, diagnostics and
+parameters never wait behind service calls.
+
     python -m ped_sam_ros.ros.edge_node --ros-args --params-file config/edge.yaml \\
         -r __ns:=/robot -r ~/image:=/camera/image_raw
 """
@@ -26,6 +34,7 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallb
 from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
                        qos_policy_name_from_kind)
 
@@ -50,6 +59,9 @@ PROMPTS_QOS = QoSProfile(reliability=ReliabilityPolicy.RELIABLE, durability=Dura
                          history=HistoryPolicy.KEEP_LAST, depth=10)
 DIAGNOSTICS_QOS = QoSProfile(reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST, depth=10)
 RANDOM_BANNER = "RANDOM WEIGHTS: masks are meaningless"
+#: executor threads besides the ones service calls may hold: the inputs group, the
+#: diagnostics timer's group and the default group (parameter services)
+OTHER_CALLBACK_THREADS = 3
 
 _PTYPE = {"bool": ParameterType.PARAMETER_BOOL, "int": ParameterType.PARAMETER_INTEGER,
           "float": ParameterType.PARAMETER_DOUBLE, "str": ParameterType.PARAMETER_STRING,
@@ -95,6 +107,9 @@ class EdgeNode(Node):
         self._last_diag_push = 0.0
         self._diag_lock = threading.Lock()
         self._warned_no_prompts = False
+        self._service_lock = threading.Lock()
+        self._service_calls = 0  # ~/segment calls holding an executor thread now
+        self._closing = threading.Event()  # set on shutdown: waiting service calls return
         log = self.get_logger()
         if self.config.random_weights:
             bar = "!" * 72
@@ -110,6 +125,10 @@ class EdgeNode(Node):
         self.runtime.start()
         log.info(f"pipeline ready in {time.monotonic() - t0:.1f} s")
         self.runtime.set_automatic(config.automatic)
+        #: ~/segment calls that may wait at once (each holds an executor thread); the runtime
+        #: queues as many requests (jobs of timed-out calls stay queued, cancelled, until the
+        #: worker skips them: then the runtime itself may answer "busy")
+        self.max_service_calls = self.runtime.max_requests
 
         # Outputs
         pub_events = PublisherEventCallbacks(incompatible_qos=self._on_offered_incompatible_qos)
@@ -118,7 +137,8 @@ class EdgeNode(Node):
         self.overlay_pub = self.create_publisher(Image, "~/overlay", OUTPUT_QOS, event_callbacks=pub_events)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", DIAGNOSTICS_QOS)
 
-        # Inputs: short callbacks in one group; the service waits in its own threads.
+        # Inputs: short callbacks in one group; the service waits in its own group, on at most
+        # max_service_calls threads (make_executor adds threads for the other groups).
         inputs = MutuallyExclusiveCallbackGroup()
         sub_events = SubscriptionEventCallbacks(incompatible_qos=self._on_requested_incompatible_qos)
         qos = image_qos(values["image_qos.reliability"], int(values["image_qos.depth"]))
@@ -161,6 +181,11 @@ class EdgeNode(Node):
         changes = {p.name: p.value for p in params}
         current = self._current_parameters()
         reason = validate_changes(changes, current)
+        if not reason and "max_prompts" in changes:
+            held = len(self.runtime.prompts)
+            if held > int(changes["max_prompts"]):
+                reason = (f"max_prompts={changes['max_prompts']} is below the {held} prompts held now; publish a "
+                          f"Prompts message with at most {changes['max_prompts']} objects first")
         if reason:
             self.get_logger().warning(f"parameter change refused: {reason}")
             return SetParametersResult(successful=False, reason=reason)
@@ -209,19 +234,45 @@ class EdgeNode(Node):
         self.runtime.submit(Frame(rgb, msg.header, received=t0, convert_s=time.perf_counter() - c0))
 
     def _on_prompts(self, msg: Prompts) -> None:
+        """Hold the message's prompts and mode. The prompts are validated in automatic mode too:
+        they are held, and used once ``automatic`` is switched off."""
         prompts = prompts_from_msgs(msg.prompts)
         try:
-            if not msg.automatic:
-                validate_prompts(prompts, self._max_prompts)
+            validate_prompts(prompts, self._max_prompts)
         except ValueError as e:
-            self.get_logger().warning(f"Prompts message refused, keeping the previous prompts: {e}")
+            self.get_logger().warning(f"Prompts message refused, keeping the previous prompts and mode: {e}")
             return
-        self.runtime.set_prompts(prompts, automatic=msg.automatic)
+        automatic = bool(msg.automatic)
+        self.runtime.set_prompts(prompts, automatic=automatic)
         self._warned_no_prompts = False
-        what = "automatic mode (segment everything)" if msg.automatic else f"{len(prompts)} prompt(s)"
+        if self.get_parameter("automatic").value != automatic:
+            # Keep the parameter in sync with the mode (set_parameters runs _on_set_parameters in this
+            # thread, which only sets the runtime's mode again).
+            result = self.set_parameters([Parameter("automatic", value=automatic)])[0]
+            if not result.successful:
+                self.get_logger().warning(f"could not set the automatic parameter to {automatic}: {result.reason}")
+        what = "automatic mode (segment everything)" if automatic else f"{len(prompts)} prompt(s)"
+        if automatic and prompts:
+            what += f", {len(prompts)} prompt(s) held for when automatic is switched off"
         self.get_logger().info(f"holding {what} from now on")
 
     def _on_segment(self, request: SegmentImage.Request, response: SegmentImage.Response) -> SegmentImage.Response:
+        with self._service_lock:
+            waiting = self._service_calls
+            admitted = waiting < self.max_service_calls
+            if admitted:
+                self._service_calls += 1
+        if not admitted:
+            response.success = False
+            response.message = f"busy: {waiting} segment requests already waiting"
+            return response
+        try:
+            return self._segment(request, response)
+        finally:
+            with self._service_lock:
+                self._service_calls -= 1
+
+    def _segment(self, request: SegmentImage.Request, response: SegmentImage.Response) -> SegmentImage.Response:
         frame = None
         if not request.use_latest_frame:
             t0, c0 = time.monotonic(), time.perf_counter()
@@ -242,12 +293,24 @@ class EdgeNode(Node):
                 response.success, response.message = False, f"prompts refused: {e}"
                 return response
         future = self.runtime.request(frame, prompts, bool(request.automatic))
+        timeout = self._service_timeout
+        end = time.monotonic() + timeout
         try:
-            result = future.result(timeout=self._service_timeout)
+            while True:  # in short steps, so that a shutting-down node frees this thread at once
+                try:
+                    result = future.result(timeout=max(0.0, min(0.25, end - time.monotonic())))
+                    break
+                except concurrent.futures.TimeoutError:
+                    if self._closing.is_set():
+                        future.cancel()
+                        response.success, response.message = False, "the node is shutting down"
+                        return response
+                    if time.monotonic() >= end:
+                        raise
         except concurrent.futures.TimeoutError:
             future.cancel()
             response.success = False
-            response.message = f"no result within service_timeout={self._service_timeout:g} s"
+            response.message = f"no result within service_timeout={timeout:g} s"
             return response
         except Exception as e:  # noqa: BLE001 - reported to the caller
             response.success, response.message = False, f"{type(e).__name__}: {e}"
@@ -336,8 +399,8 @@ class EdgeNode(Node):
         message += (f"; frames in {d['frames_in']}, out {d['frames_out']}, dropped {d['frames_dropped']}, "
                     f"failed {d['frames_failed']}")
         values = [_kv(k, d[k]) for k in ("state", "frames_in", "frames_out", "frames_dropped", "frames_failed",
-                                          "requests", "requests_failed", "automatic", "prompts", "bytes_up",
-                                          "bytes_down", "last_error")]
+                                          "requests", "requests_failed", "callback_errors", "automatic",
+                                          "prompts", "bytes_up", "bytes_down", "last_error")]
         values += [_kv("refused_images", self._refused_images), _kv("model", cfg.model), _kv("mode", cfg.mode),
                    _kv("grid", cfg.grid), _kv("random_weights", cfg.random_weights),
                    _kv("wire_precision", cfg.wire_precision)]
@@ -387,8 +450,23 @@ class EdgeNode(Node):
             msg.header.stamp = self.get_clock().now().to_msg()
             self.diag_pub.publish(msg)
 
+    @property
+    def executor_threads(self) -> int:
+        """Threads the node needs: one per service call that may wait, plus the other groups'."""
+        return self.max_service_calls + OTHER_CALLBACK_THREADS
+
+    def begin_shutdown(self) -> None:
+        """Make waiting service calls return (so the executor's threads can be joined)."""
+        self._closing.set()
+
     def shutdown(self) -> None:
+        self.begin_shutdown()
         self.runtime.stop()
+
+
+def make_executor(node: EdgeNode) -> MultiThreadedExecutor:
+    """The executor the node needs (see the module docstring: service calls never starve the rest)."""
+    return MultiThreadedExecutor(num_threads=node.executor_threads, context=node.context)
 
 
 class RosLogHandler(logging.Handler):
@@ -437,13 +515,14 @@ def main(args: Optional[List[str]] = None) -> int:
             if not isinstance(e, expected):
                 raise
             return 2
-        executor = MultiThreadedExecutor(num_threads=4)
+        executor = make_executor(node)
         executor.add_node(node)
         try:
             executor.spin()
         except (KeyboardInterrupt, ExternalShutdownException):
             pass
         finally:
+            node.begin_shutdown()
             executor.shutdown(timeout_sec=1.0)
     finally:
         if node is not None:
