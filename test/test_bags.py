@@ -76,6 +76,104 @@ def test_made_bag_reads_back_with_rosbags_and_rclpy(tmp_path):
         assert all(0 <= x < w and 0 <= y < h for o in objs for x, y, _ in o.points)
 
 
+class _FakeClock:
+    def __init__(self):
+        self.now, self.sleeps = 100.0, []
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, s):
+        assert s > 0
+        self.sleeps.append(round(s, 6))
+        self.now += s
+
+
+def _pace(rate, settle, messages):
+    """Run the player's pacing over (msgtype, log time in s, seconds the publish itself takes);
+    returns the times (relative to the first message) each message went out and the sleeps."""
+    from ped_sam_ros.tools.bag_play import Pacer
+
+    clock = _FakeClock()
+    pacer = Pacer(rate, settle, clock=clock, sleep=clock.sleep)
+    t0, sent = clock.now, []
+    for msgtype, t_s, cost in messages:
+        pacer.wait_for(msgtype, int(t_s * 1e9))
+        sent.append(round(clock.now - t0, 6))
+        clock.now += cost
+        pacer.published(msgtype)
+    return sent, clock.sleeps
+
+
+PROMPTS, IMAGE, INFO, TF = ("ped_sam_msgs/msg/Prompts", "sensor_msgs/msg/Image", "sensor_msgs/msg/CameraInfo",
+                            "tf2_msgs/msg/TFMessage")
+
+
+def test_bag_play_settles_only_images_after_prompts():
+    # Recorded pace (--rate 1): CameraInfo and tf keep their times; only an image recorded closer than
+    # --settle to the prompts waits for it, and later ones keep the recorded pace.
+    msgs = [(PROMPTS, 0.0, 0.0), (INFO, 0.05, 0.0), (TF, 0.06, 0.0), (IMAGE, 0.1, 0.0), (INFO, 0.5, 0.0),
+            (TF, 0.55, 0.0), (IMAGE, 0.6, 0.0), (IMAGE, 1.1, 0.0)]
+    sent, _ = _pace(1.0, 0.3, msgs)
+    assert sent == [0.0, 0.05, 0.06, 0.3, 0.5, 0.55, 0.6, 1.1]
+    # at --rate 2 the recorded gaps halve; an image 1 s after the prompts needs no settling
+    sent, _ = _pace(2.0, 0.3, [(PROMPTS, 0.0, 0.0), (INFO, 0.2, 0.0), (IMAGE, 1.0, 0.0), (IMAGE, 2.0, 0.0)])
+    assert sent == [0.0, 0.1, 0.5, 1.0]
+    # as fast as consumed (no rate): nothing waits except the image right after the prompts
+    sent, sleeps = _pace(None, 0.3, [(INFO, 0.0, 0.0), (PROMPTS, 1.0, 0.0), (INFO, 2.0, 0.0), (TF, 2.5, 0.0),
+                                     (IMAGE, 3.0, 0.0), (INFO, 4.0, 0.0), (IMAGE, 5.0, 0.0)])
+    assert sent == [0.0, 0.0, 0.0, 0.0, 0.3, 0.3, 0.3] and sleeps == [0.3]
+    # time already spent after the prompts counts towards the settling; --settle 0 is off
+    sent, _ = _pace(None, 0.3, [(PROMPTS, 0.0, 0.0), (INFO, 0.1, 0.2), (IMAGE, 0.2, 0.0)])
+    assert sent == [0.0, 0.0, 0.3]
+    sent, sleeps = _pace(None, 0.0, [(PROMPTS, 0.0, 0.0), (IMAGE, 0.1, 0.0)])
+    assert sent == [0.0, 0.0] and sleeps == []
+
+
+def test_bag_record_until_diagnostic_condition():
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+    from ped_sam_ros.tools.bag_record import diagnostic_reports, parse_condition
+
+    keys, n = parse_condition("frames_out+frames_dropped+frames_failed>=6")
+    assert keys == ["frames_out", "frames_dropped", "frames_failed"] and n == 6
+    for bad in ("frames_out=6", "frames_out>=", ">=6", "a++b>=1", "frames_out>=x"):
+        with pytest.raises(ValueError, match="KEY>=N"):
+            parse_condition(bad)
+
+    def arr(**values):
+        remote = DiagnosticStatus(name="remote a", values=[KeyValue(key="frames", value="9")])
+        pipe = DiagnosticStatus(name="pipeline", values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
+        return DiagnosticArray(status=[remote, pipe])
+
+    assert diagnostic_reports(arr(frames_out=4, frames_dropped=1, frames_failed=1), keys, n)
+    assert not diagnostic_reports(arr(frames_out=4, frames_dropped=1, frames_failed=0), keys, n)
+    assert not diagnostic_reports(arr(frames_out=9), keys, n), "every key must be in the same status"
+    assert not diagnostic_reports(arr(frames_out="?", frames_dropped=9, frames_failed=0), keys, n)
+
+
+def test_bag_record_duration_counts_from_when_recording_starts(tmp_path):
+    # Two typed topics nobody publishes: discovery looks for each one 2 s, longer than --duration.
+    # The recorder must still record for the full --duration after it is ready (the ready file's
+    # time is when recording starts).
+    env = ros_env(domain_id(offset=37))
+    ready, log = tmp_path / "rec.ready", tmp_path / "rec.log"
+    duration = 3.0
+    rec = _tool("bag_record", [tmp_path / "bag", "--topics", "/nobody/a", "/nobody/b",
+                               "--type", "/nobody/a=std_msgs/msg/String", "--type", "/nobody/b=std_msgs/msg/String",
+                               "--duration", duration, "--ready-file", ready], env, log)
+    try:
+        _wait_file(ready, rec, 60, log)
+        assert rec.wait(60) == 0, log.read_text()
+        exited = time.time()  # not before the process really exited
+    finally:
+        stop_process(rec)
+    text = log.read_text()
+    assert "discovery took" in text, text
+    # the ready file is written just before the recording clock starts
+    assert exited - ready.stat().st_mtime >= duration, text
+
+
 # ------------------------------------------------------------------ through the node
 
 

@@ -19,23 +19,38 @@ PREFIX = f"{NS}/edge_node"
 
 
 class Streamer:
-    """Publishes frames at a steady rate with increasing stamps until stopped."""
+    """Publishes frames at a steady rate with increasing stamps until stopped; can pause."""
 
     def __init__(self, pub, rate_hz: float = 2.0):
         self.pub, self.period = pub, 1.0 / rate_hz
         self.sent = []
         self._stop = threading.Event()
+        self._lock = threading.Lock()  # held while publishing: pause() waits for a publish in progress
+        self._paused = False
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._frames = small_photos()
 
     def _run(self):
         k = 0
         while not self._stop.is_set():
-            msg = image_msg(self._frames[k % len(self._frames)], 5_000 + k, 0, frame_id="stream")
-            self.pub.publish(msg)
-            self.sent.append(msg.header)
-            k += 1
+            with self._lock:
+                if not self._paused:
+                    msg = image_msg(self._frames[k % len(self._frames)], 5_000 + k, 0, frame_id="stream")
+                    self.pub.publish(msg)
+                    self.sent.append(msg.header)
+                    k += 1
             self._stop.wait(self.period)
+
+    def pause(self) -> int:
+        """Stop publishing; returns how many frames were sent (none follows until resume())."""
+        with self._lock:
+            self._paused = True
+            return len(self.sent)
+
+    def resume(self) -> int:
+        with self._lock:
+            self._paused = False
+            return len(self.sent)
 
     def __enter__(self):
         self._thread.start()
@@ -52,6 +67,20 @@ def _remote_status(diag_arrays, name):
             if st.name == f"{PREFIX}: remote {name}":
                 return st
     return None
+
+
+def _pipeline(diag_arrays):
+    for arr in reversed(diag_arrays):
+        for st in arr.status:
+            if st.name == f"{PREFIX}: pipeline":
+                return {kv.key: kv.value for kv in st.values}
+    return None
+
+
+def _settled(values) -> bool:
+    """Every frame the node received has an outcome (nothing pending, nothing in progress)."""
+    return values is not None and int(values["frames_in"]) == (
+        int(values["frames_out"]) + int(values["frames_dropped"]) + int(values["frames_failed"]))
 
 
 def test_stopped_remote_is_reported_and_recovered(tmp_path):
@@ -79,7 +108,8 @@ def test_stopped_remote_is_reported_and_recovered(tmp_path):
         t.wait_for_subscribers(prompts_pub)
         t.wait_for_subscribers(image_pub)
         prompts_pub.publish(Prompts(prompts=prompts_to_msgs([ObjectPrompt(points=[(30.0, 30.0, 1)])])))
-        time.sleep(0.5)
+        t.wait_until(lambda: (v := _pipeline(diags)) is not None and v["prompts"] == "1", 30,
+                     "the node to hold the prompt")
 
         with Streamer(image_pub, rate_hz=2.0) as stream:
             t.wait_until(lambda: len(results) >= 1, 90, "a first result")
@@ -104,12 +134,25 @@ def test_stopped_remote_is_reported_and_recovered(tmp_path):
             assert steady.level == DiagnosticStatus.OK, "the healthy server is not blamed"
             time.sleep(1.5)  # a few more frames fail while it is down
             assert edge.alive, edge.log_text()
+
+            # Pause the stream and let the node finish every frame it has (each fails after at most
+            # `deadline`), so that no frame sent while the server was down can still be in progress
+            # or pending when it comes back: such a frame would rightly get a result.
+            paused_at = stream.pause()
+            failed_before = int(values["frames_failed"])
+            n_diag = len(diags)
+            try:
+                t.wait_until(lambda: len(diags) > n_diag + 2 and _settled(_pipeline(diags))
+                             and _settled(_pipeline(diags[:-1])) and _pipeline(diags) == _pipeline(diags[:-1]),
+                             60, "the node to finish the frames it received (two equal settled diagnostics)")
+            except TimeoutError:
+                raise AssertionError(f"{_pipeline(diags)}\n{edge.log_text()}") from None
+            assert int(_pipeline(diags)["frames_failed"]) > failed_before, "frames failed while it was down"
             n_before = len(results)
-            before_restart = len(stream.sent)
 
             # Restart it on the same endpoint: the node reconnects and results resume.
             flaky.restart_same_endpoint()
-            restarted_at = len(stream.sent)
+            restarted_at = stream.resume()
             try:
                 t.wait_until(lambda: any(r.header.stamp.sec >= 5_000 + restarted_at for r in results[n_before:]),
                              90, "results after the restart")
@@ -117,10 +160,13 @@ def test_stopped_remote_is_reported_and_recovered(tmp_path):
                 raise AssertionError(edge.log_text()) from None
             t.wait_until(lambda: (s := _remote_status(diags[-3:], "flaky")) is not None
                          and s.level == DiagnosticStatus.OK, 30, "an OK diagnostic for 'flaky'")
-        # Frames sent while the server was down got no result (they failed, were not queued).
-        down = {h.stamp.sec for h in stream.sent[stopped_at + 2:before_restart - 1]}
+        # Frames sent while the server was down got no result, then or after the restart: they failed
+        # (or were dropped for a newer frame), they were not queued for later. (+1: a frame published
+        # while flaky.stop() ran may be appended to `sent` after stopped_at was read.)
+        down = {h.stamp.sec for h in stream.sent[stopped_at + 1:paused_at]}
         assert down
-        assert not down & {r.header.stamp.sec for r in results}
+        got = {r.header.stamp.sec for r in results}
+        assert not down & got, sorted(down & got)
         assert edge.alive
     finally:
         if t is not None:

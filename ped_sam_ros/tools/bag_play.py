@@ -11,6 +11,13 @@ one on ``--consumed-topic`` (a message whose header stamp is at least that
 image's; bounded by ``--consume-timeout``).  Publishers wait (bounded) for
 subscribers before the first message.  Run with ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
 and your ROS_DOMAIN_ID.
+
+Prompts before images: DDS orders messages per topic, not across topics, so an image
+published right after a ped_sam_msgs/Prompts message may reach the node first.  After
+a Prompts message the player publishes the next image no sooner than ``--settle``
+seconds after it (time for the node's callback to take the prompts).  At ``--rate`` this only
+delays an image recorded less than ``--settle`` s after the prompts (the rest keep their
+recorded pace); other messages (CameraInfo, tf, ...) are never delayed.
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from ped_sam_ros.ros.bags import IMAGE_TYPES, message_class, typestore
+
+PROMPTS_TYPE = "ped_sam_msgs/msg/Prompts"
 
 
 def parse_remaps(items: Sequence[str]) -> Dict[str, str]:
@@ -53,8 +62,41 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--wait-subscribers", type=float, default=30.0,
                     help="seconds to wait for a subscriber on every topic before starting (0: do not wait)")
     ap.add_argument("--settle", type=float, default=0.3,
-                    help="pause after non-image messages (Prompts) so they arrive before the next image")
+                    help="after a ped_sam_msgs/Prompts message, publish the next image no sooner than this many "
+                    "seconds later, so that the node holds the prompts before that image (DDS does not order "
+                    "messages across topics). With --rate only an image recorded closer than this to the prompts "
+                    "is delayed; other message types are never delayed. 0: off (default 0.3)")
     return ap
+
+
+class Pacer:
+    """When to publish each message: at the recorded pace scaled by ``rate`` (``rate`` None:
+    as soon as possible), and no image sooner than ``settle`` s after a Prompts message.
+    ``clock``/``sleep`` are injectable (tests)."""
+
+    def __init__(self, rate: Optional[float], settle: float, clock=time.monotonic, sleep=time.sleep):
+        self.rate, self.settle = rate, max(0.0, settle)
+        self.clock, self.sleep = clock, sleep
+        self.start: Optional[float] = None
+        self.first_log: Optional[int] = None
+        self.image_not_before = 0.0
+
+    def wait_for(self, msgtype: str, log_time_ns: int) -> None:
+        """Sleep until the message recorded at ``log_time_ns`` is due."""
+        now = self.clock()
+        if self.start is None:
+            self.start, self.first_log = now, log_time_ns
+        due = now
+        if self.rate:
+            due = self.start + (log_time_ns - self.first_log) / 1e9 / self.rate
+        if msgtype in IMAGE_TYPES:
+            due = max(due, self.image_not_before)
+        if due > now:
+            self.sleep(due - now)
+
+    def published(self, msgtype: str) -> None:
+        if msgtype == PROMPTS_TYPE and self.settle > 0:
+            self.image_not_before = self.clock() + self.settle
 
 
 class _Consumed:
@@ -115,22 +157,17 @@ def play(args, node, log=lambda m: print(m, flush=True)) -> Dict[str, int]:
         if consumed is not None:  # let the answer subscription match too
             time.sleep(0.3)
         log(f"[bag_play] playing {args.bag}: " + ", ".join(f"{t} -> {p.topic_name}" for t, p in pubs.items()))
-        first_log = None
+        pacer = Pacer(None if consumed is not None else args.rate, args.settle)
         start = time.monotonic()
         for conn, t, raw in reader.messages(connections=conns):
             if not node.context.ok():
                 log("[bag_play] interrupted")
                 break
-            if first_log is None:
-                first_log = t
             is_image = conn.msgtype in IMAGE_TYPES
-            if consumed is None and args.rate > 0:
-                due = start + (t - first_log) / 1e9 / args.rate
-                delay = due - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
+            pacer.wait_for(conn.msgtype, t)
             pubs[conn.topic].publish(bytes(raw))
             stats["published"] += 1
+            pacer.published(conn.msgtype)
             if is_image:
                 stats["images"] += 1
                 if consumed is not None:
@@ -143,8 +180,6 @@ def play(args, node, log=lambda m: print(m, flush=True)) -> Dict[str, int]:
                     else:
                         log(f"[bag_play] image {stats['images']} (stamp {hdr.stamp.sec}.{hdr.stamp.nanosec:09d}) "
                             f"answered after {time.monotonic() - t_pub:.2f} s")
-            elif args.settle > 0:
-                time.sleep(args.settle)
         stats["seconds"] = round(time.monotonic() - start, 3)
         from rclpy.duration import Duration
 
@@ -163,6 +198,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(tool_args)
     if args.rate <= 0:
         print("ped-sam-bag-play: error: --rate must be positive", file=sys.stderr)
+        return 2
+    if args.settle < 0:
+        print("ped-sam-bag-play: error: --settle must not be negative", file=sys.stderr)
         return 2
     rclpy.init(args=argv)
     node = rclpy.create_node("ped_sam_bag_play")

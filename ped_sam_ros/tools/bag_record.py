@@ -8,8 +8,12 @@ their arrival time.  Each topic's type is discovered from the graph (bounded by
 ``ped_sam_msgs`` types are registered from their .msg files, so the bag reads
 back with rosbags or rosbag2.  The subscription follows the publishers' QoS
 (reliable unless one of them is best effort).  Stops after ``--count`` messages
-on ``--count-topic`` (default: the first topic), after ``--duration`` seconds, or
-on SIGINT/SIGTERM, and always closes the bag.
+on ``--count-topic`` (default: the first topic) and, with ``--until-diagnostic``,
+once a recorded diagnostic_msgs/DiagnosticArray reports what the caller waits for
+(e.g. ``frames_out+frames_dropped+frames_failed>=6``: the diagnostics after the last
+frame are in the bag); or after ``--duration`` seconds of recording (counted from
+when every subscription exists, not including discovery); or on SIGINT/SIGTERM.
+It always closes the bag.
 """
 
 from __future__ import annotations
@@ -22,9 +26,38 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from ped_sam_ros.ros.bags import STORAGES, message_class, typestore, writer
+
+DIAGNOSTICS_TYPE = "diagnostic_msgs/msg/DiagnosticArray"
+
+
+def parse_condition(text: str) -> Tuple[List[str], float]:
+    """``KEY[+KEY...]>=N`` -> (keys, N)."""
+    lhs, sep, rhs = text.partition(">=")
+    keys = [k.strip() for k in lhs.split("+")]
+    try:
+        bound = float(rhs)
+    except ValueError:
+        bound = None
+    if not sep or not all(keys) or bound is None:
+        raise ValueError(f"--until-diagnostic {text!r} must look like KEY>=N or KEY+KEY>=N "
+                         f"(e.g. frames_out+frames_dropped+frames_failed>=6)")
+    return keys, bound
+
+
+def diagnostic_reports(msg, keys: List[str], bound: float) -> bool:
+    """True when one status of the DiagnosticArray has every key, with values summing to >= bound."""
+    for st in msg.status:
+        values = {kv.key: kv.value for kv in st.values}
+        if all(k in values for k in keys):
+            try:
+                if sum(float(values[k]) for k in keys) >= bound:
+                    return True
+            except ValueError:
+                continue
+    return False
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="message type of a topic (skips discovery), e.g. /x/masks=ped_sam_msgs/msg/SegmentationResult")
     ap.add_argument("--count", type=int, default=0, help="stop after this many messages on --count-topic (0: no limit)")
     ap.add_argument("--count-topic", help="topic whose messages --count counts (default: the first topic)")
-    ap.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: no limit)")
+    ap.add_argument("--until-diagnostic", metavar="KEY[+KEY...]>=N",
+                    help="also wait (after --count, if given) for a recorded DiagnosticArray with a status whose "
+                    "values KEY (summed) reach N, e.g. frames_out+frames_dropped+frames_failed>=6; needs a "
+                    "diagnostic_msgs/DiagnosticArray topic among --topics")
+    ap.add_argument("--duration", type=float, default=0.0,
+                    help="stop after this many seconds of recording, counted once every subscription exists "
+                    "(after discovery) (0: no limit)")
     ap.add_argument("--storage", choices=STORAGES, default="sqlite3")
     ap.add_argument("--discovery-timeout", type=float, default=30.0,
                     help="seconds to wait for each topic to appear (its type and QoS)")
@@ -45,15 +84,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class Recorder:
-    def __init__(self, node, out: Path, storage: str, count_topic: str, count: int):
+    def __init__(self, node, out: Path, storage: str, count_topic: str, count: int,
+                 until_diagnostic: Optional[Tuple[List[str], float]] = None):
         self.node = node
         self.ts = typestore()
         self.writer = writer(out, storage)
         self.writer.open()
         self.lock = threading.Lock()
         self.connections: Dict[str, object] = {}
+        self.types: Dict[str, str] = {}
         self.counts: Dict[str, int] = {}
         self.count_topic, self.count = count_topic, count
+        self.until_diagnostic = until_diagnostic
+        self.count_reached = not count
+        self.diagnostic_seen = until_diagnostic is None
         self.done = threading.Event()
         self.subs = []
         self.queue: collections.deque = collections.deque()  # written by the thread that owns the writer
@@ -67,7 +111,13 @@ class Recorder:
     def add(self, topic: str, type_name: str, qos) -> None:
         conn = self.writer.add_connection(topic, type_name, typestore=self.ts)
         self.connections[topic] = conn
+        self.types[topic] = type_name
         self.counts[topic] = 0
+        watch = self.until_diagnostic is not None and type_name == DIAGNOSTICS_TYPE
+        if watch:
+            from rclpy.serialization import deserialize_message
+
+            diag_cls = message_class(type_name)
 
         def cb(raw: bytes, topic=topic, conn=conn):
             with self.lock:
@@ -76,6 +126,11 @@ class Recorder:
                 self.queue.append((conn, time.time_ns(), raw))
                 self.counts[topic] += 1
                 if self.count and topic == self.count_topic and self.counts[topic] >= self.count:
+                    self.count_reached = True
+                if watch and not self.diagnostic_seen:
+                    self.diagnostic_seen = diagnostic_reports(deserialize_message(raw, diag_cls),
+                                                              *self.until_diagnostic)
+                if (self.count or self.until_diagnostic) and self.count_reached and self.diagnostic_seen:
                     self.done.set()
 
         self.subs.append(self.node.create_subscription(message_class(type_name), topic, cb, qos, raw=True))
@@ -130,6 +185,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     if count_topic not in args.topics:
         print(f"ped-sam-bag-record: error: --count-topic {count_topic} is not among --topics", file=sys.stderr)
         return 2
+    until = None
+    if args.until_diagnostic:
+        try:
+            until = parse_condition(args.until_diagnostic)
+        except ValueError as e:
+            print(f"ped-sam-bag-record: error: {e}", file=sys.stderr)
+            return 2
 
     stop = threading.Event()
     from rclpy.signals import SignalHandlerOptions
@@ -141,9 +203,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     spinner = BackgroundSpinner(node)
     recorder = None
     code = 0
-    start = time.monotonic()
+    t0 = time.monotonic()
+    start = None  # when recording starts (every subscription exists): --duration counts from here
     try:
-        recorder = Recorder(node, out, args.storage, count_topic, args.count)
+        recorder = Recorder(node, out, args.storage, count_topic, args.count, until)
         for topic in args.topics:
             tname, pub_qos = types.get(topic), []
             # Discovery gives the type and the publishers' QoS (a short look when the type is given).
@@ -158,13 +221,23 @@ def main(argv: Optional[List[str]] = None) -> int:
             recorder.add(topic, tname, _qos_for(pub_qos))
         if not recorder.subs:
             raise RuntimeError("nothing to record")
-        print(f"[bag_record] recording {', '.join(recorder.connections)} into {out}", flush=True)
+        if until is not None and DIAGNOSTICS_TYPE not in recorder.types.values():
+            raise RuntimeError(f"--until-diagnostic needs a {DIAGNOSTICS_TYPE} topic among the recorded ones")
+        start = time.monotonic()
+        print(f"[bag_record] recording {', '.join(recorder.connections)} into {out} (discovery took "
+              f"{start - t0:.1f} s)", flush=True)
         if args.ready_file:
             tmp = Path(args.ready_file + ".tmp")
             tmp.write_text("ready\n")
             os.replace(tmp, args.ready_file)
         while not stop.is_set() and not recorder.done.is_set():
             if args.duration and time.monotonic() - start >= args.duration:
+                why = f"--duration {args.duration:g} s reached"
+                if not recorder.count_reached:
+                    why += f" before --count {args.count} on {count_topic}"
+                if not recorder.diagnostic_seen:
+                    why += f" without a diagnostic reporting {args.until_diagnostic}"
+                print(f"[bag_record] {why}", flush=True)
                 break
             recorder.flush()
             stop.wait(0.05)
@@ -176,7 +249,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         if recorder is not None:
             recorder.close()
             counts = ", ".join(f"{t}: {n}" for t, n in recorder.counts.items())
-            print(f"[bag_record] wrote {out} ({counts}) after {time.monotonic() - start:.1f} s", flush=True)
+            recorded = f"{time.monotonic() - start:.1f} s of recording" if start is not None else "no recording"
+            print(f"[bag_record] wrote {out} ({counts}) after {recorded}", flush=True)
         node.destroy_node()
         rclpy.try_shutdown()
     return code

@@ -178,7 +178,7 @@ def run(args) -> int:
     else:
         say(f"model {model} from checkpoint {args.checkpoint}")
     # 215..232: a range ROS documents as safe on Linux (no clash with ephemeral ports),
-    # and apart from the tests' 1..100
+    # and apart from the tests' 1..100 (docs/ros.md says the same)
     domain = args.domain_id or (215 + os.getpid() % 18)
     env = dict(os.environ)
     env.update({"ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST", "ROS_DOMAIN_ID": str(domain),
@@ -261,9 +261,13 @@ def run(args) -> int:
         # 5. record its outputs, 6. replay the bag paced by its results
         topics = [f"{PREFIX}/masks", f"{PREFIX}/label_mask", f"{PREFIX}/overlay", "/diagnostics"]
         rec_ready = tmp / "record.ready"
+        # It stops once it has every overlay and a /diagnostics message that accounts for every
+        # frame (published after the last result), so the summary's per-server counts are final.
         rec = procs.start("bag_record", [py, "-m", "ped_sam_ros.tools.bag_record", str(out / "results_bag"),
                                          "--topics", *topics, "--count", str(args.frames), "--count-topic",
-                                         f"{PREFIX}/overlay", "--duration", f"{clock.left():.0f}", "--ready-file",
+                                         f"{PREFIX}/overlay", "--until-diagnostic",
+                                         f"frames_out+frames_dropped+frames_failed>={args.frames}",
+                                         "--duration", f"{clock.left():.0f}", "--ready-file",
                                          str(rec_ready)], relay="[bag_record]")
         _wait(rec_ready.exists, clock.left(60), "the recorder", rec, procs, "bag_record")
         say(f"recording {', '.join(topics)}")
@@ -280,10 +284,10 @@ def run(args) -> int:
             raise DemoError(f"bag_play failed ({play.returncode}):\n{procs.log_tail('bag_play')}")
         t_played = clock.elapsed
         try:
-            _wait(lambda: rec.poll() is not None, clock.left(20), "the recorder's last messages", None)
+            _wait(lambda: rec.poll() is not None, clock.left(30), "the recorder's last messages", None)
         except DemoError:
-            pass
-        time.sleep(1.2)  # one more diagnostics message
+            say("warning: the recorder did not see every result and the final diagnostics within 30 s; "
+                "the summary uses what it recorded")
         procs.stop(rec)
         procs.stop(node)
         say("stopped the recorder and the edge node")
@@ -344,6 +348,10 @@ def summarize(args, out, info, model, random_weights, part, endpoints, domain, c
             "mean_compute_ms": float(v.get("mean_compute_ms", "nan")),
             "frames": int(v.get("frames", 0)), "state": v.get("state", "?"),
         }
+        # bytes per frame this server encoded, from the same diagnostics message as its byte counts
+        frames = remotes[name]["frames"]
+        remotes[name]["bytes_up_per_frame"] = remotes[name]["bytes_up"] / frames if frames else 0.0
+        remotes[name]["bytes_down_per_frame"] = remotes[name]["bytes_down"] / frames if frames else 0.0
     # share of each frame's content every server saw (its windows over the frame's valid tokens)
     assignment = [0] * len(part)
     names = list(endpoints)
@@ -362,6 +370,10 @@ def summarize(args, out, info, model, random_weights, part, endpoints, domain, c
 
     stages = _stage_table(results)
     n_in = len(info["frames"])
+    stale = {n: r["frames"] for n, r in remotes.items() if r["frames"] != len(results)}
+    if stale:
+        counts = ", ".join(f"{n} {k}" for n, k in sorted(stale.items()))
+        say(f"warning: the last recorded diagnostics count {counts} frame(s) for {len(results)} results")
     summary = {
         "warning": BANNER if random_weights else None,
         "random_weights": random_weights,
@@ -374,8 +386,8 @@ def summarize(args, out, info, model, random_weights, part, endpoints, domain, c
         "remotes": remotes,
         "bytes": {"up_total": sum(r["bytes_up"] for r in remotes.values()),
                   "down_total": sum(r["bytes_down"] for r in remotes.values()),
-                  "up_per_frame": sum(r["bytes_up"] for r in remotes.values()) / max(1, len(results)),
-                  "down_per_frame": sum(r["bytes_down"] for r in remotes.values()) / max(1, len(results))},
+                  "up_per_frame": sum(r["bytes_up_per_frame"] for r in remotes.values()),
+                  "down_per_frame": sum(r["bytes_down_per_frame"] for r in remotes.values())},
         "overlays": pngs,
         "wall_s": {"total": round(clock.elapsed, 1), "startup": round(t_ready, 1),
                    "replay": round(t_played - t_play, 1)},
@@ -413,14 +425,16 @@ def summary_markdown(s: Dict) -> str:
     lines += ["", "`remote` is the wall time of the parallel round trip to all servers; `total` runs from the "
               "image's arrival to the result (including waiting while busy).", "",
               "## Remote servers (from the last /diagnostics)", "",
-              "| server | windows | mean share of frame | bytes up | bytes down | mean latency ms | mean compute ms |",
-              "|---|---|---:|---:|---:|---:|---:|"]
+              "| server | windows | mean share of frame | frames | bytes up | bytes down | mean latency ms | "
+              "mean compute ms |",
+              "|---|---|---:|---:|---:|---:|---:|---:|"]
     for name, r in s["remotes"].items():
-        lines.append(f"| {name} | {r['windows']} | {100 * r['mean_share']:.1f} % | {r['bytes_up']:,} | "
+        lines.append(f"| {name} | {r['windows']} | {100 * r['mean_share']:.1f} % | {r['frames']} | {r['bytes_up']:,} | "
                      f"{r['bytes_down']:,} | {r['mean_latency_ms']:.1f} | {r['mean_compute_ms']:.1f} |")
     b = s["bytes"]
     lines += ["", f"Bytes per frame: {b['up_per_frame']:,.0f} up (uint8 window pixels), {b['down_per_frame']:,.0f} "
-              "down (tokens in the wire precision).", "", "## Overlays", ""]
+              "down (tokens in the wire precision): each server's bytes over the frames it encoded, summed.", "",
+              "## Overlays", ""]
     lines += [f"- [{p}]({p})" for p in s["overlays"]]
     return "\n".join(lines) + "\n"
 
