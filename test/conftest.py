@@ -50,3 +50,13 @@ def landscape(astronaut) -> np.ndarray:
     import skimage.data
 
     return skimage.data.coffee()  # 400x600
+
+
+@pytest.fixture(scope="module")
+def ctx():
+    """A ZeroMQ context for one test module's clients (destroyed with linger 0 at its end)."""
+    import zmq
+
+    c = zmq.Context()
+    yield c
+    c.destroy(linger=0)

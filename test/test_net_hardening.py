@@ -33,13 +33,6 @@ pytestmark = pytest.mark.timeout(300)
 
 
 @pytest.fixture(scope="module")
-def ctx():
-    c = zmq.Context()
-    yield c
-    c.destroy(linger=0)
-
-
-@pytest.fixture(scope="module")
 def stage():
     torch.manual_seed(0)
     return RemoteStage(TINY_B)  # random weights: these tests check the protocol, not the numbers

@@ -29,15 +29,8 @@ from ped_sam_ros.core.model import RemoteStage, random_sam
 from ped_sam_ros.core.wire import EncodeRequest, make_encode_request
 
 SMALL = Window(0, 0, 0, 0, 2, 0, 2)  # 2x2 tokens (32x32 px): a cheap valid request
-REPLY_TIMEOUT_S = 20.0
-pytestmark = pytest.mark.timeout(180)  # a hang fails the test instead of the whole run  # generous: the test machine may be loaded; replies normally take ms
-
-
-@pytest.fixture(scope="module")
-def ctx():
-    c = zmq.Context()
-    yield c
-    c.destroy(linger=0)
+REPLY_TIMEOUT_S = 20.0  # generous: the test machine may be loaded; replies normally take ms
+pytestmark = pytest.mark.timeout(180)  # a hang fails the test instead of the whole run
 
 
 @pytest.fixture(scope="module")
