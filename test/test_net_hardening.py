@@ -14,7 +14,6 @@ import time
 
 import pytest
 import torch
-import zmq
 
 from conftest import TINY_B
 from net_helpers import (REPO, BlockingStage, FailingStage, FakeRouter, InProcessServer, RawClient, header_frame,
