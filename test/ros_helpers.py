@@ -10,13 +10,14 @@ is stopped (SIGINT, SIGTERM, then SIGKILL), whatever happens.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -26,6 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 TEST_MODEL = "vit_b/w16h1"  # SAM's real geometry (1024 input, 64x64 tokens), width 16: fast on a CPU
 TEST_SEED = 5
 NODE_STARTUP_S = 120.0
+#: remote_node arguments for a server of the test model with random weights
+RANDOM_SERVER_ARGS = ("--model", TEST_MODEL, "--random-weights", "--seed", str(TEST_SEED))
 #: shared memory big enough for whole images, UDP on loopback only (see the file's comment)
 FASTDDS_PROFILE = REPO / "config" / "fastdds_large_images.xml"
 
@@ -228,3 +231,28 @@ def small_photos(scale: int = 4):
 
     return [np.ascontiguousarray(f()[::scale, ::scale]) for f in (skimage.data.astronaut, skimage.data.coffee,
                                                                    skimage.data.chelsea, skimage.data.rocket)]
+
+
+@contextlib.contextmanager
+def edge_stack(workdir: Path, domain: int, server_names: Sequence[str], node_name: str, grid: str = "1x2",
+               namespace: str = "/t", extra_params: Sequence[str] = ()) -> Iterator[Tuple[List, EdgeProcess, TestNode]]:
+    """Random-weight remote servers (one per name), the edge node as a process connected to
+    them in that order, and a :class:`TestNode` on the same domain: ``(servers, edge, node)``.
+    Everything is stopped on exit, whatever happened."""
+    from net_helpers import start_servers, stop_all
+
+    servers = start_servers(workdir, [(name, RANDOM_SERVER_ARGS) for name in server_names])
+    edge = EdgeProcess(workdir / "edge", domain, [f"{s.name}={s.endpoint}" for s in servers], grid,
+                       namespace=namespace, extra_params=extra_params)
+    node = None
+    try:
+        edge.start()
+        edge.wait_ready()
+        node = TestNode(domain, node_name)
+        yield servers, edge, node
+    finally:
+        if node is not None:
+            node.close()
+        edge.stop()
+        stop_all(servers)
+

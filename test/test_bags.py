@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from net_helpers import start_servers
-from ros_helpers import (REPO, TEST_MODEL, TEST_SEED, EdgeProcess, TestNode, domain_id, ros_env, stop_process)
+from ped_sam_ros.ros.util import latest_status, status_values
+from ros_helpers import REPO, TEST_MODEL, domain_id, edge_stack, ros_env, stop_process
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -179,34 +179,17 @@ def test_bag_record_duration_counts_from_when_recording_starts(tmp_path):
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
+    from diagnostic_msgs.msg import DiagnosticArray
+
     work = tmp_path_factory.mktemp("bag_replay")
     dom = domain_id(offset=31)
-    args = ["--model", TEST_MODEL, "--random-weights", "--seed", str(TEST_SEED)]
-    servers = start_servers(work, [("bag-a", args), ("bag-b", args)])
-    edge = EdgeProcess(work / "edge", dom, [f"{s.name}={s.endpoint}" for s in servers], "1x2", namespace=NS)
-    test_node = None
-    try:
-        edge.start()
-        edge.wait_ready()
-        test_node = TestNode(dom, "bag_test")
-        from diagnostic_msgs.msg import DiagnosticArray
-
+    with edge_stack(work, dom, ["bag-a", "bag-b"], "bag_test", namespace=NS) as (_, edge, test_node):
         diags = test_node.collect(DiagnosticArray, "/diagnostics")
         yield work, dom, edge, test_node, diags
-    finally:
-        if test_node is not None:
-            test_node.close()
-        edge.stop()
-        for s in servers:
-            s.stop()
 
 
 def _pipeline_values(diags):
-    for arr in reversed(diags):
-        for st in arr.status:
-            if st.name == f"{PREFIX}: pipeline":
-                return {kv.key: kv.value for kv in st.values}
-    return None
+    return status_values(latest_status(diags, f"{PREFIX}: pipeline"))
 
 
 def _read_results(bag: Path):

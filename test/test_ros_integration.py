@@ -18,8 +18,8 @@ import time
 import numpy as np
 import pytest
 
-from net_helpers import start_servers
-from ros_helpers import TEST_MODEL, TEST_SEED, EdgeProcess, TestNode, domain_id, image_msg, small_photos
+from ped_sam_ros.ros.util import latest_status, status_values
+from ros_helpers import TEST_MODEL, domain_id, edge_stack, image_msg, small_photos
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -36,16 +36,10 @@ def stack(tmp_path_factory):
 
     work = tmp_path_factory.mktemp("ros_integration")
     dom = domain_id(offset=11)
-    args = ["--model", TEST_MODEL, "--random-weights", "--seed", str(TEST_SEED)]
-    servers = start_servers(work, [("left", args), ("right", args)])
-    edge = EdgeProcess(work / "edge", dom, [f"{s.name}={s.endpoint}" for s in servers], "1x2", namespace=NS,
-                       extra_params=["use_compressed:=true", "amg.points_per_side:=2", "amg.pred_iou_thresh:=0.0",
-                                     "amg.stability_score_thresh:=0.0"])
-    t = None
-    try:
-        edge.start()
-        edge.wait_ready()
-        t = TestNode(dom, "integration_test")
+    extra = ["use_compressed:=true", "amg.points_per_side:=2", "amg.pred_iou_thresh:=0.0",
+             "amg.stability_score_thresh:=0.0"]
+    with edge_stack(work, dom, ["left", "right"], "integration_test", namespace=NS,
+                    extra_params=extra) as (servers, edge, t):
         s = {
             "edge": edge, "node": t, "servers": servers,
             "masks": t.collect(SegmentationResult, f"{PREFIX}/masks"),
@@ -59,12 +53,6 @@ def stack(tmp_path_factory):
         for key in ("image_pub", "compressed_pub", "prompts_pub"):
             t.wait_for_subscribers(s[key])
         yield s
-    finally:
-        if t is not None:
-            t.close()
-        edge.stop()
-        for srv in servers:
-            srv.stop()
 
 
 def _by_stamp(msgs, header):
@@ -85,10 +73,7 @@ def _wait_result(stack, header, timeout_s=RESULT_TIMEOUT_S):
 
 
 def _pipeline_values(arr):
-    for st in arr.status:
-        if st.name == f"{PREFIX}: pipeline":
-            return {kv.key: kv.value for kv in st.values}
-    return None
+    return status_values(latest_status([arr], f"{PREFIX}: pipeline"))
 
 
 def _wait_pipeline(stack, pred, what, since=None, timeout_s=30.0):
@@ -248,11 +233,7 @@ def test_unsupported_encoding_is_refused_and_node_keeps_answering(stack):
     stack["compressed_pub"].publish(msg)
     result, _ = _wait_result(stack, msg.header)
     assert (result.image_height, result.image_width) == rgb.shape[:2]
-    values = {}
-    for arr in stack["diags"]:
-        for st in arr.status:
-            if st.name == f"{PREFIX}: pipeline":
-                values = {kv.key: kv.value for kv in st.values}
+    values = status_values(latest_status(stack["diags"], f"{PREFIX}: pipeline")) or {}
     assert int(values.get("refused_images", 0)) >= 1
 
 
@@ -345,9 +326,9 @@ def test_diagnostics_name_each_remote(stack):
     for srv in stack["servers"]:
         st = last[f"{PREFIX}: remote {srv.name}"]
         assert st.level == DiagnosticStatus.OK, st.message
-        values = {kv.key: kv.value for kv in st.values}
+        values = status_values(st)
         assert values["endpoint"] == srv.endpoint
         assert float(values["last_latency_ms"]) > 0 and int(values["frames"]) >= 1
         assert float(values["share"]) > 0
-    pipeline = {kv.key: kv.value for kv in last[f"{PREFIX}: pipeline"].values}
+    pipeline = status_values(last[f"{PREFIX}: pipeline"])
     assert "stage.remote.mean_ms" in pipeline and "frames_dropped" in pipeline

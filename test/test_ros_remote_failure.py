@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from net_helpers import start_servers
-from ros_helpers import TEST_MODEL, TEST_SEED, EdgeProcess, TestNode, domain_id, image_msg, small_photos
+from ped_sam_ros.ros.util import latest_status, status_values
+from ros_helpers import domain_id, edge_stack, image_msg, small_photos
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -62,19 +62,11 @@ class Streamer:
 
 
 def _remote_status(diag_arrays, name):
-    for arr in reversed(diag_arrays):
-        for st in arr.status:
-            if st.name == f"{PREFIX}: remote {name}":
-                return st
-    return None
+    return latest_status(diag_arrays, f"{PREFIX}: remote {name}")
 
 
 def _pipeline(diag_arrays):
-    for arr in reversed(diag_arrays):
-        for st in arr.status:
-            if st.name == f"{PREFIX}: pipeline":
-                return {kv.key: kv.value for kv in st.values}
-    return None
+    return status_values(latest_status(diag_arrays, f"{PREFIX}: pipeline"))
 
 
 def _settled(values) -> bool:
@@ -91,16 +83,9 @@ def test_stopped_remote_is_reported_and_recovered(tmp_path):
     from sensor_msgs.msg import Image
 
     dom = domain_id(offset=53)
-    args = ["--model", TEST_MODEL, "--random-weights", "--seed", str(TEST_SEED)]
-    servers = start_servers(tmp_path, [("steady", args), ("flaky", args)])
-    flaky = servers[1]
-    edge = EdgeProcess(tmp_path / "edge", dom, [f"{s.name}={s.endpoint}" for s in servers], "1x2", namespace=NS,
-                       extra_params=["deadline:=3.0"])
-    t = None
-    try:
-        edge.start()
-        edge.wait_ready()
-        t = TestNode(dom, "fault_test")
+    with edge_stack(tmp_path, dom, ["steady", "flaky"], "fault_test", namespace=NS,
+                    extra_params=["deadline:=3.0"]) as (servers, edge, t):
+        flaky = servers[1]
         results = t.collect(SegmentationResult, f"{PREFIX}/masks")
         diags = t.collect(DiagnosticArray, "/diagnostics")
         prompts_pub = t.node.create_publisher(Prompts, f"{PREFIX}/prompts", 10)
@@ -126,8 +111,7 @@ def test_stopped_remote_is_reported_and_recovered(tmp_path):
                 raise AssertionError(edge.log_text()) from None
             st = _remote_status(diags, "flaky")
             assert "flaky" in st.message and st.hardware_id == flaky.endpoint
-            pipeline = next(s for s in diags[-1].status if s.name == f"{PREFIX}: pipeline")
-            values = {kv.key: kv.value for kv in pipeline.values}
+            values = _pipeline(diags[-1:])
             assert int(values["frames_failed"]) >= 1
             assert "flaky" in values["last_error"]
             steady = _remote_status(diags, "steady")
@@ -168,9 +152,3 @@ def test_stopped_remote_is_reported_and_recovered(tmp_path):
         got = {r.header.stamp.sec for r in results}
         assert not down & got, sorted(down & got)
         assert edge.alive
-    finally:
-        if t is not None:
-            t.close()
-        edge.stop()
-        for s in servers:
-            s.stop()

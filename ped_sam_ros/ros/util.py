@@ -1,9 +1,10 @@
-"""Small rclpy helpers shared by the tools (command lines, background spinning)."""
+"""Small rclpy helpers shared by the tools and tests (command lines, background spinning,
+reading received diagnostics)."""
 
 from __future__ import annotations
 
 import threading
-from typing import List, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 
 def split_ros_args(argv: List[str]) -> Tuple[List[str], List[str]]:
@@ -15,6 +16,21 @@ def split_ros_args(argv: List[str]) -> Tuple[List[str], List[str]]:
     i = argv.index("--ros-args")
     j = argv.index("--", i) if "--" in argv[i:] else len(argv)
     return argv[1:i] + argv[j + 1:], argv[:1] + argv[i:j + 1]
+
+
+def latest_status(diag_arrays: Sequence, name: str):
+    """The newest ``DiagnosticStatus`` called ``name`` in received ``DiagnosticArray`` messages
+    (oldest first), or None."""
+    for arr in reversed(diag_arrays):
+        for st in arr.status:
+            if st.name == name:
+                return st
+    return None
+
+
+def status_values(status) -> Optional[Dict[str, str]]:
+    """A ``DiagnosticStatus``'s key/value pairs as a dict (None for no status)."""
+    return None if status is None else {kv.key: kv.value for kv in status.values}
 
 
 class BackgroundSpinner:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from ped_sam_ros.ros.bags import STORAGES, message_class, typestore, writer
+from ped_sam_ros.ros.util import status_values
 
 DIAGNOSTICS_TYPE = "diagnostic_msgs/msg/DiagnosticArray"
 
@@ -50,7 +51,7 @@ def parse_condition(text: str) -> Tuple[List[str], float]:
 def diagnostic_reports(msg, keys: List[str], bound: float) -> bool:
     """True when one status of the DiagnosticArray has every key, with values summing to >= bound."""
     for st in msg.status:
-        values = {kv.key: kv.value for kv in st.values}
+        values = status_values(st)
         if all(k in values for k in keys):
             try:
                 if sum(float(values[k]) for k in keys) >= bound:

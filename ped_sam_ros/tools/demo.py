@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from ped_sam_ros.tools.processes import stop_process
+from ped_sam_ros.ros.util import latest_status, status_values
 
 REPO = Path(__file__).resolve().parents[2]
 NS = "/demo"
@@ -145,12 +146,8 @@ def _stage_table(results) -> Dict[str, Dict[str, float]]:
             for k, v in per.items()}
 
 
-def _last_status(diags, name):
-    for d in reversed(diags):
-        for st in d.status:
-            if st.name == name:
-                return {kv.key: kv.value for kv in st.values}
-    return {}
+def _last_status(diags, name) -> Dict[str, str]:
+    return status_values(latest_status(diags, name)) or {}
 
 
 def run(args) -> int:
