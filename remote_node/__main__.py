@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
 import threading
-from pathlib import Path
 from typing import Optional, Sequence
+
+from ped_sam_ros.tools.processes import write_ready_file
 
 log = logging.getLogger("remote_node")
 
@@ -43,23 +43,6 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--torch-threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return ap
-
-
-def _random_stage(spec: str, seed: int):
-    from ped_sam_ros.core.model import RemoteStage, get_geometry, random_sam
-
-    geom = get_geometry(spec)
-    sam_state = random_sam(geom, seed=seed).state_dict()
-    stage = RemoteStage(geom)
-    stage.load_state_dict({k: sam_state[stage.checkpoint_key(k)] for k in stage.state_dict()})
-    return stage
-
-
-def _write_ready_file(path: str, endpoint: str) -> None:
-    p = Path(path)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(endpoint + "\n")
-    os.replace(tmp, p)  # readers never see a half-written file
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -96,7 +79,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             log.warning("the edge must build its model with random_sam(%r, seed=%d) to match.", args.model,
                         args.seed)
             log.warning("%s", bar)
-            stage = _random_stage(args.model, args.seed)
+            from ped_sam_ros.core.model import RemoteStage
+
+            stage = RemoteStage(args.model).load_random(args.seed)
             label = f"random(seed={args.seed})"
         server = RemoteServer(args.bind, args.model, args.checkpoint, server_secret_key=args.server_key,
                               authorized_keys_dir=args.authorized_keys,
@@ -117,7 +102,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     signal.signal(signal.SIGTERM, _stop)
     try:
         if args.ready_file:
-            _write_ready_file(args.ready_file, server.endpoint)
+            write_ready_file(args.ready_file, server.endpoint)
         server.serve_forever(stop)
     finally:
         server.close()

@@ -13,19 +13,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
-from ped_sam_ros.net.curve import CurveKeyError, load_public_key, load_secret_pair  # noqa: F401  (re-exported)
+from ped_sam_ros.net.curve import NAME_RE, CurveKeyError, load_public_key, load_secret_pair  # noqa: F401  (re-exported)
 
 
 def create_keypair(directory, name: str, force: bool = False) -> Tuple[Path, Path]:
     """Create ``NAME.key`` and ``NAME.key_secret`` in ``directory``; returns their paths."""
     import zmq.auth
 
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
+    if not NAME_RE.fullmatch(name):
         raise ValueError(f"key name {name!r}: use letters, digits, '.', '_' or '-' (no path separators)")
     d = Path(directory).expanduser()
     public, secret = d / f"{name}.key", d / f"{name}.key_secret"

@@ -310,12 +310,21 @@ class _StageBase(nn.Module):
     def checkpoint_key(cls, key: str) -> str:
         return "image_encoder." + key if key.startswith(cls.ENCODER_KEYS) else key
 
+    def _load_own(self, state: Dict[str, torch.Tensor]) -> None:
+        """Load this stage's tensors from a whole-Sam state dict (checkpoint key names)."""
+        self.load_state_dict({k: state[self.checkpoint_key(k)] for k in self.state_dict()})
+
     def load_checkpoint(self, path: Union[str, Path]) -> "_StageBase":
         state = load_state_dict(path)
-        own = self.state_dict()
-        _check_shapes(own, state, str(path), self.checkpoint_key)
-        self.load_state_dict({k: state[self.checkpoint_key(k)] for k in own})
+        _check_shapes(self.state_dict(), state, str(path), self.checkpoint_key)
+        self._load_own(state)
         self.checkpoint_path = str(path)
+        return self
+
+    def load_random(self, seed: int) -> "_StageBase":
+        """This stage's tensors of ``random_sam(geometry, seed)``: the edge and the servers
+        given the same seed hold the parts of one random SAM."""
+        self._load_own(random_sam(self.geometry, seed=seed).state_dict())
         return self
 
     def checkpoint_keys(self) -> List[str]:

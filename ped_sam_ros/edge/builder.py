@@ -8,7 +8,7 @@ from typing import Callable, Optional
 
 import torch
 
-from ped_sam_ros.core.model import EdgeStage, RemoteStage, get_geometry, random_sam
+from ped_sam_ros.core.model import EdgeStage, RemoteStage, get_geometry
 from ped_sam_ros.core.pipeline import DistributedEncoder, PedSamPredictor, Segmenter
 from ped_sam_ros.core.transport import LocalTransport, Transport
 
@@ -33,18 +33,10 @@ class EdgePipeline:
         self.transport.close()
 
 
-def _load_random(stage, config: EdgeConfig):
-    """Load the tensors a stage owns from ``random_sam(model, seed)``: exactly
-    what ``ped-sam-remote --random-weights --seed N`` serves."""
-    state = random_sam(config.model, seed=config.seed).state_dict()
-    stage.load_state_dict({k: state[stage.checkpoint_key(k)] for k in stage.state_dict()})
-    return stage
-
-
 def build_edge_stage(config: EdgeConfig) -> EdgeStage:
     geom = get_geometry(config.model)
     if config.random_weights:
-        return _load_random(EdgeStage(geom, config.mode), config)
+        return EdgeStage(geom, config.mode).load_random(config.seed)  # as `remote_node --random-weights`
     return EdgeStage.from_checkpoint(geom, config.checkpoint, config.mode)
 
 
@@ -52,7 +44,7 @@ def build_remote_stage(config: EdgeConfig) -> RemoteStage:
     """The servers' stage with the same weights (for :func:`local_transport`)."""
     geom = get_geometry(config.model)
     if config.random_weights:
-        return _load_random(RemoteStage(geom), config)
+        return RemoteStage(geom).load_random(config.seed)
     return RemoteStage.from_checkpoint(geom, config.checkpoint)
 
 

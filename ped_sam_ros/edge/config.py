@@ -16,8 +16,9 @@ from typing import Dict, List, Optional, Sequence
 from ped_sam_ros.core.geometry import Partition, PartitionError
 from ped_sam_ros.core.model import MODES, get_geometry
 from ped_sam_ros.core.wire import TOKEN_DTYPES
+from ped_sam_ros.net.curve import NAME_RE
 
-SERVER_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+SERVER_NAME_RE = NAME_RE  # a server's name also names its key file
 ENDPOINT_RE = re.compile(r"(tcp://[^\s]+:\d+|ipc://[^\s]+)")
 
 

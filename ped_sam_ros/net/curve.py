@@ -13,6 +13,7 @@ import glob
 import ipaddress
 import logging
 import os
+import re
 import stat
 from pathlib import Path
 from typing import List, Tuple, Union
@@ -20,6 +21,11 @@ from typing import List, Tuple, Union
 log = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
+
+
+#: a server or key-pair name: the edge finds server NAME's public key as ``NAME.key``, so one
+#: rule serves both (no path separators)
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 class CurveKeyError(ValueError):

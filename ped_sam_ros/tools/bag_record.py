@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import os
 import signal
 import sys
 import threading
@@ -30,6 +29,7 @@ from typing import Dict, List, Optional, Tuple
 
 from ped_sam_ros.ros.bags import STORAGES, message_class, typestore, writer
 from ped_sam_ros.ros.util import status_values
+from ped_sam_ros.tools.processes import write_ready_file
 
 DIAGNOSTICS_TYPE = "diagnostic_msgs/msg/DiagnosticArray"
 
@@ -228,9 +228,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"[bag_record] recording {', '.join(recorder.connections)} into {out} (discovery took "
               f"{start - t0:.1f} s)", flush=True)
         if args.ready_file:
-            tmp = Path(args.ready_file + ".tmp")
-            tmp.write_text("ready\n")
-            os.replace(tmp, args.ready_file)
+            write_ready_file(args.ready_file, "ready")
         while not stop.is_set() and not recorder.done.is_set():
             if args.duration and time.monotonic() - start >= args.duration:
                 why = f"--duration {args.duration:g} s reached"

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
-from typing import Optional
+from pathlib import Path
+from typing import Optional, Union
 
 
 def stop_process(proc: Optional[subprocess.Popen], timeout_s: float = 10.0) -> Optional[int]:
@@ -23,3 +25,12 @@ def stop_process(proc: Optional[subprocess.Popen], timeout_s: float = 10.0) -> O
         except ProcessLookupError:
             break
     return proc.returncode
+
+
+def write_ready_file(path: Union[str, Path], text: str) -> None:
+    """Tell a parent process we are ready: write ``text`` to a temporary file and rename it
+    to ``path``, so that a reader polling for ``path`` never sees it half-written."""
+    p = Path(path)
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(text + "\n")
+    os.replace(tmp, p)
