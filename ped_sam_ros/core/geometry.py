@@ -248,6 +248,13 @@ def adjacency_violations(partition: Partition, assignment: Sequence[int]) -> Lis
     return bad
 
 
+def valid_tokens(resized_hw: Tuple[int, int]) -> Tuple[int, int]:
+    """(rows, cols) of tokens that hold content for a frame resized to ``resized_hw``
+    (a token is content when any of its pixels is; the rest is SAM's zero padding)."""
+    h, w = resized_hw
+    return -(-int(h) // PATCH_SIZE), -(-int(w) // PATCH_SIZE)
+
+
 def server_shares(
     partition: Partition, assignment: Sequence[int], valid_tokens: Optional[Tuple[int, int]] = None
 ) -> List[float]:

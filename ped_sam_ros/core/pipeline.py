@@ -19,7 +19,7 @@ from segment_anything import SamAutomaticMaskGenerator, SamPredictor
 from segment_anything.utils.amg import batched_mask_to_box, calculate_stability_score
 
 from .geometry import (Partition, check_max_share, round_robin_assignment, server_shares,
-                       validate_assignment)
+                       validate_assignment, valid_tokens)
 from .model import EdgeStage, sam_head
 from .transport import Transport, WindowJob
 
@@ -84,8 +84,7 @@ class DistributedEncoder:
             raise ValueError(f"the frame must be resized to longest side {geom.img_size}, got {resized.shape[:2]}")
         # The policy limits the share of *this* frame's content, and for a non-square frame
         # a window's share differs from the square-frame figure checked at construction.
-        valid = (-(-resized.shape[0] // 16), -(-resized.shape[1] // 16))
-        shares = server_shares(self.partition, self.assignment, valid)
+        shares = server_shares(self.partition, self.assignment, valid_tokens(resized.shape[:2]))
         check_max_share(shares, self.max_share, self.transport.server_names,
                         what=f"this {resized.shape[0]}x{resized.shape[1]} frame (after resizing)")
         stats = EncodeStats()

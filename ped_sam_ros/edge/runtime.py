@@ -210,10 +210,6 @@ class EdgeRuntime:
     def __exit__(self, *exc):
         self.stop()
 
-    @property
-    def config(self):
-        return self.pipeline.config if self.pipeline else None
-
     # ------------------------------------------------------------------- inputs
 
     def submit(self, frame: Frame) -> bool:
@@ -229,11 +225,6 @@ class EdgeRuntime:
             if dropped:
                 self.frames_dropped += 1
         return dropped
-
-    def note_frame(self, frame: Frame) -> None:
-        """Remember a frame for :meth:`latest_frame` without processing it."""
-        with self._cond:
-            self._latest = frame
 
     def request(self, frame: Optional[Frame], prompts: Optional[Sequence[ObjectPrompt]] = None,
                 automatic: Optional[bool] = None) -> concurrent.futures.Future:

@@ -98,7 +98,7 @@ class EdgeNode(Node):
     def __init__(self, transport_factory: Optional[Callable] = None, **kwargs):
         super().__init__(NODE_NAME, **kwargs)
         self._declare_parameters()
-        values = {name: self.get_parameter(name).value for name in SPECS}
+        values = self._current_parameters()
         self.config: EdgeConfig = config_from_params(values).validate()
         self._overlay_alpha = float(values["overlay_alpha"])
         self._service_timeout = float(values["service_timeout"])
@@ -322,19 +322,18 @@ class EdgeNode(Node):
 
     # --------------------------------------------------------------------- outputs
 
-    def _result_msg(self, result: FrameResult):
-        t0 = time.perf_counter()
-        h, w = result.frame.size
-        label = label_image([i.mask for i in result.instances], [i.id for i in result.instances], (h, w))
+    def _result_msg(self, result: FrameResult, t0: Optional[float] = None):
+        """(SegmentationResult, postprocess seconds): its ``postprocess`` timing runs from ``t0``
+        (default: now) to the end of the RLE encoding."""
+        t0 = time.perf_counter() if t0 is None else t0
         timings = dict(result.timings)
-        timings["postprocess"] = time.perf_counter() - t0  # label map; RLE follows in result_to_msg
+        timings["postprocess"] = 0.0  # set below, once the RLE is done
         cfg = self.config
-        part = cfg.partition
-        msg = result_to_msg(result.meta, (h, w), result.instances, list(timings.items()), cfg.model, cfg.mode,
-                            part.shape, cfg.random_weights, result.frames_dropped)
+        msg = result_to_msg(result.meta, result.frame.size, result.instances, list(timings.items()), cfg.model,
+                            cfg.mode, cfg.partition.shape, cfg.random_weights, result.frames_dropped)
         post = time.perf_counter() - t0
         msg.timings[-1].seconds = post
-        return msg, label, post
+        return msg, post
 
     def _on_result(self, result: FrameResult) -> None:
         """Worker thread: publish one frame's outputs (publishing is thread-safe)."""
@@ -344,7 +343,9 @@ class EdgeNode(Node):
             self._warned_no_prompts = True
             self.get_logger().warning("no prompts held and automatic is false: publishing empty results. Publish "
                                       "ped_sam_msgs/Prompts on ~/prompts or set automatic:=true")
-        msg, label, post = self._result_msg(result)
+        t0 = time.perf_counter()
+        label = label_image([i.mask for i in result.instances], [i.id for i in result.instances], result.frame.size)
+        msg, post = self._result_msg(result, t0)
         self.masks_pub.publish(msg)
         self.label_pub.publish(label_to_image(label, result.meta))
         if self.overlay_pub.get_subscription_count() > 0:
@@ -501,7 +502,6 @@ def main(args: Optional[List[str]] = None) -> int:
     logging.getLogger().addHandler(handler)
     logging.getLogger().setLevel(logging.INFO)
     node = None
-    code = 0
     try:
         try:
             node = EdgeNode()
@@ -529,7 +529,7 @@ def main(args: Optional[List[str]] = None) -> int:
             node.shutdown()
             node.destroy_node()
         rclpy.try_shutdown()
-    return code
+    return 0
 
 
 if __name__ == "__main__":

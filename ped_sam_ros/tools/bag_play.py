@@ -105,12 +105,10 @@ class _Consumed:
     def __init__(self):
         self.cond = threading.Condition()
         self.latest = (-1, -1)
-        self.count = 0
 
     def callback(self, msg) -> None:
         with self.cond:
             self.latest = max(self.latest, (msg.header.stamp.sec, msg.header.stamp.nanosec))
-            self.count += 1
             self.cond.notify_all()
 
     def wait(self, stamp, timeout_s: float) -> bool:

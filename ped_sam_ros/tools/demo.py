@@ -302,7 +302,8 @@ def summarize(args, out, info, model, random_weights, part, endpoints, domain, c
               say) -> Dict:
     import numpy as np
 
-    from ped_sam_ros.core.geometry import server_shares
+    from ped_sam_ros.core.geometry import server_shares, valid_tokens
+    from ped_sam_ros.core.privacy import resized_shape
     from ped_sam_ros.core.masks import overlay as draw_overlay
     from ped_sam_ros.ros.bags import read_messages
     from ped_sam_ros.ros.convert import image_to_rgb, masks_from_result, stamp_key
@@ -317,7 +318,7 @@ def summarize(args, out, info, model, random_weights, part, endpoints, domain, c
         elif topic == "/diagnostics":
             diags.append(m)
     in_keys = [(s, ns, info["frame_id"]) for s, ns in info["stamps"]]
-    photos = make_frames(len(info["frames"]), args.scale)
+    photos = None  # loaded only if an overlay is missing
     pngs = []
     import cv2
 
@@ -328,6 +329,7 @@ def summarize(args, out, info, model, random_weights, part, endpoints, domain, c
         if key in overlays:
             rgb = image_to_rgb(overlays[key])
         else:  # not recorded (should not happen): draw it the same way from the masks
+            photos = photos or make_frames(len(info["frames"]), args.scale)
             rgb = draw_overlay(photos[k][1], [m for _, m in masks_from_result(res)])
         path = out / "overlays" / f"frame_{k:02d}_{info['frames'][k]}.png"
         cv2.imwrite(str(path), rgb[:, :, ::-1])
@@ -358,8 +360,7 @@ def summarize(args, out, info, model, random_weights, part, endpoints, domain, c
     for name in names:
         remotes[name]["share_per_frame"] = []
     for h, w in info["sizes"]:
-        scale = 1024.0 / max(h, w)
-        valid = (-(-int(round(h * scale)) // 16), -(-int(round(w * scale)) // 16))
+        valid = valid_tokens(resized_shape(h, w))
         for name, share in zip(names, server_shares(part, assignment, valid)):
             remotes[name]["share_per_frame"].append(round(share, 4))
     for name in names:
