@@ -36,8 +36,8 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from ped_sam_ros.core import wire
-from ped_sam_ros.core.transport import RemoteEncodeError, Transport, WindowJob, WindowResult, frames_nbytes
-from ped_sam_ros.core.wire import EncodeRequest, WireError
+from ped_sam_ros.core.transport import RemoteEncodeError, Transport, WindowJob, WindowResult
+from ped_sam_ros.core.wire import EncodeRequest, WireError, frames_nbytes
 
 from .curve import CurveKeyError, is_local_endpoint, load_public_key, load_secret_pair
 
@@ -332,6 +332,7 @@ class ZmqTransport(Transport):
             budget_ms = max(1, math.ceil((deadline - time.monotonic()) * 1000))
             frames = wire.make_encode_request(
                 EncodeRequest(rid, model, mode, job.window, job.pixels, budget_ms, self.token_dtype))
+            t_sent = time.monotonic()  # before the send: the server may finish before send_multipart returns
             try:
                 srv.socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
             except zmq.Again:
@@ -343,7 +344,7 @@ class ZmqTransport(Transport):
                     with self._stats_lock:
                         srv.health["connected"] = False
                 self._raise_not_connected([srv], queue_full=queue_full)
-            pending[rid] = (k, job.server, time.monotonic(), frames_nbytes(frames))
+            pending[rid] = (k, job.server, t_sent, frames_nbytes(frames))
             with self._stats_lock:
                 srv.health["requests"] += 1
 
@@ -403,14 +404,9 @@ class ZmqTransport(Transport):
             rid = header.get("id")
             entry = pending.get(rid) if isinstance(rid, str) else None
             if entry is None or entry[1] != srv.index:
-                if isinstance(rid, str) and self._abandoned.get(rid) == srv.index:
+                if not self._count_unmatched(srv, rid) and header.get("type") == "error":
                     with self._stats_lock:
-                        srv.health["late_replies"] += 1
-                else:
-                    self.stale_replies += 1
-                    if header.get("type") == "error":
-                        with self._stats_lock:
-                            srv.health["last_error"] = f"{header.get('code')}: {header.get('message')}"
+                        srv.health["last_error"] = f"{header.get('code')}: {header.get('message')}"
                 log.debug("dropped a reply from %s with unknown or stale id %r", srv.label, rid)
                 continue
             k, _, t_sent, bytes_up = pending.pop(rid)
@@ -485,12 +481,8 @@ class ZmqTransport(Transport):
                             self._abandon((r, srv.index) for r in mine)
                             continue
                         rid = header.get("id")
-                        if pending.get(rid) != srv.index:
-                            if self._abandoned.get(rid) == srv.index:
-                                with self._stats_lock:
-                                    srv.health["late_replies"] += 1
-                            else:
-                                self.stale_replies += 1
+                        if not isinstance(rid, str) or pending.get(rid) != srv.index:
+                            self._count_unmatched(srv, rid)
                             continue
                         del pending[rid]
                         if header.get("type") == "info":
@@ -505,6 +497,16 @@ class ZmqTransport(Transport):
             return out
         finally:
             self._owner.release()
+
+    def _count_unmatched(self, srv: _Server, rid) -> bool:
+        """Count a reply that answers no pending request of ``srv``: *late* when it answers one
+        this client abandoned (True), otherwise *stale* (False)."""
+        if isinstance(rid, str) and self._abandoned.get(rid) == srv.index:
+            with self._stats_lock:
+                srv.health["late_replies"] += 1
+            return True
+        self.stale_replies += 1
+        return False
 
     # ------------------------------------------------------------- lifecycle
 
