@@ -50,8 +50,8 @@ import zmq
 
 from ped_sam_ros.core import wire
 from ped_sam_ros.core.model import MODES, RemoteStage, get_geometry
-from ped_sam_ros.core.transport import check_encode_request, frames_nbytes, run_encode
-from ped_sam_ros.core.wire import WireError
+from ped_sam_ros.core.transport import check_encode_request, run_encode
+from ped_sam_ros.core.wire import WireError, frames_nbytes
 from ped_sam_ros.net.curve import CurveKeyError, load_authorized_keys, load_secret_pair
 
 from .policy import ServerConfigError, check_bind_policy, is_local_endpoint  # noqa: F401

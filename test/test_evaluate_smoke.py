@@ -111,6 +111,8 @@ def test_bad_arguments_are_refused(tmp_path, capsys):
 def test_config_parsing():
     cfgs = parse_configs(["exact:5x5-free,paper:5x5@3", "paper:2x2"])
     assert [c.spec for c in cfgs] == ["cloud", "edge", "exact:5x5-free", "paper:5x5@3", "paper:2x2"]
+    assert [c.name for c in cfgs] == ["cloud SAM", "edge-only SAM", "exact 5x5-free", "paper 5x5 @3", "paper 2x2"]
+    assert [c.layout_name for c in cfgs[2:]] == ["5x5-free", "5x5 @3", "2x2"]
     assert cfgs[3].servers == 3 and len(set(cfgs[3].assignment)) == 3
     assert not cfgs[2].partition.is_aligned
     assert len(parse_configs(["default"])) == 2 + 2 * 2 * 4

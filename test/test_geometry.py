@@ -69,6 +69,7 @@ def test_policy_refuses_adjacent_windows_and_large_shares():
     with pytest.raises(PartitionError, match="adjacent"):
         validate_assignment(p, [0, 0, 1, 1], 2)
     validate_assignment(p, [0, 0, 1, 1], 2, allow_adjacent=True)
+    validate_assignment(p, [0, 0, 0, 0], 1)  # one server: adjacency cannot be avoided
     with pytest.raises(PartitionError, match="above the limit"):
         validate_assignment(p, [0, 1, 1, 0], 2, max_share=0.4)
     with pytest.raises(PartitionError, match="only 2 exist"):

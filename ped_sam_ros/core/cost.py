@@ -46,21 +46,19 @@ Workload = Dict[str, int]  # component kind -> MACs
 # Counting
 
 
-def count_macs(fn: Callable, *args, **kwargs) -> Tuple[int, Dict[str, int]]:
-    """Run ``fn(*args, **kwargs)`` under FlopCounterMode: (total MACs, MACs per aten op)."""
+def count_macs(fn: Callable, *args, **kwargs) -> int:
+    """Run ``fn(*args, **kwargs)`` under FlopCounterMode: the MACs (FLOPs / 2) it performs."""
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
     # grad mode on: FlopCounterMode's module tracker needs it (nothing is materialised on meta)
     with torch.enable_grad(), counter:
         fn(*args, **kwargs)
-    per_op = {str(k).split(".")[1] if "." in str(k) else str(k): int(v) // 2
-              for k, v in counter.get_flop_counts().get("Global", {}).items()}
-    return int(counter.get_total_flops()) // 2, per_op
+    return int(counter.get_total_flops()) // 2
 
 
 def module_macs(module: torch.nn.Module, *inputs) -> int:
-    return count_macs(module, *inputs)[0]
+    return count_macs(module, *inputs)
 
 
 @lru_cache(maxsize=None)
@@ -106,7 +104,7 @@ def decoder_macs(multimask: bool = True) -> int:
         md(image_embeddings=emb, image_pe=pe.get_dense_pe(), sparse_prompt_embeddings=sparse,
            dense_prompt_embeddings=dense, multimask_output=multimask)
 
-    return count_macs(run)[0]
+    return count_macs(run)
 
 
 def block_macs_analytic(dim: int, h: int, w: int, window: int, mlp_ratio: float = 4.0) -> int:
@@ -275,27 +273,22 @@ def time_components(geom: SamGeometry, repeats: int = 5, big_repeats: int = 2, b
     shell = _encoder_shell(geom)
     wblock = make_block(geom, geom.window_blocks[0]).eval()
     gblock = make_block(geom, geom.global_attn_indexes[0]).eval()
+    # (module, input, its MACs as counted for the workloads, shape label)
     cases = {
         "patch_embed": (shell.patch_embed, torch.randn(1, 3, ws * geom.patch_size, ws * geom.patch_size),
-                        f"1x3x{ws * geom.patch_size}x{ws * geom.patch_size} px"),
-        "window_block": (wblock, torch.randn(1, ws, ws, c), f"one {ws}x{ws}-token window"),
-        "global_block": (gblock, torch.randn(1, g, g, c), f"{g}x{g} tokens"),
-        "neck": (shell.neck, torch.randn(1, c, g, g), f"{c}x{g}x{g}"),
+                        patch_embed_macs(geom, ws, ws), f"1x3x{ws * geom.patch_size}x{ws * geom.patch_size} px"),
+        "window_block": (wblock, torch.randn(1, ws, ws, c), block_macs(geom, False, ws, ws),
+                         f"one {ws}x{ws}-token window"),
+        "global_block": (gblock, torch.randn(1, g, g, c), block_macs(geom, True, g, g), f"{g}x{g} tokens"),
+        "neck": (shell.neck, torch.randn(1, c, g, g), neck_macs(geom), f"{c}x{g}x{g}"),
     }
     out = {}
-    for kind, (mod, x, shape) in cases.items():
-        macs = module_macs(_meta_copy(mod), x.to("meta"))
+    for kind, (mod, x, macs, shape) in cases.items():
         mod(x)  # warm-up (allocator, kernels)
         n = big_repeats if macs > big_macs else repeats
         secs = _time(lambda: mod(x), n)
         out[kind] = {"seconds": secs, "macs": macs, "s_per_mac": secs / max(macs, 1), "shape": shape, "repeats": n}
     return out
-
-
-def _meta_copy(module: torch.nn.Module) -> torch.nn.Module:
-    import copy
-
-    return copy.deepcopy(module).to("meta")
 
 
 class TimingCache:

@@ -295,7 +295,7 @@ def validate_assignment(
     for i, s in enumerate(assignment):
         if not 0 <= int(s) < num_servers:
             raise PartitionError(f"window {i} is assigned to server {s}, but only {num_servers} exist")
-    if not allow_adjacent:
+    if not allow_adjacent and num_servers > 1:  # with one server, adjacency cannot be avoided
         bad = adjacency_violations(partition, assignment)
         if bad:
             a, b = bad[0]

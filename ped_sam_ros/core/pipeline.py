@@ -52,7 +52,7 @@ class DistributedEncoder:
         self.partition = partition
         n = len(transport.server_names)
         self.assignment = list(assignment) if assignment is not None else round_robin_assignment(partition, n)
-        validate_assignment(partition, self.assignment, n, allow_adjacent=allow_adjacent or n == 1,
+        validate_assignment(partition, self.assignment, n, allow_adjacent=allow_adjacent,
                             max_share=max_share)
         self.max_share = max_share
         self.timeout_s = timeout_s

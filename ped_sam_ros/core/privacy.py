@@ -29,6 +29,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .geometry import IMAGE_SIZE, Partition, Window
+from .metrics import box_iou
 
 Box = Tuple[int, int, int, int]  # x0, y0, x1, y1 (x1, y1 exclusive), original pixels
 
@@ -218,14 +219,6 @@ def reconstruction_scores(original: np.ndarray, reconstruction: np.ndarray, seen
 # Sensitive-content attack with OpenCV's pretrained classical detectors
 
 
-def boxes_iou(a: Box, b: Box) -> float:
-    iw = max(0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def box_fully_seen(box: Box, seen: np.ndarray) -> bool:
     x0, y0, x1, y1 = box
     H, W = seen.shape
@@ -329,6 +322,6 @@ def sensitive_content_attack(image: np.ndarray, seen_masks: Sequence[np.ndarray]
         for box in ref:
             res.seen_whole_by.append([s for s, m in enumerate(seen_masks) if box_fully_seen(box, m)])
             res.detected_by.append([s for s, found in enumerate(views)
-                                    if any(boxes_iou(box, f) >= iou_threshold for f in found)])
+                                    if any(box_iou(box, f) >= iou_threshold for f in found)])
         out[kind] = res
     return out

@@ -17,8 +17,8 @@ import numpy as np
 
 from .geometry import Window
 from .model import MODES
-from .wire import (EncodeRequest, WireError, decode_message, encode_message, make_encode_request, new_request_id,
-                   pack_tokens, parse_encode_request, unpack_tokens)
+from .wire import (EncodeRequest, WireError, decode_message, encode_message, frames_nbytes, make_encode_request,
+                   new_request_id, pack_tokens, parse_encode_request, unpack_tokens)
 
 
 @dataclass
@@ -47,10 +47,6 @@ class RemoteEncodeError(RuntimeError):
     def __init__(self, message: str, servers: Sequence[str] = ()):
         super().__init__(message)
         self.servers = list(servers)
-
-
-def frames_nbytes(frames) -> int:
-    return sum(memoryview(f.buffer if hasattr(f, "buffer") else f).nbytes for f in frames)
 
 
 class Transport(abc.ABC):

@@ -80,16 +80,15 @@ def new_request_id() -> str:
     return uuid.uuid4().hex
 
 
-def _frame_len(frame) -> int:
+def _frame_buffer(frame) -> memoryview:
     if hasattr(frame, "buffer"):  # zmq.Frame
         frame = frame.buffer
-    return memoryview(frame).nbytes
-
-
-def _frame_buffer(frame) -> memoryview:
-    if hasattr(frame, "buffer"):
-        frame = frame.buffer
     return memoryview(frame)
+
+
+def frames_nbytes(frames) -> int:
+    """Total size of a multipart message's frames (bytes, memoryviews or zmq.Frames)."""
+    return sum(_frame_buffer(f).nbytes for f in frames)
 
 
 def encode_message(header: dict, arrays: Sequence[Tuple[str, np.ndarray]] = ()) -> List[BytesLike]:
@@ -119,7 +118,7 @@ def decode_message(frames: Sequence, max_total_bytes: int = MAX_REQUEST_BYTES) -
     """
     if not frames:
         raise WireError("empty", "empty message")
-    total = sum(_frame_len(f) for f in frames)
+    total = frames_nbytes(frames)
     if total > max_total_bytes:
         raise WireError("too_large", f"message of {total} bytes exceeds the limit of {max_total_bytes}")
     head = _frame_buffer(frames[0])

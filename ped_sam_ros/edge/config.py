@@ -177,7 +177,7 @@ class EdgeConfig:
             n = len(self.servers)
             assign = self.assignment if self.assignment is not None else round_robin_assignment(part, n)
             try:
-                validate_assignment(part, assign, n, allow_adjacent=self.allow_adjacent or n == 1,
+                validate_assignment(part, assign, n, allow_adjacent=self.allow_adjacent,
                                     max_share=self.max_share)
             except PartitionError as e:
                 errs.append(f"assignment: {e}")

@@ -33,28 +33,32 @@ class EvalConfig:
     num_servers: Optional[int] = None  # ped: None = one server per window
 
     @property
+    def _servers_suffix(self) -> str:
+        """``@N`` when the windows share fewer servers than one each ('' otherwise)."""
+        return f"@{self.servers}" if self.servers != len(self.partition) else ""
+
+    @property
+    def layout_name(self) -> str:
+        """Who sees what, independent of the mode: e.g. ``3x3``, ``5x5 @3``."""
+        if self.kind == "cloud":
+            return "cloud SAM (1 server)"
+        if self.kind == "edge":
+            return "edge-only SAM"
+        return f"{self.partition.name} {self._servers_suffix}".rstrip()
+
+    @property
     def name(self) -> str:
         if self.kind == "cloud":
             return "cloud SAM"
         if self.kind == "edge":
             return "edge-only SAM"
-        s = f"{self.mode} {self.partition.name}"
-        if self.num_servers is not None and self.num_servers != len(self.partition):
-            s += f" @{self.num_servers}"
-        return s
+        return f"{self.mode} {self.layout_name}"
 
     @property
     def spec(self) -> str:
         if self.kind in BASELINES:
             return self.kind
-        s = f"{self.mode}:{self.partition.name}"
-        if self.num_servers is not None and self.num_servers != len(self.partition):
-            s += f"@{self.num_servers}"
-        return s
-
-    @property
-    def is_baseline(self) -> bool:
-        return self.kind in BASELINES
+        return f"{self.mode}:{self.partition.name}{self._servers_suffix}"
 
     @property
     def servers(self) -> int:
@@ -80,7 +84,8 @@ class EvalConfig:
         return len(adjacency_violations(self.partition, self.assignment)) if self.kind == "ped" else 0
 
     def to_dict(self) -> dict:
-        d = {"name": self.name, "spec": self.spec, "kind": self.kind, "servers": self.servers}
+        d = {"name": self.name, "spec": self.spec, "kind": self.kind, "servers": self.servers,
+             "layout_name": self.layout_name}
         if self.kind == "ped":
             d.update(mode=self.mode, partition=self.partition.to_dict(), partition_name=self.partition.name,
                      aligned=self.partition.is_aligned, assignment=self.assignment,

@@ -174,7 +174,7 @@ def collusion(privacy_rows: List[Dict], configs: List[Dict], path: Path) -> Path
         n = max(len(p["collusion"]) for p in rows)
         ys = [max(p["collusion"][k] if k < len(p["collusion"]) else 1.0 for p in rows) for k in range(n)]
         ax.plot(range(1, n + 1), ys, marker=".", ls="-" if c["partition"]["aligned"] else "-.",
-                label=c["partition_name"] + (f" @{c['servers']}" if c["servers"] != len(c["assignment"]) else ""))
+                label=c["layout_name"])
     ax.axhline(1.0, color="black", ls="--", lw=1, label="cloud SAM (1 server)")
     ax.set_xlabel("k colluding servers")
     ax.set_ylabel("max share of frame pixels")

@@ -321,7 +321,7 @@ def render_markdown(res: Dict, files: Dict[str, Path], out: Path) -> str:
     rows = []
     for key, c in layouts:
         pr = prow[key]
-        lname = _layout_name(c)
+        lname = c["layout_name"]
         if c["kind"] == "edge":
             rows.append([lname, 0, "0 %", "0 %", "n/a", "n/a", "n/a", "n/a", "n/a"])
             continue
@@ -355,7 +355,7 @@ def render_markdown(res: Dict, files: Dict[str, Path], out: Path) -> str:
     for key, c in layouts:
         pr = [p for p in prow[key] if p.get("attacks_worst_server")]
         if pr:
-            worst_rows.append([_layout_name(c)] + [
+            worst_rows.append([c["layout_name"]] + [
                 f"{f3(_avg([p['attacks_worst_server'][a]['ssim_frame'] for p in pr]))} / "
                 f"{f3(_avg([p['attacks_worst_server'][a]['ssim_unseen'] for p in pr]))}" for a in ("inpaint", "nearest", "mean")])
     if worst_rows:
@@ -383,7 +383,7 @@ def render_markdown(res: Dict, files: Dict[str, Path], out: Path) -> str:
     rows = []
     for key, c in layouts:
         srow = next(r for r in summary if r["spec"] == c["spec"])
-        rows.append([_layout_name(c), srow["faces"], _frac(srow["faces_seen_whole"], srow["faces"]),
+        rows.append([c["layout_name"], srow["faces"], _frac(srow["faces_seen_whole"], srow["faces"]),
                      _frac(srow["faces_detected"], srow["faces"]), srow["people"],
                      _frac(srow["people_seen_whole"], srow["people"]), _frac(srow["people_detected"], srow["people"])])
     add(table(["server layout", "faces (full frame)", "faces seen whole", "faces detected by a server",
@@ -473,14 +473,6 @@ def render_markdown(res: Dict, files: Dict[str, Path], out: Path) -> str:
     add("- [`report.md`](report.md)")
     add("")
     return "\n".join(L)
-
-
-def _layout_name(c: Dict) -> str:
-    if c["kind"] == "cloud":
-        return "cloud SAM (1 server)"
-    if c["kind"] == "edge":
-        return "edge-only SAM"
-    return c["partition_name"] + (f" @{c['servers']}" if c["servers"] != len(c["assignment"]) else "")
 
 
 def _avg(v):

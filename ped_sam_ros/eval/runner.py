@@ -31,9 +31,9 @@ from ..core import privacy as priv
 from ..core.geometry import TOKEN_GRID, Window
 from ..core.model import (EdgeStage, RemoteStage, SamGeometry, build_sam, get_geometry, random_sam, save_checkpoint)
 from ..core.pipeline import DistributedEncoder, PedSamPredictor
-from ..core.transport import LocalTransport, frames_nbytes
-from ..core.wire import (TOKEN_DTYPES, EncodeRequest, encode_message, make_encode_request, new_request_id,
-                         pack_tokens, unpack_tokens)
+from ..core.transport import LocalTransport
+from ..core.wire import (TOKEN_DTYPES, EncodeRequest, encode_message, frames_nbytes, make_encode_request,
+                         new_request_id, pack_tokens, unpack_tokens)
 from . import fidelity as fid
 from .configs import EvalConfig
 
@@ -185,6 +185,8 @@ class Evaluation:
                 bar.note("loading weights")
                 models = self._load_models(tmp)
                 ref_pred = SamPredictor(models["ref"])
+                dets = priv.Detectors()
+                self.detector_description = dets.description
                 transports = {}
                 predictors = {}
                 for c in peds:
@@ -242,9 +244,8 @@ class Evaluation:
                             remote_in_process_s=st.timings.get("remote", 0.0),
                             bytes_up=st.bytes_up, bytes_down=st.bytes_down, content_hw=list(content)))
                         bar.step(f"{name}: {c.name}")
-                    pred = None
                     # ---- privacy (per partition; same for both modes)
-                    privacy_rows.extend(self._privacy_for_image(name, image, partitions, bar))
+                    privacy_rows.extend(self._privacy_for_image(name, image, content, partitions, dets, bar))
                 self.weights = models["weights"]
                 cost = self._cost(cost_geoms, measured_rows, bar)
         finally:
@@ -267,11 +268,10 @@ class Evaluation:
             return c.kind
         return f"{c.partition.name}|{','.join(map(str, c.assignment))}"
 
-    def _privacy_for_image(self, name: str, image: np.ndarray, layouts: Dict[str, Tuple], bar: Progress) -> List[Dict]:
+    def _privacy_for_image(self, name: str, image: np.ndarray, content: Tuple[int, int], layouts: Dict[str, Tuple],
+                           dets: priv.Detectors, bar: Progress) -> List[Dict]:
+        """``content``: the frame's size after SAM's resize."""
         H, W = image.shape[:2]
-        content = priv.resized_shape(H, W)
-        dets = priv.Detectors()
-        self.detector_description = dets.description
         full = {k: dets.detect(k, image) for k in dets.KINDS}
         rows = []
         for key, (part, assign) in layouts.items():
@@ -292,7 +292,6 @@ class Evaluation:
                 shares = priv.exposure_shares(part, assign, content)
             worst = int(np.argmax(shares))
             targets = range(len(masks)) if self.s.attack_all_servers else [worst]
-            attacks: Dict[str, Dict] = {}
             per_server = {}
             for sidx in targets:
                 res = {}
@@ -424,7 +423,7 @@ class Evaluation:
             "box_prompts": "tight boxes of the reference's point-prompt masks (0.1%..95% of the frame, "
                            "near-duplicates dropped), single-mask output",
             "amg": {"points_per_side": s.amg_points, "images": amg_n, "options": amg_opts,
-                    "match": "Hungarian one-to-one matching by mask IoU, matched when IoU >= 0.5"},
+                    "match": "one-to-one matching by mask IoU: the most pairs with IoU >= 0.5, then the largest total IoU"},
             "command": s.command,
             "server_speedup": s.server_speedup,
             "server_assumption": server_assumption(s.server_speedup),
