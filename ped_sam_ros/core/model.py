@@ -102,11 +102,6 @@ OFFICIAL: Dict[str, SamGeometry] = {
     "vit_l": SamGeometry("vit_l", 1024, 24, 16, (5, 11, 17, 23)),
     "vit_h": SamGeometry("vit_h", 1280, 32, 16, (7, 15, 23, 31)),
 }
-OFFICIAL_CHECKPOINTS = {
-    "vit_b": "sam_vit_b_01ec64.pth",
-    "vit_l": "sam_vit_l_0b3195.pth",
-    "vit_h": "sam_vit_h_4b8939.pth",
-}
 
 
 def check_mode(mode: str) -> str:

@@ -161,7 +161,9 @@ class ObjectPrompt:
     points: List[Tuple[float, float, int]] = field(default_factory=list)
     box: Optional[Tuple[float, float, float, float]] = None  # x_min, y_min, x_max, y_max
 
-    def validate(self, width: int, height: int) -> None:
+    def validate(self) -> None:
+        """Raise ValueError, with the reason, for a prompt SAM cannot take (points outside
+        the image are allowed, as SamPredictor allows them)."""
         if not self.points and self.box is None:
             raise ValueError("a prompt needs at least one point or a box")
         for x, y, label in self.points:
@@ -223,7 +225,7 @@ class Segmenter:
         h, w = self.predictor.original_size
         out = []
         for k, p in enumerate(prompts, start=1):
-            p.validate(w, h)
+            p.validate()
             coords = np.array([[x, y] for x, y, _ in p.points], dtype=np.float32) if p.points else None
             labels = np.array([lab for _, _, lab in p.points], dtype=np.int64) if p.points else None
             box = np.array(p.box, dtype=np.float32) if p.box is not None else None

@@ -92,7 +92,7 @@ def validate_prompts(prompts: Sequence[ObjectPrompt], max_prompts: int) -> None:
         raise ValueError(f"{len(prompts)} prompts exceed max_prompts={max_prompts}")
     for k, p in enumerate(prompts, start=1):
         try:
-            p.validate(0, 0)
+            p.validate()
         except ValueError as e:
             raise ValueError(f"prompt {k}: {e}") from None
 

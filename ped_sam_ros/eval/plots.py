@@ -142,7 +142,7 @@ def latency_vs_bandwidth(cost: Dict, geometries: Sequence[str], path: Path, dtyp
 
 def fidelity_bars(summary: List[Dict], path: Path, weights_label: str) -> Path:
     plt = _plt()
-    rows = [r for r in summary]
+    rows = summary
     names = [r["config"] for r in rows]
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     for ax, key, label in [(axes[0], "embedding_cosine", "embedding cosine vs plain SAM"),

@@ -154,7 +154,6 @@ def _frac(x, n) -> str:
 def write_report(evaluation, out_dir: Path) -> Dict[str, Path]:
     """Write every file of the report folder; returns name -> path."""
     res = evaluation.results
-    s = evaluation.s
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files: Dict[str, Path] = {}

@@ -27,6 +27,7 @@ import torch
 from segment_anything import SamPredictor
 
 from ..core import cost as costlib
+from ..core import metrics
 from ..core import privacy as priv
 from ..core.geometry import TOKEN_GRID, Window
 from ..core.model import (EdgeStage, RemoteStage, SamGeometry, build_sam, get_geometry, random_sam, save_checkpoint)
@@ -68,7 +69,7 @@ class EvalSettings:
         return self.checkpoint is None
 
 
-def _sha256(path: str, limit: int = 1 << 34) -> str:
+def _sha256(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while True:
@@ -456,8 +457,7 @@ def server_assumption(speedup: float) -> str:
 
 
 def _mean(v):
-    v = [x for x in v if x is not None and not (isinstance(x, float) and np.isnan(x))]
-    return float(np.mean(v)) if v else None
+    return metrics.summarize(v)["mean"]
 
 
 def summarize(results: Dict, headline_geometry: str, dtype: str = "float16",
