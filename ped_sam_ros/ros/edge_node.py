@@ -215,23 +215,29 @@ class EdgeNode(Node):
             f"refusing {what} (frame_id {header.frame_id!r}, stamp {header.stamp.sec}.{header.stamp.nanosec:09d}): "
             f"{reason} [{self._refused_images} refused so far]", throttle_duration_sec=5.0)
 
-    def _on_image(self, msg: Image) -> None:
+    @staticmethod
+    def _to_frame(msg, convert: Callable) -> Frame:
+        """``convert(msg)`` as a :class:`Frame` with the message's header, stamped with its
+        arrival and the conversion's duration (raises what ``convert`` raises)."""
         t0, c0 = time.monotonic(), time.perf_counter()
+        rgb = convert(msg)
+        return Frame(rgb, msg.header, received=t0, convert_s=time.perf_counter() - c0)
+
+    def _on_image(self, msg: Image) -> None:
         try:
-            rgb = image_to_rgb(msg)
+            frame = self._to_frame(msg, image_to_rgb)
         except (UnsupportedImage, ValueError) as e:
             self._refuse("image", msg.header, str(e))
             return
-        self.runtime.submit(Frame(rgb, msg.header, received=t0, convert_s=time.perf_counter() - c0))
+        self.runtime.submit(frame)
 
     def _on_compressed(self, msg: CompressedImage) -> None:
-        t0, c0 = time.monotonic(), time.perf_counter()
         try:
-            rgb = compressed_to_rgb(msg)
+            frame = self._to_frame(msg, compressed_to_rgb)
         except Exception as e:  # noqa: BLE001 - UnsupportedImage, or OpenCV on a corrupt payload
             self._refuse("compressed image", msg.header, str(e))
             return
-        self.runtime.submit(Frame(rgb, msg.header, received=t0, convert_s=time.perf_counter() - c0))
+        self.runtime.submit(frame)
 
     def _on_prompts(self, msg: Prompts) -> None:
         """Hold the message's prompts and mode. The prompts are validated in automatic mode too:
@@ -275,13 +281,11 @@ class EdgeNode(Node):
     def _segment(self, request: SegmentImage.Request, response: SegmentImage.Response) -> SegmentImage.Response:
         frame = None
         if not request.use_latest_frame:
-            t0, c0 = time.monotonic(), time.perf_counter()
             try:
-                rgb = image_to_rgb(request.image)
+                frame = self._to_frame(request.image, image_to_rgb)
             except UnsupportedImage as e:
                 response.success, response.message = False, f"image refused: {e}"
                 return response
-            frame = Frame(rgb, request.image.header, received=t0, convert_s=time.perf_counter() - c0)
         prompts = prompts_from_msgs(request.prompts)
         if not request.automatic:
             if not prompts:
