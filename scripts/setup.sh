@@ -8,6 +8,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${PED_SAM_VENV:-$ROOT/.venv}"
 case "$VENV" in /*) ;; *) VENV="$PWD/$VENV" ;; esac
+PKG="$ROOT/ped_sam_ros"   # the ament_python package (setup.py, package.xml, launch/, config/)
 BUILD_DIR="$ROOT/build/ped_sam_msgs"
 STAMPS="$VENV/.ped_sam_stamps"
 
@@ -66,14 +67,14 @@ fi
 
 # --- 4. ped_sam_ros (editable) ----------------------------------------------------------
 # Top-level packages are part of the key: the editable finder maps them at install time.
-TOPPKGS="$(cd "$ROOT" && { ls -d -- */__init__.py 2>/dev/null || true; } | LC_ALL=C sort | tr '\n' ' ')"
-PKG_HASH="$(hash_files setup.py setup.cfg package.xml)-$(printf '%s' "$TOPPKGS" | sha256sum | cut -c1-16)"
+TOPPKGS="$(cd "$PKG" && { ls -d -- */__init__.py 2>/dev/null || true; } | LC_ALL=C sort | tr '\n' ' ')"
+PKG_HASH="$(hash_files ped_sam_ros/setup.py ped_sam_ros/setup.cfg ped_sam_ros/package.xml)-$(printf '%s' "$TOPPKGS" | sha256sum | cut -c1-16)"
 if ! stamp_ok pkg "$PKG_HASH"; then
     log "installing ped_sam_ros (editable)"
     # quiet unless it fails (setuptools always warns about editable installs)
-    if ! out="$("$VPY" -m pip install --quiet --no-deps --no-build-isolation -e "$ROOT" 2>&1)"; then
+    if ! out="$("$VPY" -m pip install --quiet --no-deps --no-build-isolation -e "$PKG" 2>&1)"; then
         printf '%s\n' "$out" >&2
-        die "pip install -e $ROOT failed"
+        die "pip install -e $PKG failed"
     fi
     stamp_set pkg "$PKG_HASH"
 else
@@ -83,9 +84,9 @@ fi
 # --symlink-install) so ament_index finds share/ped_sam_ros/{package.xml,launch,config}.
 SHARE="$VENV/share/ped_sam_ros"
 mkdir -p "$SHARE" "$VENV/share/ament_index/resource_index/packages"
-ln -sfn "$ROOT/resource/ped_sam_ros" "$VENV/share/ament_index/resource_index/packages/ped_sam_ros"
+ln -sfn "$PKG/resource/ped_sam_ros" "$VENV/share/ament_index/resource_index/packages/ped_sam_ros"
 for item in package.xml launch config; do
-    if [ -e "$ROOT/$item" ]; then ln -sfn "$ROOT/$item" "$SHARE/$item"; else rm -f "$SHARE/$item"; fi
+    if [ -e "$PKG/$item" ]; then ln -sfn "$PKG/$item" "$SHARE/$item"; else rm -f "$SHARE/$item"; fi
 done
 
 # --- 5. fix include paths in the ros-* wheels' exported cmake files --------------------

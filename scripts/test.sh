@@ -11,4 +11,4 @@ for arg in "$@"; do
         exec "$VENV/bin/python" -m pytest "$@"
     fi
 done
-exec "$VENV/bin/python" -m pytest test "$@"
+exec "$VENV/bin/python" -m pytest "$@"

@@ -1,0 +1,376 @@
+"""Compute, bytes and latency of each way to run SAM's image encoder.
+
+MACs are counted from the model itself: segment_anything's modules are built on
+PyTorch's ``meta`` device (no memory, no arithmetic) and run under
+``torch.utils.flop_counter.FlopCounterMode``, which counts the matrix products
+and convolutions (``mm``/``addmm``/``bmm``/``einsum``/``conv``); MACs = FLOPs / 2.
+Element-wise work (LayerNorm, GELU, softmax, additions) is not counted.  A
+closed-form count (:func:`block_macs_analytic`) cross-checks it.
+
+Wall time for full-size geometries is *measured per component* on this machine
+(one patch embedding of a 14x14-token window, one window block on one 14x14
+window, one global block on the 64x64 grid, the neck), turned into seconds per
+MAC for each component kind, and scaled by each configuration's MAC counts.
+
+Bytes are payload bytes: uint8 RGB pixels up (only the image content of each
+window, never SAM's padding), tokens down in the wire precision
+(:func:`ped_sam_ros.core.wire.token_bytes`); message headers (a few hundred
+bytes) are not counted.
+
+No ROS, no network.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+
+from .geometry import Partition, Tile
+from .model import SamGeometry, _encoder_shell, _mask_decoder, _prompt_encoder, get_geometry, make_block
+from .wire import token_bytes
+
+COMPONENTS = ("patch_embed", "window_block", "global_block", "neck")
+Workload = Dict[str, int]  # component kind -> MACs
+
+
+# ---------------------------------------------------------------------------
+# Counting
+
+
+def count_macs(fn: Callable, *args, **kwargs) -> int:
+    """Run ``fn(*args, **kwargs)`` under FlopCounterMode: the MACs (FLOPs / 2) it performs."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    # grad mode on: FlopCounterMode's module tracker needs it (nothing is materialised on meta)
+    with torch.enable_grad(), counter:
+        fn(*args, **kwargs)
+    return int(counter.get_total_flops()) // 2
+
+
+def module_macs(module: torch.nn.Module, *inputs) -> int:
+    return count_macs(module, *inputs)
+
+
+@lru_cache(maxsize=None)
+def block_macs(geom: SamGeometry, is_global: bool, h: int, w: int) -> int:
+    """MACs of one encoder block on an h x w token map (a window block pads it to
+    multiples of the window size and attends within each window, as SAM does)."""
+    index = geom.global_attn_indexes[0] if is_global else geom.window_blocks[0]
+    with torch.device("meta"):
+        block = make_block(geom, index)
+        x = torch.zeros(1, int(h), int(w), geom.embed_dim)
+    return module_macs(block, x)
+
+
+@lru_cache(maxsize=None)
+def patch_embed_macs(geom: SamGeometry, h: int, w: int) -> int:
+    """MACs of the 16x16 patch embedding producing an h x w token map."""
+    with torch.device("meta"):
+        pe = _encoder_shell(geom).patch_embed
+        x = torch.zeros(1, 3, int(h) * geom.patch_size, int(w) * geom.patch_size)
+    return module_macs(pe, x)
+
+
+@lru_cache(maxsize=None)
+def neck_macs(geom: SamGeometry) -> int:
+    """MACs of the encoder's neck (1x1 conv, 3x3 conv) on the 64x64 grid."""
+    g = geom.token_grid
+    with torch.device("meta"):
+        neck = _encoder_shell(geom).neck
+        x = torch.zeros(1, geom.embed_dim, g, g)
+    return module_macs(neck, x)
+
+
+@lru_cache(maxsize=None)
+def decoder_macs(multimask: bool = True) -> int:
+    """MACs of SAM's prompt encoder + mask decoder for one single-point prompt
+    (independent of the encoder's size; counted on CPU tensors, it is small)."""
+    geom = get_geometry("vit_b")
+    pe, md = _prompt_encoder(geom), _mask_decoder()
+    emb = torch.zeros(1, 256, geom.token_grid, geom.token_grid)
+
+    def run():
+        sparse, dense = pe(points=(torch.zeros(1, 1, 2), torch.ones(1, 1)), boxes=None, masks=None)
+        md(image_embeddings=emb, image_pe=pe.get_dense_pe(), sparse_prompt_embeddings=sparse,
+           dense_prompt_embeddings=dense, multimask_output=multimask)
+
+    return count_macs(run)
+
+
+def block_macs_analytic(dim: int, h: int, w: int, window: int, mlp_ratio: float = 4.0) -> int:
+    """Closed-form MACs of a SAM ViT block (relative positions on) on an h x w map.
+
+    Attention runs on the map padded to multiples of ``window`` (``window`` = 0:
+    global attention on the whole map): per token 4*C^2 for qkv and the output
+    projection, q.k^T and attn.v cost 2 * L * C per token for an L-token window,
+    and the decomposed relative positions (L_h + L_w) * C per token; the MLP
+    (2 * mlp_ratio * C^2 per token) runs on the unpadded tokens only.
+    """
+    if window > 0:
+        hp, wp = math.ceil(h / window) * window, math.ceil(w / window) * window
+        lh = lw = window
+    else:
+        hp, wp, lh, lw = h, w, h, w
+    tokens_padded = hp * wp
+    attn_len = lh * lw
+    hidden = int(dim * mlp_ratio)
+    attention = 4 * dim * dim * tokens_padded + 2 * attn_len * dim * tokens_padded + (lh + lw) * dim * tokens_padded
+    mlp = 2 * dim * hidden * h * w
+    return int(attention + mlp)
+
+
+# ---------------------------------------------------------------------------
+# Workloads of each configuration
+
+
+@dataclass
+class SplitWorkload:
+    """Encoder MACs by component kind: on the edge, and on each server."""
+
+    edge: Workload
+    servers: List[Workload]
+
+    @property
+    def edge_macs(self) -> int:
+        return sum(self.edge.values())
+
+    @property
+    def server_macs(self) -> List[int]:
+        return [sum(s.values()) for s in self.servers]
+
+
+def _add(w: Workload, kind: str, macs: int) -> None:
+    w[kind] = w.get(kind, 0) + int(macs)
+
+
+def full_encoder_workload(geom: SamGeometry) -> Workload:
+    """Unmodified SAM's image encoder on the 1024x1024 input."""
+    g = geom.token_grid
+    w: Workload = {}
+    _add(w, "patch_embed", patch_embed_macs(geom, g, g))
+    for i in range(geom.depth):
+        kind = "global_block" if geom.is_global(i) else "window_block"
+        _add(w, kind, block_macs(geom, geom.is_global(i), g, g))
+    _add(w, "neck", neck_macs(geom))
+    return w
+
+
+def tile_workload(geom: SamGeometry, tile: Tile, mode: str) -> Workload:
+    """What one server computes for one window: patch embedding and its window blocks."""
+    h, wd = tile.token_shape
+    w: Workload = {}
+    _add(w, "patch_embed", patch_embed_macs(geom, h, wd))
+    for _ in geom.remote_blocks(mode):
+        _add(w, "window_block", block_macs(geom, False, h, wd))
+    return w
+
+
+def edge_workload(geom: SamGeometry, mode: str) -> Workload:
+    """What the edge computes after merging the windows: its blocks on 64x64, then the neck."""
+    g = geom.token_grid
+    w: Workload = {}
+    for i in geom.edge_blocks(mode):
+        kind = "global_block" if geom.is_global(i) else "window_block"
+        _add(w, kind, block_macs(geom, geom.is_global(i), g, g))
+    _add(w, "neck", neck_macs(geom))
+    return w
+
+
+def split_workload(geom: SamGeometry, mode: str, partition: Partition, assignment: Sequence[int]) -> SplitWorkload:
+    n = max(assignment) + 1
+    servers: List[Workload] = [{} for _ in range(n)]
+    for win in partition.tiles:
+        for kind, macs in tile_workload(geom, win, mode).items():
+            _add(servers[int(assignment[win.index])], kind, macs)
+    return SplitWorkload(edge_workload(geom, mode), servers)
+
+
+def cloud_workload(geom: SamGeometry) -> SplitWorkload:
+    return SplitWorkload({}, [full_encoder_workload(geom)])
+
+
+def edge_only_workload(geom: SamGeometry) -> SplitWorkload:
+    return SplitWorkload(full_encoder_workload(geom), [])
+
+
+# ---------------------------------------------------------------------------
+# Bytes
+
+
+def pixel_bytes(tile: Tile, content_hw: Tuple[int, int]) -> int:
+    """uint8 RGB bytes the edge sends for a window: only the image content in it."""
+    y0, y1, x0, x1 = tile.pixel_box
+    h = max(0, min(y1, content_hw[0]) - y0)
+    w = max(0, min(x1, content_hw[1]) - x0)
+    return h * w * 3
+
+
+def split_bytes(geom: SamGeometry, partition: Partition, assignment: Sequence[int], content_hw: Tuple[int, int],
+                dtype: str) -> Tuple[List[int], List[int]]:
+    """(bytes up per server, bytes down per server) for one frame."""
+    n = max(assignment) + 1
+    up, down = [0] * n, [0] * n
+    for win in partition.tiles:
+        s = int(assignment[win.index])
+        up[s] += pixel_bytes(win, content_hw)
+        down[s] += token_bytes(win.num_tokens, geom.embed_dim, dtype)
+    return up, down
+
+
+def cloud_bytes(geom: SamGeometry, content_hw: Tuple[int, int], dtype: str) -> Tuple[int, int]:
+    """Whole frame up as uint8, SAM's 256x64x64 image embedding down (the edge
+    keeps the prompt encoder and mask decoder, as in PED-SAM)."""
+    g = geom.token_grid
+    return content_hw[0] * content_hw[1] * 3, token_bytes(g * g, geom.out_chans, dtype)
+
+
+# ---------------------------------------------------------------------------
+# Timing per component (measured once per geometry, cached)
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_signature() -> str:
+    return f"{_cpu_name()} | {os.cpu_count()} cpus | torch {torch.__version__} | {torch.get_num_threads()} threads"
+
+
+def _time(fn: Callable, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+@torch.no_grad()
+def time_components(geom: SamGeometry, repeats: int = 5, big_repeats: int = 2, big_macs: float = 3e10) -> Dict[str, Dict]:
+    """Measure each component kind on this CPU (random weights; the values do not
+    change the arithmetic): one warm-up run, then the fastest of ``repeats`` runs
+    (``big_repeats`` for components above ``big_macs``), which filters out the
+    slowdowns other processes cause on a shared machine.
+    Returns kind -> {seconds, macs, s_per_mac, shape, repeats}."""
+    g, c, ws = geom.token_grid, geom.embed_dim, geom.window_size
+    shell = _encoder_shell(geom)
+    wblock = make_block(geom, geom.window_blocks[0]).eval()
+    gblock = make_block(geom, geom.global_attn_indexes[0]).eval()
+    # (module, input, its MACs as counted for the workloads, shape label)
+    cases = {
+        "patch_embed": (shell.patch_embed, torch.randn(1, 3, ws * geom.patch_size, ws * geom.patch_size),
+                        patch_embed_macs(geom, ws, ws), f"1x3x{ws * geom.patch_size}x{ws * geom.patch_size} px"),
+        "window_block": (wblock, torch.randn(1, ws, ws, c), block_macs(geom, False, ws, ws),
+                         f"one {ws}x{ws}-token window"),
+        "global_block": (gblock, torch.randn(1, g, g, c), block_macs(geom, True, g, g), f"{g}x{g} tokens"),
+        "neck": (shell.neck, torch.randn(1, c, g, g), neck_macs(geom), f"{c}x{g}x{g}"),
+    }
+    out = {}
+    for kind, (mod, x, macs, shape) in cases.items():
+        mod(x)  # warm-up (allocator, kernels)
+        n = big_repeats if macs > big_macs else repeats
+        secs = _time(lambda: mod(x), n)
+        out[kind] = {"seconds": secs, "macs": macs, "s_per_mac": secs / max(macs, 1), "shape": shape, "repeats": n}
+    return out
+
+
+class TimingCache:
+    """Component timings per (geometry, machine), kept in a JSON file."""
+
+    def __init__(self, path: Optional[Union[str, Path]] = None):
+        default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ped_sam_ros" / "component_timings.json"
+        self.path = Path(path) if path else default
+        try:
+            self.data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            self.data = {}
+
+    @staticmethod
+    def key(geom: SamGeometry) -> str:
+        return f"{geom.spec} | {machine_signature()}"
+
+    def get(self, geom: SamGeometry, measure: bool = True, refresh: bool = False) -> Optional[Dict]:
+        """The cached entry, measured first if missing (``measure``) or if ``refresh``."""
+        k = self.key(geom)
+        if (k not in self.data and measure) or refresh:
+            self.data[k] = {"measured_at": time.strftime("%Y-%m-%d %H:%M:%S"), "components": time_components(geom)}
+            self.save()
+        entry = self.data.get(k)
+        if entry is not None:
+            entry = dict(entry, cached_key=k)
+        return entry
+
+    def save(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.data, indent=1))
+            tmp.replace(self.path)
+        except OSError:
+            pass  # a read-only home only loses the cache
+
+
+def workload_seconds(work: Workload, timings: Dict[str, Dict], speedup: float = 1.0) -> float:
+    """Seconds for a workload: each component kind's MACs x its measured seconds per MAC."""
+    return sum(macs * timings[kind]["s_per_mac"] for kind, macs in work.items()) / speedup
+
+
+# ---------------------------------------------------------------------------
+# Latency model
+
+
+@dataclass(frozen=True)
+class LinkProfile:
+    name: str
+    mbit_s: float
+    rtt_ms: float
+
+    @property
+    def bytes_per_s(self) -> float:
+        return self.mbit_s * 1e6 / 8
+
+
+LINKS = (
+    LinkProfile("1 Gbit/s, 2 ms RTT", 1000.0, 2.0),
+    LinkProfile("100 Mbit/s, 20 ms RTT", 100.0, 20.0),
+    LinkProfile("20 Mbit/s, 50 ms RTT", 20.0, 50.0),
+)
+
+LATENCY_MODEL = (
+    "latency = RTT + (sum of all servers' uplink bytes) / bandwidth + max over servers of their compute "
+    "+ (sum of all servers' downlink bytes) / bandwidth + edge compute. All servers share the edge's one "
+    "link (fair share: the uploads finish together), up- and downlink are separate directions (full duplex) "
+    "of the same rate, all requests leave at once (one RTT per frame), servers run in parallel, and "
+    "transfers do not overlap compute (a conservative, pipelining-free estimate). Edge-only has no network "
+    "term. Payload bytes only (headers and TCP/ZeroMQ framing ignored)."
+)
+
+
+def estimate_latency(edge_s: float, server_s: Sequence[float], up_bytes: int, down_bytes: int,
+                     link: LinkProfile) -> Dict[str, float]:
+    """End-to-end seconds for one frame's image embedding under :data:`LATENCY_MODEL`."""
+    if not server_s:
+        return {"total_s": edge_s, "network_s": 0.0, "server_s": 0.0, "edge_s": edge_s}
+    up = up_bytes / link.bytes_per_s
+    down = down_bytes / link.bytes_per_s
+    rtt = link.rtt_ms / 1000.0
+    srv = max(server_s)
+    return {"total_s": rtt + up + srv + down + edge_s, "network_s": rtt + up + down, "uplink_s": up,
+            "downlink_s": down, "rtt_s": rtt, "server_s": srv, "edge_s": edge_s}

@@ -1,0 +1,254 @@
+"""The PED-SAM pipeline: frame -> windows -> remote encoders -> merge -> edge
+encoder -> SAM's prompt encoder and mask decoder -> masks in original pixels.
+
+Preprocessing and decoding are segment_anything's own (``ResizeLongestSide``,
+``SamPredictor``, ``SamAutomaticMaskGenerator``); only the image encoder is
+replaced, by :class:`DistributedEncoder`.  No ROS, no network code here.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from segment_anything import SamAutomaticMaskGenerator, SamPredictor
+from segment_anything.utils.amg import batched_mask_to_box, calculate_stability_score
+
+from .geometry import (Partition, check_max_share, round_robin_assignment, server_shares,
+                       validate_assignment, valid_tokens)
+from .model import EdgeStage, sam_head
+from .transport import Transport, TileJob
+
+
+@dataclass
+class EncodeStats:
+    """What one frame's encoding cost: seconds per stage and bytes on the wire."""
+
+    timings: Dict[str, float] = field(default_factory=dict)
+    bytes_up: int = 0
+    bytes_down: int = 0
+    per_server: List[Dict] = field(default_factory=list)
+
+
+class DistributedEncoder:
+    """SAM's image encoder, split: window stages remote, the rest here."""
+
+    def __init__(
+        self,
+        edge: EdgeStage,
+        transport: Transport,
+        partition: Partition,
+        assignment: Optional[Sequence[int]] = None,
+        timeout_s: float = 30.0,
+        allow_adjacent: bool = False,
+        max_share: float = 1.0,
+    ):
+        self.edge = edge
+        self.transport = transport
+        self.partition = partition
+        n = len(transport.server_names)
+        self.assignment = list(assignment) if assignment is not None else round_robin_assignment(partition, n)
+        validate_assignment(partition, self.assignment, n, allow_adjacent=allow_adjacent,
+                            max_share=max_share)
+        self.max_share = max_share
+        self.timeout_s = timeout_s
+
+    @property
+    def mode(self) -> str:
+        return self.edge.mode
+
+    @property
+    def model_spec(self) -> str:
+        return self.edge.geometry.spec
+
+    def jobs_for(self, resized: np.ndarray) -> List[TileJob]:
+        """Cut the resized (unpadded) uint8 frame into per-window crops."""
+        h, w = resized.shape[:2]
+        jobs = []
+        for win in self.partition:
+            y0, y1, x0, x1 = win.pixel_box
+            crop = resized[y0:max(y0, min(y1, h)), x0:max(x0, min(x1, w))]
+            jobs.append(TileJob(win, self.assignment[win.index], np.ascontiguousarray(crop)))
+        return jobs
+
+    def encode_resized(self, resized: np.ndarray) -> Tuple[torch.Tensor, EncodeStats]:
+        """uint8 (h, w, 3) frame already resized to longest side 1024 -> 1x256x64x64 embedding."""
+        geom = self.edge.geometry
+        if resized.dtype != np.uint8 or resized.ndim != 3 or resized.shape[2] != 3:
+            raise ValueError(f"expected a uint8 HxWx3 image, got {resized.dtype} {resized.shape}")
+        if max(resized.shape[:2]) != geom.img_size:
+            raise ValueError(f"the frame must be resized to longest side {geom.img_size}, got {resized.shape[:2]}")
+        # The policy limits the share of *this* frame's content, and for a non-square frame
+        # a window's share differs from the square-frame figure checked at construction.
+        shares = server_shares(self.partition, self.assignment, valid_tokens(resized.shape[:2]))
+        check_max_share(shares, self.max_share, self.transport.server_names,
+                        what=f"this {resized.shape[0]}x{resized.shape[1]} frame (after resizing)")
+        stats = EncodeStats()
+        t0 = time.perf_counter()
+        jobs = self.jobs_for(resized)
+        t1 = time.perf_counter()
+        results = self.transport.encode(jobs, self.model_spec, self.mode, self.timeout_s)
+        t2 = time.perf_counter()
+        grid = geom.token_grid
+        tokens = torch.zeros(1, grid, grid, geom.embed_dim)
+        for r in results:
+            w = r.tile
+            tokens[0, w.row0:w.row1, w.col0:w.col1] = torch.from_numpy(r.tokens)
+        t3 = time.perf_counter()
+        features = self.edge(tokens)
+        t4 = time.perf_counter()
+        stats.timings = {"partition": t1 - t0, "remote": t2 - t1, "merge": t3 - t2, "edge_encoder": t4 - t3}
+        names = self.transport.server_names
+        for s, name in enumerate(names):
+            mine = [r for r in results if r.server == s]
+            stats.per_server.append({
+                "name": name,
+                "windows": [r.tile.index for r in mine],
+                "share": shares[s] if s < len(shares) else 0.0,
+                "bytes_up": sum(r.bytes_up for r in mine),
+                "bytes_down": sum(r.bytes_down for r in mine),
+                "round_trip_s": max((r.round_trip_s for r in mine), default=0.0),
+                "compute_s": sum(r.compute_s for r in mine),
+            })
+        stats.bytes_up = sum(r.bytes_up for r in results)
+        stats.bytes_down = sum(r.bytes_down for r in results)
+        return features, stats
+
+
+def _as_uint8_hwc(transformed_image: torch.Tensor) -> np.ndarray:
+    x = transformed_image[0].permute(1, 2, 0).detach().cpu()
+    if x.dtype != torch.uint8:
+        x = x.round().clamp(0, 255).to(torch.uint8)
+    return np.ascontiguousarray(x.numpy())
+
+
+class PedSamPredictor(SamPredictor):
+    """``SamPredictor`` whose image embedding comes from a :class:`DistributedEncoder`.
+
+    Everything else (resizing, prompt transforms, decoding, upscaling masks to
+    the original size) is segment_anything's own code.
+    """
+
+    def __init__(self, encoder: DistributedEncoder):
+        self.encoder = encoder
+        self.last_stats: Optional[EncodeStats] = None
+        super().__init__(sam_head(encoder.edge))
+
+    @torch.no_grad()
+    def set_torch_image(self, transformed_image: torch.Tensor, original_image_size: Tuple[int, ...]) -> None:
+        img_size = self.model.image_encoder.img_size
+        if transformed_image.ndim != 4 or transformed_image.shape[1] != 3 or max(transformed_image.shape[2:]) != img_size:
+            raise ValueError(f"set_torch_image input must be 1x3xHxW with long side {img_size}")
+        self.reset_image()
+        self.original_size = original_image_size
+        self.input_size = tuple(transformed_image.shape[-2:])
+        self.features, self.last_stats = self.encoder.encode_resized(_as_uint8_hwc(transformed_image))
+        self.is_image_set = True
+
+
+# ---------------------------------------------------------------------------
+# Prompts and results, in original image pixels
+
+
+@dataclass
+class ObjectPrompt:
+    """Prompts for one object: points (x, y, label 1=foreground/0=background) and/or a box."""
+
+    points: List[Tuple[float, float, int]] = field(default_factory=list)
+    box: Optional[Tuple[float, float, float, float]] = None  # x_min, y_min, x_max, y_max
+
+    def validate(self) -> None:
+        """Raise ValueError, with the reason, for a prompt SAM cannot take (points outside
+        the image are allowed, as SamPredictor allows them)."""
+        if not self.points and self.box is None:
+            raise ValueError("a prompt needs at least one point or a box")
+        for x, y, label in self.points:
+            if label not in (0, 1):
+                raise ValueError(f"point label must be 0 (background) or 1 (foreground), got {label}")
+            if not (np.isfinite(x) and np.isfinite(y)):
+                raise ValueError("point coordinates must be finite")
+        if self.box is not None:
+            x0, y0, x1, y1 = self.box
+            if not all(np.isfinite(v) for v in self.box) or x1 <= x0 or y1 <= y0:
+                raise ValueError(f"box {self.box} must have x_min < x_max and y_min < y_max")
+
+
+@dataclass
+class Instance:
+    id: int
+    mask: np.ndarray  # bool (H, W), original image size
+    score: float  # SAM's predicted IoU
+    stability_score: float
+    bbox: Tuple[int, int, int, int]  # x, y, width, height in original pixels
+    area: int
+
+
+def _bbox_xywh(mask: np.ndarray) -> Tuple[int, int, int, int]:
+    box = batched_mask_to_box(torch.from_numpy(mask)[None])[0].tolist()  # x0, y0, x1, y1 (inclusive)
+    if not mask.any():
+        return (0, 0, 0, 0)
+    return (int(box[0]), int(box[1]), int(box[2] - box[0] + 1), int(box[3] - box[1] + 1))
+
+
+class Segmenter:
+    """Prompted and automatic segmentation over any ``SamPredictor``.
+
+    With a :class:`PedSamPredictor` the embedding is distributed; with a plain
+    ``SamPredictor`` it is ordinary SAM (the baselines).
+    """
+
+    def __init__(self, predictor: SamPredictor, multimask_output: bool = True, amg_options: Optional[Dict] = None):
+        self.predictor = predictor
+        self.multimask_output = multimask_output
+        self.amg_options = dict(amg_options or {})
+        self.stats: Optional[EncodeStats] = None
+
+    def set_image(self, rgb: np.ndarray) -> Optional[EncodeStats]:
+        if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+            raise ValueError(f"expected an RGB uint8 HxWx3 image, got {rgb.dtype} {rgb.shape}")
+        t0 = time.perf_counter()
+        self.predictor.set_image(rgb)
+        self.stats = getattr(self.predictor, "last_stats", None)
+        if self.stats is None:
+            self.stats = EncodeStats(timings={"encoder": time.perf_counter() - t0})
+        return self.stats
+
+    @torch.no_grad()
+    def segment(self, prompts: Sequence[ObjectPrompt]) -> List[Instance]:
+        """One instance per prompt, ids 1..N in order (needs :meth:`set_image` first)."""
+        if not self.predictor.is_image_set:
+            raise RuntimeError("set_image() first")
+        h, w = self.predictor.original_size
+        out = []
+        for k, p in enumerate(prompts, start=1):
+            p.validate()
+            coords = np.array([[x, y] for x, y, _ in p.points], dtype=np.float32) if p.points else None
+            labels = np.array([lab for _, _, lab in p.points], dtype=np.int64) if p.points else None
+            box = np.array(p.box, dtype=np.float32) if p.box is not None else None
+            logits, scores, _ = self.predictor.predict(coords, labels, box, multimask_output=self.multimask_output,
+                                                       return_logits=True)
+            best = int(np.argmax(scores))
+            lg = torch.from_numpy(logits[best])
+            thr = self.predictor.model.mask_threshold
+            mask = (lg > thr).numpy()
+            stab = float(calculate_stability_score(lg[None], thr, 1.0)[0])
+            out.append(Instance(k, mask, float(scores[best]), stab, _bbox_xywh(mask), int(mask.sum())))
+        return out
+
+    def segment_everything(self, rgb: np.ndarray) -> List[Instance]:
+        """SAM's automatic mask generator, on this predictor's embedding."""
+        amg = SamAutomaticMaskGenerator(self.predictor.model, **self.amg_options)
+        amg.predictor = self.predictor  # encode through our predictor (distributed or not)
+        records = amg.generate(rgb)
+        self.stats = getattr(self.predictor, "last_stats", None) or self.stats
+        records.sort(key=lambda r: -r["area"])
+        return [
+            # the box from the mask itself, as for prompts (SAM's own AMG box is one pixel narrower)
+            Instance(k, r["segmentation"], float(r["predicted_iou"]), float(r["stability_score"]),
+                     _bbox_xywh(r["segmentation"]), int(r["area"]))
+            for k, r in enumerate(records, start=1)
+        ]

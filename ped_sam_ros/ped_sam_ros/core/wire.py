@@ -1,0 +1,300 @@
+"""The edge <-> remote wire format (transport-agnostic; no ZeroMQ here).
+
+A message is a list of frames: frame 0 is a UTF-8 JSON header, the following
+frames are raw little-endian tensor buffers described, in order, by the
+header's ``tensors`` list (``name``, ``dtype``, ``shape``).  Nothing is ever
+pickled.  Every field is validated before use; violations raise
+:class:`WireError` with a machine-readable ``code`` that the server echoes in
+an error reply.
+
+Header fields (protocol version 1)::
+
+  {"v": 2, "type": "encode", "id": "<=64 chars", "model": "vit_b", "mode": "paper",
+   "tile": {"rows": [r0, r1], "cols": [c0, c1], "index": 0}, "budget_ms": 2000,
+   "reply_dtype": "float16", "tensors": [{"name": "pixels", "dtype": "uint8", "shape": [h, w, 3]}]}
+  {"v": 2, "type": "encoded", "id": ..., "tensors": [{"name": "tokens", ...}, ("scales")],
+   "timing": {"queue_s": .., "compute_s": ..}}
+  {"v": 2, "type": "info"} -> {"v": 1, "type": "info", "model": .., "modes": [..], ...}
+  {"v": 2, "type": "error", "id": ..., "code": "bad_shape", "message": "..."}
+
+``window.index`` (optional, default 0) is the edge's number for the window; the
+token grid position is ``rows`` / ``cols`` (token units, end exclusive).
+
+Error codes: the codec's own (``empty``, ``too_large``, ``header_too_large``,
+``bad_header``, ``bad_version``, ``bad_type``, ``bad_id``, ``frame_count``,
+``bad_dtype``, ``bad_shape``, ``bad_length``, ``bad_tile``, ``bad_deadline``),
+``bad_reply`` (raised on the edge by :func:`unpack_tokens` for a reply whose
+tokens do not fit the request; never sent by a server), and the server's
+(``wrong_model``, ``bad_mode``, ``deadline_expired``, ``busy``, ``internal``).
+Over ZeroMQ the server's ``MAXMSGSIZE`` bounds each *frame*: a
+larger frame makes libzmq close the connection without a reply (the client's
+deadline then fires); the codec bounds the whole message.
+
+Pixels go up as uint8 RGB (the resized, unnormalised frame crop, exactly the
+values SAM's preprocessing starts from); tokens come back as float32, float16
+or int8 with one float32 scale per token.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from .geometry import PATCH_SIZE, TOKEN_GRID, Tile
+
+PROTOCOL_VERSION = 2  # 2: the request names its "tile" (was "window")
+MAX_HEADER_BYTES = 16 * 1024
+MAX_ID_CHARS = 64
+# One window is at most the whole 1024x1024x3 frame: 3 MiB of pixels.
+MAX_PIXEL_BYTES = (TOKEN_GRID * PATCH_SIZE) ** 2 * 3
+# Header plus all pixel bytes, with room to spare; servers also set ZMQ_MAXMSGSIZE.
+MAX_REQUEST_BYTES = MAX_PIXEL_BYTES + MAX_HEADER_BYTES + 4096
+
+DTYPES: Dict[str, np.dtype] = {
+    "uint8": np.dtype("<u1"),
+    "int8": np.dtype("<i1"),
+    "float16": np.dtype("<f2"),
+    "float32": np.dtype("<f4"),
+}
+TOKEN_DTYPES = ("float32", "float16", "int8")
+MESSAGE_TYPES = ("encode", "encoded", "info", "error")
+
+BytesLike = Union[bytes, bytearray, memoryview]
+
+
+class WireError(ValueError):
+    """A message that violates the protocol. ``code`` goes into error replies."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _frame_buffer(frame) -> memoryview:
+    if hasattr(frame, "buffer"):  # zmq.Frame
+        frame = frame.buffer
+    return memoryview(frame)
+
+
+def frames_nbytes(frames) -> int:
+    """Total size of a multipart message's frames (bytes, memoryviews or zmq.Frames)."""
+    return sum(_frame_buffer(f).nbytes for f in frames)
+
+
+def encode_message(header: dict, arrays: Sequence[Tuple[str, np.ndarray]] = ()) -> List[BytesLike]:
+    """Header dict + named arrays -> frames. Adds ``v`` and the ``tensors`` list."""
+    header = dict(header)
+    header["v"] = PROTOCOL_VERSION
+    specs, bufs = [], []
+    for name, arr in arrays:
+        dt = np.dtype(arr.dtype).newbyteorder("<")
+        kind = next((k for k, v in DTYPES.items() if v == dt), None)
+        if kind is None:
+            raise WireError("bad_dtype", f"tensor {name!r} has unsupported dtype {arr.dtype}")
+        arr = np.ascontiguousarray(arr, dtype=dt)
+        specs.append({"name": name, "dtype": kind, "shape": list(arr.shape)})
+        bufs.append(memoryview(arr).cast("B") if arr.size else b"")
+    header["tensors"] = specs
+    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    if len(raw) > MAX_HEADER_BYTES:
+        raise WireError("header_too_large", f"header of {len(raw)} bytes exceeds {MAX_HEADER_BYTES}")
+    return [raw] + bufs
+
+
+def decode_message(frames: Sequence, max_total_bytes: int = MAX_REQUEST_BYTES) -> Tuple[dict, Dict[str, np.ndarray]]:
+    """Frames -> (header, {name: array}); validates everything before touching buffers.
+
+    Arrays are read-only views of the frames (no copy).
+    """
+    if not frames:
+        raise WireError("empty", "empty message")
+    total = frames_nbytes(frames)
+    if total > max_total_bytes:
+        raise WireError("too_large", f"message of {total} bytes exceeds the limit of {max_total_bytes}")
+    head = _frame_buffer(frames[0])
+    if head.nbytes > MAX_HEADER_BYTES:
+        raise WireError("header_too_large", f"header of {head.nbytes} bytes exceeds {MAX_HEADER_BYTES}")
+    try:
+        header = json.loads(head.tobytes().decode("utf-8"))
+    except RecursionError:
+        raise WireError("bad_header", "header JSON is nested too deeply") from None
+    except ValueError as e:  # not UTF-8, not JSON, or a number json will not convert (> 4300 digits)
+        raise WireError("bad_header", f"header is not readable UTF-8 JSON: {str(e)[:200]}") from None
+    if not isinstance(header, dict):
+        raise WireError("bad_header", "header must be a JSON object")
+    v = header.get("v")
+    if type(v) is not int or v != PROTOCOL_VERSION:
+        raise WireError("bad_version", f"protocol version {v!r} is not supported (this end speaks {PROTOCOL_VERSION})")
+    mtype = header.get("type")
+    if mtype not in MESSAGE_TYPES:
+        raise WireError("bad_type", f"unknown message type {mtype!r}")
+    rid = header.get("id")
+    if rid is not None and (not isinstance(rid, str) or not 0 < len(rid) <= MAX_ID_CHARS):
+        raise WireError("bad_id", f"id must be a string of 1..{MAX_ID_CHARS} characters")
+    specs = header.get("tensors", [])
+    if not isinstance(specs, list):
+        raise WireError("bad_header", "'tensors' must be a list")
+    if len(specs) != len(frames) - 1:
+        raise WireError("frame_count", f"header describes {len(specs)} tensors but {len(frames) - 1} buffers followed")
+    arrays: Dict[str, np.ndarray] = {}
+    for spec, frame in zip(specs, frames[1:]):
+        if not isinstance(spec, dict):
+            raise WireError("bad_header", "each tensor spec must be an object")
+        name, dtype, shape = spec.get("name"), spec.get("dtype"), spec.get("shape")
+        if not isinstance(name, str) or not name or name in arrays:
+            raise WireError("bad_header", f"bad or duplicate tensor name {name!r}")
+        if not isinstance(dtype, str) or dtype not in DTYPES:
+            raise WireError("bad_dtype", f"tensor {name!r}: dtype {dtype!r} is not one of {sorted(DTYPES)}")
+        if (not isinstance(shape, list) or len(shape) > 4
+                or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= 1 << 20 for d in shape)):
+            raise WireError("bad_shape", f"tensor {name!r}: shape {shape!r} must be a list of <= 4 non-negative ints")
+        dt = DTYPES[dtype]
+        expected = math.prod(shape) * dt.itemsize
+        buf = _frame_buffer(frame)
+        if buf.nbytes != expected:
+            raise WireError(
+                "bad_length",
+                f"tensor {name!r}: {dtype}{shape} needs {expected} bytes, the frame has {buf.nbytes}",
+            )
+        arrays[name] = np.frombuffer(buf, dtype=dt).reshape(shape)
+    return header, arrays
+
+
+# ---------------------------------------------------------------------------
+# Encode requests
+
+
+@dataclass
+class EncodeRequest:
+    id: str
+    model: str
+    mode: str
+    tile: Tile
+    pixels: np.ndarray
+    budget_ms: float
+    reply_dtype: str = "float16"
+
+
+def _int_pair(value, name: str) -> Tuple[int, int]:
+    if (not isinstance(value, list) or len(value) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+        raise WireError("bad_tile", f"window {name} must be [start, end] integers")
+    a, b = value
+    if not 0 <= a < b <= TOKEN_GRID:
+        raise WireError("bad_tile", f"window {name} [{a}, {b}) is outside the {TOKEN_GRID}-token grid")
+    return a, b
+
+
+def make_encode_request(req: EncodeRequest) -> List[BytesLike]:
+    w = req.tile
+    header = {
+        "type": "encode",
+        "id": req.id,
+        "model": req.model,
+        "mode": req.mode,
+        "tile": {"rows": [w.row0, w.row1], "cols": [w.col0, w.col1], "index": w.index},
+        "budget_ms": float(req.budget_ms),
+        "reply_dtype": req.reply_dtype,
+    }
+    return encode_message(header, [("pixels", req.pixels)])
+
+
+def parse_encode_request(header: dict, arrays: Dict[str, np.ndarray]) -> EncodeRequest:
+    """Validate a decoded ``encode`` message (beyond what decode_message checks)."""
+    if header.get("type") != "encode":
+        raise WireError("bad_type", "not an encode request")
+    rid = header.get("id")
+    if not isinstance(rid, str):
+        raise WireError("bad_id", "encode request needs an id")
+    model, mode = header.get("model"), header.get("mode")
+    if not isinstance(model, str) or not isinstance(mode, str):
+        raise WireError("bad_header", "model and mode must be strings")
+    win = header.get("tile")
+    if not isinstance(win, dict):
+        raise WireError("bad_tile", "window must be an object with rows and cols")
+    r0, r1 = _int_pair(win.get("rows"), "rows")
+    c0, c1 = _int_pair(win.get("cols"), "cols")
+    index = win.get("index", 0)
+    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < TOKEN_GRID ** 2:
+        raise WireError("bad_tile", "window index must be a small non-negative int")
+    window = Tile(index, 0, 0, r0, r1, c0, c1)
+    budget = header.get("budget_ms")
+    if (not isinstance(budget, (int, float)) or isinstance(budget, bool) or not math.isfinite(budget)
+            or not 0 < budget <= 3_600_000):
+        raise WireError("bad_deadline", "budget_ms must be a positive number of milliseconds (<= 1 h)")
+    reply_dtype = header.get("reply_dtype", "float16")
+    if reply_dtype not in TOKEN_DTYPES:
+        raise WireError("bad_dtype", f"reply_dtype {reply_dtype!r} is not one of {TOKEN_DTYPES}")
+    pixels = arrays.get("pixels")
+    if pixels is None or set(arrays) != {"pixels"}:
+        raise WireError("bad_header", "an encode request carries exactly one tensor, 'pixels'")
+    if pixels.dtype != DTYPES["uint8"]:
+        raise WireError("bad_dtype", f"pixels must be uint8, got {pixels.dtype}")
+    ph, pw = window.pixel_shape
+    if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.shape[0] > ph or pixels.shape[1] > pw:
+        raise WireError(
+            "bad_shape",
+            f"pixels of shape {list(pixels.shape)} do not fit the window's {ph}x{pw}x3 pixels",
+        )
+    return EncodeRequest(rid, model, mode, window, pixels, float(budget), reply_dtype)
+
+
+# ---------------------------------------------------------------------------
+# Token payloads
+
+
+def pack_tokens(tokens: np.ndarray, dtype: str) -> List[Tuple[str, np.ndarray]]:
+    """(h, w, C) float tokens -> named arrays for the reply, in ``dtype``.
+
+    ``int8`` quantises each token symmetrically with its own float32 scale
+    (max |value| / 127), so a token's error is at most half a step of its own range.
+    """
+    tokens = np.asarray(tokens, dtype=np.float32)
+    if dtype == "float32":
+        return [("tokens", tokens)]
+    if dtype == "float16":
+        return [("tokens", tokens.astype(np.float16))]
+    if dtype == "int8":
+        scale = np.abs(tokens).max(axis=-1) / 127.0
+        scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+        q = np.clip(np.rint(tokens / scale[..., None]), -127, 127).astype(np.int8)
+        return [("tokens", q), ("scales", scale)]
+    raise WireError("bad_dtype", f"token dtype {dtype!r} is not one of {TOKEN_DTYPES}")
+
+
+def unpack_tokens(arrays: Dict[str, np.ndarray], expected_shape: Tuple[int, int, int]) -> np.ndarray:
+    """Reply arrays -> (h, w, C) float32 tokens, checking the shape the edge expects."""
+    tokens = arrays.get("tokens")
+    if tokens is None:
+        raise WireError("bad_reply", "reply carries no 'tokens'")
+    if tuple(tokens.shape) != tuple(expected_shape):
+        raise WireError("bad_reply", f"tokens of shape {list(tokens.shape)}, expected {list(expected_shape)}")
+    if tokens.dtype == DTYPES["int8"]:
+        scales = arrays.get("scales")
+        if scales is None or tuple(scales.shape) != tuple(expected_shape[:2]) or scales.dtype != DTYPES["float32"]:
+            raise WireError("bad_reply", "int8 tokens need float32 'scales' of shape (h, w)")
+        return tokens.astype(np.float32) * scales[..., None]
+    if tokens.dtype not in (DTYPES["float16"], DTYPES["float32"]):
+        raise WireError("bad_reply", f"tokens of dtype {tokens.dtype} are not a token dtype")
+    return tokens.astype(np.float32)
+
+
+def token_bytes(num_tokens: int, channels: int, dtype: str) -> int:
+    """Payload bytes for ``num_tokens`` tokens of ``channels`` values in ``dtype``."""
+    if dtype == "int8":
+        return num_tokens * (channels + 4)
+    return num_tokens * channels * DTYPES[dtype].itemsize
+
+
+def error_reply(req_id: Optional[str], code: str, message: str) -> List[BytesLike]:
+    return encode_message({"type": "error", "id": req_id, "code": code, "message": message[:1000]})

@@ -1,0 +1,479 @@
+"""The remote encoder server: a ZeroMQ ROUTER in front of a :class:`RemoteStage`.
+
+One process serves one model (the remote stage of a SAM checkpoint: patch
+embedding, ``pos_embed`` and the window-attention blocks; nothing else of the
+checkpoint is loaded).  Requests are the multipart messages of
+:mod:`ped_sam_ros.core.wire`; what is done with an ``encode`` request is
+:func:`ped_sam_ros.core.transport.run_encode`, shared with the in-process
+transport.  No ROS here, and nothing from the network is ever unpickled.
+
+Threads: the thread that calls :meth:`RemoteServer.serve_forever` owns the
+socket.  It receives every request as soon as it arrives (stamping its arrival
+time), validates it, answers ``info`` and malformed requests at once, and hands
+valid ``encode`` requests, in arrival order, to one compute thread, which sends
+nothing itself: its replies come back over an inproc socket and the I/O thread
+sends them.
+
+Robustness rules:
+
+* every malformed request gets an ``error`` reply (with the request id when the
+  header could be read far enough to find it) and the server keeps serving;
+* a request whose ``budget_ms``, counted from its arrival here, has run out
+  when its compute would start gets ``deadline_expired`` instead;
+* at most :data:`MAX_QUEUED` encode requests, holding at most
+  :data:`MAX_QUEUED_BYTES` bytes of request frames, wait for the compute
+  thread (both configurable); a request beyond either gets ``busy``;
+* an unexpected exception while handling a request gets an ``internal`` reply;
+  its traceback is logged once per exception type and minute, not per request;
+* a single frame larger than ``MAXMSGSIZE`` (``max_message_bytes``, default
+  :data:`wire.MAX_REQUEST_BYTES`; the codec applies the same limit to the whole
+  message) is
+  dropped by libzmq before it reaches this code: libzmq closes that connection
+  (the client's DEALER reconnects by itself) and no reply is sent, so the client
+  sees a deadline miss.  More than :data:`MAX_FRAMES` frames are refused;
+* replies are sent without blocking (``ROUTER_MANDATORY``): a reply for a peer
+  that went away, or whose queue is full, is dropped and logged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import List, Optional, Union
+
+import zmq
+
+from ped_sam_ros.core import wire
+from ped_sam_ros.core.model import MODES, RemoteStage, get_geometry
+from ped_sam_ros.core.transport import check_encode_request, run_encode
+from ped_sam_ros.core.wire import WireError, frames_nbytes
+from ped_sam_ros.net.curve import CurveKeyError, load_authorized_keys, load_secret_pair
+
+from .policy import ServerConfigError, check_bind_policy, is_local_endpoint  # noqa: F401
+
+log = logging.getLogger("remote_node")
+
+#: socket settings (milliseconds / message counts)
+HEARTBEAT_IVL_MS = 1000
+HEARTBEAT_TIMEOUT_MS = 3000
+HEARTBEAT_TTL_MS = 6000
+RCVHWM = 200
+SNDHWM = 200
+POLL_MS = 100
+#: more frames than this in one request is refused without looking at them
+MAX_FRAMES = 8
+#: encode requests waiting for the compute thread, at most
+MAX_QUEUED = 256
+#: bytes of request frames (mostly pixels) waiting for the compute thread, at most
+MAX_QUEUED_BYTES = 64 << 20
+#: an unexpected exception's traceback is logged at most this often per exception type
+INTERNAL_LOG_EVERY_S = 60.0
+
+
+class _AuthLog(logging.LoggerAdapter):
+    """The authenticator's logger, with refused client keys raised to a (rate-limited) warning.
+
+    pyzmq logs ZAP decisions at debug level; an operator wants to see refusals.
+    """
+
+    def __init__(self, logger: logging.Logger, every_s: float = 60.0):
+        super().__init__(logger, {})
+        self.every_s = every_s
+        self._last: dict = {}
+
+    def debug(self, msg, *args, **kwargs):
+        try:
+            text = str(msg) % args if args else str(msg)
+        except (TypeError, ValueError):
+            text = str(msg)
+        if text.startswith("DENIED"):
+            now = time.monotonic()
+            if now - self._last.get(text, -1e9) >= self.every_s:
+                if len(self._last) > 1000:
+                    self._last.clear()
+                self._last[text] = now
+                self.warning("Curve handshake refused: %s", text)
+            return
+        super().debug(msg, *args, **kwargs)
+
+
+def _best_effort_id(frames) -> Optional[str]:
+    """The request id from a header that failed validation, if it can be read."""
+    try:
+        f = frames[0]
+        head = f.bytes if hasattr(f, "bytes") else bytes(f)
+        if len(head) > wire.MAX_HEADER_BYTES:
+            return None
+        rid = json.loads(head.decode("utf-8")).get("id")
+    except Exception:
+        return None
+    return rid if isinstance(rid, str) and 0 < len(rid) <= wire.MAX_ID_CHARS else None
+
+
+class _Job:
+    """A valid encode request waiting for (or in) the compute thread."""
+
+    __slots__ = ("envelope", "request", "arrival", "id", "budget_s", "summary", "nbytes")
+
+    def __init__(self, envelope, request, arrival, summary, nbytes):
+        self.envelope = envelope
+        self.request = request  # a validated wire.EncodeRequest (its pixels view the received frame)
+        self.arrival = arrival
+        self.id = request.id
+        self.budget_s = request.budget_ms / 1000.0
+        self.summary = summary
+        self.nbytes = nbytes  # the request's frames, held until the compute thread takes the job
+
+
+class RemoteServer:
+    """Serves ``encode`` and ``info`` requests for one model on a ROUTER socket.
+
+    Binds in the constructor (so :attr:`endpoint` is the real address, e.g.
+    after ``tcp://127.0.0.1:*``); :meth:`serve_forever` runs until its stop
+    event is set; :meth:`close` releases everything.
+
+    ``stage`` may be given instead of ``checkpoint`` (e.g. random weights for
+    demos); ``checkpoint_label`` is then what ``info`` reports.
+
+    ``max_message_bytes``: the largest request (``MAXMSGSIZE`` per frame, and the
+    codec's limit for the whole message).  ``max_queued`` / ``max_queued_bytes``:
+    how many encode requests, and how many bytes of them, may wait for the
+    compute thread before new ones get ``busy``; ``max_queued_bytes`` must be at
+    least ``max_message_bytes`` (an idle server takes any valid request).
+    """
+
+    def __init__(
+        self,
+        bind: str,
+        model_spec: str,
+        checkpoint: Optional[Union[str, os.PathLike]],
+        server_secret_key: Optional[Union[str, os.PathLike]] = None,
+        authorized_keys_dir: Optional[Union[str, os.PathLike]] = None,
+        allow_insecure_remote: bool = False,
+        name: Optional[str] = None,
+        *,
+        stage: Optional[RemoteStage] = None,
+        checkpoint_label: Optional[str] = None,
+        context: Optional[zmq.Context] = None,
+        max_message_bytes: int = wire.MAX_REQUEST_BYTES,
+        max_queued: int = MAX_QUEUED,
+        max_queued_bytes: int = MAX_QUEUED_BYTES,
+    ):
+        for label, value in (("max_message_bytes", max_message_bytes), ("max_queued", max_queued),
+                             ("max_queued_bytes", max_queued_bytes)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ServerConfigError(f"{label} must be a positive integer, got {value!r}")
+        if max_queued_bytes < max_message_bytes:
+            raise ServerConfigError(f"max_queued_bytes ({max_queued_bytes}) must be at least max_message_bytes "
+                                    f"({max_message_bytes}), or a largest request would always be refused")
+        self.max_message_bytes = max_message_bytes
+        self.max_queued = max_queued
+        self.max_queued_bytes = max_queued_bytes
+        self.bind_address = bind
+        self.name = name or f"remote@{bind}"
+        self.curve = server_secret_key is not None
+        if (server_secret_key is None) != (authorized_keys_dir is None):
+            raise ServerConfigError(
+                "Curve needs both a server secret key (--server-key NAME.key_secret) and a directory of "
+                "authorized client public keys (--authorized-keys DIR)")
+        check_bind_policy(bind, self.curve, allow_insecure_remote)
+        if self.curve:
+            # Every *.key file is checked: pyzmq's authenticator trusts no key at all when one of
+            # them cannot be read (it only logs that), and would refuse every client.
+            keys_location = str(Path(authorized_keys_dir))
+            try:
+                self.authorized_keys = load_authorized_keys(keys_location)
+            except CurveKeyError as e:
+                raise ServerConfigError(f"authorized keys: {e}") from None
+            public, secret = load_secret_pair(server_secret_key)
+
+        self.geometry = get_geometry(model_spec)
+        self.model_spec = self.geometry.spec
+        if stage is None:
+            if checkpoint is None:
+                raise ServerConfigError("a checkpoint path (or a prebuilt stage) is required")
+            stage = RemoteStage.from_checkpoint(self.geometry, checkpoint)
+            self.checkpoint_label = Path(checkpoint).name
+        else:
+            if stage.geometry.spec != self.model_spec:
+                raise ServerConfigError(f"stage is {stage.geometry.spec}, server model is {self.model_spec}")
+            self.checkpoint_label = checkpoint_label or (Path(checkpoint).name if checkpoint else "(in memory)")
+        self.stage = stage
+        self.requests_served = 0
+        self.errors = 0
+        self._lock = threading.Lock()  # counters, shared with the compute thread
+        self._queued_bytes = 0  # bytes of the jobs waiting for the compute thread (guarded by _lock)
+        self._internal_logged: dict = {}  # exception type -> monotonic time its traceback was last logged
+        self._stopping = threading.Event()
+        self.started = time.time()
+
+        self._own_context = context is None
+        self.context = context or zmq.Context()
+        self._auth = None
+        self.socket = None
+        try:
+            if self.curve:
+                from zmq.auth.thread import ThreadAuthenticator
+
+                self._auth = ThreadAuthenticator(self.context, log=_AuthLog(logging.getLogger("remote_node.auth")))
+                self._auth.start()
+                self._auth.configure_curve(domain="*", location=keys_location)
+                trusted = set(self._auth.certs.get("*", {}))
+                if trusted != {k for _, k in self.authorized_keys}:  # a key file changed in between
+                    raise ServerConfigError(f"the Curve authenticator loaded {len(trusted)} client key(s) from "
+                                            f"{keys_location}, not the {len(self.authorized_keys)} checked "
+                                            f"(did the directory change during startup?)")
+            s = self.context.socket(zmq.ROUTER)
+            self.socket = s  # registered at once: close() releases it whatever fails below
+            s.setsockopt(zmq.LINGER, 0)
+            s.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+            s.setsockopt(zmq.RCVHWM, RCVHWM)
+            s.setsockopt(zmq.SNDHWM, SNDHWM)
+            s.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            s.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+            s.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+            s.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TTL_MS)
+            if self.curve:
+                s.curve_secretkey = secret
+                s.curve_publickey = public
+                s.curve_server = True
+            s.bind(bind)
+            self.endpoint = s.getsockopt(zmq.LAST_ENDPOINT).decode()
+        except Exception:
+            self.close()
+            raise
+        log.info("%s serving %s on %s (checkpoint %s, Curve %s, protocol v%d)", self.name, self.model_spec,
+                 self.endpoint, self.checkpoint_label,
+                 f"on, {len(self.authorized_keys)} authorized client key(s)" if self.curve
+                 else "OFF (plaintext)", wire.PROTOCOL_VERSION)
+
+    # ------------------------------------------------------------------ loop
+
+    def serve_forever(self, stop_event: Optional[threading.Event] = None) -> None:
+        """Serve until ``stop_event`` is set (checked every :data:`POLL_MS`)."""
+        stop_event = stop_event or threading.Event()
+        addr = f"inproc://remote-node-done-{id(self)}"
+        done_rx = self.context.socket(zmq.PAIR)
+        done_rx.setsockopt(zmq.LINGER, 0)
+        done_rx.bind(addr)
+        done_tx = self.context.socket(zmq.PAIR)  # used only by the compute thread
+        done_tx.setsockopt(zmq.LINGER, 0)
+        done_tx.connect(addr)
+        jobs: "queue.Queue[Optional[_Job]]" = queue.Queue()
+        self._stopping.clear()
+        worker = threading.Thread(target=self._compute_loop, args=(jobs, done_tx), name="remote-node-compute",
+                                  daemon=True)
+        worker.start()
+        poller = zmq.Poller()
+        poller.register(self.socket, zmq.POLLIN)
+        poller.register(done_rx, zmq.POLLIN)
+        try:
+            while not stop_event.is_set():
+                try:
+                    ready = dict(poller.poll(POLL_MS))
+                except zmq.ZMQError as e:
+                    if e.errno == zmq.ETERM:
+                        break
+                    raise
+                if done_rx in ready:
+                    self._send_results(done_rx)
+                if self.socket in ready:
+                    self._receive(jobs)
+        finally:
+            self._stopping.set()
+            jobs.put(None)
+            worker.join(timeout=10.0)
+            if worker.is_alive():
+                log.warning("compute thread still busy at shutdown")
+            else:
+                done_tx.close(linger=0)
+            done_rx.close(linger=0)
+
+    def _receive(self, jobs: "queue.Queue") -> None:
+        """Take every complete message waiting on the socket: answer or queue it."""
+        for _ in range(10 * RCVHWM):  # bounded: give replies a turn under a flood
+            try:
+                first = self.socket.recv(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            arrival = time.monotonic()
+            parts = [first]
+            extra = 0
+            while self.socket.getsockopt(zmq.RCVMORE):
+                f = self.socket.recv(copy=False)  # the rest of a message is already here
+                if len(parts) < MAX_FRAMES + 2:
+                    parts.append(f)
+                else:
+                    extra += 1
+            # ROUTER: peer identity first; a REQ peer adds an empty delimiter, echoed back.
+            envelope, body = [parts[0]], parts[1:]
+            if len(body) > 1 and len(body[0]) == 0:
+                envelope.append(body[0])
+                body = body[1:]
+            try:
+                result = self._admit(body, extra, arrival, envelope, jobs.qsize())
+            except Exception as e:  # never let one request take the server down
+                self._log_internal(e, "reading a request")
+                result = self._error(_best_effort_id(body) if body else None, "internal",
+                                     f"{type(e).__name__}: {e}")
+            if isinstance(result, _Job):
+                with self._lock:
+                    self._queued_bytes += result.nbytes
+                jobs.put(result)
+            else:
+                self._send(envelope, result)
+
+    def _log_internal(self, exc: BaseException, doing: str) -> None:
+        """Log an unexpected exception: with its traceback once per type and
+        :data:`INTERNAL_LOG_EVERY_S`, otherwise one line at debug level."""
+        key = type(exc).__name__
+        now = time.monotonic()
+        with self._lock:
+            last = self._internal_logged.get(key)
+            loud = last is None or now - last >= INTERNAL_LOG_EVERY_S
+            if loud:
+                self._internal_logged[key] = now
+        if loud:
+            log.error("internal error while %s (the next %s within %.0f s are logged at debug level only)",
+                      doing, key, INTERNAL_LOG_EVERY_S, exc_info=exc)
+        else:
+            log.debug("internal error while %s: %s: %s", doing, key, exc)
+
+    def _error(self, rid, code: str, message: str) -> List:
+        with self._lock:
+            self.errors += 1
+        log.debug("request %s refused: %s: %s", rid, code, message)
+        return wire.error_reply(rid, code, message)
+
+    def _admit(self, frames, extra_frames: int, arrival: float, envelope, queued: int):
+        """Validate one request: an immediate reply (frames) or a :class:`_Job`."""
+        if not frames:
+            return self._error(None, "empty", "empty message")
+        if extra_frames or len(frames) > MAX_FRAMES:
+            return self._error(_best_effort_id(frames), "frame_count",
+                               f"a request has at most {MAX_FRAMES} frames, this one had "
+                               f"{len(frames) + extra_frames}")
+        try:
+            header, arrays = wire.decode_message(frames, max_total_bytes=self.max_message_bytes)
+            mtype = header.get("type")
+            if mtype == "info":
+                if arrays:
+                    raise WireError("bad_header", "an info request carries no tensors")
+                return wire.encode_message(dict(self.info(), type="info", id=header.get("id")))
+            if mtype != "encode":
+                raise WireError("bad_type", f"this server answers 'encode' and 'info', not {mtype!r}")
+            req = check_encode_request(header, arrays, self.model_spec)
+        except WireError as e:
+            return self._error(_best_effort_id(frames), e.code, str(e))
+        nbytes = frames_nbytes(frames)
+        with self._lock:
+            queued_bytes = self._queued_bytes
+        if queued >= self.max_queued or queued_bytes + nbytes > self.max_queued_bytes:
+            return self._error(req.id, "busy", f"{queued} requests ({queued_bytes} bytes) already waiting, at most "
+                                               f"{self.max_queued} ({self.max_queued_bytes} bytes); try later")
+        w = req.tile
+        summary = f"rows [{w.row0}, {w.row1}) cols [{w.col0}, {w.col1}) {req.mode} {req.reply_dtype}"
+        return _Job(envelope, req, arrival, summary, nbytes)
+
+    def _compute_loop(self, jobs: "queue.Queue", done_tx: zmq.Socket) -> None:
+        """The compute thread: one job at a time; replies go back to the I/O thread."""
+        while True:
+            job = jobs.get()
+            if job is None:
+                return
+            with self._lock:
+                self._queued_bytes -= job.nbytes
+            if self._stopping.is_set():
+                continue
+            try:
+                reply = self._compute(job)
+            except Exception as e:  # never let one request take the server down
+                self._log_internal(e, f"encoding {job.id}")
+                reply = self._error(job.id, "internal", f"{type(e).__name__}: {e}")
+            try:
+                done_tx.send_multipart(list(job.envelope) + list(reply), copy=False)
+            except zmq.ZMQError:  # context terminated during shutdown
+                return
+
+    def _compute(self, job: _Job) -> List:
+        start = time.monotonic()
+        waited = start - job.arrival
+        if waited >= job.budget_s:
+            return self._error(job.id, "deadline_expired",
+                               f"budget of {job.budget_s * 1e3:.1f} ms ran out {waited * 1e3:.1f} ms after "
+                               f"arrival, before compute started")
+        reply = run_encode(self.stage, job.request, queue_s=waited)
+        with self._lock:
+            self.requests_served += 1
+        log.debug("served %s: %s, queue %.1f ms, compute %.1f ms", job.id, job.summary, waited * 1e3,
+                  (time.monotonic() - start) * 1e3)
+        return reply
+
+    def _send_results(self, done_rx: zmq.Socket) -> None:
+        while True:
+            try:
+                msg = done_rx.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            # envelope is the identity (+ an empty delimiter for REQ peers): the reply header
+            # is the first frame that is not empty after the identity.
+            n_env = 2 if len(msg) > 2 and len(msg[1]) == 0 else 1
+            self._send(msg[:n_env], msg[n_env:])
+
+    def _send(self, envelope, reply) -> None:
+        try:
+            self.socket.send_multipart(list(envelope) + list(reply), flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            log.warning("reply dropped: the client's queue is full")
+        except zmq.ZMQError as e:
+            if e.errno == zmq.EHOSTUNREACH:
+                log.debug("reply dropped: the client has disconnected")
+            else:
+                raise
+
+    # ------------------------------------------------------------------ info
+
+    def info(self) -> dict:
+        g = self.geometry
+        with self._lock:
+            served, errors = self.requests_served, self.errors
+        return {
+            "name": self.name,
+            "model": self.model_spec,
+            "modes": list(MODES),
+            "embed_dim": g.embed_dim,
+            "remote_blocks": {m: list(g.remote_blocks(m)) for m in MODES},
+            "token_dtypes": list(wire.TOKEN_DTYPES),
+            "protocol": wire.PROTOCOL_VERSION,
+            "checkpoint": self.checkpoint_label,
+            "curve": self.curve,
+            "requests_served": served,
+            "errors": errors,
+            "uptime_s": round(time.time() - self.started, 3),
+        }
+
+    # ------------------------------------------------------------- lifecycle
+
+    def close(self) -> None:
+        """Release the socket, the authenticator and the context (after serve_forever returned)."""
+        self._stopping.set()
+        if self.socket is not None:
+            self.socket.close(linger=0)
+            self.socket = None
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
+        if self._own_context and self.context is not None:
+            self.context.destroy(linger=0)  # never blocks, even if the compute thread is stuck
+            self.context = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

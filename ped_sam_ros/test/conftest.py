@@ -1,0 +1,65 @@
+"""Shared fixtures: random-weight SAM checkpoints in the official format, with
+SAM's real geometry (1024 input, 64x64 tokens, window 14, official global-block
+positions) at narrow widths so the suite runs on a 2-core CPU."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import TINY_B, TINY_H
+
+#: marker applied to every test by the folder it lives in (``-m unit`` is the fast run)
+LAYER_MARKERS = ("unit", "net", "ros", "eval")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        parts = Path(str(item.fspath)).parts
+        for layer in LAYER_MARKERS:
+            if layer in parts:
+                item.add_marker(getattr(pytest.mark, layer))
+
+
+def _save_random(tmp_path_factory, spec: str, seed: int) -> Path:
+    from ped_sam_ros.core.model import random_sam, save_checkpoint
+
+    path = tmp_path_factory.mktemp("ckpt") / f"random_{spec.replace('/', '_')}_{seed}.pth"
+    return save_checkpoint(random_sam(spec, seed=seed), path)
+
+
+@pytest.fixture(scope="session")
+def tiny_b_checkpoint(tmp_path_factory) -> Path:
+    """Random vit_b-layout checkpoint (width 32), saved as a plain Sam state dict."""
+    return _save_random(tmp_path_factory, TINY_B, seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_h_checkpoint(tmp_path_factory) -> Path:
+    return _save_random(tmp_path_factory, TINY_H, seed=2)
+
+
+@pytest.fixture(scope="session")
+def astronaut() -> np.ndarray:
+    """A real photo (512x512 RGB) that scikit-image ships."""
+    import skimage.data
+
+    return skimage.data.astronaut()
+
+
+@pytest.fixture(scope="session")
+def landscape(astronaut) -> np.ndarray:
+    """A non-square real image (so SAM's padding and coordinate mapping matter)."""
+    import skimage.data
+
+    return skimage.data.coffee()  # 400x600
+
+
+@pytest.fixture(scope="module")
+def ctx():
+    """A ZeroMQ context for one test module's clients (destroyed with linger 0 at its end)."""
+    import zmq
+
+    c = zmq.Context()
+    yield c
+    c.destroy(linger=0)

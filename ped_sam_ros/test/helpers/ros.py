@@ -1,0 +1,258 @@
+"""Helpers for the ROS tests: a DDS domain of our own, the edge node as a real
+process, and an rclpy test node spun in a background thread.
+
+Every rclpy process here runs with ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST and a
+ROS_DOMAIN_ID derived from the pytest process (1..100, or the range in
+PED_SAM_TEST_DOMAINS, e.g. 60-99), so DDS stays on this
+machine and parallel runs do not meet. Every wait is bounded and every process
+is stopped (SIGINT, SIGTERM, then SIGKILL), whatever happens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ped_sam_ros.tools.processes import stop_process
+
+from helpers import PKG_DIR as REPO
+from helpers import TINY_B as TEST_MODEL
+TEST_SEED = 5
+NODE_STARTUP_S = 120.0
+#: remote_node arguments for a server of the test model with random weights
+RANDOM_SERVER_ARGS = ("--model", TEST_MODEL, "--random-weights", "--seed", str(TEST_SEED))
+#: shared memory big enough for whole images, UDP on loopback only (see the file's comment)
+FASTDDS_PROFILE = REPO / "config" / "fastdds_large_images.xml"
+
+
+def domain_range() -> range:
+    """The DDS domains the tests may use: 1..100, or PED_SAM_TEST_DOMAINS=LO-HI (e.g. 60-99,
+    so that runs sharing a machine keep apart)."""
+    text = os.environ.get("PED_SAM_TEST_DOMAINS", "").strip()
+    if not text:
+        return range(1, 101)
+    lo, sep, hi = text.partition("-")
+    try:
+        r = range(int(lo), int(hi) + 1)
+    except ValueError:
+        r = range(0)
+    if not sep or not r or r.start < 0 or r.stop > 233:
+        raise ValueError(f"PED_SAM_TEST_DOMAINS={text!r} must look like LO-HI within 0-232")
+    return r
+
+
+def domain_id(offset: int = 0) -> int:
+    """A DDS domain of :func:`domain_range` from the pytest worker and process id."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    w = int("".join(c for c in worker if c.isdigit()) or 0)
+    r = domain_range()
+    return r[(os.getpid() * 7 + w * 13 + offset) % len(r)]
+
+
+def ros_env(domain: int) -> Dict[str, str]:
+    env = dict(os.environ)
+    env.update({
+        "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
+        "ROS_DOMAIN_ID": str(domain),
+        "FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA",
+        "FASTDDS_DEFAULT_PROFILES_FILE": str(FASTDDS_PROFILE),
+        "PYTHONPATH": str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""),
+        "PYTHONUNBUFFERED": "1",
+    })
+    env.setdefault("AMENT_PREFIX_PATH", sys.prefix)
+    env.setdefault("OMP_NUM_THREADS", "2")
+    return env
+
+
+def use_domain(domain: int) -> None:
+    """Make this (test) process's own rclpy use ``domain``, on this machine only."""
+    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    os.environ["ROS_DOMAIN_ID"] = str(domain)
+    os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
+    os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(FASTDDS_PROFILE)
+
+
+class EdgeProcess:
+    """``python -m ped_sam_ros.ros.edge_node`` as a child process."""
+
+    def __init__(self, workdir: Path, domain: int, servers: Sequence[str], grid: str, namespace: str = "/t",
+                 extra_params: Sequence[str] = (), remaps: Sequence[str] = (), model: str = TEST_MODEL,
+                 seed: int = TEST_SEED, params_file: Optional[Path] = None):
+        self.workdir = Path(workdir)
+        self.domain = domain
+        self.namespace = namespace
+        servers_yaml = "[" + ", ".join(f"'{s}'" for s in servers) + "]"
+        self.argv = [sys.executable, "-m", "ped_sam_ros.ros.edge_node", "--ros-args"]
+        if params_file is not None:
+            self.argv += ["--params-file", str(params_file)]
+        for p in (f"model:={model}", "random_weights:=true", "checkpoint:=''", f"seed:={seed}", f"grid:={grid}",
+                  f"remotes.servers:={servers_yaml}", "torch_threads:=2", "diagnostics_period:=0.5",
+                  *extra_params):
+            self.argv += ["-p", p]
+        self.argv += ["-r", f"__ns:={namespace}"]
+        for r in remaps:
+            self.argv += ["-r", r]
+        self.log_path = self.workdir / "edge_node.log"
+        self.proc: Optional[subprocess.Popen] = None
+        self._log = None
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.namespace.rstrip('/')}/edge_node"
+
+    def start(self) -> "EdgeProcess":
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(self.argv, cwd=str(REPO), env=ros_env(self.domain), stdin=subprocess.DEVNULL,
+                                     stdout=self._log, stderr=subprocess.STDOUT)
+        return self
+
+    def log_text(self, tail: int = 6000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-tail:]
+        except OSError:
+            return ""
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def wait_ready(self, timeout_s: float = NODE_STARTUP_S) -> None:
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            if "]: ready: " in self.log_text(100_000):
+                return
+            if not self.alive:
+                raise RuntimeError(f"edge node exited with {self.proc.returncode}:\n{self.log_text()}")
+            time.sleep(0.1)
+        raise RuntimeError(f"edge node not ready after {timeout_s} s:\n{self.log_text()}")
+
+    def stop(self) -> Optional[int]:
+        code = stop_process(self.proc)
+        if self._log:
+            self._log.close()
+            self._log = None
+        return code
+
+
+class TestNode:
+    """An rclpy node in its own context (domain), spun in a background thread."""
+
+    __test__ = False  # not a pytest class
+
+    def __init__(self, domain: int, name: str = "ped_sam_test"):
+        import rclpy
+        from rclpy.node import Node
+
+        from ped_sam_ros.ros.util import BackgroundSpinner
+
+        use_domain(domain)
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context, domain_id=domain)
+        self.node = Node(name, context=self.context)
+        self._cond = threading.Condition()
+        self.received: Dict[str, List] = {}
+        self.spinner = BackgroundSpinner(self.node)
+
+    def collect(self, msg_type, topic: str, qos=10) -> List:
+        """Subscribe and keep every message (in arrival order) under ``topic``."""
+        box = self.received.setdefault(topic, [])
+
+        def cb(msg):
+            with self._cond:
+                box.append(msg)
+                self._cond.notify_all()
+
+        self.node.create_subscription(msg_type, topic, cb, qos)
+        return box
+
+    def wait_until(self, predicate: Callable[[], bool], timeout_s: float, what: str = "condition") -> None:
+        end = time.monotonic() + timeout_s
+        with self._cond:
+            while not predicate():
+                left = end - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"timed out after {timeout_s} s waiting for {what}")
+                self._cond.wait(min(left, 0.1))
+
+    def wait_for_subscribers(self, publisher, timeout_s: float = 30.0, count: int = 1) -> None:
+        end = time.monotonic() + timeout_s
+        while publisher.get_subscription_count() < count:
+            if time.monotonic() > end:
+                raise TimeoutError(f"no subscriber on {publisher.topic_name} after {timeout_s} s")
+            time.sleep(0.05)
+
+    def call(self, client, request, timeout_s: float):
+        if not client.wait_for_service(timeout_sec=min(timeout_s, 30.0)):
+            raise TimeoutError(f"service {client.srv_name} not available")
+        fut = client.call_async(request)
+        end = time.monotonic() + timeout_s
+        while not fut.done():
+            if time.monotonic() > end:
+                client.remove_pending_request(fut)
+                raise TimeoutError(f"no response from {client.srv_name} within {timeout_s} s")
+            time.sleep(0.02)
+        return fut.result()
+
+    def close(self) -> None:
+        import rclpy
+
+        try:
+            self.spinner.stop()
+            self.node.destroy_node()
+        finally:
+            rclpy.try_shutdown(context=self.context)
+
+
+def image_msg(rgb: np.ndarray, sec: int, nanosec: int, frame_id: str = "camera", encoding: str = "rgb8"):
+    from builtin_interfaces.msg import Time
+    from sensor_msgs.msg import Image
+    from std_msgs.msg import Header
+
+    arr = rgb if encoding == "rgb8" else rgb[:, :, ::-1] if encoding == "bgr8" else rgb
+    arr = np.ascontiguousarray(arr)
+    h, w = arr.shape[:2]
+    ch = 1 if arr.ndim == 2 else arr.shape[2]
+    return Image(header=Header(stamp=Time(sec=sec, nanosec=nanosec), frame_id=frame_id), height=h, width=w,
+                 encoding=encoding, is_bigendian=0, step=w * ch * arr.itemsize, data=arr.tobytes())
+
+
+def small_photos(scale: int = 4):
+    """A few real photos (scikit-image), downscaled to keep DDS traffic small."""
+    import skimage.data
+
+    return [np.ascontiguousarray(f()[::scale, ::scale]) for f in (skimage.data.astronaut, skimage.data.coffee,
+                                                                   skimage.data.chelsea, skimage.data.rocket)]
+
+
+@contextlib.contextmanager
+def edge_stack(workdir: Path, domain: int, server_names: Sequence[str], node_name: str, grid: str = "1x2",
+               namespace: str = "/t", extra_params: Sequence[str] = ()) -> Iterator[Tuple[List, EdgeProcess, TestNode]]:
+    """Random-weight remote servers (one per name), the edge node as a process connected to
+    them in that order, and a :class:`TestNode` on the same domain: ``(servers, edge, node)``.
+    Everything is stopped on exit, whatever happened."""
+    from helpers.net import start_servers, stop_all
+
+    servers = start_servers(workdir, [(name, RANDOM_SERVER_ARGS) for name in server_names])
+    edge = EdgeProcess(workdir / "edge", domain, [f"{s.name}={s.endpoint}" for s in servers], grid,
+                       namespace=namespace, extra_params=extra_params)
+    node = None
+    try:
+        edge.start()
+        edge.wait_ready()
+        node = TestNode(domain, node_name)
+        yield servers, edge, node
+    finally:
+        if node is not None:
+            node.close()
+        edge.stop()
+        stop_all(servers)
+

@@ -1,0 +1,142 @@
+"""Masks from the distributed pipeline in exact mode equal SamPredictor's."""
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import TINY_B
+from segment_anything import SamPredictor
+from ped_sam_ros.core.geometry import Partition, PartitionError
+from ped_sam_ros.core.model import EdgeStage, RemoteStage, build_sam
+from ped_sam_ros.core.pipeline import DistributedEncoder, ObjectPrompt, PedSamPredictor, Segmenter
+from ped_sam_ros.core.transport import LocalTransport
+
+
+@pytest.fixture(scope="module")
+def predictors(tiny_b_checkpoint, landscape):
+    ref = SamPredictor(build_sam(TINY_B, tiny_b_checkpoint))
+    ref.set_image(landscape)
+    edge = EdgeStage.from_checkpoint(TINY_B, tiny_b_checkpoint, "exact")
+    remote = RemoteStage.from_checkpoint(TINY_B, tiny_b_checkpoint)
+    ped = PedSamPredictor(DistributedEncoder(edge, LocalTransport(remote, num_servers=4), Partition.grid(2, 2)))
+    ped.set_image(landscape)
+    return ref, ped
+
+
+PROMPTS = [
+    ObjectPrompt(points=[(300.0, 200.0, 1)]),
+    ObjectPrompt(points=[(120.0, 90.0, 1), (500.0, 350.0, 0)]),
+    ObjectPrompt(box=(50.0, 40.0, 420.0, 380.0)),
+    ObjectPrompt(points=[(250.0, 260.0, 1)], box=(100.0, 100.0, 590.0, 390.0)),
+]
+
+
+def test_embedding_equals_sam(predictors):
+    ref, ped = predictors
+    assert (ped.features - ref.features).abs().max().item() <= 1e-4
+    assert ped.original_size == ref.original_size == (400, 600)
+    assert ped.input_size == ref.input_size
+
+
+@pytest.mark.parametrize("multimask", [True, False])
+def test_prompt_masks_equal_sam_predictor(predictors, multimask):
+    """Same masks as SamPredictor. The embeddings differ by float error (~1e-5),
+    so a pixel may only flip where SAM's own logit lies within that error of the
+    threshold; everywhere else the masks are identical."""
+    ref, ped = predictors
+    for p in PROMPTS:
+        coords = np.array([[x, y] for x, y, _ in p.points], np.float32) if p.points else None
+        labels = np.array([l for *_, l in p.points]) if p.points else None
+        box = np.array(p.box, np.float32) if p.box else None
+        l_ref, s_ref, _ = ref.predict(coords, labels, box, multimask_output=multimask, return_logits=True)
+        l_ped, s_ped, _ = ped.predict(coords, labels, box, multimask_output=multimask, return_logits=True)
+        assert l_ref.shape == l_ped.shape == (3 if multimask else 1, 400, 600)
+        scale = float(np.abs(l_ref).max())
+        tol = 1e-3 * scale
+        np.testing.assert_allclose(l_ped, l_ref, rtol=0, atol=tol)
+        np.testing.assert_allclose(s_ped, s_ref, atol=1e-4)
+        m_ref, m_ped = l_ref > 0, l_ped > 0
+        flips = m_ref != m_ped
+        assert flips.mean() < 1e-4
+        assert np.all(np.abs(l_ref[flips]) <= tol)
+        sure = np.abs(l_ref) > tol
+        assert np.array_equal(m_ref[sure], m_ped[sure])
+        assert sure.mean() > 0.5, "the equality must cover most pixels, not only near-ties"
+
+
+def test_segmenter_instances_in_original_pixels(predictors):
+    ref, ped = predictors
+    a = Segmenter(ref).segment(PROMPTS)
+    b = Segmenter(ped).segment(PROMPTS)
+    assert [i.id for i in b] == [1, 2, 3, 4]
+    for x, y in zip(a, b):
+        assert y.mask.shape == (400, 600) and y.mask.dtype == bool
+        iou = (x.mask & y.mask).sum() / max(1, (x.mask | y.mask).sum())
+        assert iou > 0.999 and abs(x.area - y.area) <= 1e-4 * x.mask.size
+        assert y.area == int(y.mask.sum())
+        if y.area:
+            ys, xs = np.nonzero(y.mask)
+            assert y.bbox == (xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1)
+        assert 0.0 <= y.stability_score <= 1.0
+
+
+def test_stats_count_bytes_and_shares(predictors):
+    _, ped = predictors
+    st = ped.last_stats
+    assert set(st.timings) >= {"remote", "edge_encoder"}
+    # 400x600 -> 683x1024 resized: uint8 pixels up are about that many bytes (plus headers)
+    assert 683 * 1024 * 3 <= st.bytes_up <= 683 * 1024 * 3 + 4 * 2048
+    assert st.bytes_down >= 64 * 64 * 32 * 4  # float32 tokens of width 32
+    assert sum(s["share"] for s in st.per_server) == pytest.approx(1.0)
+
+
+def test_bad_prompts_are_refused(predictors):
+    _, ped = predictors
+    seg = Segmenter(ped)
+    with pytest.raises(ValueError, match="at least one point or a box"):
+        seg.segment([ObjectPrompt()])
+    with pytest.raises(ValueError, match="label"):
+        seg.segment([ObjectPrompt(points=[(1, 1, 3)])])
+    with pytest.raises(ValueError, match="x_min < x_max"):
+        seg.segment([ObjectPrompt(box=(10, 10, 5, 20))])
+
+
+def test_automatic_mode_runs_over_the_distributed_embedding(predictors, landscape):
+    _, ped = predictors
+    seg = Segmenter(ped, amg_options=dict(points_per_side=4, points_per_batch=16, pred_iou_thresh=0.0,
+                                          stability_score_thresh=0.0, box_nms_thresh=1.0))
+    inst = seg.segment_everything(landscape)
+    assert inst, "with all filters off the generator keeps masks"
+    assert all(i.mask.shape == (400, 600) for i in inst)
+    assert [i.area for i in inst] == sorted((i.area for i in inst), reverse=True)
+    for i in inst:  # same box convention as prompted instances: tight, width = x_max - x_min + 1
+        ys, xs = np.nonzero(i.mask)
+        assert i.bbox == (xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1)
+        assert i.area == int(i.mask.sum())
+    assert seg.stats is not None and seg.stats.bytes_up > 0
+
+
+def test_max_share_is_enforced_on_each_frames_content(tiny_b_checkpoint, landscape, astronaut):
+    """2x2 on 4 servers: on the square grid the worst share is 31.6 %, which a 0.33 limit
+    allows; but the 400x600 frame fills only 43 of 64 token rows, so one server would
+    get 36.6 % of its content. That frame is refused before anything is sent."""
+    edge = EdgeStage.from_checkpoint(TINY_B, tiny_b_checkpoint, "exact")
+    remote = RemoteStage.from_checkpoint(TINY_B, tiny_b_checkpoint)
+    sent = []
+
+    class Recording(LocalTransport):
+        def encode(self, jobs, *args, **kwargs):
+            sent.append(len(jobs))
+            return super().encode(jobs, *args, **kwargs)
+
+    transport = Recording(remote, num_servers=4, names=["a", "b", "c", "d"])
+    strict = PedSamPredictor(DistributedEncoder(edge, transport, Partition.grid(2, 2), max_share=0.33))
+    with pytest.raises(PartitionError, match=r"server 1 \(b\) would see 36\.6% of this 683x1024 frame"):
+        strict.set_image(landscape)
+    assert sent == []
+    with pytest.raises(PartitionError, match=r"server 2 \(c\) would see 36\.6% of this 1024x683 frame"):
+        strict.set_image(np.ascontiguousarray(landscape.transpose(1, 0, 2)))  # portrait
+    assert sent == []
+    strict.set_image(astronaut)  # square: the shares are the grid's own
+    assert sent == [4]
+    assert max(s["share"] for s in strict.last_stats.per_server) <= 0.33
