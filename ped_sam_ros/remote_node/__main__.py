@@ -18,7 +18,7 @@ import sys
 import threading
 from typing import Optional, Sequence
 
-from ped_sam_ros.tools.processes import write_ready_file
+from ped_sam_ros.processes import write_ready_file
 
 log = logging.getLogger("remote_node")
 

@@ -29,7 +29,7 @@ from typing import Dict, List, Optional, Tuple
 
 from ped_sam_ros.ros.bags import STORAGES, message_class, typestore, writer
 from ped_sam_ros.ros.util import status_values
-from ped_sam_ros.tools.processes import write_ready_file
+from ped_sam_ros.processes import write_ready_file
 
 DIAGNOSTICS_TYPE = "diagnostic_msgs/msg/DiagnosticArray"
 

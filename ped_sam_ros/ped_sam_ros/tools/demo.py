@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from ped_sam_ros.tools.processes import stop_process
+from ped_sam_ros.processes import stop_process
 from ped_sam_ros.ros.util import latest_status, status_values
 
 REPO = Path(__file__).resolve().parents[2]

@@ -21,7 +21,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ped_sam_ros.tools.processes import stop_process
+from ped_sam_ros.processes import stop_process
 
 from helpers import PKG_DIR as REPO
 from helpers import TINY_B as TEST_MODEL
