@@ -15,7 +15,7 @@ import torch
 
 from segment_anything import SamAutomaticMaskGenerator, SamPredictor
 
-from ..core import metrics
+from . import metrics
 
 # SAM's automatic-mask-generator score filters. Random weights predict meaningless
 # IoU/stability scores, so with them the filters are switched off (NMS kept).

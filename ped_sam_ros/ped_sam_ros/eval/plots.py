@@ -7,9 +7,9 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from ..core import cost as costlib
-from ..core import privacy as priv
 from ..core.geometry import Partition
+from . import cost as costlib
+from . import privacy as priv
 
 
 def _plt():

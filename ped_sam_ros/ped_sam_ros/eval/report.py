@@ -23,10 +23,10 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
-from ..core import cost as costlib
-from ..core import privacy as priv
 from ..core.wire import TOKEN_DTYPES
+from . import cost as costlib
 from . import plots
+from . import privacy as priv
 
 MiB = 1024 * 1024
 LINK_SHORT = {costlib.LINKS[0].name: "1 Gbit/s", costlib.LINKS[1].name: "100 Mbit/s",

@@ -26,16 +26,16 @@ import torch
 
 from segment_anything import SamPredictor
 
-from ..core import cost as costlib
-from ..core import metrics
-from ..core import privacy as priv
 from ..core.geometry import TOKEN_GRID, Tile
 from ..core.model import (EdgeStage, RemoteStage, SamGeometry, build_sam, get_geometry, random_sam, save_checkpoint)
 from ..core.pipeline import DistributedEncoder, PedSamPredictor
 from ..core.transport import LocalTransport
 from ..core.wire import (TOKEN_DTYPES, EncodeRequest, encode_message, frames_nbytes, make_encode_request,
                          new_request_id, pack_tokens, unpack_tokens)
+from . import cost as costlib
 from . import fidelity as fid
+from . import metrics
+from . import privacy as priv
 from .configs import EvalConfig
 
 log = logging.getLogger(__name__)

@@ -8,10 +8,10 @@ from torch import nn
 
 from segment_anything.modeling.image_encoder import Block
 
-from ped_sam_ros.core import cost
 from ped_sam_ros.core.geometry import Partition
 from ped_sam_ros.core.model import get_geometry
 from ped_sam_ros.core.wire import token_bytes
+from ped_sam_ros.eval import cost
 
 
 def test_linear_layer_macs():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from ped_sam_ros.core import metrics
+from ped_sam_ros.eval import metrics
 
 
 def _square(shape, y0, y1, x0, x1):

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from ped_sam_ros.core import privacy as priv
 from ped_sam_ros.core.geometry import Partition, server_shares
+from ped_sam_ros.eval import privacy as priv
 
 
 def test_quarter_exposure_on_an_896_frame():

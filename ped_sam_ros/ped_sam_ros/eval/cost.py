@@ -34,9 +34,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from .geometry import Partition, Tile
-from .model import SamGeometry, _encoder_shell, _mask_decoder, _prompt_encoder, get_geometry, make_block
-from .wire import token_bytes
+from ..core.geometry import Partition, Tile
+from ..core.model import SamGeometry, _encoder_shell, _mask_decoder, _prompt_encoder, get_geometry, make_block
+from ..core.wire import token_bytes
 
 COMPONENTS = ("patch_embed", "window_block", "global_block", "neck")
 Workload = Dict[str, int]  # component kind -> MACs

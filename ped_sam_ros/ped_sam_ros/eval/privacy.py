@@ -28,7 +28,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .geometry import IMAGE_SIZE, Partition, Tile
+from ..core.geometry import IMAGE_SIZE, Partition, Tile
 from .metrics import box_iou
 
 Box = Tuple[int, int, int, int]  # x0, y0, x1, y1 (x1, y1 exclusive), original pixels
