@@ -7,7 +7,14 @@ of the grid into rows x cols rectangles reproduces SAM's window blocks exactly
 when every cut lies on a multiple of 14 tokens ("aligned" cuts); other cuts
 are allowed for comparison but change the result.
 
-Everything here is plain Python: no torch, no network.
+The part of a tile that holds image content is one idea with one home: SAM resizes a
+frame to longest side 1024 (:func:`content_shape`, SAM's own rule) and pads it at the
+bottom/right, so a tile's content is its pixel box clipped to that shape
+(:meth:`Tile.content_box`).  Server shares, the edge's crops and the byte and exposure
+figures of the evaluation all derive from that box.
+
+Plain Python at import time: no torch, no network (:func:`content_shape` imports
+segment_anything's resize rule when first called).
 """
 
 from __future__ import annotations
@@ -78,6 +85,25 @@ class Tile:
         ok_start = self.row0 % WINDOW_SIZE == 0 and self.col0 % WINDOW_SIZE == 0
         ok_end = all(e % WINDOW_SIZE == 0 or e == TOKEN_GRID for e in (self.row1, self.col1))
         return ok_start and ok_end
+
+    def content_box(self, content_hw: Tuple[int, int]) -> Optional[Tuple[int, int, int, int]]:
+        """(y0, y1, x0, x1): the tile's pixels that hold image content in a frame resized to
+        ``content_hw`` (see :func:`content_shape`), i.e. exactly what the edge sends for it;
+        None when the tile lies entirely in SAM's bottom/right padding."""
+        y0, y1, x0, x1 = self.pixel_box
+        h, w = content_hw
+        y1, x1 = min(y1, int(h)), min(x1, int(w))
+        if y1 <= y0 or x1 <= x0:
+            return None
+        return y0, y1, x0, x1
+
+    def content_pixels(self, content_hw: Tuple[int, int]) -> int:
+        """Number of content pixels in the tile (0 when it is all padding)."""
+        box = self.content_box(content_hw)
+        if box is None:
+            return 0
+        y0, y1, x0, x1 = box
+        return (y1 - y0) * (x1 - x0)
 
     def is_adjacent(self, other: "Tile") -> bool:
         """True when the two windows share an edge (not just a corner)."""
@@ -248,29 +274,36 @@ def adjacency_violations(partition: Partition, assignment: Sequence[int]) -> Lis
     return bad
 
 
-def valid_tokens(resized_hw: Tuple[int, int]) -> Tuple[int, int]:
-    """(rows, cols) of tokens that hold content for a frame resized to ``resized_hw``
-    (a token is content when any of its pixels is; the rest is SAM's zero padding)."""
-    h, w = resized_hw
-    return -(-int(h) // PATCH_SIZE), -(-int(w) // PATCH_SIZE)
+def content_shape(orig_hw: Tuple[int, int], long_side: int = IMAGE_SIZE) -> Tuple[int, int]:
+    """(h, w) of a frame of original size ``orig_hw`` after SAM's resize to longest side
+    ``long_side``: the content area of the model input (the rest is zero padding).
+
+    This is segment_anything's own ``ResizeLongestSide.get_preprocess_shape`` (same
+    rounding), so the shares and crops computed here match what SAM's preprocessing does.
+    """
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    h, w = (int(v) for v in orig_hw)
+    if h <= 0 or w <= 0:
+        raise ValueError(f"a frame needs a positive size, got {h}x{w}")
+    return ResizeLongestSide.get_preprocess_shape(h, w, long_side)
 
 
 def server_shares(
-    partition: Partition, assignment: Sequence[int], valid_tokens: Optional[Tuple[int, int]] = None
+    partition: Partition, assignment: Sequence[int], content_hw: Optional[Tuple[int, int]] = None
 ) -> List[float]:
-    """Fraction of the frame's tokens each server receives.
+    """Fraction of the frame's content pixels each server receives.
 
-    ``valid_tokens`` = (rows, cols) of tokens that hold image content (the rest is
-    SAM's zero padding); by default the whole 64x64 grid counts.
+    ``content_hw`` is the resized frame's size (:func:`content_shape`); by default the
+    whole 1024x1024 input counts (a square frame).  A server's share is the sum of its
+    tiles' :meth:`Tile.content_pixels`, i.e. exactly the pixels the edge sends it.
     """
-    vr, vc = valid_tokens or (TOKEN_GRID, TOKEN_GRID)
-    total = vr * vc
-    n = max(assignment) + 1 if assignment else 0
+    content = content_hw or (IMAGE_SIZE, IMAGE_SIZE)
+    total = int(content[0]) * int(content[1])
+    n = max(assignment) + 1 if len(assignment) else 0
     shares = [0.0] * n
-    for w in partition.tiles:
-        h = max(0, min(w.row1, vr) - w.row0)
-        ww = max(0, min(w.col1, vc) - w.col0)
-        shares[assignment[w.index]] += h * ww / total
+    for tile in partition.tiles:
+        shares[int(assignment[tile.index])] += tile.content_pixels(content) / total
     return shares
 
 
@@ -280,12 +313,12 @@ def validate_assignment(
     num_servers: int,
     allow_adjacent: bool = False,
     max_share: float = 1.0,
-    valid_tokens: Optional[Tuple[int, int]] = None,
+    content_hw: Optional[Tuple[int, int]] = None,
 ) -> None:
     """Refuse assignments that break the privacy policy, with the reason.
 
-    Shares are of the frame's content: ``valid_tokens`` (rows, cols) is the part of the
-    token grid a real frame covers; without it the whole grid counts (a square frame).
+    Shares are of the frame's content: ``content_hw`` is the resized frame's size
+    (:func:`content_shape`); without it the whole input counts (a square frame).
     """
     if len(assignment) != len(partition):
         raise PartitionError(
@@ -303,7 +336,7 @@ def validate_assignment(
                 f"windows {a} and {b} are adjacent and both go to server {assignment[a]} "
                 f"({len(bad)} such pairs); use more servers, another assignment, or allow_adjacent"
             )
-    check_max_share(server_shares(partition, assignment, valid_tokens), max_share)
+    check_max_share(server_shares(partition, assignment, content_hw), max_share)
 
 
 def check_max_share(shares: Sequence[float], max_share: float, names: Optional[Sequence[str]] = None,

@@ -18,10 +18,9 @@ import torch
 from segment_anything import SamAutomaticMaskGenerator, SamPredictor
 from segment_anything.utils.amg import batched_mask_to_box, calculate_stability_score
 
-from .geometry import (Partition, check_max_share, round_robin_assignment, server_shares,
-                       validate_assignment, valid_tokens)
+from .geometry import Partition, check_max_share, round_robin_assignment, server_shares, validate_assignment
 from .model import EdgeStage, sam_head
-from .transport import Transport, TileJob
+from .transport import ServerFrameStats, TileJob, Transport
 
 
 @dataclass
@@ -31,7 +30,7 @@ class EncodeStats:
     timings: Dict[str, float] = field(default_factory=dict)
     bytes_up: int = 0
     bytes_down: int = 0
-    per_server: List[Dict] = field(default_factory=list)
+    per_server: List[ServerFrameStats] = field(default_factory=list)
 
 
 class DistributedEncoder:
@@ -47,6 +46,8 @@ class DistributedEncoder:
         allow_adjacent: bool = False,
         max_share: float = 1.0,
     ):
+        if transport.geometry.spec != edge.geometry.spec:
+            raise ValueError(f"the transport's servers run {transport.geometry.spec}, the edge {edge.geometry.spec}")
         self.edge = edge
         self.transport = transport
         self.partition = partition
@@ -66,13 +67,18 @@ class DistributedEncoder:
         return self.edge.geometry.spec
 
     def jobs_for(self, resized: np.ndarray) -> List[TileJob]:
-        """Cut the resized (unpadded) uint8 frame into per-window crops."""
-        h, w = resized.shape[:2]
+        """Cut the resized (unpadded) uint8 frame into per-tile crops: each tile's
+        :meth:`~.geometry.Tile.content_box`, empty for a tile that is all padding."""
+        content_hw = resized.shape[:2]
         jobs = []
-        for win in self.partition:
-            y0, y1, x0, x1 = win.pixel_box
-            crop = resized[y0:max(y0, min(y1, h)), x0:max(x0, min(x1, w))]
-            jobs.append(TileJob(win, self.assignment[win.index], np.ascontiguousarray(crop)))
+        for tile in self.partition:
+            box = tile.content_box(content_hw)
+            if box is None:
+                crop = np.zeros((0, 0, 3), dtype=resized.dtype)
+            else:
+                y0, y1, x0, x1 = box
+                crop = np.ascontiguousarray(resized[y0:y1, x0:x1])
+            jobs.append(TileJob(tile, self.assignment[tile.index], crop))
         return jobs
 
     def encode_resized(self, resized: np.ndarray) -> Tuple[torch.Tensor, EncodeStats]:
@@ -84,14 +90,14 @@ class DistributedEncoder:
             raise ValueError(f"the frame must be resized to longest side {geom.img_size}, got {resized.shape[:2]}")
         # The policy limits the share of *this* frame's content, and for a non-square frame
         # a window's share differs from the square-frame figure checked at construction.
-        shares = server_shares(self.partition, self.assignment, valid_tokens(resized.shape[:2]))
+        shares = server_shares(self.partition, self.assignment, resized.shape[:2])
         check_max_share(shares, self.max_share, self.transport.server_names,
                         what=f"this {resized.shape[0]}x{resized.shape[1]} frame (after resizing)")
         stats = EncodeStats()
         t0 = time.perf_counter()
         jobs = self.jobs_for(resized)
         t1 = time.perf_counter()
-        results = self.transport.encode(jobs, self.model_spec, self.mode, self.timeout_s)
+        results = self.transport.encode(jobs, self.mode, self.timeout_s)
         t2 = time.perf_counter()
         grid = geom.token_grid
         tokens = torch.zeros(1, grid, grid, geom.embed_dim)
@@ -105,15 +111,15 @@ class DistributedEncoder:
         names = self.transport.server_names
         for s, name in enumerate(names):
             mine = [r for r in results if r.server == s]
-            stats.per_server.append({
-                "name": name,
-                "windows": [r.tile.index for r in mine],
-                "share": shares[s] if s < len(shares) else 0.0,
-                "bytes_up": sum(r.bytes_up for r in mine),
-                "bytes_down": sum(r.bytes_down for r in mine),
-                "round_trip_s": max((r.round_trip_s for r in mine), default=0.0),
-                "compute_s": sum(r.compute_s for r in mine),
-            })
+            stats.per_server.append(ServerFrameStats(
+                name=name,
+                tiles=[r.tile.index for r in mine],
+                share=shares[s] if s < len(shares) else 0.0,
+                bytes_up=sum(r.bytes_up for r in mine),
+                bytes_down=sum(r.bytes_down for r in mine),
+                round_trip_s=max((r.round_trip_s for r in mine), default=0.0),
+                compute_s=sum(r.compute_s for r in mine),
+            ))
         stats.bytes_up = sum(r.bytes_up for r in results)
         stats.bytes_down = sum(r.bytes_down for r in results)
         return features, stats

@@ -302,8 +302,7 @@ def summarize(args, out, info, model, random_weights, part, endpoints, domain, c
               say) -> Dict:
     import numpy as np
 
-    from ped_sam_ros.core.geometry import server_shares, valid_tokens
-    from ped_sam_ros.eval.privacy import resized_shape
+    from ped_sam_ros.core.geometry import content_shape, server_shares
     from ped_sam_ros.core.masks import overlay as draw_overlay
     from ped_sam_ros.ros.bags import read_messages
     from ped_sam_ros.ros.convert import image_to_rgb, masks_from_result, stamp_key
@@ -360,8 +359,7 @@ def summarize(args, out, info, model, random_weights, part, endpoints, domain, c
     for name in names:
         remotes[name]["share_per_frame"] = []
     for h, w in info["sizes"]:
-        valid = valid_tokens(resized_shape(h, w))
-        for name, share in zip(names, server_shares(part, assignment, valid)):
+        for name, share in zip(names, server_shares(part, assignment, content_shape((h, w)))):
             remotes[name]["share_per_frame"].append(round(share, 4))
     for name in names:
         remotes[name]["mean_share"] = round(float(np.mean(remotes[name]["share_per_frame"])), 4)

@@ -3,8 +3,8 @@
 import pytest
 
 from ped_sam_ros.core.geometry import (
-    ALIGNED_CUTS, Partition, PartitionError, adjacency_violations, aligned_cuts, round_robin_assignment,
-    server_shares, validate_assignment,
+    ALIGNED_CUTS, IMAGE_SIZE, Partition, PartitionError, adjacency_violations, aligned_cuts, content_shape,
+    round_robin_assignment, server_shares, validate_assignment,
 )
 
 
@@ -51,8 +51,56 @@ def test_window_pixels_and_shares():
     shares = server_shares(p, [0, 1, 2, 3])
     assert shares == pytest.approx([28 * 28 / 4096, 28 * 36 / 4096, 36 * 28 / 4096, 36 * 36 / 4096])
     assert sum(shares) == pytest.approx(1.0)
-    # a quarter each when only a 56x56-token image area is valid
-    assert server_shares(p, [0, 1, 2, 3], valid_tokens=(56, 56)) == pytest.approx([0.25] * 4)
+    # a quarter each when only an 896x896-pixel (56x56-token) area holds content
+    assert server_shares(p, [0, 1, 2, 3], (896, 896)) == pytest.approx([0.25] * 4)
+
+
+@pytest.mark.parametrize("hw", [(400, 600), (600, 400), (512, 512), (7, 3000), (333, 777), (1080, 1920)])
+def test_content_shape_is_sams_own_resize(hw):
+    """The content area is what segment_anything's ResizeLongestSide produces for the frame."""
+    import numpy as np
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    resized = ResizeLongestSide(IMAGE_SIZE).apply_image(np.zeros((*hw, 3), np.uint8))
+    assert content_shape(hw) == resized.shape[:2]
+    assert max(content_shape(hw)) == IMAGE_SIZE
+    with pytest.raises(ValueError, match="positive size"):
+        content_shape((0, 5))
+
+
+def test_tile_content_box_clips_to_the_frame():
+    p = Partition.grid(5, 5)
+    content = content_shape((400, 600))
+    assert content == (683, 1024)
+    # top-left tile: all content; tokens 42..56 of rows end at pixel 683 (mid-token); last row all padding
+    assert p.tiles[0].content_box(content) == (0, 224, 0, 224)
+    assert p.tiles[0].content_pixels(content) == 224 * 224
+    assert p.tiles[15].content_box(content) == (672, 683, 0, 224)
+    assert p.tiles[20].content_box(content) is None and p.tiles[20].content_pixels(content) == 0
+    # the tiles' content boxes cover the content exactly once
+    cover = [[0] * content[1] for _ in range(content[0])]
+    for t in p:
+        box = t.content_box(content)
+        if box:
+            y0, y1, x0, x1 = box
+            for y in range(y0, y1):
+                row = cover[y]
+                for x in range(x0, x1):
+                    row[x] += 1
+    assert all(v == 1 for row in cover for v in row)
+    assert sum(t.content_pixels(content) for t in p) == content[0] * content[1]
+
+
+@pytest.mark.parametrize("hw", [(400, 600), (640, 427), (512, 512)])
+def test_shares_are_content_pixels_over_the_frame(hw):
+    p = Partition.grid(3, 3)
+    assign = round_robin_assignment(p, 2)
+    content = content_shape(hw)
+    shares = server_shares(p, assign, content)
+    assert sum(shares) == pytest.approx(1.0)
+    for s, share in enumerate(shares):
+        mine = sum(t.content_pixels(content) for t in p if assign[t.index] == s)
+        assert share == pytest.approx(mine / (content[0] * content[1]))
 
 
 @pytest.mark.parametrize("grid,n", [((2, 2), 2), ((2, 2), 4), ((3, 3), 2), ((4, 3), 3), ((5, 5), 3)])

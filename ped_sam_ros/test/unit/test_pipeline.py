@@ -118,8 +118,8 @@ def test_automatic_mode_runs_over_the_distributed_embedding(predictors, landscap
 
 def test_max_share_is_enforced_on_each_frames_content(tiny_b_checkpoint, landscape, astronaut):
     """2x2 on 4 servers: on the square grid the worst share is 31.6 %, which a 0.33 limit
-    allows; but the 400x600 frame fills only 43 of 64 token rows, so one server would
-    get 36.6 % of its content. That frame is refused before anything is sent."""
+    allows; but the 400x600 frame fills only 683 of 1024 pixel rows, so one server would
+    get 448x576 of its 683x1024 content pixels (36.9 %). That frame is refused before anything is sent."""
     edge = EdgeStage.from_checkpoint(TINY_B, tiny_b_checkpoint, "exact")
     remote = RemoteStage.from_checkpoint(TINY_B, tiny_b_checkpoint)
     sent = []
@@ -131,10 +131,10 @@ def test_max_share_is_enforced_on_each_frames_content(tiny_b_checkpoint, landsca
 
     transport = Recording(remote, num_servers=4, names=["a", "b", "c", "d"])
     strict = PedSamPredictor(DistributedEncoder(edge, transport, Partition.grid(2, 2), max_share=0.33))
-    with pytest.raises(PartitionError, match=r"server 1 \(b\) would see 36\.6% of this 683x1024 frame"):
+    with pytest.raises(PartitionError, match=r"server 1 \(b\) would see 36\.9% of this 683x1024 frame"):
         strict.set_image(landscape)
     assert sent == []
-    with pytest.raises(PartitionError, match=r"server 2 \(c\) would see 36\.6% of this 1024x683 frame"):
+    with pytest.raises(PartitionError, match=r"server 2 \(c\) would see 36\.9% of this 1024x683 frame"):
         strict.set_image(np.ascontiguousarray(landscape.transpose(1, 0, 2)))  # portrait
     assert sent == []
     strict.set_image(astronaut)  # square: the shares are the grid's own
