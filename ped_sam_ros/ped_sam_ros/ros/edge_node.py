@@ -43,11 +43,12 @@ from ped_sam_msgs.msg import Prompts, SegmentationResult
 from ped_sam_msgs.srv import SegmentImage
 from sensor_msgs.msg import CompressedImage, Image
 
-from ped_sam_ros.core.masks import label_image, overlay
+from ped_sam_ros.core.masks import label_image
 from ped_sam_ros.edge.builder import build_pipeline
 from ped_sam_ros.edge.config import ConfigError, EdgeConfig
 from ped_sam_ros.edge.params import PARAMS, SPECS, amg_from_params, config_from_params, validate_changes
 from ped_sam_ros.edge.runtime import EdgeRuntime, ErrorReport, Frame, FrameResult, validate_prompts
+from ped_sam_ros.viz import overlay
 
 from .convert import (UnsupportedImage, compressed_to_rgb, image_to_rgb, label_to_image, prompts_from_msgs,
                       result_to_msg, rgb_to_image)

@@ -303,7 +303,7 @@ def summarize(args, out, info, model, random_weights, part, endpoints, domain, c
     import numpy as np
 
     from ped_sam_ros.core.geometry import content_shape, server_shares
-    from ped_sam_ros.core.masks import overlay as draw_overlay
+    from ped_sam_ros.viz import overlay as draw_overlay
     from ped_sam_ros.ros.bags import read_messages
     from ped_sam_ros.ros.convert import image_to_rgb, masks_from_result, stamp_key
     from ped_sam_ros.tools.make_bag import frames as make_frames

@@ -1,9 +1,9 @@
-"""RLE, label maps and overlays."""
+"""RLE and label maps."""
 
 import numpy as np
 import pytest
 
-from ped_sam_ros.core.masks import label_dtype, label_image, mask_to_rle, overlay, rle_to_bool
+from ped_sam_ros.core.masks import label_dtype, label_image, mask_to_rle, rle_to_bool
 
 
 def test_rle_round_trip_and_sam_convention():
@@ -36,19 +36,3 @@ def test_label_image_small_objects_on_top_and_mono16():
     assert lab[5, 5] == 1 and lab[2, 2] == 2 and lab[0, 0] == 0
     assert label_dtype(255) == np.uint8 and label_dtype(256) == np.uint16
     assert label_image([small], [300], (10, 10)).dtype == np.uint16
-
-
-def test_overlay_changes_only_masked_pixels_and_draws_points():
-    rgb = np.full((40, 60, 3), 100, np.uint8)
-    m = np.zeros((40, 60), bool)
-    m[10:30, 10:30] = True
-    out = overlay(rgb, [m])
-    assert out.shape == rgb.shape and out.dtype == np.uint8
-    assert np.array_equal(out[0:5, 40:60], rgb[0:5, 40:60])
-    assert not np.array_equal(out[15:25, 15:25], rgb[15:25, 15:25])
-    pts = overlay(rgb, [], points=[(50, 5, 1)])
-    assert tuple(pts[5, 50]) == (40, 220, 40)
-    gray = overlay(rgb[..., 0], [m])  # a gray frame comes back as RGB with the same colouring
-    assert np.array_equal(gray, out)
-    with pytest.raises(ValueError, match="mask 0 has shape"):
-        overlay(rgb, [m[:20]])
