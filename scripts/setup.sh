@@ -66,6 +66,14 @@ else
 fi
 
 # --- 4. ped_sam_ros (editable) ----------------------------------------------------------
+SHARE="$VENV/share/ped_sam_ros"
+LIBEXEC="$VENV/lib/ped_sam_ros"
+# Earlier setups linked whole directories into share/ped_sam_ros. ros2launch walks share/ with
+# os.walk, which does not follow directory links, and a pip (un)install would write or delete
+# through them into the work tree: remove those links (only the links) before pip runs.
+for item in launch config; do
+    if [ -L "$SHARE/$item" ]; then rm -f "$SHARE/$item"; fi
+done
 # Top-level packages are part of the key: the editable finder maps them at install time.
 TOPPKGS="$(cd "$PKG" && { ls -d -- */__init__.py 2>/dev/null || true; } | LC_ALL=C sort | tr '\n' ' ')"
 PKG_HASH="$(hash_files ped_sam_ros/setup.py ped_sam_ros/setup.cfg ped_sam_ros/package.xml)-$(printf '%s' "$TOPPKGS" | sha256sum | cut -c1-16)"
@@ -80,14 +88,41 @@ if ! stamp_ok pkg "$PKG_HASH"; then
 else
     log "ped_sam_ros install unchanged"
 fi
-# Editable installs skip setup.py's data_files: link them into the venv prefix (like colcon's
-# --symlink-install) so ament_index finds share/ped_sam_ros/{package.xml,launch,config}.
-SHARE="$VENV/share/ped_sam_ros"
-mkdir -p "$SHARE" "$VENV/share/ament_index/resource_index/packages"
+# Editable installs skip setup.py's data_files and put console scripts only into bin/. Lay out
+# what ROS tools look for, as colcon's --symlink-install does: share/ped_sam_ros/ with one
+# link per FILE in real directories (ros2launch's os.walk lists file links, never descends
+# into directory links), the ament index marker, and lib/ped_sam_ros/<exe> -> ../../bin/<exe>
+# (ros2 run, launch_ros' ExecutableInPackage). Redone on every run: cheap, and new, renamed or
+# removed launch/config files show up at once. The same file sets as setup.py's data_files.
+# Links are replaced in place (ln -sfn) and only stale ones removed, so that a concurrent run
+# (tests started in parallel) never sees a missing file.
+link_set() {  # link_set DIR TARGET...: DIR/<basename> -> TARGET for each; other links in DIR go
+    local dir="$1" t keep=" "
+    shift
+    mkdir -p "$dir"
+    for t in "$@"; do
+        ln -sfn "$t" "$dir/$(basename "$t")"
+        keep+="$(basename "$t") "
+    done
+    for t in "$dir"/*; do
+        if [ -L "$t" ] && [[ "$keep" != *" $(basename "$t") "* ]]; then rm -f "$t"; fi
+    done
+}
+shopt -s nullglob
+mkdir -p "$VENV/share/ament_index/resource_index/packages"
 ln -sfn "$PKG/resource/ped_sam_ros" "$VENV/share/ament_index/resource_index/packages/ped_sam_ros"
-for item in package.xml launch config; do
-    if [ -e "$PKG/$item" ]; then ln -sfn "$PKG/$item" "$SHARE/$item"; else rm -f "$SHARE/$item"; fi
-done
+ln -sfn "$PKG/package.xml" "$SHARE/package.xml"
+link_set "$SHARE/launch" "$PKG"/launch/*.launch.py
+link_set "$SHARE/config" "$PKG"/config/*.yaml "$PKG"/config/*.xml
+EXES=()  # the console scripts, as the installed distribution lists them
+while IFS= read -r exe; do
+    [ -n "$exe" ] || continue
+    [ -x "$VENV/bin/$exe" ] || die "console script $VENV/bin/$exe is missing after the editable install"
+    EXES+=("../../bin/$exe")
+done < <("$VPY" -c 'from importlib.metadata import distribution as d
+print("\n".join(e.name for e in d("ped_sam_ros").entry_points if e.group == "console_scripts"))')
+link_set "$LIBEXEC" "${EXES[@]}"
+shopt -u nullglob
 
 # --- 5. fix include paths in the ros-* wheels' exported cmake files --------------------
 # The wheels were built in a manylinux container; their *Export.cmake files name its
