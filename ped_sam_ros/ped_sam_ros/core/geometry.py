@@ -78,7 +78,7 @@ class Tile:
 
     @property
     def is_aligned(self) -> bool:
-        """True when the window starts on SAM's 14-token window grid.
+        """True when the tile starts on SAM's 14-token window grid.
 
         The end only has to be aligned or reach the grid's edge (SAM pads there).
         """
@@ -106,7 +106,7 @@ class Tile:
         return (y1 - y0) * (x1 - x0)
 
     def is_adjacent(self, other: "Tile") -> bool:
-        """True when the two windows share an edge (not just a corner)."""
+        """True when the two tiles share an edge (not just a corner)."""
         rows_touch = self.row1 == other.row0 or other.row1 == self.row0
         cols_touch = self.col1 == other.col0 or other.col1 == self.col0
         rows_overlap = self.row0 < other.row1 and other.row0 < self.row1
@@ -165,7 +165,7 @@ def even_cuts(parts: int) -> Tuple[int, ...]:
 
 @dataclass(frozen=True)
 class Partition:
-    """A rows x cols grid of windows over the 64x64 token grid."""
+    """A rows x cols grid of tiles over the 64x64 token grid."""
 
     row_cuts: Tuple[int, ...]
     col_cuts: Tuple[int, ...]
@@ -241,13 +241,13 @@ class Partition:
 
 
 # ---------------------------------------------------------------------------
-# Which server serves which window, and what that exposes.
+# Which server serves which tile, and what that exposes.
 
 
 def round_robin_assignment(partition: Partition, num_servers: int) -> List[int]:
-    """Tile index -> server index, spreading windows so neighbours differ.
+    """Tile index -> server index, spreading tiles so neighbours differ.
 
-    Plain round robin over the window order when it keeps adjacent windows on
+    Plain round robin over the tile order when it keeps adjacent tiles on
     different servers, else a diagonal pattern ``(row * k + col) % n`` that does
     (a checkerboard for two servers); if none does, plain round robin anyway and
     :func:`validate_assignment` will say so.
@@ -255,8 +255,8 @@ def round_robin_assignment(partition: Partition, num_servers: int) -> List[int]:
     if num_servers < 1:
         raise PartitionError("at least one remote server is needed")
     n = num_servers
-    candidates = [[w.index % n for w in partition.tiles]]
-    candidates += [[(w.grid_row * k + w.grid_col) % n for w in partition.tiles] for k in range(1, n)]
+    candidates = [[t.index % n for t in partition.tiles]]
+    candidates += [[(t.grid_row * k + t.grid_col) % n for t in partition.tiles] for k in range(1, n)]
     for assign in candidates:
         if n == 1 or not adjacency_violations(partition, assign):
             return assign
@@ -264,11 +264,11 @@ def round_robin_assignment(partition: Partition, num_servers: int) -> List[int]:
 
 
 def adjacency_violations(partition: Partition, assignment: Sequence[int]) -> List[Tuple[int, int]]:
-    """Pairs of adjacent windows that the assignment gives to the same server."""
-    ws = partition.tiles
+    """Pairs of adjacent tiles that the assignment gives to the same server."""
+    tiles = partition.tiles
     bad = []
-    for a in ws:
-        for b in ws:
+    for a in tiles:
+        for b in tiles:
             if a.index < b.index and assignment[a.index] == assignment[b.index] and a.is_adjacent(b):
                 bad.append((a.index, b.index))
     return bad
@@ -323,17 +323,17 @@ def validate_assignment(
     if len(assignment) != len(partition):
         raise PartitionError(
             f"assignment lists {len(assignment)} servers but the {partition.name} grid has "
-            f"{len(partition)} windows"
+            f"{len(partition)} tiles"
         )
     for i, s in enumerate(assignment):
         if not 0 <= int(s) < num_servers:
-            raise PartitionError(f"window {i} is assigned to server {s}, but only {num_servers} exist")
+            raise PartitionError(f"tile {i} is assigned to server {s}, but only {num_servers} exist")
     if not allow_adjacent and num_servers > 1:  # with one server, adjacency cannot be avoided
         bad = adjacency_violations(partition, assignment)
         if bad:
             a, b = bad[0]
             raise PartitionError(
-                f"windows {a} and {b} are adjacent and both go to server {assignment[a]} "
+                f"tiles {a} and {b} are adjacent and both go to server {assignment[a]} "
                 f"({len(bad)} such pairs); use more servers, another assignment, or allow_adjacent"
             )
     check_max_share(server_shares(partition, assignment, content_hw), max_share)

@@ -1,4 +1,4 @@
-"""The PED-SAM pipeline: frame -> windows -> remote encoders -> merge -> edge
+"""The PED-SAM pipeline: frame -> tiles -> remote encoders -> merge -> edge
 encoder -> SAM's prompt encoder and mask decoder -> masks in original pixels.
 
 Preprocessing and decoding are segment_anything's own (``ResizeLongestSide``,
@@ -8,9 +8,11 @@ replaced, by :class:`DistributedEncoder`.  No ROS, no network code here.
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -34,7 +36,9 @@ class EncodeStats:
 
 
 class DistributedEncoder:
-    """SAM's image encoder, split: window stages remote, the rest here."""
+    """SAM's image encoder, split: each tile's window-attention blocks run on a remote server
+    (:class:`~.model.RemoteStage`, via the transport), the merged token grid goes through the
+    rest here (:class:`~.model.EdgeStage`); which blocks run where is the mode's choice."""
 
     def __init__(
         self,
@@ -89,7 +93,7 @@ class DistributedEncoder:
         if max(resized.shape[:2]) != geom.img_size:
             raise ValueError(f"the frame must be resized to longest side {geom.img_size}, got {resized.shape[:2]}")
         # The policy limits the share of *this* frame's content, and for a non-square frame
-        # a window's share differs from the square-frame figure checked at construction.
+        # a tile's share differs from the square-frame figure checked at construction.
         shares = server_shares(self.partition, self.assignment, resized.shape[:2])
         check_max_share(shares, self.max_share, self.transport.server_names,
                         what=f"this {resized.shape[0]}x{resized.shape[1]} frame (after resizing)")
@@ -228,7 +232,6 @@ class Segmenter:
         """One instance per prompt, ids 1..N in order (needs :meth:`set_image` first)."""
         if not self.predictor.is_image_set:
             raise RuntimeError("set_image() first")
-        h, w = self.predictor.original_size
         out = []
         for k, p in enumerate(prompts, start=1):
             p.validate()
@@ -246,11 +249,10 @@ class Segmenter:
         return out
 
     def segment_everything(self, rgb: np.ndarray) -> List[Instance]:
-        """SAM's automatic mask generator, on this predictor's embedding."""
-        amg = SamAutomaticMaskGenerator(self.predictor.model, **self.amg_options)
-        amg.predictor = self.predictor  # encode through our predictor (distributed or not)
-        records = amg.generate(rgb)
-        self.stats = getattr(self.predictor, "last_stats", None) or self.stats
+        """SAM's automatic mask generator over this frame: encoded once by :meth:`set_image`
+        (distributed or not), then decoded by :func:`generate_masks`; ids 1..N, largest first."""
+        self.set_image(rgb)
+        records = generate_masks(self.predictor, rgb, self.amg_options)
         records.sort(key=lambda r: -r["area"])
         return [
             # the box from the mask itself, as for prompts (SAM's own AMG box is one pixel narrower)
@@ -258,3 +260,71 @@ class Segmenter:
                      _bbox_xywh(r["segmentation"]), int(r["area"]))
             for k, r in enumerate(records, start=1)
         ]
+
+
+# ---------------------------------------------------------------------------
+# SAM's automatic mask generator over an embedding already computed
+
+_SAM_AMG_DEFAULTS = {k: v.default for k, v in inspect.signature(SamAutomaticMaskGenerator.__init__).parameters.items()}
+
+
+@dataclass(frozen=True)
+class AmgOptions:
+    """The settings of SAM's automatic mask generator this package exposes (the edge's
+    ``amg.*`` parameters, the evaluation's AMG runs).  The defaults are
+    ``SamAutomaticMaskGenerator``'s own, read from its signature, so there is one source."""
+
+    points_per_side: int = _SAM_AMG_DEFAULTS["points_per_side"]
+    points_per_batch: int = _SAM_AMG_DEFAULTS["points_per_batch"]
+    pred_iou_thresh: float = _SAM_AMG_DEFAULTS["pred_iou_thresh"]
+    stability_score_thresh: float = _SAM_AMG_DEFAULTS["stability_score_thresh"]
+    stability_score_offset: float = _SAM_AMG_DEFAULTS["stability_score_offset"]
+    box_nms_thresh: float = _SAM_AMG_DEFAULTS["box_nms_thresh"]
+    min_mask_region_area: int = _SAM_AMG_DEFAULTS["min_mask_region_area"]
+
+    def to_kwargs(self) -> Dict[str, Any]:
+        """Keyword arguments for ``SamAutomaticMaskGenerator`` (and :func:`generate_masks`)."""
+        return dataclasses.asdict(self)
+
+    def without_score_filters(self) -> "AmgOptions":
+        """The same settings with the predicted-IoU and stability filters off (non-maximum
+        suppression kept): random weights predict meaningless scores, which would drop every mask."""
+        return dataclasses.replace(self, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+
+
+class _HeldEmbedding:
+    """Stands in for a predictor inside ``SamAutomaticMaskGenerator`` so the generator
+    decodes the embedding the predictor already holds instead of encoding the image again:
+    ``set_image`` only checks that the embedding is for an image of that size, and
+    ``reset_image`` keeps it.  Everything else is the wrapped predictor."""
+
+    def __init__(self, predictor: SamPredictor):
+        self._predictor = predictor
+
+    def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
+        p = self._predictor
+        if not p.is_image_set or tuple(image.shape[:2]) != tuple(p.original_size):
+            raise RuntimeError("the predictor holds no embedding of this image: call set_image(image) on it first")
+
+    def reset_image(self) -> None:
+        pass
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._predictor, name)
+
+
+def generate_masks(predictor: SamPredictor, rgb: np.ndarray,
+                   options: Optional[Mapping[str, Any]] = None) -> List[Dict[str, Any]]:
+    """SAM's automatic mask generator over the embedding ``predictor`` holds for ``rgb``
+    (``predictor.set_image(rgb)`` first; a plain ``SamPredictor`` or a :class:`PedSamPredictor`).
+
+    ``options`` are ``SamAutomaticMaskGenerator`` keyword arguments (see :class:`AmgOptions`);
+    crops (``crop_n_layers`` > 0) would need new embeddings and are refused.  Returns SAM's
+    own records (``segmentation``, ``area``, ``predicted_iou``, ``stability_score``, ...).
+    """
+    kwargs = dict(options or {})
+    if kwargs.get("crop_n_layers", 0):
+        raise ValueError("crop_n_layers > 0 needs an embedding per crop; generate_masks decodes one embedding")
+    amg = SamAutomaticMaskGenerator(predictor.model, **kwargs)
+    amg.predictor = _HeldEmbedding(predictor)  # the one place SAM's generator is given our embedding
+    return amg.generate(rgb)

@@ -122,5 +122,5 @@ def test_policy_refuses_adjacent_windows_and_large_shares():
         validate_assignment(p, [0, 1, 1, 0], 2, max_share=0.4)
     with pytest.raises(PartitionError, match="only 2 exist"):
         validate_assignment(p, [0, 1, 2, 0], 2)
-    with pytest.raises(PartitionError, match="4 windows"):
+    with pytest.raises(PartitionError, match="4 tiles"):
         validate_assignment(p, [0, 1], 2)

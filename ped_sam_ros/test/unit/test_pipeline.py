@@ -8,7 +8,8 @@ from helpers import TINY_B
 from segment_anything import SamPredictor
 from ped_sam_ros.core.geometry import Partition, PartitionError
 from ped_sam_ros.core.model import EdgeStage, RemoteStage, build_sam
-from ped_sam_ros.core.pipeline import DistributedEncoder, ObjectPrompt, PedSamPredictor, Segmenter
+from ped_sam_ros.core.pipeline import (AmgOptions, DistributedEncoder, ObjectPrompt, PedSamPredictor, Segmenter,
+                                       generate_masks)
 from ped_sam_ros.core.transport import LocalTransport
 
 
@@ -87,7 +88,7 @@ def test_stats_count_bytes_and_shares(predictors):
     # 400x600 -> 683x1024 resized: uint8 pixels up are about that many bytes (plus headers)
     assert 683 * 1024 * 3 <= st.bytes_up <= 683 * 1024 * 3 + 4 * 2048
     assert st.bytes_down >= 64 * 64 * 32 * 4  # float32 tokens of width 32
-    assert sum(s["share"] for s in st.per_server) == pytest.approx(1.0)
+    assert sum(s.share for s in st.per_server) == pytest.approx(1.0)
 
 
 def test_bad_prompts_are_refused(predictors):
@@ -101,11 +102,15 @@ def test_bad_prompts_are_refused(predictors):
         seg.segment([ObjectPrompt(box=(10, 10, 5, 20))])
 
 
-def test_automatic_mode_runs_over_the_distributed_embedding(predictors, landscape):
+def test_automatic_mode_runs_over_the_distributed_embedding(predictors, landscape, monkeypatch):
     _, ped = predictors
+    encodings = []
+    real = ped.encoder.encode_resized
+    monkeypatch.setattr(ped.encoder, "encode_resized", lambda resized: encodings.append(1) or real(resized))
     seg = Segmenter(ped, amg_options=dict(points_per_side=4, points_per_batch=16, pred_iou_thresh=0.0,
                                           stability_score_thresh=0.0, box_nms_thresh=1.0))
     inst = seg.segment_everything(landscape)
+    assert encodings == [1], "the frame is encoded once; the generator decodes that embedding"
     assert inst, "with all filters off the generator keeps masks"
     assert all(i.mask.shape == (400, 600) for i in inst)
     assert [i.area for i in inst] == sorted((i.area for i in inst), reverse=True)
@@ -139,4 +144,24 @@ def test_max_share_is_enforced_on_each_frames_content(tiny_b_checkpoint, landsca
     assert sent == []
     strict.set_image(astronaut)  # square: the shares are the grid's own
     assert sent == [4]
-    assert max(s["share"] for s in strict.last_stats.per_server) <= 0.33
+    assert max(s.share for s in strict.last_stats.per_server) <= 0.33
+
+
+def test_amg_options_default_to_sams_own_and_need_the_embedding(tiny_b_checkpoint, astronaut):
+    """One source of AMG defaults (SamAutomaticMaskGenerator's signature); the generator is only
+    ever given an embedding already computed for the same image."""
+    import inspect
+
+    from segment_anything import SamAutomaticMaskGenerator
+
+    sam_defaults = inspect.signature(SamAutomaticMaskGenerator.__init__).parameters
+    opts = AmgOptions().to_kwargs()
+    assert opts and all(v == sam_defaults[k].default for k, v in opts.items())
+    off = AmgOptions(points_per_side=4).without_score_filters()
+    assert (off.points_per_side, off.pred_iou_thresh, off.stability_score_thresh) == (4, 0.0, 0.0)
+    assert off.box_nms_thresh == sam_defaults["box_nms_thresh"].default
+    pred = SamPredictor(build_sam(TINY_B, tiny_b_checkpoint))
+    with pytest.raises(RuntimeError, match="set_image"):
+        generate_masks(pred, astronaut, off.to_kwargs())
+    with pytest.raises(ValueError, match="crop_n_layers"):
+        generate_masks(pred, astronaut, dict(crop_n_layers=1))
