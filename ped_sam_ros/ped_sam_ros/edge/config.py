@@ -15,6 +15,7 @@ from typing import Dict, List, Optional, Sequence
 
 from ped_sam_ros.core.geometry import Partition, PartitionError
 from ped_sam_ros.core.model import MODES, get_geometry
+from ped_sam_ros.core.pipeline import AmgOptions
 from ped_sam_ros.core.wire import TOKEN_DTYPES
 from ped_sam_ros.net.curve import NAME_RE
 
@@ -81,22 +82,6 @@ def parse_assignment(text: str, server_names: Sequence[str]) -> Optional[List[in
             raise ConfigError(f"assignment {text!r}: {tok!r} is neither a server index nor one of {list(server_names)}")
         out.append(idx)
     return out
-
-
-@dataclass
-class AmgOptions:
-    """SAM's automatic mask generator settings (``SamAutomaticMaskGenerator``)."""
-
-    points_per_side: int = 32
-    points_per_batch: int = 64
-    pred_iou_thresh: float = 0.88
-    stability_score_thresh: float = 0.95
-    stability_score_offset: float = 1.0
-    box_nms_thresh: float = 0.7
-    min_mask_region_area: int = 0
-
-    def to_kwargs(self) -> Dict:
-        return dataclasses.asdict(self)
 
 
 @dataclass
