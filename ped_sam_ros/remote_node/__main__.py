@@ -64,13 +64,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         torch.set_num_threads(args.torch_threads)
 
-    from .server import RemoteServer
+    from .server import EncoderServer, ServerOptions
 
     try:
         from ped_sam_ros.core.model import get_geometry
 
         get_geometry(args.model)  # a bad model name fails here, before anything is loaded
-        stage = label = None
+        options = ServerOptions(name=args.name, server_secret_key=args.server_key,
+                                authorized_keys_dir=args.authorized_keys,
+                                allow_insecure_remote=args.allow_insecure_remote,
+                                checkpoint_label=f"random(seed={args.seed})" if args.random_weights else None)
+        stage = None
         if args.random_weights:
             bar = "!" * 78
             log.warning("%s", bar)
@@ -82,11 +86,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             from ped_sam_ros.core.model import RemoteStage
 
             stage = RemoteStage(args.model).load_random(args.seed)
-            label = f"random(seed={args.seed})"
-        server = RemoteServer(args.bind, args.model, args.checkpoint, server_secret_key=args.server_key,
-                              authorized_keys_dir=args.authorized_keys,
-                              allow_insecure_remote=args.allow_insecure_remote,
-                              name=args.name, stage=stage, checkpoint_label=label)
+        server = EncoderServer(args.bind, args.model, args.checkpoint, options, stage=stage)
     except Exception as e:  # config, keys, checkpoint, bind errors: one clear line, non-zero exit
         log.debug("startup failed", exc_info=True)
         print(f"ped-sam-remote: error: {type(e).__name__}: {e}", file=sys.stderr)

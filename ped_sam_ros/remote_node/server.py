@@ -3,11 +3,12 @@
 One process serves one model (the remote stage of a SAM checkpoint: patch
 embedding, ``pos_embed`` and the window-attention blocks; nothing else of the
 checkpoint is loaded).  Requests are the multipart messages of
-:mod:`ped_sam_ros.core.wire`; what is done with an ``encode`` request is
-:func:`ped_sam_ros.core.transport.run_encode`, shared with the in-process
-transport.  No ROS here, and nothing from the network is ever unpickled.
+:mod:`ped_sam_ros.core.wire`; what is done with an ``encode`` request is the
+encode service of :mod:`ped_sam_ros.core.service`, shared with the in-process
+transport.  Keys are :mod:`.keys`, the bind rule :mod:`.policy`.  No ROS here,
+and nothing from the network is ever unpickled.
 
-Threads: the thread that calls :meth:`RemoteServer.serve_forever` owns the
+Threads: the thread that calls :meth:`EncoderServer.serve_forever` owns the
 socket.  It receives every request as soon as it arrives (stamping its arrival
 time), validates it, answers ``info`` and malformed requests at once, and hands
 valid ``encode`` requests, in arrival order, to one compute thread, which sends
@@ -22,7 +23,7 @@ Robustness rules:
   when its compute would start gets ``deadline_expired`` instead;
 * at most :data:`MAX_QUEUED` encode requests, holding at most
   :data:`MAX_QUEUED_BYTES` bytes of request frames, wait for the compute
-  thread (both configurable); a request beyond either gets ``busy``;
+  thread (both configurable in :class:`ServerOptions`); a request beyond either gets ``busy``;
 * an unexpected exception while handling a request gets an ``internal`` reply;
   its traceback is logged once per exception type and minute, not per request;
 * a single frame larger than ``MAXMSGSIZE`` (``max_message_bytes``, default
@@ -43,20 +44,23 @@ import os
 import queue
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Union
+from typing import List, Optional, Tuple, Union
 
 import zmq
 
 from ped_sam_ros.core import wire
-from ped_sam_ros.core.model import MODES, RemoteStage, get_geometry
-from ped_sam_ros.core.transport import check_encode_request, run_encode
+from ped_sam_ros.core.model import RemoteStage, SamGeometry, get_geometry
+from ped_sam_ros.core.service import ServerInfo, check_encode_request, run_encode
 from ped_sam_ros.core.wire import WireError, frames_nbytes
-from ped_sam_ros.net.curve import CurveKeyError, load_authorized_keys, load_secret_pair
 
-from .policy import ServerConfigError, check_bind_policy, is_local_endpoint  # noqa: F401
+from .keys import ServerKeys, start_authenticator
+from .policy import ServerConfigError, check_bind_policy
 
 log = logging.getLogger("remote_node")
+
+PathLike = Union[str, os.PathLike]
 
 #: socket settings (milliseconds / message counts)
 HEARTBEAT_IVL_MS = 1000
@@ -75,31 +79,61 @@ MAX_QUEUED_BYTES = 64 << 20
 INTERNAL_LOG_EVERY_S = 60.0
 
 
-class _AuthLog(logging.LoggerAdapter):
-    """The authenticator's logger, with refused client keys raised to a (rate-limited) warning.
+@dataclass(frozen=True)
+class ServerOptions:
+    """How a server presents itself, whom it lets in, and how much it takes on (checked on creation).
 
-    pyzmq logs ZAP decisions at debug level; an operator wants to see refusals.
+    ``name``: shown in info replies and logs (default ``remote@BIND``).  ``checkpoint_label``:
+    what info reports as the checkpoint (default: the checkpoint's file name, or
+    ``(in memory)`` for a prebuilt stage).  ``server_secret_key`` and ``authorized_keys_dir``
+    (both or neither): this server's ``NAME.key_secret`` and the directory of client
+    ``*.key`` files it trusts; they turn CurveZMQ on.  ``allow_insecure_remote``: bind a
+    non-loopback address without Curve.  ``max_message_bytes``: the largest request
+    (``MAXMSGSIZE`` per frame, and the codec's limit for the whole message).
+    ``max_queued`` / ``max_queued_bytes``: how many encode requests, and how many bytes
+    of them, may wait for the compute thread before new ones get ``busy``;
+    ``max_queued_bytes`` must be at least ``max_message_bytes`` (an idle server takes
+    any valid request).
     """
 
-    def __init__(self, logger: logging.Logger, every_s: float = 60.0):
-        super().__init__(logger, {})
-        self.every_s = every_s
-        self._last: dict = {}
+    name: Optional[str] = None
+    checkpoint_label: Optional[str] = None
+    server_secret_key: Optional[PathLike] = None
+    authorized_keys_dir: Optional[PathLike] = None
+    allow_insecure_remote: bool = False
+    max_message_bytes: int = wire.MAX_REQUEST_BYTES
+    max_queued: int = MAX_QUEUED
+    max_queued_bytes: int = MAX_QUEUED_BYTES
 
-    def debug(self, msg, *args, **kwargs):
-        try:
-            text = str(msg) % args if args else str(msg)
-        except (TypeError, ValueError):
-            text = str(msg)
-        if text.startswith("DENIED"):
-            now = time.monotonic()
-            if now - self._last.get(text, -1e9) >= self.every_s:
-                if len(self._last) > 1000:
-                    self._last.clear()
-                self._last[text] = now
-                self.warning("Curve handshake refused: %s", text)
-            return
-        super().debug(msg, *args, **kwargs)
+    def __post_init__(self):
+        for label in ("max_message_bytes", "max_queued", "max_queued_bytes"):
+            value = getattr(self, label)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ServerConfigError(f"{label} must be a positive integer, got {value!r}")
+        if self.max_queued_bytes < self.max_message_bytes:
+            raise ServerConfigError(f"max_queued_bytes ({self.max_queued_bytes}) must be at least max_message_bytes "
+                                    f"({self.max_message_bytes}), or a largest request would always be refused")
+        if (self.server_secret_key is None) != (self.authorized_keys_dir is None):
+            raise ServerConfigError(
+                "Curve needs both a server secret key (--server-key NAME.key_secret) and a directory of "
+                "authorized client public keys (--authorized-keys DIR)")
+
+    @property
+    def curve(self) -> bool:
+        return self.server_secret_key is not None
+
+
+def load_stage(geometry: SamGeometry, checkpoint: Optional[PathLike], stage: Optional[RemoteStage],
+               label: Optional[str] = None) -> Tuple[RemoteStage, str]:
+    """The stage to serve (loaded from ``checkpoint`` unless given) and the label info reports."""
+    label = label or (Path(checkpoint).name if checkpoint else "(in memory)")
+    if stage is None:
+        if checkpoint is None:
+            raise ServerConfigError("a checkpoint path (or a prebuilt stage) is required")
+        return RemoteStage.from_checkpoint(geometry, checkpoint), label
+    if stage.geometry.spec != geometry.spec:
+        raise ServerConfigError(f"stage is {stage.geometry.spec}, server model is {geometry.spec}")
+    return stage, label
 
 
 def _best_effort_id(frames) -> Optional[str]:
@@ -115,7 +149,7 @@ def _best_effort_id(frames) -> Optional[str]:
     return rid if isinstance(rid, str) and 0 < len(rid) <= wire.MAX_ID_CHARS else None
 
 
-class _Job:
+class _QueuedEncode:
     """A valid encode request waiting for (or in) the compute thread."""
 
     __slots__ = ("envelope", "request", "arrival", "id", "budget_s", "summary", "nbytes")
@@ -130,80 +164,34 @@ class _Job:
         self.nbytes = nbytes  # the request's frames, held until the compute thread takes the job
 
 
-class RemoteServer:
+class EncoderServer:
     """Serves ``encode`` and ``info`` requests for one model on a ROUTER socket.
 
     Binds in the constructor (so :attr:`endpoint` is the real address, e.g.
     after ``tcp://127.0.0.1:*``); :meth:`serve_forever` runs until its stop
-    event is set; :meth:`close` releases everything.
+    event is set; :meth:`close` releases everything.  Everything that can be
+    refused (options, bind address, keys) is checked before the checkpoint is
+    loaded.
 
     ``stage`` may be given instead of ``checkpoint`` (e.g. random weights for
-    demos); ``checkpoint_label`` is then what ``info`` reports.
-
-    ``max_message_bytes``: the largest request (``MAXMSGSIZE`` per frame, and the
-    codec's limit for the whole message).  ``max_queued`` / ``max_queued_bytes``:
-    how many encode requests, and how many bytes of them, may wait for the
-    compute thread before new ones get ``busy``; ``max_queued_bytes`` must be at
-    least ``max_message_bytes`` (an idle server takes any valid request).
+    demos); ``options.checkpoint_label`` is then what ``info`` reports.
     """
 
-    def __init__(
-        self,
-        bind: str,
-        model_spec: str,
-        checkpoint: Optional[Union[str, os.PathLike]],
-        server_secret_key: Optional[Union[str, os.PathLike]] = None,
-        authorized_keys_dir: Optional[Union[str, os.PathLike]] = None,
-        allow_insecure_remote: bool = False,
-        name: Optional[str] = None,
-        *,
-        stage: Optional[RemoteStage] = None,
-        checkpoint_label: Optional[str] = None,
-        context: Optional[zmq.Context] = None,
-        max_message_bytes: int = wire.MAX_REQUEST_BYTES,
-        max_queued: int = MAX_QUEUED,
-        max_queued_bytes: int = MAX_QUEUED_BYTES,
-    ):
-        for label, value in (("max_message_bytes", max_message_bytes), ("max_queued", max_queued),
-                             ("max_queued_bytes", max_queued_bytes)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ServerConfigError(f"{label} must be a positive integer, got {value!r}")
-        if max_queued_bytes < max_message_bytes:
-            raise ServerConfigError(f"max_queued_bytes ({max_queued_bytes}) must be at least max_message_bytes "
-                                    f"({max_message_bytes}), or a largest request would always be refused")
-        self.max_message_bytes = max_message_bytes
-        self.max_queued = max_queued
-        self.max_queued_bytes = max_queued_bytes
+    def __init__(self, bind: str, model: str, checkpoint: Optional[PathLike] = None,
+                 options: Optional[ServerOptions] = None, *, stage: Optional[RemoteStage] = None,
+                 context: Optional[zmq.Context] = None):
+        self.options = options = options or ServerOptions()
+        check_bind_policy(bind, options.curve, options.allow_insecure_remote)
+        # Every *.key file is checked: pyzmq's authenticator trusts no key at all when one of
+        # them cannot be read (it only logs that), and would refuse every client.
+        keys = ServerKeys.load(options.server_secret_key, options.authorized_keys_dir) if options.curve else None
+        self.authorized_keys = keys.authorized if keys else []
         self.bind_address = bind
-        self.name = name or f"remote@{bind}"
-        self.curve = server_secret_key is not None
-        if (server_secret_key is None) != (authorized_keys_dir is None):
-            raise ServerConfigError(
-                "Curve needs both a server secret key (--server-key NAME.key_secret) and a directory of "
-                "authorized client public keys (--authorized-keys DIR)")
-        check_bind_policy(bind, self.curve, allow_insecure_remote)
-        if self.curve:
-            # Every *.key file is checked: pyzmq's authenticator trusts no key at all when one of
-            # them cannot be read (it only logs that), and would refuse every client.
-            keys_location = str(Path(authorized_keys_dir))
-            try:
-                self.authorized_keys = load_authorized_keys(keys_location)
-            except CurveKeyError as e:
-                raise ServerConfigError(f"authorized keys: {e}") from None
-            public, secret = load_secret_pair(server_secret_key)
-
-        self.geometry = get_geometry(model_spec)
+        self.name = options.name or f"remote@{bind}"
+        self.curve = options.curve
+        self.geometry = get_geometry(model)
         self.model_spec = self.geometry.spec
-        if stage is None:
-            if checkpoint is None:
-                raise ServerConfigError("a checkpoint path (or a prebuilt stage) is required")
-            stage = RemoteStage.from_checkpoint(self.geometry, checkpoint)
-            self.checkpoint_label = Path(checkpoint).name
-        else:
-            if stage.geometry.spec != self.model_spec:
-                raise ServerConfigError(f"stage is {stage.geometry.spec}, server model is {self.model_spec}")
-            self.checkpoint_label = checkpoint_label or (Path(checkpoint).name if checkpoint else "(in memory)")
-        self.stage = stage
+        self.stage, self.checkpoint_label = load_stage(self.geometry, checkpoint, stage, options.checkpoint_label)
         self.requests_served = 0
         self.errors = 0
         self._lock = threading.Lock()  # counters, shared with the compute thread
@@ -217,33 +205,9 @@ class RemoteServer:
         self._auth = None
         self.socket = None
         try:
-            if self.curve:
-                from zmq.auth.thread import ThreadAuthenticator
-
-                self._auth = ThreadAuthenticator(self.context, log=_AuthLog(logging.getLogger("remote_node.auth")))
-                self._auth.start()
-                self._auth.configure_curve(domain="*", location=keys_location)
-                trusted = set(self._auth.certs.get("*", {}))
-                if trusted != {k for _, k in self.authorized_keys}:  # a key file changed in between
-                    raise ServerConfigError(f"the Curve authenticator loaded {len(trusted)} client key(s) from "
-                                            f"{keys_location}, not the {len(self.authorized_keys)} checked "
-                                            f"(did the directory change during startup?)")
-            s = self.context.socket(zmq.ROUTER)
-            self.socket = s  # registered at once: close() releases it whatever fails below
-            s.setsockopt(zmq.LINGER, 0)
-            s.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
-            s.setsockopt(zmq.RCVHWM, RCVHWM)
-            s.setsockopt(zmq.SNDHWM, SNDHWM)
-            s.setsockopt(zmq.ROUTER_MANDATORY, 1)
-            s.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
-            s.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
-            s.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TTL_MS)
-            if self.curve:
-                s.curve_secretkey = secret
-                s.curve_publickey = public
-                s.curve_server = True
-            s.bind(bind)
-            self.endpoint = s.getsockopt(zmq.LAST_ENDPOINT).decode()
+            if keys is not None:
+                self._auth = start_authenticator(self.context, keys)
+            self._open_socket(bind, keys)
         except Exception:
             self.close()
             raise
@@ -251,6 +215,25 @@ class RemoteServer:
                  self.endpoint, self.checkpoint_label,
                  f"on, {len(self.authorized_keys)} authorized client key(s)" if self.curve
                  else "OFF (plaintext)", wire.PROTOCOL_VERSION)
+
+    def _open_socket(self, bind: str, keys: Optional[ServerKeys]) -> None:
+        """Bind the ROUTER (its settings: module constants and the options' message limit)."""
+        s = self.context.socket(zmq.ROUTER)
+        self.socket = s  # registered at once: close() releases it whatever fails below
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.MAXMSGSIZE, self.options.max_message_bytes)
+        s.setsockopt(zmq.RCVHWM, RCVHWM)
+        s.setsockopt(zmq.SNDHWM, SNDHWM)
+        s.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        s.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+        s.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+        s.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TTL_MS)
+        if keys is not None:
+            s.curve_secretkey = keys.secret
+            s.curve_publickey = keys.public
+            s.curve_server = True
+        s.bind(bind)
+        self.endpoint = s.getsockopt(zmq.LAST_ENDPOINT).decode()
 
     # ------------------------------------------------------------------ loop
 
@@ -264,7 +247,7 @@ class RemoteServer:
         done_tx = self.context.socket(zmq.PAIR)  # used only by the compute thread
         done_tx.setsockopt(zmq.LINGER, 0)
         done_tx.connect(addr)
-        jobs: "queue.Queue[Optional[_Job]]" = queue.Queue()
+        jobs: "queue.Queue[Optional[_QueuedEncode]]" = queue.Queue()
         self._stopping.clear()
         worker = threading.Thread(target=self._compute_loop, args=(jobs, done_tx), name="remote-node-compute",
                                   daemon=True)
@@ -321,7 +304,7 @@ class RemoteServer:
                 self._log_internal(e, "reading a request")
                 result = self._error(_best_effort_id(body) if body else None, "internal",
                                      f"{type(e).__name__}: {e}")
-            if isinstance(result, _Job):
+            if isinstance(result, _QueuedEncode):
                 with self._lock:
                     self._queued_bytes += result.nbytes
                 jobs.put(result)
@@ -351,7 +334,7 @@ class RemoteServer:
         return wire.error_reply(rid, code, message)
 
     def _admit(self, frames, extra_frames: int, arrival: float, envelope, queued: int):
-        """Validate one request: an immediate reply (frames) or a :class:`_Job`."""
+        """Validate one request: an immediate reply (frames) or a :class:`_QueuedEncode`."""
         if not frames:
             return self._error(None, "empty", "empty message")
         if extra_frames or len(frames) > MAX_FRAMES:
@@ -359,12 +342,12 @@ class RemoteServer:
                                f"a request has at most {MAX_FRAMES} frames, this one had "
                                f"{len(frames) + extra_frames}")
         try:
-            header, arrays = wire.decode_message(frames, max_total_bytes=self.max_message_bytes)
+            header, arrays = wire.decode_message(frames, max_total_bytes=self.options.max_message_bytes)
             mtype = header.get("type")
             if mtype == "info":
                 if arrays:
                     raise WireError("bad_header", "an info request carries no tensors")
-                return wire.encode_message(dict(self.info(), type="info", id=header.get("id")))
+                return wire.encode_message(dict(self.info().to_header(), id=header.get("id")))
             if mtype != "encode":
                 raise WireError("bad_type", f"this server answers 'encode' and 'info', not {mtype!r}")
             req = check_encode_request(header, arrays, self.model_spec)
@@ -373,12 +356,13 @@ class RemoteServer:
         nbytes = frames_nbytes(frames)
         with self._lock:
             queued_bytes = self._queued_bytes
-        if queued >= self.max_queued or queued_bytes + nbytes > self.max_queued_bytes:
+        most, most_bytes = self.options.max_queued, self.options.max_queued_bytes
+        if queued >= most or queued_bytes + nbytes > most_bytes:
             return self._error(req.id, "busy", f"{queued} requests ({queued_bytes} bytes) already waiting, at most "
-                                               f"{self.max_queued} ({self.max_queued_bytes} bytes); try later")
+                                               f"{most} ({most_bytes} bytes); try later")
         w = req.tile
         summary = f"rows [{w.row0}, {w.row1}) cols [{w.col0}, {w.col1}) {req.mode} {req.reply_dtype}"
-        return _Job(envelope, req, arrival, summary, nbytes)
+        return _QueuedEncode(envelope, req, arrival, summary, nbytes)
 
     def _compute_loop(self, jobs: "queue.Queue", done_tx: zmq.Socket) -> None:
         """The compute thread: one job at a time; replies go back to the I/O thread."""
@@ -400,7 +384,7 @@ class RemoteServer:
             except zmq.ZMQError:  # context terminated during shutdown
                 return
 
-    def _compute(self, job: _Job) -> List:
+    def _compute(self, job: _QueuedEncode) -> List:
         start = time.monotonic()
         waited = start - job.arrival
         if waited >= job.budget_s:
@@ -438,24 +422,12 @@ class RemoteServer:
 
     # ------------------------------------------------------------------ info
 
-    def info(self) -> dict:
-        g = self.geometry
+    def info(self) -> ServerInfo:
+        """What the ``info`` reply says: model, weights, counters."""
         with self._lock:
             served, errors = self.requests_served, self.errors
-        return {
-            "name": self.name,
-            "model": self.model_spec,
-            "modes": list(MODES),
-            "embed_dim": g.embed_dim,
-            "remote_blocks": {m: list(g.remote_blocks(m)) for m in MODES},
-            "token_dtypes": list(wire.TOKEN_DTYPES),
-            "protocol": wire.PROTOCOL_VERSION,
-            "checkpoint": self.checkpoint_label,
-            "curve": self.curve,
-            "requests_served": served,
-            "errors": errors,
-            "uptime_s": round(time.time() - self.started, 3),
-        }
+        return ServerInfo.describe(self.geometry, self.name, self.checkpoint_label, curve=self.curve,
+                                   requests_served=served, errors=errors, uptime_s=time.time() - self.started)
 
     # ------------------------------------------------------------- lifecycle
 

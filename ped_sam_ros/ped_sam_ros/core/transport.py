@@ -1,33 +1,49 @@
-"""How window jobs reach remote encoders: the interface and an in-process one.
+"""How tile jobs reach remote encoders: the interface, its records, and an in-process transport.
 
-The ZeroMQ client (``ped_sam_ros.net.zmq_client``) implements the same
-interface over the network; the in-process :class:`LocalTransport` runs
-:class:`RemoteStage` objects directly but still passes every window through the
-wire codec, so byte counts and wire-precision effects are the real ones.
+A :class:`Transport` serves one model (its :attr:`~Transport.geometry`) on
+several servers, each reached by a :class:`ServerAddress`.  Besides encoding a
+frame's tiles it reports each server's :class:`ServerHealth`, asks the servers
+for their :class:`~.service.ServerInfo` (:class:`ServerInfoReply`), and waits
+for the connections.  The ZeroMQ client (``ped_sam_ros.net.zmq_client``)
+implements it over the network; the in-process :class:`LocalTransport` runs a
+:class:`RemoteStage` directly but still passes every tile through the wire
+codec and the encode service (:mod:`.service`), so byte counts and
+wire-precision effects are the real ones.
 """
 
 from __future__ import annotations
 
 import abc
+import dataclasses
 import time
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
 
 import numpy as np
 
 from .geometry import Tile
-from .model import MODES
-from .wire import (EncodeRequest, WireError, decode_message, encode_message, frames_nbytes, make_encode_request,
-                   new_request_id, pack_tokens, parse_encode_request, unpack_tokens)
+from .model import RemoteStage, SamGeometry
+from .service import ServerInfo, read_encode_request, read_encoded_reply, run_encode
+from .wire import EncodeRequest, decode_message, frames_nbytes, make_encode_request, new_request_id
+
+
+@dataclass(frozen=True)
+class ServerAddress:
+    """How to reach one remote server: its name (logs, diagnostics, key file names), the
+    ZeroMQ endpoint its ROUTER binds, and its public key file (``NAME.key``; set: CurveZMQ)."""
+
+    name: str
+    endpoint: str
+    public_key: Optional[str] = None
 
 
 @dataclass
 class TileJob:
-    """One window of one frame, for one server."""
+    """One tile of one frame, for one server."""
 
     tile: Tile
     server: int
-    pixels: np.ndarray  # uint8 (h, w, 3) crop of the resized frame, top-left part of the window
+    pixels: np.ndarray  # uint8 (h, w, 3) crop of the resized frame, top-left part of the tile
 
 
 @dataclass
@@ -41,8 +57,59 @@ class TileResult:
     compute_s: float = 0.0  # as the server reported it
 
 
+@dataclass(frozen=True)
+class ServerFrameStats:
+    """What one server did for one frame (see ``EncodeStats.per_server``)."""
+
+    name: str
+    tiles: List[int]  # indexes of the tiles it encoded
+    share: float  # its share of the frame's content
+    bytes_up: int
+    bytes_down: int
+    round_trip_s: float  # the slowest of its round trips
+    compute_s: float  # its compute time, all tiles together
+
+
+@dataclass
+class ServerHealth:
+    """One server as the transport sees it now (a snapshot; for diagnostics).
+
+    ``state``: ``ok``, ``error``, ``timeout``, ``disconnected`` or ``unknown``.
+    ``connected`` is False only when the transport knows the server cannot be reached.
+    The ``last_*`` times are those of the last good reply (``None`` before the first);
+    ``last_ok_time`` is its ``time.time()``."""
+
+    name: str
+    endpoint: str = ""
+    state: str = "unknown"
+    connected: bool = True
+    curve: bool = False
+    last_latency_s: Optional[float] = None
+    last_compute_s: Optional[float] = None
+    last_queue_s: Optional[float] = None
+    consecutive_failures: int = 0
+    requests: int = 0
+    replies: int = 0
+    errors: int = 0
+    timeouts: int = 0
+    late_replies: int = 0
+    last_error: str = ""
+    last_ok_time: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class ServerInfoReply:
+    """One server's answer to ``info``, as the edge got it: the edge's name and endpoint for
+    that server, then the server's :class:`~.service.ServerInfo`, or why there is none."""
+
+    name: str
+    endpoint: str
+    info: Optional[ServerInfo] = None
+    error: str = ""
+
+
 class RemoteEncodeError(RuntimeError):
-    """Some windows of a frame could not be encoded; names the servers at fault."""
+    """Some tiles of a frame could not be encoded; names the servers at fault."""
 
     def __init__(self, message: str, servers: Sequence[str] = ()):
         super().__init__(message)
@@ -50,8 +117,10 @@ class RemoteEncodeError(RuntimeError):
 
 
 class Transport(abc.ABC):
-    """Sends a frame's window jobs to the servers and returns their tokens."""
+    """Sends a frame's tile jobs to the servers of one model and returns their tokens."""
 
+    #: the model every server runs: its spec goes into each request, its width sizes each reply
+    geometry: SamGeometry
     #: wire precision of the returned tokens: float32, float16 or int8
     token_dtype: str = "float16"
 
@@ -61,16 +130,25 @@ class Transport(abc.ABC):
         """Human-readable name of each server, by index (used in errors and diagnostics)."""
 
     @abc.abstractmethod
-    def encode(self, jobs: Sequence[TileJob], model: str, mode: str, timeout_s: float) -> List[TileResult]:
+    def encode(self, jobs: Sequence[TileJob], mode: str, timeout_s: float) -> List[TileResult]:
         """Encode all jobs (concurrently where possible); results in job order.
 
         Raises :class:`RemoteEncodeError` naming the servers that failed or
         missed the deadline.
         """
 
-    def health(self) -> List[Dict]:
-        """Per-server health for diagnostics (name, state, last latency...)."""
-        return [{"name": n, "state": "unknown"} for n in self.server_names]
+    @abc.abstractmethod
+    def health(self) -> List[ServerHealth]:
+        """Each server's health, by index (safe to call from any thread)."""
+
+    @abc.abstractmethod
+    def info(self, timeout_s: float = 2.0) -> List[ServerInfoReply]:
+        """Ask every server about itself; one reply per server, by index."""
+
+    def wait_connected(self, timeout_s: float = 10.0) -> bool:
+        """Wait until every server can be reached; False on timeout.  ``0`` only refreshes the
+        connection states.  Servers in this process are always reachable."""
+        return True
 
     def close(self) -> None:
         pass
@@ -82,77 +160,54 @@ class Transport(abc.ABC):
         self.close()
 
 
-def read_encode_request(frames, model: str) -> EncodeRequest:
-    """Decode and validate one encode request for a server running ``model``.
-
-    Raises :class:`WireError` (whose ``code`` goes into the error reply)."""
-    return check_encode_request(*decode_message(frames), model)
-
-
-def check_encode_request(header: dict, arrays, model: str) -> EncodeRequest:
-    """Validate an already decoded encode request for a server running ``model``."""
-    req = parse_encode_request(header, arrays)
-    if req.model != model:
-        raise WireError("wrong_model", f"this server runs {model}, the request is for {req.model}")
-    if req.mode not in MODES:
-        raise WireError("bad_mode", f"unknown mode {req.mode!r} (servers run {list(MODES)})")
-    return req
-
-
-def run_encode(stage, req: EncodeRequest, queue_s: float = 0.0) -> List:
-    """What a remote server computes for a valid request: the reply frames.
-
-    Shared by the in-process transport and the ZeroMQ server."""
-    t0 = time.perf_counter()
-    tokens = stage.encode_tile(req.pixels, req.tile, req.mode).cpu().numpy()
-    compute_s = time.perf_counter() - t0
-    return encode_message(
-        {"type": "encoded", "id": req.id, "timing": {"compute_s": compute_s, "queue_s": queue_s}},
-        pack_tokens(tokens, req.reply_dtype),
-    )
-
-
 class LocalTransport(Transport):
-    """Runs one or more :class:`RemoteStage` in this process, one window at a time.
+    """Runs one :class:`RemoteStage` in this process for every "server", one tile at a time.
 
-    With a single stage every "server" shares it (same weights, as with real
-    servers that load the same checkpoint); the byte counts and token precision
-    still go through the real wire codec.
+    Every server shares the stage (same weights, as with real servers that load
+    the same checkpoint); the byte counts and token precision still go through
+    the real wire codec and encode service.
     """
 
-    def __init__(self, stages, num_servers: Optional[int] = None, token_dtype: str = "float32",
+    def __init__(self, stage: RemoteStage, num_servers: Optional[int] = None, token_dtype: str = "float32",
                  names: Optional[Sequence[str]] = None):
-        self.stages = list(stages) if isinstance(stages, (list, tuple)) else [stages]
-        self.num_servers = num_servers or (len(names) if names else len(self.stages))
+        self.stage = stage
+        self.geometry = stage.geometry
+        self.num_servers = num_servers or (len(names) if names else 1)
         if names is not None and len(names) != self.num_servers:
             raise ValueError(f"{len(names)} names for {self.num_servers} servers")
         self._names = list(names) if names is not None else [f"local-{i}" for i in range(self.num_servers)]
         self.token_dtype = token_dtype
-        self._stats: List[Dict] = [{"name": n, "state": "ok", "requests": 0} for n in self._names]
+        self._health = [ServerHealth(n, "in-process", "ok") for n in self._names]
+        self._started = time.time()
 
     @property
     def server_names(self) -> List[str]:
         return list(self._names)
 
-    def encode(self, jobs, model, mode, timeout_s=60.0):
+    def encode(self, jobs, mode, timeout_s=60.0):
+        model = self.geometry.spec
         out = []
         for job in jobs:
-            stage = self.stages[job.server % len(self.stages)]
             t0 = time.perf_counter()
             req = EncodeRequest(new_request_id(), model, mode, job.tile, job.pixels,
                                 int(timeout_s * 1000), self.token_dtype)
-            up = make_encode_request(req)
-            up_copy = [bytes(f) for f in up]  # what would cross the wire
-            reply = run_encode(stage, read_encode_request(up_copy, model))
-            reply_copy = [bytes(f) for f in reply]
-            header, arrays = decode_message(reply_copy, max_total_bytes=1 << 31)
+            up = [bytes(f) for f in make_encode_request(req)]  # what would cross the wire
+            down = [bytes(f) for f in run_encode(self.stage, read_encode_request(up, model))]
+            header, arrays = decode_message(down, max_total_bytes=1 << 31)
             h, w = job.tile.token_shape
-            tokens = unpack_tokens(arrays, (h, w, stage.geometry.embed_dim))
-            out.append(TileResult(job.tile, job.server, tokens, frames_nbytes(up_copy),
-                                    frames_nbytes(reply_copy), time.perf_counter() - t0,
-                                    header.get("timing", {}).get("compute_s", 0.0)))
-            self._stats[job.server]["requests"] += 1
+            reply = read_encoded_reply(header, arrays, (h, w, self.geometry.embed_dim))
+            out.append(TileResult(job.tile, job.server, reply.tokens, frames_nbytes(up), frames_nbytes(down),
+                                  time.perf_counter() - t0, reply.compute_s or 0.0))
+            self._health[job.server].requests += 1
+            self._health[job.server].replies += 1
         return out
 
-    def health(self):
-        return [dict(s) for s in self._stats]
+    def health(self) -> List[ServerHealth]:
+        return [dataclasses.replace(h) for h in self._health]
+
+    def info(self, timeout_s: float = 2.0) -> List[ServerInfoReply]:
+        uptime = time.time() - self._started
+        return [ServerInfoReply(h.name, h.endpoint,
+                                ServerInfo.describe(self.geometry, h.name, "(in memory)",
+                                                    requests_served=h.requests, uptime_s=uptime))
+                for h in self._health]

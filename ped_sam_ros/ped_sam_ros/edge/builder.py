@@ -57,10 +57,8 @@ def zmq_transport(config: EdgeConfig) -> Transport:
     """One DEALER per configured server (CurveZMQ when keys are configured)."""
     from ped_sam_ros.net.zmq_client import ZmqTransport
 
-    keys = [str(config.server_public_key(s.name)) for s in config.servers] if config.curve else None
-    return ZmqTransport([s.endpoint for s in config.servers], names=config.server_names,
-                        token_dtype=config.wire_precision,
-                        client_secret_key=config.client_secret_key or None, server_public_keys=keys)
+    return ZmqTransport(config.server_addresses(), get_geometry(config.model), token_dtype=config.wire_precision,
+                        client_secret_key=config.client_secret_key or None)
 
 
 def build_pipeline(config: EdgeConfig, transport: Optional[Transport] = None,

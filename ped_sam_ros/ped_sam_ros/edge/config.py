@@ -11,11 +11,12 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 from ped_sam_ros.core.geometry import Partition, PartitionError
 from ped_sam_ros.core.model import MODES, get_geometry
 from ped_sam_ros.core.pipeline import AmgOptions
+from ped_sam_ros.core.transport import ServerAddress
 from ped_sam_ros.core.wire import TOKEN_DTYPES
 from ped_sam_ros.net.curve import NAME_RE
 
@@ -27,17 +28,9 @@ class ConfigError(ValueError):
     """An edge configuration that cannot run; the message lists every problem."""
 
 
-@dataclass(frozen=True)
-class RemoteServer:
-    """One remote encoder server: a name (used in logs, diagnostics and key file
-    names) and the ZeroMQ endpoint its ROUTER binds."""
-
-    name: str
-    endpoint: str
-
-
-def parse_servers(entries: Sequence[str]) -> List[RemoteServer]:
-    """``["NAME=ENDPOINT", ...]`` (or bare endpoints, named ``remote0``...)."""
+def parse_servers(entries: Sequence[str]) -> List[ServerAddress]:
+    """``["NAME=ENDPOINT", ...]`` (or bare endpoints, named ``remote0``...); no public keys
+    (:meth:`EdgeConfig.server_addresses` adds them)."""
     out = []
     for i, entry in enumerate(entries):
         entry = str(entry).strip()
@@ -50,7 +43,7 @@ def parse_servers(entries: Sequence[str]) -> List[RemoteServer]:
         if not ENDPOINT_RE.fullmatch(endpoint):
             raise ConfigError(f"server entry {entry!r}: endpoint {endpoint!r} must look like tcp://HOST:PORT "
                               f"or ipc://PATH")
-        out.append(RemoteServer(name, endpoint))
+        out.append(ServerAddress(name, endpoint))
     names = [s.name for s in out]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
@@ -58,13 +51,13 @@ def parse_servers(entries: Sequence[str]) -> List[RemoteServer]:
     return out
 
 
-def format_servers(servers: Sequence[RemoteServer]) -> List[str]:
+def format_servers(servers: Sequence[ServerAddress]) -> List[str]:
     return [f"{s.name}={s.endpoint}" for s in servers]
 
 
 def parse_assignment(text: str, server_names: Sequence[str]) -> Optional[List[int]]:
     """``"auto"`` (None: round robin keeping neighbours apart) or one server per
-    window in row-major order, by index or name: ``"0,1,2,3"``, ``"a b b a"``."""
+    tile in row-major order, by index or name: ``"0,1,2,3"``, ``"a b b a"``."""
     text = str(text).strip()
     if text.lower() in ("", "auto"):
         return None
@@ -95,7 +88,7 @@ class EdgeConfig:
     mode: str = "paper"
     grid: str = "2x2"
     aligned_cuts: bool = True
-    servers: List[RemoteServer] = field(default_factory=list)
+    servers: List[ServerAddress] = field(default_factory=list)
     assignment: Optional[List[int]] = None  # None: automatic
     allow_adjacent: bool = False
     max_share: float = 1.0
@@ -128,6 +121,12 @@ class EdgeConfig:
         if not self.server_public_keys_dir:
             return None
         return Path(self.server_public_keys_dir).expanduser() / f"{name}.key"
+
+    def server_addresses(self) -> List[ServerAddress]:
+        """The servers, each with its public key file when CurveZMQ is on."""
+        if not self.curve:
+            return list(self.servers)
+        return [dataclasses.replace(s, public_key=str(self.server_public_key(s.name))) for s in self.servers]
 
     # --------------------------------------------------------------- validation
 
@@ -168,7 +167,7 @@ class EdgeConfig:
                 errs.append(f"assignment: {e}")
             unused = sorted(set(range(n)) - set(assign))
             if unused and len(assign) == len(part):
-                errs.append(f"servers {[self.servers[i].name for i in unused]} serve no window of the "
+                errs.append(f"servers {[self.servers[i].name for i in unused]} serve no tile of the "
                             f"{part.name} grid: remove them or change the grid/assignment")
         if not 0.0 < self.max_share <= 1.0:
             errs.append(f"max_share must be in (0, 1], got {self.max_share}")

@@ -234,7 +234,7 @@ class Evaluation:
                         row = dict(config=c.name, spec=c.spec, image=name, reference=False, note="")
                         row.update(fid.compare(ref, pred, image, s.amg_points, amg_opts, run_amg))
                         fidelity_rows.append(row)
-                        comp = [p["compute_s"] for p in st.per_server]
+                        comp = [p.compute_s for p in st.per_server]
                         measured_rows.append(dict(
                             config=c.name, spec=c.spec, image=name,
                             server_compute_max_s=max(comp) if comp else 0.0,

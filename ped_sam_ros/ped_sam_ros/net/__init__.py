@@ -1,1 +1,1 @@
-"""Network adapters of the edge (ZeroMQ client, CurveZMQ key handling); no ROS here."""
+"""ZeroMQ adapters: Curve key files (shared with the server, ``remote_node``) and the edge's client."""

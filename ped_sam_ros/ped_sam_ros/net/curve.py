@@ -1,22 +1,24 @@
-"""CurveZMQ key files: loading what ``zmq.auth.create_certificates`` wrote.
+"""CurveZMQ key files and endpoint locality: what the edge client and the server both need.
 
-One copy of these loaders, used by the edge client (``zmq_client``) and the
-remote server (``remote_node``).  A key pair is two files: ``NAME.key`` (public
-key only, safe to hand out) and ``NAME.key_secret`` (public and secret key;
-keep it private, chmod 600).  Keys live outside the repository and are passed
-by path.  :func:`is_local_endpoint` says when Curve is needed at all.
+A key pair is two files written by ``zmq.auth.create_certificates``: ``NAME.key``
+(public key only, safe to hand out) and ``NAME.key_secret`` (public and secret
+key; keep it private, chmod 600).  Keys live outside the repository and are
+passed by path.  This module reads them (one copy of the checks, used by the
+edge's ``zmq_client`` and by ``remote_node``, which imports it: imports point
+from the server to ``ped_sam_ros``, never back), and :func:`is_local_endpoint`
+says when Curve is needed at all.  Making key pairs and reading a server's
+authorized-keys directory belong to the server (``remote_node.keys``).
 """
 
 from __future__ import annotations
 
-import glob
 import ipaddress
 import logging
 import os
 import re
 import stat
 from pathlib import Path
-from typing import List, Tuple, Union
+from typing import Optional, Tuple, Union
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +48,9 @@ def _check_z85_key(p: Path, which: str, key: bytes) -> None:
         raise CurveKeyError(f"{p}: the {which} key is not a 40-character Z85 Curve key")
 
 
-def _load(path: PathLike):
+def load_certificate(path: PathLike) -> Tuple[Path, bytes, Optional[bytes]]:
+    """(path, public, secret) Z85 keys of a certificate file, checked; ``secret`` is None (or
+    empty) for a public ``NAME.key``.  Raises :class:`CurveKeyError` naming the file."""
     import zmq.auth
 
     p = Path(path)
@@ -68,7 +72,7 @@ def _load(path: PathLike):
 
 def load_public_key(path: PathLike) -> bytes:
     """The Z85 public key from a ``.key`` (or ``.key_secret``) file."""
-    return _load(path)[1]
+    return load_certificate(path)[1]
 
 
 def load_secret_pair(path: PathLike) -> Tuple[bytes, bytes]:
@@ -76,7 +80,7 @@ def load_secret_pair(path: PathLike) -> Tuple[bytes, bytes]:
 
     Warns when the file is readable by group or others.
     """
-    p, public, secret = _load(path)
+    p, public, secret = load_certificate(path)
     if not secret:
         raise CurveKeyError(f"{p} holds no secret key: pass the NAME.key_secret file, not NAME.key")
     try:
@@ -87,32 +91,6 @@ def load_secret_pair(path: PathLike) -> Tuple[bytes, bytes]:
     except OSError:
         pass
     return public, secret
-
-
-def load_authorized_keys(directory: PathLike) -> List[Tuple[Path, bytes]]:
-    """Check every ``*.key`` file of an authorized-keys directory: (path, public key) each.
-
-    The files are the ones pyzmq's authenticator reads (``glob(DIR/*.key)``).  That
-    authenticator trusts *no* key at all when one file in the directory is unreadable
-    (it only logs), so each file is checked here first: a bad file raises
-    :class:`CurveKeyError` naming it, and so does a directory without any ``*.key``.
-    """
-    d = Path(directory)
-    if not d.is_dir():
-        raise CurveKeyError(f"authorized keys directory {d} does not exist or is not a directory")
-    # exactly pyzmq's pattern (unescaped), so both see the same files
-    files = sorted(glob.glob(os.path.join(str(d), "*.key")))
-    if not files:
-        raise CurveKeyError(f"authorized keys directory {d} holds no client public keys (*.key files): "
-                            f"no client could connect")
-    keys = []
-    for f in files:
-        p, public, secret = _load(f)
-        if secret:
-            log.warning("authorized key file %s also holds a secret key: only the public NAME.key file "
-                        "belongs there", p)
-        keys.append((p, public))
-    return keys
 
 
 def is_local_endpoint(endpoint: str) -> bool:

@@ -23,6 +23,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from ped_sam_ros.core import wire
+from ped_sam_ros.core.transport import ServerAddress
 
 from helpers import PKG_DIR as REPO
 STARTUP_TIMEOUT_S = 90.0  # a loaded 2-core machine imports torch slowly
@@ -89,6 +90,12 @@ class ServerProcess:
             return self.log_path.read_text(errors="replace")[-4000:]
         except OSError:
             return ""
+
+    @property
+    def address(self) -> ServerAddress:
+        """How the edge reaches this server (once it is ready)."""
+        assert self.endpoint, "wait_ready() first"
+        return ServerAddress(self.name, self.endpoint)
 
     @property
     def alive(self) -> bool:
@@ -235,13 +242,13 @@ def header_frame(**fields) -> bytes:
     return json.dumps(fields).encode()
 
 
-def pixels_for(window, seed: int = 0) -> np.ndarray:
-    h, w = window.pixel_shape
+def pixels_for(tile, seed: int = 0) -> np.ndarray:
+    h, w = tile.pixel_shape
     return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
 
 
 # ---------------------------------------------------------------------------
-# RemoteServer in this process (for seams a child process does not offer)
+# EncoderServer in this process (for seams a child process does not offer)
 
 
 class BlockingStage:
@@ -262,12 +269,12 @@ class BlockingStage:
     def release(self) -> None:
         self._release.set()
 
-    def encode_tile(self, pixels, window, mode):
+    def encode_tile(self, pixels, tile, mode):
         self.calls += 1
         self.started.set()
         if not self._release.wait(self.hold_s):
             raise RuntimeError("BlockingStage: the test never released the compute")
-        return self.inner.encode_tile(pixels, window, mode)
+        return self.inner.encode_tile(pixels, tile, mode)
 
 
 class FailingStage:
@@ -277,23 +284,25 @@ class FailingStage:
         self.geometry = stage.geometry
         self.calls = 0
 
-    def encode_tile(self, pixels, window, mode):
+    def encode_tile(self, pixels, tile, mode):
         self.calls += 1
         raise RuntimeError(f"stage failure #{self.calls}")
 
 
 class InProcessServer:
-    """``RemoteServer(...)`` with ``serve_forever`` in a thread; a context manager.
+    """``EncoderServer(...)`` with ``serve_forever`` in a thread; a context manager.
+
+    ``options``: :class:`remote_node.server.ServerOptions` fields.
 
     Leaving the block releases a :class:`BlockingStage` first, so no test can
     leave the compute thread stuck.
     """
 
-    def __init__(self, model: str, stage, **kwargs):
-        from remote_node.server import RemoteServer
+    def __init__(self, model: str, stage, **options):
+        from remote_node.server import EncoderServer, ServerOptions
 
         self.stage = stage
-        self.server = RemoteServer("tcp://127.0.0.1:*", model, None, stage=stage, **kwargs)
+        self.server = EncoderServer("tcp://127.0.0.1:*", model, options=ServerOptions(**options), stage=stage)
         self.endpoint = self.server.endpoint
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self.server.serve_forever, args=(self._stop,), daemon=True)

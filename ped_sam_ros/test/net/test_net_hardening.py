@@ -21,8 +21,9 @@ from helpers.net import (REPO, BlockingStage, FailingStage, FakeRouter, InProces
 
 from ped_sam_ros.core import wire
 from ped_sam_ros.core.geometry import Tile
-from ped_sam_ros.core.model import RemoteStage
-from ped_sam_ros.core.transport import RemoteEncodeError, TileJob
+from ped_sam_ros.core.model import RemoteStage, get_geometry
+from ped_sam_ros.core.service import ServerInfo
+from ped_sam_ros.core.transport import RemoteEncodeError, ServerAddress, TileJob
 from ped_sam_ros.core.wire import EncodeRequest, make_encode_request
 
 SMALL = Tile(0, 0, 0, 0, 2, 0, 2)  # 2x2 tokens (32x32 px)
@@ -47,8 +48,8 @@ def keys(tmp_path_factory):
     return dict(server_pub=server_pub, server_sec=server_sec, edge_pub=edge_pub, edge_sec=edge_sec)
 
 
-def request(rid, window=SMALL, seed=0, budget_ms=60000):
-    return make_encode_request(EncodeRequest(rid, TINY_B, "exact", window, pixels_for(window, seed), budget_ms,
+def request(rid, tile=SMALL, seed=0, budget_ms=60000):
+    return make_encode_request(EncodeRequest(rid, TINY_B, "exact", tile, pixels_for(tile, seed), budget_ms,
                                              "float32"))
 
 
@@ -106,8 +107,8 @@ def test_transport_with_bad_key_file_raises_promptly(case, keys, tmp_path):
 
     # a plaintext server first, so a socket already exists when the second one fails
     finished, value = run_bounded(lambda: ZmqTransport(
-        ["tcp://127.0.0.1:1", "tcp://127.0.0.1:2"], names=["plain", "curvy"], client_secret_key=client_secret,
-        server_public_keys=[None, server_public]))
+        [ServerAddress("plain", "tcp://127.0.0.1:1"), ServerAddress("curvy", "tcp://127.0.0.1:2", server_public)],
+        TINY_B, client_secret_key=client_secret))
     assert finished, f"ZmqTransport() hung with a bad key file ({case})"
     assert isinstance(value, CurveKeyError), value
     assert expect in str(value) and "curvy" in str(value), str(value)
@@ -118,15 +119,15 @@ def test_transport_with_bad_key_file_raises_promptly(case, keys, tmp_path):
 
 
 def _server_with_keys(stage, keys, authorized_dir):
-    from remote_node.server import RemoteServer
+    from remote_node.server import EncoderServer, ServerOptions
 
-    return RemoteServer("tcp://127.0.0.1:*", TINY_B, None, server_secret_key=keys["server_sec"],
-                        authorized_keys_dir=authorized_dir, stage=stage)
+    options = ServerOptions(server_secret_key=keys["server_sec"], authorized_keys_dir=authorized_dir)
+    return EncoderServer("tcp://127.0.0.1:*", TINY_B, options=options, stage=stage)
 
 
 @pytest.mark.parametrize("bad", ["garbage", "no_public_key", "short_key", "directory", "empty_dir", "only_secrets"])
 def test_server_refuses_bad_authorized_keys_dir(bad, stage, keys, tmp_path):
-    from remote_node.server import ServerConfigError
+    from remote_node.policy import ServerConfigError
 
     d = tmp_path / "authorized"
     d.mkdir()
@@ -255,12 +256,14 @@ def test_lowered_max_message_bytes_bounds_the_whole_message(stage, ctx):
 
 
 def test_server_limits_are_validated(stage):
-    from remote_node.server import RemoteServer, ServerConfigError
+    from remote_node.policy import ServerConfigError
+    from remote_node.server import EncoderServer, ServerOptions
 
     for kwargs, match in (({"max_message_bytes": 0}, "max_message_bytes"), ({"max_queued": 0}, "max_queued"),
-                          ({"max_queued_bytes": 1000, "max_message_bytes": 2000}, "at least")):
+                          ({"max_queued_bytes": 1000, "max_message_bytes": 2000}, "at least"),
+                          ({"max_queued": True}, "max_queued")):
         with pytest.raises(ServerConfigError, match=match):
-            RemoteServer("tcp://127.0.0.1:*", TINY_B, None, stage=stage, **kwargs)
+            EncoderServer("tcp://127.0.0.1:*", TINY_B, options=ServerOptions(**kwargs), stage=stage)
 
 
 # ---------------------------------------------------------------------------
@@ -335,37 +338,57 @@ def test_budget_counts_from_arrival_while_held_behind_a_compute(stage, ctx):
 # Finding: info() let a reply overwrite the client's own fields; unreadable replies escaped
 
 
-def test_info_keeps_the_clients_own_fields(ctx):
+def _info_from(ctx, reply):
+    """The one ServerInfoReply a client gets from a fake server answering with ``reply(header)``."""
     from ped_sam_ros.net.zmq_client import ZmqTransport
 
-    def reply(h):
-        return wire.encode_message({"type": "info", "id": h.get("id"), "name": "fake-srv", "model": TINY_B,
-                                    "endpoint": "tcp://spoofed:1", "error": "spoofed", "server_name": "spoofed"})
-
     with FakeRouter(ctx, reply) as fake:
-        t = ZmqTransport([fake.endpoint], names=["mine"])
+        t = ZmqTransport([ServerAddress("mine", fake.endpoint)], TINY_B)
         try:
             assert t.wait_connected(WAIT_S)
-            (info,) = t.info(WAIT_S)
+            (got,) = t.info(WAIT_S)
         finally:
             t.close()
-    assert info["name"] == "mine" and info["endpoint"] == fake.endpoint
-    assert info["server_name"] == "fake-srv" and info["model"] == TINY_B
-    assert "error" not in info, info
+    return fake, got
+
+
+def test_info_keeps_the_clients_own_fields(ctx):
+    real = ServerInfo.describe(get_geometry(TINY_B), "fake-srv", "x.pth").to_header()
+
+    def reply(h):
+        return wire.encode_message(dict(real, id=h.get("id"), endpoint="tcp://spoofed:1", error="spoofed",
+                                        server_name="spoofed", future_field=[1, 2]))
+
+    fake, got = _info_from(ctx, reply)
+    assert (got.name, got.endpoint, got.error) == ("mine", fake.endpoint, "")
+    assert got.info is not None and (got.info.name, got.info.model) == ("fake-srv", TINY_B)
+    assert got.info == ServerInfo.from_header(real)
+
+
+@pytest.mark.parametrize("field,value", [("model", None), ("embed_dim", "32"), ("curve", 1), ("modes", "paper"),
+                                         ("remote_blocks", {"paper": ["0"]}), ("requests_served", True)])
+def test_info_reply_with_a_missing_or_mistyped_field_is_an_error(ctx, field, value):
+    real = ServerInfo.describe(get_geometry(TINY_B), "fake-srv", "x.pth").to_header()
+    odd = {k: v for k, v in real.items() if k != field}
+    if value is not None:
+        odd[field] = value
+
+    _, got = _info_from(ctx, lambda h: wire.encode_message(dict(odd, id=h.get("id"))))
+    assert got.info is None and "bad info reply" in got.error and repr(field) in got.error, got
 
 
 def test_client_reports_unreadable_reply_headers(ctx):
     from ped_sam_ros.net.zmq_client import ZmqTransport
 
     with FakeRouter(ctx, lambda h: [HUGE_INT_HEADER]) as fake:
-        t = ZmqTransport([fake.endpoint], names=["odd"], token_dtype="float32")
+        t = ZmqTransport([ServerAddress("odd", fake.endpoint)], TINY_B, token_dtype="float32")
         try:
             assert t.wait_connected(WAIT_S)
             (info,) = t.info(WAIT_S)
-            assert "unreadable reply" in info.get("error", ""), info
+            assert info.info is None and "unreadable reply" in info.error, info
             job = TileJob(SMALL, 0, pixels_for(SMALL))
             with pytest.raises(RemoteEncodeError, match="unreadable reply") as ei:
-                t.encode([job], TINY_B, "exact", WAIT_S)
+                t.encode([job], "exact", WAIT_S)
             assert ei.value.servers == ["odd"] and "bad_header" in str(ei.value)
         finally:
             t.close()

@@ -6,9 +6,8 @@ serving; an oversized frame is dropped by libzmq and the server keeps serving;
 CurveZMQ with an authorized and an unknown client key; ``ped-sam-keys``.
 """
 
+import dataclasses
 import json
-import os
-import signal
 import stat
 import subprocess
 import sys
@@ -17,14 +16,13 @@ import time
 
 import numpy as np
 import pytest
-import torch
 import zmq
 
 from helpers import TINY_B
 from helpers.net import REPO, RawClient, ServerProcess, checkpoint_args, header_frame, pixels_for, server_env
 
 from ped_sam_ros.core import wire
-from ped_sam_ros.core.geometry import Partition, Tile
+from ped_sam_ros.core.geometry import Tile
 from ped_sam_ros.core.model import RemoteStage, random_sam
 from ped_sam_ros.core.wire import EncodeRequest, make_encode_request
 
@@ -238,30 +236,34 @@ def test_budget_counts_from_arrival_while_queued(client):
 
 
 def test_in_process_server_in_a_thread(tiny_b_checkpoint, stage):
-    """RemoteServer used as a library: serve_forever in a thread, stopped by its event."""
-    from remote_node.server import RemoteServer
-    from ped_sam_ros.core.transport import TileJob
+    """EncoderServer used as a library: serve_forever in a thread, stopped by its event."""
+    from remote_node.server import EncoderServer, ServerOptions
+    from ped_sam_ros.core.transport import ServerAddress, TileJob
     from ped_sam_ros.net.zmq_client import ZmqTransport
 
-    srv = RemoteServer("tcp://127.0.0.1:*", TINY_B, tiny_b_checkpoint, name="in-thread")
+    srv = EncoderServer("tcp://127.0.0.1:*", TINY_B, tiny_b_checkpoint, ServerOptions(name="in-thread"))
     stop = threading.Event()
     th = threading.Thread(target=srv.serve_forever, args=(stop,), daemon=True)
     th.start()
-    t = ZmqTransport([srv.endpoint], names=["lib"], token_dtype="int8")
+    t = ZmqTransport([ServerAddress("lib", srv.endpoint)], TINY_B, token_dtype="int8")
     try:
         assert t.wait_connected(REPLY_TIMEOUT_S)
         job = TileJob(SMALL, 0, pixels_for(SMALL, 3))
-        (res,) = t.encode([job], TINY_B, "paper", REPLY_TIMEOUT_S)
+        (res,) = t.encode([job], "paper", REPLY_TIMEOUT_S)
         want = stage.encode_tile(job.pixels, SMALL, "paper").numpy()
         step = np.abs(want).max(axis=-1, keepdims=True) / 127
         assert np.all(np.abs(res.tokens - want) <= 0.5 * step + 1e-6)  # int8: half a step per token
         assert res.bytes_down > wire.token_bytes(4, 32, "int8") and res.bytes_up > 32 * 32 * 3
         assert res.compute_s > 0 and res.round_trip_s >= res.compute_s
-        (info,) = t.info(REPLY_TIMEOUT_S)
-        assert info["server_name"] == "in-thread" and info["requests_served"] == 1
+        (reply,) = t.info(REPLY_TIMEOUT_S)
+        assert (reply.name, reply.error) == ("lib", "")
+        assert (reply.info.name, reply.info.requests_served, reply.info.checkpoint) == ("in-thread", 1,
+                                                                                        tiny_b_checkpoint.name)
+        # the edge's record is the server's own, field for field (the clock moved on in between)
+        assert reply.info == dataclasses.replace(srv.info(), uptime_s=reply.info.uptime_s)
         h = t.health()[0]
-        assert (h["name"], h["state"], h["requests"], h["replies"]) == ("lib", "ok", 1, 1)
-        assert h["last_latency_s"] > 0 and h["last_compute_s"] > 0 and h["last_queue_s"] >= 0
+        assert (h.name, h.state, h.requests, h.replies) == ("lib", "ok", 1, 1)
+        assert h.last_latency_s > 0 and h.last_compute_s > 0 and h.last_queue_s >= 0
     finally:
         t.close()
         stop.set()
@@ -271,17 +273,22 @@ def test_in_process_server_in_a_thread(tiny_b_checkpoint, stage):
 
 
 def test_library_config_errors(tiny_b_checkpoint, tmp_path):
-    from remote_node.server import RemoteServer, ServerConfigError
+    from remote_node.policy import ServerConfigError
+    from remote_node.server import EncoderServer, ServerOptions
+    from ped_sam_ros.core.transport import ServerAddress
     from ped_sam_ros.net.zmq_client import ZmqTransport
 
     with pytest.raises(ServerConfigError, match="refusing to bind"):
-        RemoteServer("tcp://0.0.0.0:*", TINY_B, tiny_b_checkpoint)
+        EncoderServer("tcp://0.0.0.0:*", TINY_B, tiny_b_checkpoint)
     with pytest.raises(ServerConfigError, match="both"):
-        RemoteServer("tcp://127.0.0.1:*", TINY_B, tiny_b_checkpoint, server_secret_key=tmp_path / "x.key_secret")
+        EncoderServer("tcp://127.0.0.1:*", TINY_B, tiny_b_checkpoint,
+                      ServerOptions(server_secret_key=tmp_path / "x.key_secret"))
+    with pytest.raises(ServerConfigError, match="checkpoint path"):
+        EncoderServer("tcp://127.0.0.1:*", TINY_B)
     with pytest.raises(ValueError, match="client secret"):
-        ZmqTransport(["tcp://127.0.0.1:1"], server_public_keys=[str(tmp_path / "server.key")])
+        ZmqTransport([ServerAddress("s", "tcp://127.0.0.1:1", str(tmp_path / "server.key"))], TINY_B)
     with pytest.raises(ValueError, match="unique"):
-        ZmqTransport(["tcp://127.0.0.1:1", "tcp://127.0.0.1:2"], names=["a", "a"])
+        ZmqTransport([ServerAddress("a", "tcp://127.0.0.1:1"), ServerAddress("a", "tcp://127.0.0.1:2")], TINY_B)
 
 
 def test_non_loopback_bind_without_keys_is_refused(tmp_path, tiny_b_checkpoint):
@@ -342,7 +349,7 @@ def test_keys_cli_refuses_overwrite(tmp_path):
 def test_curve_authorized_client_served_unknown_client_refused(ctx, tmp_path):
     from remote_node.keys import create_keypair
     from ped_sam_ros.net.curve import load_public_key, load_secret_pair
-    from ped_sam_ros.core.transport import RemoteEncodeError, TileJob
+    from ped_sam_ros.core.transport import RemoteEncodeError, ServerAddress, TileJob
     from ped_sam_ros.net.zmq_client import ZmqTransport
 
     keys, authorized, strangers = tmp_path / "server", tmp_path / "authorized", tmp_path / "strangers"
@@ -388,22 +395,21 @@ def test_curve_authorized_client_served_unknown_client_refused(ctx, tmp_path):
         assert bad.recv(0.2) is None and plain.recv(0.2) is None
 
         # the edge transport: unknown key -> handshake refused, clear error, fails fast
-        t_bad = ZmqTransport([srv.endpoint], names=["curve-srv"], client_secret_key=str(bad_sec),
-                             server_public_keys=[str(server_pub)], token_dtype="float32")
-        t_good = ZmqTransport([srv.endpoint], names=["curve-srv"], client_secret_key=str(edge_sec),
-                              server_public_keys=[str(server_pub)], token_dtype="float32")
+        address = ServerAddress("curve-srv", srv.endpoint, str(server_pub))
+        t_bad = ZmqTransport([address], TINY_B, token_dtype="float32", client_secret_key=str(bad_sec))
+        t_good = ZmqTransport([address], TINY_B, token_dtype="float32", client_secret_key=str(edge_sec))
         try:
             assert t_good.wait_connected(REPLY_TIMEOUT_S)
             assert not t_bad.wait_connected(1.5)
-            assert "not in its authorized keys" in t_bad.health()[0]["last_error"]
+            assert "not in its authorized keys" in t_bad.health()[0].last_error
             job = TileJob(SMALL, 0, pixels_for(SMALL))
             t0 = time.monotonic()
             with pytest.raises(RemoteEncodeError) as ei:
-                t_bad.encode([job], TINY_B, "exact", timeout_s=5.0)
+                t_bad.encode([job], "exact", timeout_s=5.0)
             assert time.monotonic() - t0 < 1.0
             assert ei.value.servers == ["curve-srv"] and srv.endpoint in str(ei.value)
             assert "authorized keys" in str(ei.value)
-            res = t_good.encode([job], TINY_B, "exact", timeout_s=REPLY_TIMEOUT_S)
+            res = t_good.encode([job], "exact", timeout_s=REPLY_TIMEOUT_S)
             want = stage.encode_tile(job.pixels, SMALL, "exact").numpy()
             np.testing.assert_allclose(res[0].tokens, want, rtol=0, atol=1e-5)
         finally:

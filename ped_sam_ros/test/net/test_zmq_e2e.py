@@ -10,7 +10,6 @@ the edge recovers when the server comes back on the same endpoint.
 import signal
 import time
 
-import numpy as np
 import pytest
 import torch
 
@@ -54,8 +53,7 @@ def transports(servers):
 
     def get(n: int, dtype: str) -> ZmqTransport:
         if (n, dtype) not in made:
-            t = ZmqTransport([s.endpoint for s in servers[:n]], names=[s.name for s in servers[:n]],
-                             token_dtype=dtype)
+            t = ZmqTransport([s.address for s in servers[:n]], TINY_B, token_dtype=dtype)
             made[(n, dtype)] = t
             assert t.wait_connected(30.0), t.health()
         return made[(n, dtype)]
@@ -113,14 +111,14 @@ def test_float32_wire_is_exact(grid, mode, transports, edges, frame, references)
         assert diff_sam <= EXACT_TOL, f"exact mode differs from unmodified SAM by {diff_sam:.3g}"
     else:  # the paper's reordering really is a different function
         assert _max_diff(references["paper"], references["sam"]) > 100 * EXACT_TOL
-    # every server got its windows, bytes counted on both directions
-    windows = sorted(w for s in stats.per_server for w in s["windows"])
-    assert windows == list(range(grid[0] * grid[1]))
-    assert [s["name"] for s in stats.per_server] == transport.server_names
+    # every server got its tiles, bytes counted on both directions
+    tiles = sorted(t for s in stats.per_server for t in s.tiles)
+    assert tiles == list(range(grid[0] * grid[1]))
+    assert [s.name for s in stats.per_server] == transport.server_names
     assert stats.bytes_up >= frame.nbytes and stats.bytes_down >= 64 * 64 * 32 * 4
-    assert all(s["round_trip_s"] > 0 for s in stats.per_server)
+    assert all(s.round_trip_s > 0 for s in stats.per_server)
     health = transport.health()
-    assert all(h["state"] == "ok" and h["consecutive_failures"] == 0 for h in health), health
+    assert all(h.state == "ok" and h.consecutive_failures == 0 for h in health), health
 
 
 @pytest.mark.parametrize("dtype,tol,mode", [("float16", FLOAT16_TOL, "paper"), ("float16", FLOAT16_TOL, "exact"),
@@ -141,23 +139,24 @@ def test_lossy_wire_within_measured_bounds(dtype, tol, mode, transports, edges, 
 
 def test_info_and_health(transports, servers, tiny_b_checkpoint):
     t = transports(N_SERVERS, "float32")
-    infos = t.info(timeout_s=10.0)
-    assert [i["name"] for i in infos] == [s.name for s in servers]
-    for i, s in zip(infos, servers):
-        assert "error" not in i, i
-        assert i["endpoint"] == s.endpoint and i["server_name"] == s.name
-        assert i["model"] == TINY_B and i["protocol"] == wire.PROTOCOL_VERSION and i["checkpoint"] == tiny_b_checkpoint.name
+    replies = t.info(timeout_s=10.0)
+    assert [r.name for r in replies] == [s.name for s in servers]
+    for r, s in zip(replies, servers):
+        assert r.error == "" and r.info is not None, r
+        assert r.endpoint == s.endpoint and r.info.name == s.name
+        assert (r.info.model, r.info.protocol, r.info.checkpoint) == (TINY_B, wire.PROTOCOL_VERSION,
+                                                                      tiny_b_checkpoint.name)
+        assert r.info.embed_dim == t.geometry.embed_dim and set(r.info.modes) == {"paper", "exact"}
     h = t.health()
-    assert list(h[0])[0] == "name"
-    assert {"state", "last_latency_s", "last_compute_s", "consecutive_failures", "requests", "errors",
-            "last_error"} <= set(h[0])
+    assert [x.name for x in h] == [s.name for s in servers]
+    assert all(x.endpoint == s.endpoint and x.connected and x.state == "ok" for x, s in zip(h, servers)), h
 
 
 def test_stopped_server_fails_the_frame_and_edge_recovers(servers, edges, frame, references):
     """SIGSTOP -> deadline miss naming the server; SIGCONT -> stale replies dropped, next frame exact;
     SIGKILL -> fails fast as not connected; restart on the same endpoint -> DEALER reconnects."""
     good, victim = servers[0], servers[2]
-    t = ZmqTransport([good.endpoint, victim.endpoint], names=[good.name, victim.name], token_dtype="float32")
+    t = ZmqTransport([good.address, victim.address], TINY_B, token_dtype="float32")
     enc = DistributedEncoder(edges["paper"], t, Partition.grid(2, 2), timeout_s=FRAME_TIMEOUT_S)
     ref = references["paper"]
     try:
@@ -176,17 +175,17 @@ def test_stopped_server_fails_the_frame_and_edge_recovers(servers, edges, frame,
         assert ei.value.servers == [victim.name]
         msg = str(ei.value)
         assert victim.name in msg and victim.endpoint in msg and "no reply" in msg and good.name not in msg
-        h = {x["name"]: x for x in t.health()}
-        assert h[victim.name]["state"] == "timeout" and h[victim.name]["consecutive_failures"] == 1
-        assert h[good.name]["state"] == "ok"
+        h = {x.name: x for x in t.health()}
+        assert h[victim.name].state == "timeout" and h[victim.name].consecutive_failures == 1
+        assert h[good.name].state == "ok"
 
         # 2. continued: it answers the abandoned requests first; those replies are dropped
         victim.signal(signal.SIGCONT)
         enc.timeout_s = FRAME_TIMEOUT_S
         emb, _ = enc.encode_resized(frame)
         assert _max_diff(emb, ref) <= EXACT_TOL
-        h = {x["name"]: x for x in t.health()}
-        assert h[victim.name]["late_replies"] >= 1 and h[victim.name]["state"] == "ok"
+        h = {x.name: x for x in t.health()}
+        assert h[victim.name].late_replies >= 1 and h[victim.name].state == "ok"
 
         # 3. killed: the connection drops; frames fail fast instead of waiting for the deadline
         victim.kill()
@@ -205,7 +204,7 @@ def test_stopped_server_fails_the_frame_and_edge_recovers(servers, edges, frame,
         assert fast is not None, t.health()
         e, elapsed = fast
         assert e.servers == [victim.name] and victim.endpoint in str(e) and elapsed < 1.0
-        assert {x["name"]: x for x in t.health()}[victim.name]["state"] == "disconnected"
+        assert {x.name: x for x in t.health()}[victim.name].state == "disconnected"
 
         # 4. restarted on the same endpoint: the DEALER reconnects and the next frame is exact
         victim.restart_same_endpoint()
@@ -213,7 +212,7 @@ def test_stopped_server_fails_the_frame_and_edge_recovers(servers, edges, frame,
         enc.timeout_s = FRAME_TIMEOUT_S
         emb, _ = enc.encode_resized(frame)
         assert _max_diff(emb, ref) <= EXACT_TOL
-        assert all(x["state"] == "ok" for x in t.health())
+        assert all(x.state == "ok" for x in t.health())
     finally:
         t.close()
         if not victim.alive:  # leave the module's servers running for any later test

@@ -34,11 +34,11 @@ class _Held:
         held = self
 
         class HeldTransport(LocalTransport):
-            def encode(self, jobs, model, mode, timeout_s=60.0):
+            def encode(self, jobs, mode, timeout_s=60.0):
                 held.entered.set()
                 if not held.gate.wait(WAIT_S):
                     raise RuntimeError("the test never released the encoder")
-                return super().encode(jobs, model, mode, timeout_s)
+                return super().encode(jobs, mode, timeout_s)
 
         return HeldTransport(build_remote_stage(config), token_dtype=config.wire_precision,
                              names=config.server_names)

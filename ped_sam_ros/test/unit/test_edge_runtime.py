@@ -19,8 +19,8 @@ import pytest
 import torch
 
 from ped_sam_ros.core.pipeline import EncodeStats, Instance, ObjectPrompt
-from ped_sam_ros.core.transport import RemoteEncodeError
-from ped_sam_ros.edge import (AmgOptions, ConfigError, EdgeConfig, EdgeRuntime, Frame, RemoteServer,
+from ped_sam_ros.core.transport import RemoteEncodeError, ServerAddress
+from ped_sam_ros.edge import (AmgOptions, ConfigError, EdgeConfig, EdgeRuntime, Frame,
                               build_pipeline, local_transport, parse_assignment, parse_servers, validate_prompts)
 from ped_sam_ros.edge.builder import EdgePipeline
 from ped_sam_ros.edge.params import (PARAMS, RUNTIME_PARAMS, SPECS, config_from_params, defaults,
@@ -34,7 +34,7 @@ pytestmark = pytest.mark.timeout(120)
 
 def _config(**kw) -> EdgeConfig:
     base = dict(model=TINY, random_weights=True, seed=3, grid="1x2",
-                servers=[RemoteServer("left", "tcp://127.0.0.1:1"), RemoteServer("right", "tcp://127.0.0.1:2")])
+                servers=[ServerAddress("left", "tcp://127.0.0.1:1"), ServerAddress("right", "tcp://127.0.0.1:2")])
     base.update(kw)
     return EdgeConfig(**base)
 
@@ -112,8 +112,8 @@ def test_on_set_validation_refuses_read_only_and_bad_values():
 
 def test_servers_and_assignment_parsing():
     s = parse_servers(["a=tcp://127.0.0.1:5601", "tcp://10.0.0.2:5602", "c=ipc:///tmp/c.sock"])
-    assert s == [RemoteServer("a", "tcp://127.0.0.1:5601"), RemoteServer("remote1", "tcp://10.0.0.2:5602"),
-                 RemoteServer("c", "ipc:///tmp/c.sock")]
+    assert s == [ServerAddress("a", "tcp://127.0.0.1:5601"), ServerAddress("remote1", "tcp://10.0.0.2:5602"),
+                 ServerAddress("c", "ipc:///tmp/c.sock")]
     assert parse_assignment("auto", ["a", "b"]) is None
     assert parse_assignment("0, 1;b a", ["a", "b"]) == [0, 1, 1, 0]
     with pytest.raises(ConfigError):
@@ -123,7 +123,7 @@ def test_servers_and_assignment_parsing():
 def test_config_problems_name_each_issue(tmp_path):
     assert "not both" in " ".join(_config(checkpoint=str(tmp_path / "x.pth")).problems())
     assert "does not exist" in " ".join(_config(random_weights=False, checkpoint=str(tmp_path / "x.pth")).problems())
-    four = [RemoteServer(n, f"tcp://127.0.0.1:{i + 1}") for i, n in enumerate("abcd")]
+    four = [ServerAddress(n, f"tcp://127.0.0.1:{i + 1}") for i, n in enumerate("abcd")]
     # 2x2 grid, servers 0 0 1 1: windows 0 and 1 are adjacent and both go to server 0
     errs = _config(grid="2x2", servers=four[:2], assignment=[0, 0, 1, 1]).problems()
     assert any("adjacent" in e for e in errs)
@@ -131,7 +131,7 @@ def test_config_problems_name_each_issue(tmp_path):
     errs = _config(grid="2x2", servers=four, max_share=0.2).problems()
     assert any("above the limit" in e for e in errs)
     errs = _config(grid="1x2", servers=four).problems()
-    assert any("serve no window" in e for e in errs)
+    assert any("serve no tile" in e for e in errs)
     errs = _config(server_public_keys_dir=str(tmp_path)).problems()
     assert any("keys.client_secret" in e for e in errs)
     errs = _config(server_public_keys_dir=str(tmp_path), client_secret_key=str(tmp_path / "edge.key_secret")).problems()
