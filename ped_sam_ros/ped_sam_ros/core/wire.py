@@ -7,12 +7,14 @@ pickled.  Every field is validated before use; violations raise
 :class:`WireError` with a machine-readable ``code`` that the server echoes in
 an error reply.
 
-Header fields (protocol version 1)::
+Header fields (protocol version 2)::
 
   {"v": 2, "type": "encode", "id": "<=64 chars", "model": "vit_b", "mode": "paper",
    "tile": {"rows": [r0, r1], "cols": [c0, c1], "index": 0}, "budget_ms": 2000,
    "reply_dtype": "float16", "tensors": [{"name": "pixels", "dtype": "uint8", "shape": [h, w, 3]}]}
-  {"v": 2, "type": "encoded", "id": ..., "tensors": [{"name": "tokens", ...}, ("scales")],
+  compressed pixels add  "pixels": {"codec": "png" | "jpeg" | "webp", "shape": [h, w, 3]}
+   and send the file bytes as the "pixels" tensor: {"dtype": "uint8", "shape": [n]}
+  {"v": 2, "type": "encoded", "id": ..., "tensors": [{"name": "tokens", ...}, ("scales"), ...],
    "timing": {"queue_s": .., "compute_s": ..}}
   {"v": 2, "type": "info"} -> {"v": 1, "type": "info", "model": .., "modes": [..], ...}
   {"v": 2, "type": "error", "id": ..., "code": "bad_shape", "message": "..."}
@@ -22,7 +24,8 @@ token grid position is ``rows`` / ``cols`` (token units, end exclusive).
 
 Error codes: the codec's own (``empty``, ``too_large``, ``header_too_large``,
 ``bad_header``, ``bad_version``, ``bad_type``, ``bad_id``, ``frame_count``,
-``bad_dtype``, ``bad_shape``, ``bad_length``, ``bad_tile``, ``bad_deadline``),
+``bad_dtype``, ``bad_shape``, ``bad_length``, ``bad_tile``, ``bad_deadline``,
+``bad_pixel_codec``, ``bad_pixels``, ``pixels_too_large``),
 ``bad_reply`` (raised on the edge by :func:`unpack_tokens` for a reply whose
 tokens do not fit the request; never sent by a server), and the server's
 (``wrong_model``, ``bad_mode``, ``deadline_expired``, ``busy``, ``internal``).
@@ -31,8 +34,10 @@ larger frame makes libzmq close the connection without a reply (the client's
 deadline then fires); the codec bounds the whole message.
 
 Pixels go up as uint8 RGB (the resized, unnormalised frame crop, exactly the
-values SAM's preprocessing starts from); tokens come back as float32, float16
-or int8 with one float32 scale per token.
+values SAM's preprocessing starts from), raw or compressed (:attr:`EncodeRequest.pixel_codec`,
+decoded here under strict limits, so a server gets the checks with the request); tokens
+come back in one of :data:`TOKEN_DTYPES` (float32, float16, int8 with one float32 scale
+per token, and the compressed ``q``/``e`` formats of :mod:`.codecs`).
 """
 
 from __future__ import annotations
@@ -45,6 +50,8 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from . import codecs
+from .codecs import CodecError
 from .geometry import PATCH_SIZE, TOKEN_GRID, Tile
 
 PROTOCOL_VERSION = 2  # 2: the request names its "tile" (was "window")
@@ -61,7 +68,9 @@ DTYPES: Dict[str, np.dtype] = {
     "float16": np.dtype("<f2"),
     "float32": np.dtype("<f4"),
 }
-TOKEN_DTYPES = ("float32", "float16", "int8")
+#: token formats a request may ask for (the whole q{b}g{g} / e{k} families decode, see codecs)
+TOKEN_DTYPES = codecs.TOKEN_FORMATS
+PIXEL_CODECS = codecs.PIXEL_CODECS
 MESSAGE_TYPES = ("encode", "encoded", "info", "error")
 
 BytesLike = Union[bytes, bytearray, memoryview]
@@ -183,6 +192,9 @@ class EncodeRequest:
     pixels: np.ndarray
     budget_ms: float
     reply_dtype: str = "float16"
+    #: how the pixels travel: "raw", or e.g. "png", "jpeg:90", "webp:85" (codecs.pixel_codec);
+    #: a parsed request holds the codec's name ("raw", "png", "jpeg", "webp")
+    pixel_codec: str = "raw"
 
 
 def _int_pair(value, name: str) -> Tuple[int, int]:
@@ -196,7 +208,13 @@ def _int_pair(value, name: str) -> Tuple[int, int]:
 
 
 def make_encode_request(req: EncodeRequest) -> List[BytesLike]:
+    """The request's frames; pixels compressed with ``req.pixel_codec`` (an empty crop,
+    in SAM's padding, always goes raw)."""
     w = req.tile
+    try:
+        codec = codecs.pixel_codec(req.pixel_codec)
+    except CodecError as e:
+        raise WireError(e.code, e.message) from None
     header = {
         "type": "encode",
         "id": req.id,
@@ -206,7 +224,35 @@ def make_encode_request(req: EncodeRequest) -> List[BytesLike]:
         "budget_ms": float(req.budget_ms),
         "reply_dtype": req.reply_dtype,
     }
-    return encode_message(header, [("pixels", req.pixels)])
+    pixels = np.asarray(req.pixels)
+    if codec.name == "raw" or 0 in pixels.shape:
+        return encode_message(header, [("pixels", pixels)])
+    data = codecs.encode_pixels(pixels, codec.spec)
+    header["pixels"] = {"codec": codec.name, "shape": list(pixels.shape)}
+    return encode_message(header, [("pixels", np.frombuffer(data, np.uint8))])
+
+
+def _decode_pixels(desc, pixels: np.ndarray, window: Tile) -> Tuple[np.ndarray, str]:
+    """The request's ``pixels`` header object and file bytes -> (decoded RGB, codec name)."""
+    if not isinstance(desc, dict) or set(desc) != {"codec", "shape"}:
+        raise WireError("bad_header", "'pixels' must be an object with exactly 'codec' and 'shape'")
+    codec, shape = desc["codec"], desc["shape"]
+    if codec not in PIXEL_CODECS[1:]:
+        raise WireError("bad_pixel_codec", f"pixel codec {codec!r} is not one of {list(PIXEL_CODECS[1:])}")
+    ph, pw = window.pixel_shape
+    if (not isinstance(shape, list) or len(shape) != 3
+            or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
+            or shape[2] != 3 or not 0 < shape[0] <= ph or not 0 < shape[1] <= pw):
+        raise WireError("bad_shape", f"compressed pixels of shape {shape!r} do not fit the tile's {ph}x{pw}x3 "
+                                     f"pixels (and must not be empty)")
+    if pixels.dtype != DTYPES["uint8"] or pixels.ndim != 1:
+        raise WireError("bad_shape", "compressed pixels travel as a 1-D uint8 tensor")
+    try:
+        rgb = codecs.decode_pixels(codec, pixels, (shape[0], shape[1]),
+                                   max_pixels=min(codecs.MAX_DECODED_PIXELS, ph * pw))
+    except CodecError as e:
+        raise WireError(e.code, e.message) from None
+    return rgb, codec
 
 
 def parse_encode_request(header: dict, arrays: Dict[str, np.ndarray]) -> EncodeRequest:
@@ -233,11 +279,16 @@ def parse_encode_request(header: dict, arrays: Dict[str, np.ndarray]) -> EncodeR
             or not 0 < budget <= 3_600_000):
         raise WireError("bad_deadline", "budget_ms must be a positive number of milliseconds (<= 1 h)")
     reply_dtype = header.get("reply_dtype", "float16")
-    if reply_dtype not in TOKEN_DTYPES:
-        raise WireError("bad_dtype", f"reply_dtype {reply_dtype!r} is not one of {TOKEN_DTYPES}")
+    try:
+        codecs.token_format(reply_dtype)
+    except CodecError as e:
+        raise WireError("bad_dtype", f"reply_dtype: {e.message}") from None
     pixels = arrays.get("pixels")
     if pixels is None or set(arrays) != {"pixels"}:
         raise WireError("bad_header", "an encode request carries exactly one tensor, 'pixels'")
+    codec = "raw"
+    if "pixels" in header:
+        pixels, codec = _decode_pixels(header["pixels"], pixels, window)
     if pixels.dtype != DTYPES["uint8"]:
         raise WireError("bad_dtype", f"pixels must be uint8, got {pixels.dtype}")
     ph, pw = window.pixel_shape
@@ -246,7 +297,7 @@ def parse_encode_request(header: dict, arrays: Dict[str, np.ndarray]) -> EncodeR
             "bad_shape",
             f"pixels of shape {list(pixels.shape)} do not fit the window's {ph}x{pw}x3 pixels",
         )
-    return EncodeRequest(rid, model, mode, window, pixels, float(budget), reply_dtype)
+    return EncodeRequest(rid, model, mode, window, pixels, float(budget), reply_dtype, codec)
 
 
 # ---------------------------------------------------------------------------
@@ -254,46 +305,35 @@ def parse_encode_request(header: dict, arrays: Dict[str, np.ndarray]) -> EncodeR
 
 
 def pack_tokens(tokens: np.ndarray, dtype: str) -> List[Tuple[str, np.ndarray]]:
-    """(h, w, C) float tokens -> named arrays for the reply, in ``dtype``.
+    """(h, w, C) float tokens -> named arrays for the reply, in format ``dtype``
+    (one of :data:`TOKEN_DTYPES` or its families; see :mod:`.codecs`).
 
     ``int8`` quantises each token symmetrically with its own float32 scale
     (max |value| / 127), so a token's error is at most half a step of its own range.
     """
-    tokens = np.asarray(tokens, dtype=np.float32)
-    if dtype == "float32":
-        return [("tokens", tokens)]
-    if dtype == "float16":
-        return [("tokens", tokens.astype(np.float16))]
-    if dtype == "int8":
-        scale = np.abs(tokens).max(axis=-1) / 127.0
-        scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
-        q = np.clip(np.rint(tokens / scale[..., None]), -127, 127).astype(np.int8)
-        return [("tokens", q), ("scales", scale)]
-    raise WireError("bad_dtype", f"token dtype {dtype!r} is not one of {TOKEN_DTYPES}")
+    try:
+        return codecs.pack_tokens(tokens, dtype)
+    except CodecError as e:
+        raise WireError(e.code, e.message) from None
 
 
-def unpack_tokens(arrays: Dict[str, np.ndarray], expected_shape: Tuple[int, int, int]) -> np.ndarray:
-    """Reply arrays -> (h, w, C) float32 tokens, checking the shape the edge expects."""
-    tokens = arrays.get("tokens")
-    if tokens is None:
-        raise WireError("bad_reply", "reply carries no 'tokens'")
-    if tuple(tokens.shape) != tuple(expected_shape):
-        raise WireError("bad_reply", f"tokens of shape {list(tokens.shape)}, expected {list(expected_shape)}")
-    if tokens.dtype == DTYPES["int8"]:
-        scales = arrays.get("scales")
-        if scales is None or tuple(scales.shape) != tuple(expected_shape[:2]) or scales.dtype != DTYPES["float32"]:
-            raise WireError("bad_reply", "int8 tokens need float32 'scales' of shape (h, w)")
-        return tokens.astype(np.float32) * scales[..., None]
-    if tokens.dtype not in (DTYPES["float16"], DTYPES["float32"]):
-        raise WireError("bad_reply", f"tokens of dtype {tokens.dtype} are not a token dtype")
-    return tokens.astype(np.float32)
+def unpack_tokens(arrays: Dict[str, np.ndarray], expected_shape: Tuple[int, int, int],
+                  expected_format: Optional[str] = None) -> np.ndarray:
+    """Reply arrays -> (h, w, C) float32 tokens, checking the shape the edge expects (and
+    the format, when ``expected_format`` is given); raises ``WireError("bad_reply")``."""
+    try:
+        return codecs.unpack_tokens(arrays, expected_shape, expected_format)
+    except CodecError as e:
+        raise WireError(e.code, e.message) from None
 
 
 def token_bytes(num_tokens: int, channels: int, dtype: str) -> int:
-    """Payload bytes for ``num_tokens`` tokens of ``channels`` values in ``dtype``."""
-    if dtype == "int8":
-        return num_tokens * (channels + 4)
-    return num_tokens * channels * DTYPES[dtype].itemsize
+    """Payload bytes for ``num_tokens`` tokens of ``channels`` values in ``dtype`` (for the
+    entropy-coded ``e`` formats: the size before zstd, an upper bound in practice)."""
+    try:
+        return codecs.token_format(dtype).payload_bytes(num_tokens, channels)
+    except CodecError as e:
+        raise WireError(e.code, e.message) from None
 
 
 def error_reply(req_id: Optional[str], code: str, message: str) -> List[BytesLike]:
