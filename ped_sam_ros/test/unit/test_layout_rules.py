@@ -1,0 +1,124 @@
+"""Rules the package layout keeps, checked on the source tree (docs/architecture.md explains them).
+
+* ``ped_sam_ros.core`` is what the edge and the servers both run: importing it (every
+  submodule) loads none of OpenCV, SciPy, scikit-image, ZeroMQ or rclpy; the server
+  package ``remote_node`` loads none of them but ZeroMQ.
+* Only the command-line entry points (``ped_sam_ros/tools``) import from ``ped_sam_ros.tools``.
+* No two classes in ``ped_sam_ros`` and ``remote_node`` share a name (one name per idea).
+
+Each failure names the offending modules or classes.
+"""
+
+import ast
+import json
+import os
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from helpers import PKG_DIR
+
+PACKAGE_DIR = PKG_DIR / "ped_sam_ros"
+SERVER_DIR = PKG_DIR / "remote_node"
+TOOLS_DIR = PACKAGE_DIR / "tools"
+HEAVY = ("cv2", "scipy", "skimage", "zmq", "rclpy")
+
+# Run in a fresh interpreter: imports each package and all its submodules, one at a time,
+# and says which module first brought in each of the listed top-level modules.
+_PROBE = """
+import importlib, json, pkgutil, sys
+watched = set(sys.argv[2].split(","))
+def loaded():
+    return {n.split(".")[0] for n in sys.modules} & watched
+root = importlib.import_module(sys.argv[1])
+names = [sys.argv[1]] + sorted(m.name for m in pkgutil.walk_packages(root.__path__, sys.argv[1] + "."))
+first = {}
+for name in names:
+    before = loaded()
+    importlib.import_module(name)
+    for mod in loaded() - before:
+        first[mod] = name
+print(json.dumps({"imported": names, "loaded_by": first}))
+"""
+
+
+def _fresh_import(package: str) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(PKG_DIR) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run([sys.executable, "-c", _PROBE, package, ",".join(HEAVY)], capture_output=True, text=True,
+                         timeout=300, env=env, cwd=PKG_DIR)
+    assert out.returncode == 0, f"importing {package} failed:\n{out.stderr[-3000:]}"
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("package,allowed", [("ped_sam_ros.core", ()), ("remote_node", ("zmq",))])
+def test_shared_code_loads_no_heavy_or_ros_modules(package, allowed):
+    report = _fresh_import(package)
+    assert len(report["imported"]) > 1, f"no submodules of {package} were found"
+    offenders = {mod: by for mod, by in report["loaded_by"].items() if mod not in allowed}
+    assert not offenders, f"importing {package} loads " + ", ".join(
+        f"{mod} (first through {by})" for mod, by in sorted(offenders.items()))
+
+
+def _modules(*roots: Path):
+    """(dotted module name, path, parsed tree) for every .py file under the roots."""
+    for root in roots:
+        for path in sorted(root.rglob("*.py")):
+            rel = path.relative_to(root.parent).with_suffix("")
+            parts = list(rel.parts)
+            is_package = parts[-1] == "__init__"
+            if is_package:
+                parts = parts[:-1]
+            yield ".".join(parts), is_package, path, ast.parse(path.read_text(), str(path))
+
+
+def _imported_modules(module: str, is_package: bool, tree: ast.AST):
+    """Absolute names of the modules a file imports from (relative imports resolved)."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = module.split(".")
+                base = base[: len(base) - node.level + (1 if is_package else 0)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            yield node.lineno, target
+            for alias in node.names:  # ``from ped_sam_ros import tools``
+                yield node.lineno, f"{target}.{alias.name}"
+
+
+def test_only_entry_points_import_from_tools():
+    offenders = []
+    for module, is_package, path, tree in _modules(PACKAGE_DIR, SERVER_DIR, PKG_DIR / "launch"):
+        if path.is_relative_to(TOOLS_DIR):
+            continue
+        for line, target in _imported_modules(module, is_package, tree):
+            if target == "ped_sam_ros.tools" or target.startswith("ped_sam_ros.tools."):
+                offenders.append(f"{path.relative_to(PKG_DIR)}:{line} imports {target}")
+    assert not offenders, "only ped_sam_ros/tools may import from ped_sam_ros.tools:\n" + "\n".join(offenders)
+
+
+def test_the_import_scan_sees_relative_and_absolute_imports():
+    """The scan above can fail: it resolves the import forms a module could use."""
+    tree = ast.parse("import ped_sam_ros.tools.demo\nfrom ..tools import demo\nfrom .. import tools\n")
+    found = {t for _, t in _imported_modules("ped_sam_ros.eval.runner", False, tree)}
+    assert {"ped_sam_ros.tools.demo", "ped_sam_ros.tools"} <= found
+    tree = ast.parse("from .tools import demo\n")
+    assert "ped_sam_ros.tools" in {t for _, t in _imported_modules("ped_sam_ros", True, tree)}
+
+
+def test_no_two_classes_share_a_name():
+    where = defaultdict(list)
+    for module, _, path, tree in _modules(PACKAGE_DIR, SERVER_DIR):
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef):
+                where[node.name].append(f"{module}:{node.lineno}")
+    assert len(where) > 20, "the scan found too few classes to be looking at the package"
+    clashes = {name: places for name, places in where.items() if len(places) > 1}
+    assert not clashes, "class names defined more than once:\n" + "\n".join(
+        f"{name}: {', '.join(places)}" for name, places in sorted(clashes.items()))
