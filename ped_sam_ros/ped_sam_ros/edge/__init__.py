@@ -4,7 +4,8 @@ only translates between messages and this package."""
 
 from .builder import EdgePipeline, build_pipeline, local_transport, zmq_transport
 from .config import AmgOptions, ConfigError, EdgeConfig, parse_assignment, parse_servers
-from .runtime import EdgeRuntime, ErrorReport, Frame, FrameResult, validate_prompts
+from .records import ErrorReport, Frame, FrameResult
+from .runtime import EdgeRuntime, validate_prompts
 
 __all__ = [
     "AmgOptions", "ConfigError", "EdgeConfig", "EdgePipeline", "EdgeRuntime", "ErrorReport", "Frame",

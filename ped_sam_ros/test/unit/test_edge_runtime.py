@@ -19,13 +19,14 @@ import pytest
 import torch
 
 from ped_sam_ros.core.pipeline import EncodeStats, Instance, ObjectPrompt
-from ped_sam_ros.core.transport import RemoteEncodeError, ServerAddress
+from ped_sam_ros.core.transport import (RemoteEncodeError, ServerAddress, ServerFrameStats, ServerHealth,
+                                       ServerInfoReply, Transport)
 from ped_sam_ros.edge import (AmgOptions, ConfigError, EdgeConfig, EdgeRuntime, Frame,
                               build_pipeline, local_transport, parse_assignment, parse_servers, validate_prompts)
 from ped_sam_ros.edge.builder import EdgePipeline
 from ped_sam_ros.edge.params import (PARAMS, RUNTIME_PARAMS, SPECS, config_from_params, defaults,
                                      markdown_table, validate_changes, validate_parameter)
-from ped_sam_ros.edge.remotes import (apply_overrides, edge_servers_param, load_remotes_file, remote_commands)
+from ped_sam_ros.edge.remotes import apply_overrides, load_remotes_file, remote_commands
 
 from helpers import PKG_DIR as REPO
 TINY = "vit_b/w16h1"
@@ -179,7 +180,8 @@ def test_remotes_yaml_gives_server_commands_matching_the_edge_config():
     name, argv = cmds[0]
     assert argv[0] == "ped-sam-remote" and "--bind" in argv and "--model" in argv
     edge = yaml.safe_load((REPO / "config" / "edge.yaml").read_text())["/**/edge_node"]["ros__parameters"]
-    assert edge_servers_param(cfg) == edge["remotes"]["servers"]
+    # the edge connects to exactly the servers the file starts, by the same names
+    assert [f"{n}={a[a.index('--bind') + 1]}" for n, a in cmds] == edge["remotes"]["servers"]
     assert edge["model"] == cfg["model"] and edge["seed"] == cfg["seed"]
     # overrides (launch arguments): count + base port, a checkpoint, keys
     over = apply_overrides(cfg, {"count": "2", "base_port": "7000", "checkpoint": "/w/sam.pth", "model": ""})
@@ -226,13 +228,25 @@ def test_builder_loads_an_official_format_checkpoint(tiny_b_checkpoint):
 # ---------------------------------------------------------------- the worker, with a stand-in segmenter
 
 
-class FakeTransport:
+class FakeTransport(Transport):
+    """The transport interface without servers (the fake segmenter never encodes through it)."""
+
     def __init__(self, names):
-        self.server_names = list(names)
+        self._names = list(names)
         self.closed_by = None
 
+    @property
+    def server_names(self):
+        return list(self._names)
+
+    def encode(self, jobs, mode, timeout_s):
+        raise AssertionError("the fake segmenter does not encode through the transport")
+
     def health(self):
-        return [{"name": n, "state": "ok", "connected": True} for n in self.server_names]
+        return [ServerHealth(n, f"fake://{n}", "ok") for n in self._names]
+
+    def info(self, timeout_s=2.0):
+        return [ServerInfoReply(n, f"fake://{n}", error="fake") for n in self._names]
 
     def close(self):
         self.closed_by = threading.current_thread().name
@@ -260,8 +274,7 @@ class FakeSegmenter:
             raise self.failures.pop(0)
         self.stats = EncodeStats(timings={"partition": 0.001, "remote": 0.01, "merge": 0.001, "edge_encoder": 0.002},
                                  bytes_up=300, bytes_down=100,
-                                 per_server=[{"name": n, "windows": [i], "share": 0.5, "bytes_up": 150,
-                                              "bytes_down": 50, "round_trip_s": 0.01, "compute_s": 0.005}
+                                 per_server=[ServerFrameStats(n, [i], 0.5, 150, 50, 0.01, 0.005)
                                              for i, n in enumerate(self.names)])
         self._size = rgb.shape[:2]
         return self.stats
@@ -336,13 +349,16 @@ def test_results_carry_meta_timings_and_instances(fake):
     assert r.meta == {"stamp": 1} and r.encoded and [i.id for i in r.instances] == [1, 2]
     assert {"queue", "preprocess", "remote", "edge_encoder", "decoder", "total"} <= set(r.timings)
     assert r.frames_dropped == 0
-    _until(lambda: fake.rt.diagnostics()["frames_out"] == 1, what="frames_out")
-    d = fake.rt.diagnostics()
-    assert d["frames_in"] == d["frames_out"] == 1 and d["state"] == "running" and d["callback_errors"] == 0
-    assert [x["name"] for x in d["remotes"]] == ["left", "right"]
-    assert d["remotes"][0]["bytes_up"] == 150 and d["remotes"][0]["share"] == 0.5
-    assert d["remotes"][0]["mean_round_trip_s"] == pytest.approx(0.01)
-    assert d["stages"]["remote"]["count"] == 1 and d["bytes_up"] == 300
+    _until(lambda: fake.rt.snapshot().counts.frames_out == 1, what="frames_out")
+    d = fake.rt.snapshot()
+    assert d.counts.frames_in == d.counts.frames_out == 1 and d.state == "running" and d.counts.callback_errors == 0
+    assert [x.name for x in d.remotes] == ["left", "right"]
+    left = d.remotes[0].activity
+    assert left.bytes_up == 150 and left.share == 0.5 and left.tiles == (0,) and left.frames == 1
+    assert left.mean_round_trip_s == pytest.approx(0.01) and left.mean_compute_s == pytest.approx(0.005)
+    assert d.remotes[0].health.state == "ok" and d.remotes[0].health.endpoint == "fake://left"
+    assert d.stages["remote"].count == 1 and d.bytes_up == 300 and d.bytes_down == 100
+    assert list(d.stages)[:3] == ["queue", "preprocess", "partition"], "stages in pipeline order"
 
 
 def test_latest_frame_wins_and_submit_never_blocks(fake):
@@ -359,9 +375,9 @@ def test_latest_frame_wins_and_submit_never_blocks(fake):
     fake.wait(lambda: len(fake.results) == 2)
     time.sleep(0.1)
     assert [r.meta["stamp"] for r in fake.results] == [1, 6]
-    d = fake.rt.diagnostics()
-    assert d["frames_in"] == 6 and d["frames_dropped"] == 4
-    assert len(fake.results) + d["frames_dropped"] == 6
+    c = fake.rt.snapshot().counts
+    assert c.frames_in == 6 and c.frames_dropped == 4
+    assert len(fake.results) + c.frames_dropped == 6
     assert fake.results[-1].frames_dropped == 4
 
 
@@ -375,16 +391,16 @@ def test_remote_errors_are_reported_with_server_names_and_the_worker_goes_on(fak
     fake.rt.submit(_frame(2))
     fake.wait(lambda: fake.results)
     assert fake.results[0].meta == {"stamp": 2}
-    _until(lambda: fake.rt.diagnostics()["frames_out"] == 1, what="frames_out")
-    d = fake.rt.diagnostics()
-    assert d["frames_failed"] == 1 and d["frames_out"] == 1 and d["last_error_servers"] == ["right"]
-    right = next(r for r in d["remotes"] if r["name"] == "right")
-    assert right["failed_frames"] == 1
+    _until(lambda: fake.rt.snapshot().counts.frames_out == 1, what="frames_out")
+    d = fake.rt.snapshot()
+    assert d.counts.frames_failed == 1 and d.counts.frames_out == 1 and d.last_error.servers == ["right"]
+    right = next(r for r in d.remotes if r.name == "right")
+    assert right.activity.failed_frames == 1
     # an unexpected error is reported too (no server to blame), and the worker survives it
     fake.seg.failures.append(ValueError("bad frame"))
     fake.rt.submit(_frame(3))
     fake.wait(lambda: len(fake.errors) == 2)
-    assert fake.errors[1].servers == [] and fake.rt.diagnostics()["state"] == "running"
+    assert fake.errors[1].servers == [] and fake.rt.snapshot().state == "running"
 
 
 def test_a_frame_whose_result_callback_raises_is_not_counted_as_output():
@@ -402,14 +418,14 @@ def test_a_frame_whose_result_callback_raises_is_not_counted_as_output():
     try:
         rt.set_prompts([ObjectPrompt(points=[(1.0, 1.0, 1)])])
         rt.submit(_frame(1))
-        _until(lambda: rt.diagnostics()["frames_failed"] == 1, what="the failed publish to be counted")
-        d = rt.diagnostics()
-        assert d["frames_out"] == 0 and d["callback_errors"] == 1 and d["state"] == "running"
+        _until(lambda: rt.snapshot().counts.frames_failed == 1, what="the failed publish to be counted")
+        d = rt.snapshot()
+        assert d.counts.frames_out == 0 and d.counts.callback_errors == 1 and d.state == "running"
         rt.submit(_frame(2))
-        _until(lambda: rt.diagnostics()["frames_out"] == 1, what="the second frame")
-        d = rt.diagnostics()
-        assert calls == [1, 2] and d["frames_failed"] == 1 and d["callback_errors"] == 1
-        assert d["frames_in"] == d["frames_out"] + d["frames_dropped"] + d["frames_failed"]
+        _until(lambda: rt.snapshot().counts.frames_out == 1, what="the second frame")
+        c = rt.snapshot().counts
+        assert calls == [1, 2] and c.frames_failed == 1 and c.callback_errors == 1
+        assert c.frames_in == c.frames_out + c.frames_dropped + c.frames_failed and c.settled
     finally:
         rt.stop()
 
@@ -457,9 +473,16 @@ def test_runtime_options_apply_between_frames(fake):
     fake.rt.set_prompts([ObjectPrompt(points=[(1.0, 1.0, 1)])])
     fake.rt.submit(_frame(1))
     fake.wait(lambda: fake.results)
-    assert fake.pipe.encoder.timeout_s == 2.5 and fake.pipe.config.deadline_s == 2.5
+    assert fake.pipe.encoder.timeout_s == 2.5
     assert fake.seg.multimask_output is False
-    assert fake.seg.amg_options["points_per_side"] == 4 and fake.pipe.config.amg.pred_iou_thresh == 0.1
+    assert fake.seg.amg_options["points_per_side"] == 4 and fake.seg.amg_options["pred_iou_thresh"] == 0.1
+    # later changes win per option; the others stay
+    fake.rt.update(multimask=True)
+    fake.rt.update(deadline_s=4.0)
+    fake.rt.submit(_frame(2))
+    fake.wait(lambda: len(fake.results) == 2)
+    assert fake.pipe.encoder.timeout_s == 4.0 and fake.seg.multimask_output is True
+    assert fake.seg.amg_options["points_per_side"] == 4
     with pytest.raises(ValueError):
         fake.rt.update(deadline_s=0)
 
@@ -487,7 +510,7 @@ def test_worker_owns_the_pipeline_and_build_errors_surface():
     tr = rt.pipeline.transport
     rt.stop()
     assert built_in == ["ped-sam-edge-worker"] and tr.closed_by == "ped-sam-edge-worker"
-    assert rt.diagnostics()["state"] == "stopped"
+    assert rt.snapshot().state == "stopped"
 
     def broken():
         raise ConfigError("no weights")
@@ -510,10 +533,13 @@ def test_real_pipeline_prompted_and_automatic(astronaut):
                                                  ObjectPrompt(box=(10.0, 10.0, 100.0, 120.0))])
         r = fut.result(timeout=90)
         assert [i.id for i in r.instances] == [1, 2] and r.instances[0].mask.shape == rgb.shape[:2]
-        assert r.stats.bytes_up > 0 and [s["name"] for s in r.stats.per_server] == ["left", "right"]
+        assert r.stats.bytes_up > 0 and [s.name for s in r.stats.per_server] == ["left", "right"]
         # the two servers saw disjoint halves of the frame
-        assert [s["windows"] for s in r.stats.per_server] == [[0], [1]]
-        assert sum(s["share"] for s in r.stats.per_server) == pytest.approx(1.0)
+        assert [s.tiles for s in r.stats.per_server] == [[0], [1]]
+        assert sum(s.share for s in r.stats.per_server) == pytest.approx(1.0)
+        remotes = rt.snapshot().remotes
+        assert [(x.name, x.activity.frames, x.activity.tiles) for x in remotes] == [("left", 1, (0,)),
+                                                                                   ("right", 1, (1,))]
         auto = rt.request(Frame(rgb, meta="b"), automatic=True).result(timeout=90)
         assert auto.automatic and auto.meta == "b"
         assert all(i.mask.shape == rgb.shape[:2] for i in auto.instances)
