@@ -14,6 +14,11 @@ one for each mutually exclusive group (inputs, the diagnostics timer, the
 default group with the parameter services), so images, diagnostics and
 parameters never wait behind service calls.
 
+Parameters are the only copy of the node's run-time settings: the on-set callback
+validates a change (and refuses it whole, with a reason), the post-set callback hands
+accepted values to the runtime, and the rest is read where it is used.  A Prompts message's
+``automatic`` is applied by setting the ``automatic`` parameter, through the same two steps.
+
     python -m ped_sam_ros.ros.edge_node --ros-args --params-file config/edge.yaml \\
         -r __ns:=/robot -r ~/image:=/camera/image_raw
 """
@@ -38,7 +43,7 @@ from rclpy.parameter import Parameter
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
                        qos_policy_name_from_kind)
 
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from ped_sam_msgs.msg import Prompts, SegmentationResult
 from ped_sam_msgs.srv import SegmentImage
 from sensor_msgs.msg import CompressedImage, Image
@@ -47,11 +52,13 @@ from ped_sam_ros.core.masks import label_image
 from ped_sam_ros.edge.builder import build_pipeline
 from ped_sam_ros.edge.config import ConfigError, EdgeConfig
 from ped_sam_ros.edge.params import PARAMS, SPECS, amg_from_params, config_from_params, validate_changes
-from ped_sam_ros.edge.runtime import EdgeRuntime, ErrorReport, Frame, FrameResult, validate_prompts
+from ped_sam_ros.edge.records import ErrorReport, Frame, FrameResult
+from ped_sam_ros.edge.runtime import EdgeRuntime, validate_prompts
 from ped_sam_ros.viz import overlay
 
 from .convert import (UnsupportedImage, compressed_to_rgb, image_to_rgb, label_to_image, prompts_from_msgs,
                       result_to_msg, rgb_to_image)
+from .diagnostics import diagnostic_statuses
 
 NODE_NAME = "edge_node"
 OUTPUT_QOS = QoSProfile(reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE,
@@ -87,12 +94,6 @@ def image_qos(reliability: str, depth: int) -> QoSProfile:
                       durability=DurabilityPolicy.VOLATILE, history=HistoryPolicy.KEEP_LAST, depth=depth)
 
 
-def _kv(key: str, value) -> KeyValue:
-    if isinstance(value, float):
-        value = f"{value:.6g}"
-    return KeyValue(key=key, value=str(value))
-
-
 class EdgeNode(Node):
     """See the module docstring; ``transport_factory`` replaces ZeroMQ (tests)."""
 
@@ -101,9 +102,6 @@ class EdgeNode(Node):
         self._declare_parameters()
         values = self._current_parameters()
         self.config: EdgeConfig = config_from_params(values).validate()
-        self._overlay_alpha = float(values["overlay_alpha"])
-        self._service_timeout = float(values["service_timeout"])
-        self._max_prompts = int(values["max_prompts"])
         self._refused_images = 0
         self._last_diag_push = 0.0
         self._diag_lock = threading.Lock()
@@ -125,7 +123,7 @@ class EdgeNode(Node):
         t0 = time.monotonic()
         self.runtime.start()
         log.info(f"pipeline ready in {time.monotonic() - t0:.1f} s")
-        self.runtime.set_automatic(config.automatic)
+        self.runtime.set_automatic(bool(values["automatic"]))
         #: ~/segment calls that may wait at once (each holds an executor thread); the runtime
         #: queues as many requests (jobs of timed-out calls stay queued, cancelled, until the
         #: worker skips them: then the runtime itself may answer "busy")
@@ -156,7 +154,8 @@ class EdgeNode(Node):
                                                callback_group=ReentrantCallbackGroup())
         self.diag_timer = self.create_timer(float(values["diagnostics_period"]), self._on_diag_timer,
                                             callback_group=MutuallyExclusiveCallbackGroup())
-        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.add_on_set_parameters_callback(self._validate_parameters)
+        self.add_post_set_parameters_callback(self._apply_parameters)
         log.info(f"ready: image {self.image_sub.topic_name} ({values['image_qos.reliability']}, depth "
                  f"{values['image_qos.depth']}), prompts {self.prompts_sub.topic_name}, "
                  f"results {self.masks_pub.topic_name}, service {self.segment_srv.service_name}")
@@ -178,10 +177,14 @@ class EdgeNode(Node):
     def _current_parameters(self) -> Dict:
         return {name: self.get_parameter(name).value for name in SPECS}
 
-    def _on_set_parameters(self, params) -> SetParametersResult:
+    def _param(self, name: str):
+        """A parameter's current value: the parameters are the only copy of the node's settings."""
+        return self.get_parameter(name).value
+
+    def _validate_parameters(self, params) -> SetParametersResult:
+        """On-set: accept or refuse the change as a whole (nothing is applied here)."""
         changes = {p.name: p.value for p in params}
-        current = self._current_parameters()
-        reason = validate_changes(changes, current)
+        reason = validate_changes(changes, self._current_parameters())
         if not reason and "max_prompts" in changes:
             held = len(self.runtime.prompts)
             if held > int(changes["max_prompts"]):
@@ -190,23 +193,21 @@ class EdgeNode(Node):
         if reason:
             self.get_logger().warning(f"parameter change refused: {reason}")
             return SetParametersResult(successful=False, reason=reason)
-        merged = dict(current)
-        merged.update(changes)
-        if "deadline" in changes:
-            self.runtime.update(deadline_s=float(changes["deadline"]))
-        if "multimask" in changes:
-            self.runtime.update(multimask=bool(changes["multimask"]))
-        if any(n.startswith("amg.") for n in changes):
-            self.runtime.update(amg=amg_from_params(merged))
-        if "automatic" in changes:
-            self.runtime.set_automatic(bool(changes["automatic"]))
-        if "overlay_alpha" in changes:
-            self._overlay_alpha = float(changes["overlay_alpha"])
-        if "service_timeout" in changes:
-            self._service_timeout = float(changes["service_timeout"])
-        if "max_prompts" in changes:
-            self._max_prompts = int(changes["max_prompts"])
         return SetParametersResult(successful=True)
+
+    def _apply_parameters(self, params) -> None:
+        """Post-set: hand accepted values to the runtime (``overlay_alpha``, ``service_timeout``
+        and ``max_prompts`` are read where they are used)."""
+        names = {p.name for p in params}
+        values = {p.name: p.value for p in params}
+        if "deadline" in names:
+            self.runtime.update(deadline_s=float(values["deadline"]))
+        if "multimask" in names:
+            self.runtime.update(multimask=bool(values["multimask"]))
+        if any(n.startswith("amg.") for n in names):
+            self.runtime.update(amg=amg_from_params(self._current_parameters()))
+        if "automatic" in names:
+            self.runtime.set_automatic(bool(values["automatic"]))
 
     # ---------------------------------------------------------------------- inputs
 
@@ -241,20 +242,22 @@ class EdgeNode(Node):
         self.runtime.submit(frame)
 
     def _on_prompts(self, msg: Prompts) -> None:
-        """Hold the message's prompts and mode. The prompts are validated in automatic mode too:
-        they are held, and used once ``automatic`` is switched off."""
+        """Hold the message's prompts and set the mode. The prompts are validated in automatic
+        mode too: they are held, and used once ``automatic`` is switched off.
+
+        The ``automatic`` parameter owns the mode: the message's ``automatic`` is set through
+        ``set_parameters``, so the same validation (on-set) and application (post-set) run as
+        for a parameter change from outside."""
         prompts = prompts_from_msgs(msg.prompts)
         try:
-            validate_prompts(prompts, self._max_prompts)
+            validate_prompts(prompts, self._param("max_prompts"))
         except ValueError as e:
             self.get_logger().warning(f"Prompts message refused, keeping the previous prompts and mode: {e}")
             return
         automatic = bool(msg.automatic)
-        self.runtime.set_prompts(prompts, automatic=automatic)
+        self.runtime.set_prompts(prompts)
         self._warned_no_prompts = False
-        if self.get_parameter("automatic").value != automatic:
-            # Keep the parameter in sync with the mode (set_parameters runs _on_set_parameters in this
-            # thread, which only sets the runtime's mode again).
+        if self._param("automatic") != automatic:
             result = self.set_parameters([Parameter("automatic", value=automatic)])[0]
             if not result.successful:
                 self.get_logger().warning(f"could not set the automatic parameter to {automatic}: {result.reason}")
@@ -293,12 +296,12 @@ class EdgeNode(Node):
                 response.success, response.message = False, "no prompts given and automatic is false"
                 return response
             try:
-                validate_prompts(prompts, self._max_prompts)
+                validate_prompts(prompts, self._param("max_prompts"))
             except ValueError as e:
                 response.success, response.message = False, f"prompts refused: {e}"
                 return response
         future = self.runtime.request(frame, prompts, bool(request.automatic))
-        timeout = self._service_timeout
+        timeout = float(self._param("service_timeout"))
         end = time.monotonic() + timeout
         try:
             while True:  # in short steps, so that a shutting-down node frees this thread at once
@@ -363,7 +366,7 @@ class EdgeNode(Node):
         caption = f"{len(result.instances)} object(s)"
         if self.config.random_weights:
             caption = f"{RANDOM_BANNER} | " + caption
-        return overlay(result.frame.rgb, [i.mask for i in result.instances], alpha=self._overlay_alpha,
+        return overlay(result.frame.rgb, [i.mask for i in result.instances], alpha=float(self._param("overlay_alpha")),
                        points=points, boxes=boxes, caption=caption)
 
     def _on_error(self, report: ErrorReport) -> None:
@@ -391,56 +394,8 @@ class EdgeNode(Node):
     # ----------------------------------------------------------------- diagnostics
 
     def diagnostic_statuses(self) -> List[DiagnosticStatus]:
-        d = self.runtime.diagnostics()
-        fqn = self.get_fully_qualified_name()
-        cfg = self.config
-        recent_error = d["last_error_time"] is not None and time.time() - d["last_error_time"] < 5.0
-        if d["state"] != "running":
-            level, message = DiagnosticStatus.ERROR, f"pipeline {d['state']}"
-        elif recent_error:
-            who = f" ({', '.join(d['last_error_servers'])})" if d["last_error_servers"] else ""
-            level, message = DiagnosticStatus.ERROR, f"frame failed{who}: {d['last_error']}"[:400]
-        else:
-            level, message = DiagnosticStatus.OK, "running"
-        message += (f"; frames in {d['frames_in']}, out {d['frames_out']}, dropped {d['frames_dropped']}, "
-                    f"failed {d['frames_failed']}")
-        values = [_kv(k, d[k]) for k in ("state", "frames_in", "frames_out", "frames_dropped", "frames_failed",
-                                          "requests", "requests_failed", "callback_errors", "automatic",
-                                          "prompts", "bytes_up", "bytes_down", "last_error")]
-        values += [_kv("refused_images", self._refused_images), _kv("model", cfg.model), _kv("mode", cfg.mode),
-                   _kv("grid", cfg.grid), _kv("random_weights", cfg.random_weights),
-                   _kv("wire_precision", cfg.wire_precision)]
-        for stage, s in d["stages"].items():
-            values += [_kv(f"stage.{stage}.last_ms", 1000 * s["last"]), _kv(f"stage.{stage}.mean_ms", 1000 * s["mean"]),
-                       _kv(f"stage.{stage}.max_ms", 1000 * s["max"])]
-        out = [DiagnosticStatus(level=level, name=f"{fqn}: pipeline", message=message,
-                                hardware_id="ped_sam_edge", values=values)]
-        for r in d["remotes"]:
-            connected = r.get("connected", True)
-            state = r.get("state", "unknown")
-            if not connected:
-                lvl, msg = DiagnosticStatus.ERROR, f"{r['name']} disconnected"
-            elif state in ("error", "timeout"):
-                lvl, msg = DiagnosticStatus.ERROR, f"{r['name']} {state}"
-            else:
-                lvl, msg = DiagnosticStatus.OK, f"{r['name']} {state}"
-            if r.get("last_error") and lvl == DiagnosticStatus.ERROR:
-                msg += f": {r['last_error']}"[:300]
-            rv = [_kv("name", r["name"]), _kv("endpoint", r.get("endpoint", "")), _kv("state", state),
-                  _kv("connected", connected)]
-            for key, scale, label in (("last_latency_s", 1000, "last_latency_ms"),
-                                      ("mean_round_trip_s", 1000, "mean_latency_ms"),
-                                      ("last_compute_s", 1000, "last_compute_ms"),
-                                      ("mean_compute_s", 1000, "mean_compute_ms")):
-                if r.get(key) is not None:
-                    rv.append(_kv(label, scale * r[key]))
-            for key in ("share", "windows", "frames", "failed_frames", "bytes_up", "bytes_down", "requests",
-                        "replies", "errors", "timeouts", "late_replies", "consecutive_failures", "last_error"):
-                if key in r:
-                    rv.append(_kv(key, r[key]))
-            out.append(DiagnosticStatus(level=lvl, name=f"{fqn}: remote {r['name']}", message=msg,
-                                        hardware_id=str(r.get("endpoint", r["name"])), values=rv))
-        return out
+        return diagnostic_statuses(self.get_fully_qualified_name(), self.runtime.snapshot(), self.config,
+                                   self._refused_images, time.time())
 
     def _on_diag_timer(self) -> None:
         try:

@@ -125,15 +125,19 @@ class EdgeProcess:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def wait_ready(self, timeout_s: float = NODE_STARTUP_S) -> None:
-        end = time.monotonic() + timeout_s
-        while time.monotonic() < end:
-            if "]: ready: " in self.log_text(100_000):
-                return
-            if not self.alive:
-                raise RuntimeError(f"edge node exited with {self.proc.returncode}:\n{self.log_text()}")
-            time.sleep(0.1)
-        raise RuntimeError(f"edge node not ready after {timeout_s} s:\n{self.log_text()}")
+    def wait_ready(self, node: "TestNode", timeout_s: float = NODE_STARTUP_S):
+        """Wait until the node says on ``/diagnostics`` (seen by ``node``, on the same domain)
+        that its pipeline is running, as any ROS client would; returns that PipelineStatus."""
+        from diagnostic_msgs.msg import DiagnosticArray
+
+        from ped_sam_ros.ros.diagnostics import wait_for_pipeline
+
+        diags = node.collect(DiagnosticArray, "/diagnostics")
+        try:
+            return wait_for_pipeline(diags, self.prefix, timeout_s, alive=lambda: self.alive)
+        except (RuntimeError, TimeoutError) as e:
+            code = "" if self.alive else f" (exit code {self.proc.returncode})"
+            raise RuntimeError(f"edge node not ready{code}: {e}\n{self.log_text()}") from None
 
     def stop(self) -> Optional[int]:
         code = stop_process(self.proc)
@@ -160,18 +164,22 @@ class TestNode:
         self.node = Node(name, context=self.context)
         self._cond = threading.Condition()
         self.received: Dict[str, List] = {}
+        self._subscriptions: Dict[str, object] = {}
         self.spinner = BackgroundSpinner(self.node)
 
     def collect(self, msg_type, topic: str, qos=10) -> List:
-        """Subscribe and keep every message (in arrival order) under ``topic``."""
+        """Subscribe and keep every message (in arrival order) under ``topic``; the same list
+        for a topic already collected."""
         box = self.received.setdefault(topic, [])
+        if topic in self._subscriptions:
+            return box
 
         def cb(msg):
             with self._cond:
                 box.append(msg)
                 self._cond.notify_all()
 
-        self.node.create_subscription(msg_type, topic, cb, qos)
+        self._subscriptions[topic] = self.node.create_subscription(msg_type, topic, cb, qos)
         return box
 
     def wait_until(self, predicate: Callable[[], bool], timeout_s: float, what: str = "condition") -> None:
@@ -247,8 +255,8 @@ def edge_stack(workdir: Path, domain: int, server_names: Sequence[str], node_nam
     node = None
     try:
         edge.start()
-        edge.wait_ready()
         node = TestNode(domain, node_name)
+        edge.wait_ready(node)
         yield servers, edge, node
     finally:
         if node is not None:

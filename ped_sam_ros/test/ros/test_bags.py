@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ped_sam_ros.ros.util import latest_status, status_values
+from ped_sam_ros.ros.diagnostics import read_pipeline
 from helpers.ros import REPO, TEST_MODEL, domain_id, edge_stack, ros_env, stop_process
 
 pytestmark = pytest.mark.timeout(300)
@@ -188,8 +188,13 @@ def stack(tmp_path_factory):
         yield work, dom, edge, test_node, diags
 
 
-def _pipeline_values(diags):
-    return status_values(latest_status(diags, f"{PREFIX}: pipeline"))
+def _pipeline(diags):
+    return read_pipeline(diags, PREFIX)
+
+
+def _count(status, name: str) -> int:
+    """A frame count of a PipelineStatus (0 before the first one)."""
+    return 0 if status is None else getattr(status, name)
 
 
 def _read_results(bag: Path):
@@ -210,7 +215,7 @@ def _replay(stack, name: str, n: int, play_args, record_count: int):
     info = make_bag(bag_in, n_frames=n, rate_hz=2.0, scale=4)
     ready = work / f"{name}.ready"
     rec_log, play_log = work / f"{name}_record.log", work / f"{name}_play.log"
-    before = _pipeline_values(diags) or {"frames_in": "0", "frames_dropped": "0", "frames_out": "0", "frames_failed": "0"}
+    before = _pipeline(diags)
     rec = _tool("bag_record", [bag_out, "--topics", f"{PREFIX}/masks", f"{PREFIX}/label_mask",
                                "--count", record_count, "--count-topic", f"{PREFIX}/label_mask", "--duration", 150, "--ready-file", ready], env, rec_log)
     play = None
@@ -221,19 +226,18 @@ def _replay(stack, name: str, n: int, play_args, record_count: int):
                      env, play_log)
         assert play.wait(150) == 0, play_log.read_text()
         # The node has seen every frame and finished (a result or a counted drop for each).
-        want_in = int(before["frames_in"]) + n
+        want_in = _count(before, "frames_in") + n
 
         def settled():
-            v = _pipeline_values(diags)
-            return (v is not None and int(v["frames_in"]) == want_in
-                    and int(v["frames_out"]) + int(v["frames_dropped"]) + int(v["frames_failed"]) == want_in)
+            v = _pipeline(diags)
+            return v is not None and v.frames_in == want_in and v.settled
 
         try:
             node.wait_until(settled, 90, "the node to finish the replayed frames")
         except TimeoutError:
-            raise AssertionError(f"{_pipeline_values(diags)}\n{edge.log_text()}") from None
-        after = _pipeline_values(diags)
-        if int(after["frames_out"]) - int(before["frames_out"]) >= record_count:
+            raise AssertionError(f"{_pipeline(diags)}\n{edge.log_text()}") from None
+        after = _pipeline(diags)
+        if after.frames_out - _count(before, "frames_out") >= record_count:
             rec.wait(30)  # the recorder stops by itself after --count results
         else:
             time.sleep(1.5)  # let the last results reach the recorder, then stop it
@@ -266,13 +270,13 @@ def test_replay_faster_than_the_node_counts_drops(stack):
     n = 5
     # 5 frames stamped 0.5 s apart, played 20x faster: all arrive while the first is processed.
     info, before, after, results, labels = _replay(stack, "fast", n, ["--rate", "20"], record_count=n)
-    drops = int(after["frames_dropped"]) - int(before["frames_dropped"])
-    failed = int(after["frames_failed"]) - int(before["frames_failed"])
+    drops = after.frames_dropped - _count(before, "frames_dropped")
+    failed = after.frames_failed - _count(before, "frames_failed")
     print(f"replay at 20x: {n} frames in, {len(results)} results, {drops} dropped (latest frame wins)")
     assert failed == 0, (before, after)
     assert drops >= 1, "the node is slower than the bag rate: some frames must be dropped"
     assert len(results) + drops == n
-    assert results[-1].frames_dropped - int(before["frames_dropped"]) == drops  # the count each result carries
+    assert results[-1].frames_dropped - _count(before, "frames_dropped") == drops  # the count each result carries
     _check_results(info, results, labels)
 
 
@@ -281,6 +285,6 @@ def test_replay_paced_by_the_node_gives_one_result_per_frame(stack):
     info, before, after, results, labels = _replay(
         stack, "paced", n, ["--as-fast-as-consumed", "--consumed-topic", f"{PREFIX}/masks", "--consume-timeout", "60"],
         record_count=n)
-    assert int(after["frames_dropped"]) == int(before["frames_dropped"])
+    assert after.frames_dropped == _count(before, "frames_dropped")
     assert len(results) == n
     _check_results(info, results, labels)

@@ -6,9 +6,9 @@ Results carry their input's header; their RLE masks decode to the published
 label image; prompts work through the topic and through the service; an
 unsupported encoding is refused without harming the node; parameters are
 validated at run time (by rclpy's descriptors and by the node itself) and take
-effect; a Prompts message is validated in automatic mode too and keeps the
-``automatic`` parameter in sync.  Each test sets up the node state it relies on
-(waiting, bounded, until the node reports it in /diagnostics).
+effect; a Prompts message is validated in automatic mode too and sets the
+``automatic`` parameter.  Each test sets up the node state it relies on
+(waiting, bounded, until the node reports it in /diagnostics, read back as typed records).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import time
 import numpy as np
 import pytest
 
-from ped_sam_ros.ros.util import latest_status, status_values
+from ped_sam_ros.ros.diagnostics import read_pipeline, read_remote
 from helpers.ros import TEST_MODEL, domain_id, edge_stack, image_msg, small_photos
 
 pytestmark = pytest.mark.timeout(300)
@@ -72,20 +72,16 @@ def _wait_result(stack, header, timeout_s=RESULT_TIMEOUT_S):
     return _by_stamp(stack["masks"], header)[0], _by_stamp(stack["labels"], header)[0]
 
 
-def _pipeline_values(arr):
-    return status_values(latest_status([arr], f"{PREFIX}: pipeline"))
-
-
 def _wait_pipeline(stack, pred, what, since=None, timeout_s=30.0):
-    """Wait until a /diagnostics message received after index ``since`` (default: now) has pipeline
-    values satisfying ``pred``; returns them."""
+    """Wait until a /diagnostics message received after index ``since`` (default: now) has a
+    PipelineStatus satisfying ``pred``; returns it."""
     diags = stack["diags"]
     start = len(diags) if since is None else since
     found = []
 
     def check():
         for arr in diags[start:]:
-            v = _pipeline_values(arr)
+            v = read_pipeline([arr], PREFIX)
             if v is not None and pred(v):
                 found.append(v)
                 return True
@@ -94,7 +90,7 @@ def _wait_pipeline(stack, pred, what, since=None, timeout_s=30.0):
     try:
         stack["node"].wait_until(check, timeout_s, what)
     except TimeoutError:
-        last = _pipeline_values(diags[-1]) if diags else None
+        last = read_pipeline(diags, PREFIX)
         raise AssertionError(f"{what}: last pipeline diagnostics {last}\n{stack['edge'].log_text()}") from None
     return found[0]
 
@@ -103,8 +99,7 @@ def _hold_prompts(stack, msg, n_prompts, automatic=False):
     """Publish a Prompts message and wait until the node holds it (its diagnostics say so)."""
     since = len(stack["diags"])
     stack["prompts_pub"].publish(msg)
-    want = str(automatic)
-    return _wait_pipeline(stack, lambda v: int(v["prompts"]) == n_prompts and v["automatic"] == want,
+    return _wait_pipeline(stack, lambda v: v.prompts == n_prompts and v.automatic == automatic,
                           f"the node to hold {n_prompts} prompt(s), automatic {automatic}", since=since)
 
 
@@ -233,8 +228,7 @@ def test_unsupported_encoding_is_refused_and_node_keeps_answering(stack):
     stack["compressed_pub"].publish(msg)
     result, _ = _wait_result(stack, msg.header)
     assert (result.image_height, result.image_width) == rgb.shape[:2]
-    values = status_values(latest_status(stack["diags"], f"{PREFIX}: pipeline")) or {}
-    assert int(values.get("refused_images", 0)) >= 1
+    assert read_pipeline(stack["diags"], PREFIX).refused_images >= 1
 
 
 def _set_param(stack, name, value):
@@ -307,10 +301,10 @@ def test_prompts_are_validated_in_automatic_mode_and_switch_the_parameter(stack)
     # the next (valid) message on the same reliable topic arrives after it
     v = _hold_prompts(stack, _prompts_msg([([(5.0, 5.0, 1)], None), ([(9.0, 9.0, 1)], None)], automatic=True), 2,
                       automatic=True)
-    assert v["automatic"] == "True"
+    assert v.automatic is True
     log = stack["edge"].log_text(200_000)
     assert "Prompts message refused, keeping the previous prompts and mode: prompt 1:" in log, log[-3000:]
-    # the node's automatic parameter follows the Prompts message's mode, both ways
+    # the Prompts message's mode is set as the node's automatic parameter, both ways
     _eventually(lambda: _get_param(stack, "automatic") is True, 30, "the automatic parameter to become true")
     _hold_prompts(stack, _prompts_msg([([(30.0, 30.0, 1)], None)]), 1, automatic=False)
     _eventually(lambda: _get_param(stack, "automatic") is False, 30, "the automatic parameter to become false")
@@ -323,12 +317,14 @@ def test_diagnostics_name_each_remote(stack):
     names = {f"{PREFIX}: remote left", f"{PREFIX}: remote right", f"{PREFIX}: pipeline"}
     t.wait_until(lambda: stack["diags"] and names <= {s.name for s in stack["diags"][-1].status}, 10, "diagnostics")
     last = {s.name: s for s in stack["diags"][-1].status}
-    for srv in stack["servers"]:
+    arrays = stack["diags"][-1:]
+    for k, srv in enumerate(stack["servers"]):
         st = last[f"{PREFIX}: remote {srv.name}"]
         assert st.level == DiagnosticStatus.OK, st.message
-        values = status_values(st)
-        assert values["endpoint"] == srv.endpoint
-        assert float(values["last_latency_ms"]) > 0 and int(values["frames"]) >= 1
-        assert float(values["share"]) > 0
-    pipeline = status_values(last[f"{PREFIX}: pipeline"])
-    assert "stage.remote.mean_ms" in pipeline and "frames_dropped" in pipeline
+        remote = read_remote(arrays, PREFIX, srv.name)
+        assert remote.name == srv.name and remote.endpoint == srv.endpoint and remote.connected
+        assert remote.last_latency_ms > 0 and remote.frames >= 1 and remote.replies >= remote.frames
+        assert remote.share > 0 and remote.tiles == (k,), "1x2 grid: one tile each, in server order"
+    pipeline = read_pipeline(arrays, PREFIX)
+    assert pipeline.stages["remote"].mean_ms > 0 and pipeline.frames_out >= 1
+    assert pipeline.bytes_up > 0 and pipeline.model == TEST_MODEL and pipeline.grid == "1x2"

@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from ped_sam_ros.ros.util import latest_status, status_values
+from ped_sam_ros.ros.diagnostics import read_pipeline
+from ped_sam_ros.ros.util import latest_status
 from helpers.ros import domain_id, edge_stack, image_msg, small_photos
 
 pytestmark = pytest.mark.timeout(300)
@@ -66,13 +67,12 @@ def _remote_status(diag_arrays, name):
 
 
 def _pipeline(diag_arrays):
-    return status_values(latest_status(diag_arrays, f"{PREFIX}: pipeline"))
+    return read_pipeline(diag_arrays, PREFIX)
 
 
-def _settled(values) -> bool:
+def _settled(status) -> bool:
     """Every frame the node received has an outcome (nothing pending, nothing in progress)."""
-    return values is not None and int(values["frames_in"]) == (
-        int(values["frames_out"]) + int(values["frames_dropped"]) + int(values["frames_failed"]))
+    return status is not None and status.settled
 
 
 def test_stopped_remote_is_reported_and_recovered(tmp_path):
@@ -93,7 +93,7 @@ def test_stopped_remote_is_reported_and_recovered(tmp_path):
         t.wait_for_subscribers(prompts_pub)
         t.wait_for_subscribers(image_pub)
         prompts_pub.publish(Prompts(prompts=prompts_to_msgs([ObjectPrompt(points=[(30.0, 30.0, 1)])])))
-        t.wait_until(lambda: (v := _pipeline(diags)) is not None and v["prompts"] == "1", 30,
+        t.wait_until(lambda: (v := _pipeline(diags)) is not None and v.prompts == 1, 30,
                      "the node to hold the prompt")
 
         with Streamer(image_pub, rate_hz=2.0) as stream:
@@ -112,8 +112,8 @@ def test_stopped_remote_is_reported_and_recovered(tmp_path):
             st = _remote_status(diags, "flaky")
             assert "flaky" in st.message and st.hardware_id == flaky.endpoint
             values = _pipeline(diags[-1:])
-            assert int(values["frames_failed"]) >= 1
-            assert "flaky" in values["last_error"]
+            assert values.frames_failed >= 1
+            assert "flaky" in values.last_error
             steady = _remote_status(diags, "steady")
             assert steady.level == DiagnosticStatus.OK, "the healthy server is not blamed"
             time.sleep(1.5)  # a few more frames fail while it is down
@@ -123,7 +123,7 @@ def test_stopped_remote_is_reported_and_recovered(tmp_path):
             # `deadline`), so that no frame sent while the server was down can still be in progress
             # or pending when it comes back: such a frame would rightly get a result.
             paused_at = stream.pause()
-            failed_before = int(values["frames_failed"])
+            failed_before = values.frames_failed
             n_diag = len(diags)
             try:
                 t.wait_until(lambda: len(diags) > n_diag + 2 and _settled(_pipeline(diags))
@@ -131,7 +131,7 @@ def test_stopped_remote_is_reported_and_recovered(tmp_path):
                              60, "the node to finish the frames it received (two equal settled diagnostics)")
             except TimeoutError:
                 raise AssertionError(f"{_pipeline(diags)}\n{edge.log_text()}") from None
-            assert int(_pipeline(diags)["frames_failed"]) > failed_before, "frames failed while it was down"
+            assert _pipeline(diags).frames_failed > failed_before, "frames failed while it was down"
             n_before = len(results)
 
             # Restart it on the same endpoint: the node reconnects and results resume.

@@ -116,9 +116,9 @@ def test_waiting_service_calls_leave_threads_for_images_diagnostics_and_paramete
     # Meanwhile: the image callback runs, ...
     image_pub = t.node.create_publisher(Image, f"{prefix}/image", 5)
     t.wait_for_subscribers(image_pub)
-    frames_in = node.runtime.diagnostics()["frames_in"]
+    frames_in = node.runtime.snapshot().counts.frames_in
     image_pub.publish(image_msg(rgb, 7_100, 0, frame_id="stream"))
-    t.wait_until(lambda: node.runtime.diagnostics()["frames_in"] > frames_in, WAIT_S, "the image callback")
+    t.wait_until(lambda: node.runtime.snapshot().counts.frames_in > frames_in, WAIT_S, "the image callback")
     # ... the diagnostics timer publishes, ...
     diags = t.collect(DiagnosticArray, "/diagnostics")
     t.wait_until(lambda: len(diags) >= 2, WAIT_S, "diagnostics while service calls wait")
