@@ -57,7 +57,7 @@ class ParamSpec:
 
 _DEFAULT_SERVERS = ["remote-a=tcp://127.0.0.1:5601", "remote-b=tcp://127.0.0.1:5602",
                     "remote-c=tcp://127.0.0.1:5603", "remote-d=tcp://127.0.0.1:5604"]
-_AMG = AmgOptions()
+_AMG = AmgOptions()  # SAM's own defaults: the one source of the amg.* defaults
 
 PARAMS: List[ParamSpec] = [
     # --- model and split (start-up only)
@@ -71,16 +71,16 @@ PARAMS: List[ParamSpec] = [
     ParamSpec("mode", "paper", "Encoder split: 'paper' (all window blocks remote, global blocks at the edge: an "
               "approximation of SAM) or 'exact' (only the blocks before the first global block remote: SAM's "
               "exact output, more edge compute).", choices=MODES),
-    ParamSpec("grid", "2x2", "Partition of SAM's 64x64 token grid into ROWSxCOLS windows, one remote job each "
+    ParamSpec("grid", "2x2", "Partition of SAM's 64x64 token grid into ROWSxCOLS tiles, one remote job each "
               "(1..5 per axis with token-aligned cuts)."),
     ParamSpec("aligned_cuts", True, "Cut only on SAM's 14-token attention windows (exact window blocks). False "
               "allows even cuts that change the result."),
     # --- remotes
     ParamSpec("remotes.servers", _DEFAULT_SERVERS, "Remote encoder servers as NAME=ENDPOINT "
               "(tcp://HOST:PORT or ipc://PATH). NAME appears in diagnostics and names the server's key file."),
-    ParamSpec("remotes.assignment", "auto", "Which server encodes each window, in row-major window order, by "
-              "index or name (e.g. '0,1,2,3'); 'auto' spreads windows so that neighbours go to different servers."),
-    ParamSpec("remotes.allow_adjacent", False, "Allow one server to receive two adjacent windows (privacy policy)."),
+    ParamSpec("remotes.assignment", "auto", "Which server encodes each tile, in row-major tile order, by "
+              "index or name (e.g. '0,1,2,3'); 'auto' spreads tiles so that neighbours go to different servers."),
+    ParamSpec("remotes.allow_adjacent", False, "Allow one server to receive two adjacent tiles (privacy policy)."),
     ParamSpec("remotes.max_share", 1.0, "Largest share of a frame's content one server may see (privacy policy); "
               "checked for every frame, whose aspect ratio changes the shares: a frame over it is refused.",
               min=0.01, max=1.0),

@@ -16,9 +16,8 @@ same way; no ROS here.  File format::
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Sequence, Tuple, Union
 
 from .config import SERVER_NAME_RE, ConfigError
 
@@ -104,17 +103,3 @@ def remote_commands(cfg: Mapping[str, Any], executable: Sequence[str] = ("ped-sa
         raise ConfigError(f"server names repeat: {names}")
     return out
 
-
-def edge_servers_param(cfg: Mapping[str, Any], connect_host: Optional[str] = None) -> List[str]:
-    """The edge's ``remotes.servers`` for these servers (``NAME=ENDPOINT``);
-    wildcard binds need ``connect_host``."""
-    out = []
-    for name, argv in remote_commands(cfg):
-        bind = argv[argv.index("--bind") + 1]
-        m = re.fullmatch(r"tcp://([^:]+):(\d+)", bind)
-        if m and m.group(1) in ("*", "0.0.0.0"):
-            if not connect_host:
-                raise ConfigError(f"server {name} binds {bind}: give the host the edge connects to")
-            bind = f"tcp://{connect_host}:{m.group(2)}"
-        out.append(f"{name}={bind}")
-    return out
