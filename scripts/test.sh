@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
 # Run the test suite in the project venv: scripts/test.sh [pytest args...]
+#
+# With no test paths (the whole suite, e.g. `scripts/test.sh` or `scripts/test.sh -m unit`)
+# the linter runs first (`ruff check` and `ruff format --check` over the workspace, settings
+# in ruff.toml) and a lint error fails the run. Runs of given test files or node ids skip it.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 
 cd "$ROOT"
-# Run the whole test/ folder unless test paths (or node ids) were given.
 for arg in "$@"; do
     case "$arg" in -*) continue ;; esac
     if [ -e "${arg%%::*}" ]; then
         exec "$VENV/bin/python" -m pytest "$@"
     fi
 done
+echo "[lint] ruff check + ruff format --check (ruff.toml)"
+"$VENV/bin/ruff" check --quiet --output-format concise . || { echo "[lint] FAILED: ruff check (fix, or see ruff.toml)" >&2; exit 1; }
+"$VENV/bin/ruff" format --check --quiet . ||
+    { echo "[lint] FAILED: files above need \`ruff format\`" >&2; exit 1; }
 exec "$VENV/bin/python" -m pytest "$@"

@@ -68,8 +68,9 @@ def draw_points(out: np.ndarray, points: Iterable[Point]) -> np.ndarray:
     return out
 
 
-def draw_boxes(out: np.ndarray, boxes: Iterable[Box], color: tuple[int, int, int] = FOREGROUND,
-               thickness: int = 2) -> np.ndarray:
+def draw_boxes(
+    out: np.ndarray, boxes: Iterable[Box], color: tuple[int, int, int] = FOREGROUND, thickness: int = 2
+) -> np.ndarray:
     """Rectangles ``(x_min, y_min, x_max, y_max)`` in place."""
     for x0, y0, x1, y1 in boxes:
         cv2.rectangle(out, (int(x0), int(y0)), (int(x1), int(y1)), color, thickness)

@@ -105,7 +105,7 @@ class Tile:
         y0, y1, x0, x1 = box
         return (y1 - y0) * (x1 - x0)
 
-    def is_adjacent(self, other: "Tile") -> bool:
+    def is_adjacent(self, other: Tile) -> bool:
         """True when the two tiles share an edge (not just a corner)."""
         rows_touch = self.row1 == other.row0 or other.row1 == self.row0
         cols_touch = self.col1 == other.col0 or other.col1 == self.col0
@@ -175,13 +175,13 @@ class Partition:
         object.__setattr__(self, "col_cuts", _check_cuts(self.col_cuts, "col"))
 
     @classmethod
-    def grid(cls, rows: int, cols: int, aligned: bool = True) -> "Partition":
+    def grid(cls, rows: int, cols: int, aligned: bool = True) -> Partition:
         """A rows x cols grid; ``aligned`` snaps cuts to SAM's 14-token windows."""
         make = aligned_cuts if aligned else even_cuts
         return cls(make(rows), make(cols))
 
     @classmethod
-    def parse(cls, spec: str, aligned: bool = True) -> "Partition":
+    def parse(cls, spec: str, aligned: bool = True) -> Partition:
         """Parse ``"2x2"`` style grid specs."""
         try:
             r, c = (int(p) for p in spec.lower().split("x"))
@@ -236,8 +236,13 @@ class Partition:
         return iter(self.tiles)
 
     def to_dict(self) -> dict:
-        return {"rows": self.rows, "cols": self.cols, "row_cuts": list(self.row_cuts),
-                "col_cuts": list(self.col_cuts), "aligned": self.is_aligned}
+        return {
+            "rows": self.rows,
+            "cols": self.cols,
+            "row_cuts": list(self.row_cuts),
+            "col_cuts": list(self.col_cuts),
+            "aligned": self.is_aligned,
+        }
 
 
 # ---------------------------------------------------------------------------
@@ -322,8 +327,7 @@ def validate_assignment(
     """
     if len(assignment) != len(partition):
         raise PartitionError(
-            f"assignment lists {len(assignment)} servers but the {partition.name} grid has "
-            f"{len(partition)} tiles"
+            f"assignment lists {len(assignment)} servers but the {partition.name} grid has {len(partition)} tiles"
         )
     for i, s in enumerate(assignment):
         if not 0 <= int(s) < num_servers:
@@ -339,14 +343,13 @@ def validate_assignment(
     check_max_share(server_shares(partition, assignment, content_hw), max_share)
 
 
-def check_max_share(shares: Sequence[float], max_share: float, names: Optional[Sequence[str]] = None,
-                    what: str = "the frame") -> None:
+def check_max_share(
+    shares: Sequence[float], max_share: float, names: Optional[Sequence[str]] = None, what: str = "the frame"
+) -> None:
     """Raise if one server's share of the frame exceeds ``max_share``."""
     if not shares:
         return
     worst = max(range(len(shares)), key=lambda i: shares[i])
     if shares[worst] > max_share + 1e-9:
         who = f"server {worst}" + (f" ({names[worst]})" if names and worst < len(names) else "")
-        raise PartitionError(
-            f"{who} would see {shares[worst]:.1%} of {what}, above the limit of {max_share:.1%}"
-        )
+        raise PartitionError(f"{who} would see {shares[worst]:.1%} of {what}, above the limit of {max_share:.1%}")

@@ -9,7 +9,6 @@ from typing import List, Sequence, Tuple
 
 import numpy as np
 import torch
-
 from segment_anything.utils.amg import mask_to_rle_pytorch, rle_to_mask
 
 

@@ -16,7 +16,6 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-
 from segment_anything import SamAutomaticMaskGenerator, SamPredictor
 from segment_anything.utils.amg import batched_mask_to_box, calculate_stability_score
 
@@ -57,8 +56,7 @@ class DistributedEncoder:
         self.partition = partition
         n = len(transport.server_names)
         self.assignment = list(assignment) if assignment is not None else round_robin_assignment(partition, n)
-        validate_assignment(partition, self.assignment, n, allow_adjacent=allow_adjacent,
-                            max_share=max_share)
+        validate_assignment(partition, self.assignment, n, allow_adjacent=allow_adjacent, max_share=max_share)
         self.max_share = max_share
         self.timeout_s = timeout_s
 
@@ -95,8 +93,12 @@ class DistributedEncoder:
         # The policy limits the share of *this* frame's content, and for a non-square frame
         # a tile's share differs from the square-frame figure checked at construction.
         shares = server_shares(self.partition, self.assignment, resized.shape[:2])
-        check_max_share(shares, self.max_share, self.transport.server_names,
-                        what=f"this {resized.shape[0]}x{resized.shape[1]} frame (after resizing)")
+        check_max_share(
+            shares,
+            self.max_share,
+            self.transport.server_names,
+            what=f"this {resized.shape[0]}x{resized.shape[1]} frame (after resizing)",
+        )
         stats = EncodeStats()
         t0 = time.perf_counter()
         jobs = self.jobs_for(resized)
@@ -107,7 +109,7 @@ class DistributedEncoder:
         tokens = torch.zeros(1, grid, grid, geom.embed_dim)
         for r in results:
             w = r.tile
-            tokens[0, w.row0:w.row1, w.col0:w.col1] = torch.from_numpy(r.tokens)
+            tokens[0, w.row0 : w.row1, w.col0 : w.col1] = torch.from_numpy(r.tokens)
         t3 = time.perf_counter()
         features = self.edge(tokens)
         t4 = time.perf_counter()
@@ -115,15 +117,17 @@ class DistributedEncoder:
         names = self.transport.server_names
         for s, name in enumerate(names):
             mine = [r for r in results if r.server == s]
-            stats.per_server.append(ServerFrameStats(
-                name=name,
-                tiles=[r.tile.index for r in mine],
-                share=shares[s] if s < len(shares) else 0.0,
-                bytes_up=sum(r.bytes_up for r in mine),
-                bytes_down=sum(r.bytes_down for r in mine),
-                round_trip_s=max((r.round_trip_s for r in mine), default=0.0),
-                compute_s=sum(r.compute_s for r in mine),
-            ))
+            stats.per_server.append(
+                ServerFrameStats(
+                    name=name,
+                    tiles=[r.tile.index for r in mine],
+                    share=shares[s] if s < len(shares) else 0.0,
+                    bytes_up=sum(r.bytes_up for r in mine),
+                    bytes_down=sum(r.bytes_down for r in mine),
+                    round_trip_s=max((r.round_trip_s for r in mine), default=0.0),
+                    compute_s=sum(r.compute_s for r in mine),
+                )
+            )
         stats.bytes_up = sum(r.bytes_up for r in results)
         stats.bytes_down = sum(r.bytes_down for r in results)
         return features, stats
@@ -151,7 +155,11 @@ class PedSamPredictor(SamPredictor):
     @torch.no_grad()
     def set_torch_image(self, transformed_image: torch.Tensor, original_image_size: Tuple[int, ...]) -> None:
         img_size = self.model.image_encoder.img_size
-        if transformed_image.ndim != 4 or transformed_image.shape[1] != 3 or max(transformed_image.shape[2:]) != img_size:
+        if (
+            transformed_image.ndim != 4
+            or transformed_image.shape[1] != 3
+            or max(transformed_image.shape[2:]) != img_size
+        ):
             raise ValueError(f"set_torch_image input must be 1x3xHxW with long side {img_size}")
         self.reset_image()
         self.original_size = original_image_size
@@ -238,8 +246,9 @@ class Segmenter:
             coords = np.array([[x, y] for x, y, _ in p.points], dtype=np.float32) if p.points else None
             labels = np.array([lab for _, _, lab in p.points], dtype=np.int64) if p.points else None
             box = np.array(p.box, dtype=np.float32) if p.box is not None else None
-            logits, scores, _ = self.predictor.predict(coords, labels, box, multimask_output=self.multimask_output,
-                                                       return_logits=True)
+            logits, scores, _ = self.predictor.predict(
+                coords, labels, box, multimask_output=self.multimask_output, return_logits=True
+            )
             best = int(np.argmax(scores))
             lg = torch.from_numpy(logits[best])
             thr = self.predictor.model.mask_threshold
@@ -256,8 +265,14 @@ class Segmenter:
         records.sort(key=lambda r: -r["area"])
         return [
             # the box from the mask itself, as for prompts (SAM's own AMG box is one pixel narrower)
-            Instance(k, r["segmentation"], float(r["predicted_iou"]), float(r["stability_score"]),
-                     _bbox_xywh(r["segmentation"]), int(r["area"]))
+            Instance(
+                k,
+                r["segmentation"],
+                float(r["predicted_iou"]),
+                float(r["stability_score"]),
+                _bbox_xywh(r["segmentation"]),
+                int(r["area"]),
+            )
             for k, r in enumerate(records, start=1)
         ]
 
@@ -286,7 +301,7 @@ class AmgOptions:
         """Keyword arguments for ``SamAutomaticMaskGenerator`` (and :func:`generate_masks`)."""
         return dataclasses.asdict(self)
 
-    def without_score_filters(self) -> "AmgOptions":
+    def without_score_filters(self) -> AmgOptions:
         """The same settings with the predicted-IoU and stability filters off (non-maximum
         suppression kept): random weights predict meaningless scores, which would drop every mask."""
         return dataclasses.replace(self, pred_iou_thresh=0.0, stability_score_thresh=0.0)
@@ -313,8 +328,9 @@ class _HeldEmbedding:
         return getattr(self._predictor, name)
 
 
-def generate_masks(predictor: SamPredictor, rgb: np.ndarray,
-                   options: Optional[Mapping[str, Any]] = None) -> List[Dict[str, Any]]:
+def generate_masks(
+    predictor: SamPredictor, rgb: np.ndarray, options: Optional[Mapping[str, Any]] = None
+) -> List[Dict[str, Any]]:
     """SAM's automatic mask generator over the embedding ``predictor`` holds for ``rgb``
     (``predictor.set_image(rgb)`` first; a plain ``SamPredictor`` or a :class:`PedSamPredictor`).
 

@@ -4,8 +4,16 @@ import pytest
 import torch
 
 from helpers import TINY_B
-from ped_sam_ros.core.model import (CheckpointError, EdgeStage, RemoteStage, build_sam, get_geometry,
-                                    infer_geometry, load_state_dict, random_sam, save_checkpoint)
+from ped_sam_ros.core.model import (
+    CheckpointError,
+    EdgeStage,
+    RemoteStage,
+    build_sam,
+    get_geometry,
+    infer_geometry,
+    load_state_dict,
+    save_checkpoint,
+)
 
 
 def test_checkpoint_is_a_plain_sam_state_dict(tiny_b_checkpoint):
@@ -31,8 +39,9 @@ def test_stages_hold_only_their_own_weights(tiny_b_checkpoint, mode):
     # remote: embedding + window blocks only; never a global block, the neck or the decoder
     assert blocks(rkeys) == set(geom.window_blocks)
     assert not blocks(rkeys) & set(geom.global_attn_indexes)
-    assert all(k.startswith(("image_encoder.patch_embed", "image_encoder.pos_embed", "image_encoder.blocks."))
-               for k in rkeys)
+    assert all(
+        k.startswith(("image_encoder.patch_embed", "image_encoder.pos_embed", "image_encoder.blocks.")) for k in rkeys
+    )
     # edge: no patch embedding, no position table, only the blocks from the split on
     assert blocks(ekeys) == set(geom.edge_blocks(mode))
     assert not any(k.startswith(("image_encoder.patch_embed", "image_encoder.pos_embed")) for k in ekeys)

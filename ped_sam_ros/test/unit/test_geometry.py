@@ -3,8 +3,16 @@
 import pytest
 
 from ped_sam_ros.core.geometry import (
-    ALIGNED_CUTS, IMAGE_SIZE, Partition, PartitionError, adjacency_violations, aligned_cuts, content_shape,
-    round_robin_assignment, server_shares, validate_assignment,
+    ALIGNED_CUTS,
+    IMAGE_SIZE,
+    Partition,
+    PartitionError,
+    adjacency_violations,
+    aligned_cuts,
+    content_shape,
+    round_robin_assignment,
+    server_shares,
+    validate_assignment,
 )
 
 

@@ -47,8 +47,14 @@ print(json.dumps({"imported": names, "loaded_by": first}))
 
 def _fresh_import(package: str) -> dict:
     env = dict(os.environ, PYTHONPATH=str(PKG_DIR) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    out = subprocess.run([sys.executable, "-c", _PROBE, package, ",".join(HEAVY)], capture_output=True, text=True,
-                         timeout=300, env=env, cwd=PKG_DIR)
+    out = subprocess.run(
+        [sys.executable, "-c", _PROBE, package, ",".join(HEAVY)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=PKG_DIR,
+    )
     assert out.returncode == 0, f"importing {package} failed:\n{out.stderr[-3000:]}"
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -59,7 +65,8 @@ def test_shared_code_loads_no_heavy_or_ros_modules(package, allowed):
     assert len(report["imported"]) > 1, f"no submodules of {package} were found"
     offenders = {mod: by for mod, by in report["loaded_by"].items() if mod not in allowed}
     assert not offenders, f"importing {package} loads " + ", ".join(
-        f"{mod} (first through {by})" for mod, by in sorted(offenders.items()))
+        f"{mod} (first through {by})" for mod, by in sorted(offenders.items())
+    )
 
 
 def _modules(*roots: Path):
@@ -114,11 +121,12 @@ def test_the_import_scan_sees_relative_and_absolute_imports():
 
 def test_no_two_classes_share_a_name():
     where = defaultdict(list)
-    for module, _, path, tree in _modules(PACKAGE_DIR, SERVER_DIR):
+    for module, _, _, tree in _modules(PACKAGE_DIR, SERVER_DIR):
         for node in ast.walk(tree):
             if isinstance(node, ast.ClassDef):
                 where[node.name].append(f"{module}:{node.lineno}")
     assert len(where) > 20, "the scan found too few classes to be looking at the package"
     clashes = {name: places for name, places in where.items() if len(places) > 1}
     assert not clashes, "class names defined more than once:\n" + "\n".join(
-        f"{name}: {', '.join(places)}" for name, places in sorted(clashes.items()))
+        f"{name}: {', '.join(places)}" for name, places in sorted(clashes.items())
+    )

@@ -2,14 +2,19 @@
 
 import numpy as np
 import pytest
-import torch
+from segment_anything import SamPredictor
 
 from helpers import TINY_B
-from segment_anything import SamPredictor
 from ped_sam_ros.core.geometry import Partition, PartitionError
 from ped_sam_ros.core.model import EdgeStage, RemoteStage, build_sam
-from ped_sam_ros.core.pipeline import (AmgOptions, DistributedEncoder, ObjectPrompt, PedSamPredictor, Segmenter,
-                                       generate_masks)
+from ped_sam_ros.core.pipeline import (
+    AmgOptions,
+    DistributedEncoder,
+    ObjectPrompt,
+    PedSamPredictor,
+    Segmenter,
+    generate_masks,
+)
 from ped_sam_ros.core.transport import LocalTransport
 
 
@@ -47,7 +52,7 @@ def test_prompt_masks_equal_sam_predictor(predictors, multimask):
     ref, ped = predictors
     for p in PROMPTS:
         coords = np.array([[x, y] for x, y, _ in p.points], np.float32) if p.points else None
-        labels = np.array([l for *_, l in p.points]) if p.points else None
+        labels = np.array([lab for *_, lab in p.points]) if p.points else None
         box = np.array(p.box, np.float32) if p.box else None
         l_ref, s_ref, _ = ref.predict(coords, labels, box, multimask_output=multimask, return_logits=True)
         l_ped, s_ped, _ = ped.predict(coords, labels, box, multimask_output=multimask, return_logits=True)
@@ -107,8 +112,12 @@ def test_automatic_mode_runs_over_the_distributed_embedding(predictors, landscap
     encodings = []
     real = ped.encoder.encode_resized
     monkeypatch.setattr(ped.encoder, "encode_resized", lambda resized: encodings.append(1) or real(resized))
-    seg = Segmenter(ped, amg_options=dict(points_per_side=4, points_per_batch=16, pred_iou_thresh=0.0,
-                                          stability_score_thresh=0.0, box_nms_thresh=1.0))
+    seg = Segmenter(
+        ped,
+        amg_options=dict(
+            points_per_side=4, points_per_batch=16, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0
+        ),
+    )
     inst = seg.segment_everything(landscape)
     assert encodings == [1], "the frame is encoded once; the generator decodes that embedding"
     assert inst, "with all filters off the generator keeps masks"

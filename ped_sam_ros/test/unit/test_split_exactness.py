@@ -5,13 +5,13 @@ global-block positions at narrow widths)."""
 import numpy as np
 import pytest
 import torch
+from segment_anything.utils.transforms import ResizeLongestSide
 
 from helpers import TINY_B, TINY_H
 from ped_sam_ros.core.geometry import Partition
 from ped_sam_ros.core.model import EdgeStage, RemoteStage, build_sam, reordered_encoder
 from ped_sam_ros.core.pipeline import DistributedEncoder
 from ped_sam_ros.core.transport import LocalTransport
-from segment_anything.utils.transforms import ResizeLongestSide
 
 GRIDS = [(1, 1), (2, 2), (3, 3), (4, 3), (5, 5)]
 TOL = 1e-4
