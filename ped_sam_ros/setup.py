@@ -96,6 +96,5 @@ setup(
     description='Segment Anything for ROS 2 with the image encoder partitioned '
                 'across remote ZeroMQ servers (PED-SAM).',
     license='Apache-2.0',
-    tests_require=['pytest'],
     entry_points={'console_scripts': CONSOLE_SCRIPTS},
 )
