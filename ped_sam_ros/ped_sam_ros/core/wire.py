@@ -56,6 +56,9 @@ from .geometry import PATCH_SIZE, TOKEN_GRID, Tile
 
 PROTOCOL_VERSION = 2  # 2: the request names its "tile" (was "window")
 MAX_HEADER_BYTES = 16 * 1024
+#: the largest tensor dimension (1-D byte payloads, compressed pixels and tokens, reach
+#: megabytes); the frame's length must equal what the shape declares in any case
+MAX_DIM = 1 << 28
 MAX_ID_CHARS = 64
 # One window is at most the whole 1024x1024x3 frame: 3 MiB of pixels.
 MAX_PIXEL_BYTES = (TOKEN_GRID * PATCH_SIZE) ** 2 * 3
@@ -165,7 +168,7 @@ def decode_message(frames: Sequence, max_total_bytes: int = MAX_REQUEST_BYTES) -
         if not isinstance(dtype, str) or dtype not in DTYPES:
             raise WireError("bad_dtype", f"tensor {name!r}: dtype {dtype!r} is not one of {sorted(DTYPES)}")
         if (not isinstance(shape, list) or len(shape) > 4
-                or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= 1 << 20 for d in shape)):
+                or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_DIM for d in shape)):
             raise WireError("bad_shape", f"tensor {name!r}: shape {shape!r} must be a list of <= 4 non-negative ints")
         dt = DTYPES[dtype]
         expected = math.prod(shape) * dt.itemsize

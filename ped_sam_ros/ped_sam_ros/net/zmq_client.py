@@ -143,9 +143,11 @@ class ZmqTransport(Transport):
         *,
         options: Optional[ClientOptions] = None,
         context: Optional[zmq.Context] = None,
+        pixel_codec: str = "raw",
     ):
         if token_dtype not in wire.TOKEN_DTYPES:
             raise ValueError(f"token_dtype must be one of {wire.TOKEN_DTYPES}, got {token_dtype!r}")
+        wire.codecs.pixel_codec(pixel_codec)  # "raw", "png", "jpeg:90", "webp:85"...: raises on others
         if not servers:
             raise ValueError("at least one remote server endpoint is needed")
         for a in servers:
@@ -156,6 +158,7 @@ class ZmqTransport(Transport):
             raise ValueError(f"server names must be unique, got {names}")
         self.geometry = get_geometry(model)
         self.token_dtype = token_dtype
+        self.pixel_codec = pixel_codec  # how each request's pixels travel (core.codecs)
         self.client_secret_key = client_secret_key
         self.options = options or ClientOptions()
         self._servers = [_Connection(i, a) for i, a in enumerate(servers)]
@@ -388,7 +391,8 @@ class ZmqTransport(Transport):
             rid = wire.new_request_id()
             budget_ms = max(1, math.ceil((deadline - time.monotonic()) * 1000))
             frames = wire.make_encode_request(
-                EncodeRequest(rid, self.geometry.spec, mode, job.tile, job.pixels, budget_ms, self.token_dtype))
+                EncodeRequest(rid, self.geometry.spec, mode, job.tile, job.pixels, budget_ms, self.token_dtype,
+                              self.pixel_codec))
             t_sent = time.monotonic()  # before the send: the server may finish before send_multipart returns
             if not self._send(conn, frames):
                 self._abandon((r, s.server) for r, s in rnd.pending.items())
