@@ -47,6 +47,14 @@ class EvalConfig:
         return f"{self.partition.name} {self._servers_suffix}".rstrip()
 
     @property
+    def privacy_layout(self) -> str:
+        """Key of the server layout (who receives which tiles), shared by ``paper`` and ``exact``:
+        ``cloud``, ``edge`` or ``GRID|ASSIGNMENT``, e.g. ``2x2|0,1,2,3``."""
+        if self.kind != "ped":
+            return self.kind
+        return f"{self.partition.name}|{','.join(map(str, self.assignment))}"
+
+    @property
     def name(self) -> str:
         if self.kind == "cloud":
             return "cloud SAM"
@@ -85,7 +93,7 @@ class EvalConfig:
 
     def to_dict(self) -> dict:
         d = {"name": self.name, "spec": self.spec, "kind": self.kind, "servers": self.servers,
-             "layout_name": self.layout_name}
+             "layout_name": self.layout_name, "privacy_layout": self.privacy_layout}
         if self.kind == "ped":
             d.update(mode=self.mode, partition=self.partition.to_dict(), partition_name=self.partition.name,
                      aligned=self.partition.is_aligned, assignment=self.assignment,
@@ -124,6 +132,16 @@ def default_configs(grids: Sequence[Tuple[int, int]] = DEFAULT_GRIDS) -> List[Ev
         for aligned in (True, False):
             for r, c in grids:
                 out.append(EvalConfig("ped", mode, Partition.grid(r, c, aligned=aligned)))
+    return out
+
+
+def layout_configs(configs: Sequence[EvalConfig]) -> List[EvalConfig]:
+    """The first configuration of each server layout, in order (``paper`` and ``exact`` share theirs)."""
+    seen, out = set(), []
+    for c in configs:
+        if c.privacy_layout not in seen:
+            seen.add(c.privacy_layout)
+            out.append(c)
     return out
 
 

@@ -27,7 +27,7 @@ import math
 import os
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -57,10 +57,6 @@ def count_macs(fn: Callable, *args, **kwargs) -> int:
     return int(counter.get_total_flops()) // 2
 
 
-def module_macs(module: torch.nn.Module, *inputs) -> int:
-    return count_macs(module, *inputs)
-
-
 @lru_cache(maxsize=None)
 def block_macs(geom: SamGeometry, is_global: bool, h: int, w: int) -> int:
     """MACs of one encoder block on an h x w token map (a window block pads it to
@@ -69,7 +65,7 @@ def block_macs(geom: SamGeometry, is_global: bool, h: int, w: int) -> int:
     with torch.device("meta"):
         block = make_block(geom, index)
         x = torch.zeros(1, int(h), int(w), geom.embed_dim)
-    return module_macs(block, x)
+    return count_macs(block, x)
 
 
 @lru_cache(maxsize=None)
@@ -78,7 +74,7 @@ def patch_embed_macs(geom: SamGeometry, h: int, w: int) -> int:
     with torch.device("meta"):
         pe = _encoder_shell(geom).patch_embed
         x = torch.zeros(1, 3, int(h) * geom.patch_size, int(w) * geom.patch_size)
-    return module_macs(pe, x)
+    return count_macs(pe, x)
 
 
 @lru_cache(maxsize=None)
@@ -88,7 +84,7 @@ def neck_macs(geom: SamGeometry) -> int:
     with torch.device("meta"):
         neck = _encoder_shell(geom).neck
         x = torch.zeros(1, geom.embed_dim, g, g)
-    return module_macs(neck, x)
+    return count_macs(neck, x)
 
 
 @lru_cache(maxsize=None)
@@ -207,22 +203,23 @@ def edge_only_workload(geom: SamGeometry) -> SplitWorkload:
 # Bytes
 
 
-def pixel_bytes(tile: Tile, content_hw: Tuple[int, int]) -> int:
-    """uint8 RGB bytes the edge sends for a window: only the image content in it."""
-    y0, y1, x0, x1 = tile.pixel_box
-    h = max(0, min(y1, content_hw[0]) - y0)
-    w = max(0, min(x1, content_hw[1]) - x0)
-    return h * w * 3
+@dataclass(frozen=True)
+class WireBytes:
+    """Payload bytes of one frame: up to the servers, down to the edge (all servers together)."""
+
+    up: int
+    down: int
 
 
 def split_bytes(geom: SamGeometry, partition: Partition, assignment: Sequence[int], content_hw: Tuple[int, int],
                 dtype: str) -> Tuple[List[int], List[int]]:
-    """(bytes up per server, bytes down per server) for one frame."""
+    """(bytes up per server, bytes down per server) for one frame resized to ``content_hw``:
+    up, each tile's content pixels (``Tile.content_pixels``) as uint8 RGB."""
     n = max(assignment) + 1
     up, down = [0] * n, [0] * n
     for win in partition.tiles:
         s = int(assignment[win.index])
-        up[s] += pixel_bytes(win, content_hw)
+        up[s] += 3 * win.content_pixels(content_hw)
         down[s] += token_bytes(win.num_tokens, geom.embed_dim, dtype)
     return up, down
 
@@ -262,13 +259,40 @@ def _time(fn: Callable, repeats: int) -> float:
     return best
 
 
+@dataclass(frozen=True)
+class ComponentTiming:
+    """One component kind timed on this machine: the fastest of ``repeats`` runs of ``macs`` MACs."""
+
+    seconds: float
+    macs: int
+    s_per_mac: float
+    shape: str  # what was timed, e.g. "one 14x14-token window"
+    repeats: int
+
+    def to_dict(self) -> Dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Dict) -> "ComponentTiming":
+        return cls(float(d["seconds"]), int(d["macs"]), float(d["s_per_mac"]), str(d["shape"]), int(d["repeats"]))
+
+
+@dataclass(frozen=True)
+class CachedTiming:
+    """A cache entry: every component's timing for one (geometry, machine) key."""
+
+    key: str
+    measured_at: str
+    components: Dict[str, ComponentTiming]
+
+
 @torch.no_grad()
-def time_components(geom: SamGeometry, repeats: int = 5, big_repeats: int = 2, big_macs: float = 3e10) -> Dict[str, Dict]:
+def time_components(geom: SamGeometry, repeats: int = 5, big_repeats: int = 2,
+                    big_macs: float = 3e10) -> Dict[str, ComponentTiming]:
     """Measure each component kind on this CPU (random weights; the values do not
     change the arithmetic): one warm-up run, then the fastest of ``repeats`` runs
     (``big_repeats`` for components above ``big_macs``), which filters out the
-    slowdowns other processes cause on a shared machine.
-    Returns kind -> {seconds, macs, s_per_mac, shape, repeats}."""
+    slowdowns other processes cause on a shared machine.  Returns kind -> timing."""
     g, c, ws = geom.token_grid, geom.embed_dim, geom.window_size
     shell = _encoder_shell(geom)
     wblock = make_block(geom, geom.window_blocks[0]).eval()
@@ -286,8 +310,8 @@ def time_components(geom: SamGeometry, repeats: int = 5, big_repeats: int = 2, b
     for kind, (mod, x, macs, shape) in cases.items():
         mod(x)  # warm-up (allocator, kernels)
         n = big_repeats if macs > big_macs else repeats
-        secs = _time(lambda: mod(x), n)
-        out[kind] = {"seconds": secs, "macs": macs, "s_per_mac": secs / max(macs, 1), "shape": shape, "repeats": n}
+        secs = _time(lambda mod=mod, x=x: mod(x), n)
+        out[kind] = ComponentTiming(secs, macs, secs / max(macs, 1), shape, n)
     return out
 
 
@@ -295,8 +319,8 @@ class TimingCache:
     """Component timings per (geometry, machine), kept in a JSON file."""
 
     def __init__(self, path: Optional[Union[str, Path]] = None):
-        default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ped_sam_ros" / "component_timings.json"
-        self.path = Path(path) if path else default
+        cache_home = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+        self.path = Path(path) if path else cache_home / "ped_sam_ros" / "component_timings.json"
         try:
             self.data = json.loads(self.path.read_text())
         except (OSError, ValueError):
@@ -306,16 +330,25 @@ class TimingCache:
     def key(geom: SamGeometry) -> str:
         return f"{geom.spec} | {machine_signature()}"
 
-    def get(self, geom: SamGeometry, measure: bool = True, refresh: bool = False) -> Optional[Dict]:
-        """The cached entry, measured first if missing (``measure``) or if ``refresh``."""
+    def get(self, geom: SamGeometry, measure: bool = True, refresh: bool = False) -> Optional[CachedTiming]:
+        """The cached entry, measured first if missing or unreadable (``measure``) or if ``refresh``."""
         k = self.key(geom)
-        if (k not in self.data and measure) or refresh:
-            self.data[k] = {"measured_at": time.strftime("%Y-%m-%d %H:%M:%S"), "components": time_components(geom)}
+        entry = None if refresh else self._entry(k)
+        if entry is None and (measure or refresh):
+            entry = CachedTiming(k, time.strftime("%Y-%m-%d %H:%M:%S"), time_components(geom))
+            self.data[k] = {"measured_at": entry.measured_at,
+                            "components": {kind: t.to_dict() for kind, t in entry.components.items()}}
             self.save()
-        entry = self.data.get(k)
-        if entry is not None:
-            entry = dict(entry, cached_key=k)
         return entry
+
+    def _entry(self, k: str) -> Optional[CachedTiming]:
+        """The stored entry for ``k`` as a record; None if absent or not in the expected format."""
+        raw = self.data.get(k)
+        try:
+            return CachedTiming(k, str(raw["measured_at"]),
+                                {kind: ComponentTiming.from_dict(t) for kind, t in raw["components"].items()})
+        except (TypeError, KeyError, ValueError, AttributeError):
+            return None
 
     def save(self) -> None:
         try:
@@ -327,9 +360,9 @@ class TimingCache:
             pass  # a read-only home only loses the cache
 
 
-def workload_seconds(work: Workload, timings: Dict[str, Dict], speedup: float = 1.0) -> float:
+def workload_seconds(work: Workload, timings: Dict[str, ComponentTiming], speedup: float = 1.0) -> float:
     """Seconds for a workload: each component kind's MACs x its measured seconds per MAC."""
-    return sum(macs * timings[kind]["s_per_mac"] for kind, macs in work.items()) / speedup
+    return sum(macs * timings[kind].s_per_mac for kind, macs in work.items()) / speedup
 
 
 # ---------------------------------------------------------------------------
@@ -363,14 +396,27 @@ LATENCY_MODEL = (
 )
 
 
+@dataclass(frozen=True)
+class LatencyEstimate:
+    """One frame's estimated seconds under :data:`LATENCY_MODEL`, and its terms."""
+
+    total_s: float
+    network_s: float  # rtt_s + uplink_s + downlink_s
+    server_s: float  # the busiest server's compute
+    edge_s: float
+    uplink_s: float = 0.0
+    downlink_s: float = 0.0
+    rtt_s: float = 0.0
+
+
 def estimate_latency(edge_s: float, server_s: Sequence[float], up_bytes: int, down_bytes: int,
-                     link: LinkProfile) -> Dict[str, float]:
+                     link: LinkProfile) -> LatencyEstimate:
     """End-to-end seconds for one frame's image embedding under :data:`LATENCY_MODEL`."""
     if not server_s:
-        return {"total_s": edge_s, "network_s": 0.0, "server_s": 0.0, "edge_s": edge_s}
+        return LatencyEstimate(total_s=edge_s, network_s=0.0, server_s=0.0, edge_s=edge_s)
     up = up_bytes / link.bytes_per_s
     down = down_bytes / link.bytes_per_s
     rtt = link.rtt_ms / 1000.0
     srv = max(server_s)
-    return {"total_s": rtt + up + srv + down + edge_s, "network_s": rtt + up + down, "uplink_s": up,
-            "downlink_s": down, "rtt_s": rtt, "server_s": srv, "edge_s": edge_s}
+    return LatencyEstimate(total_s=rtt + up + srv + down + edge_s, network_s=rtt + up + down, server_s=srv,
+                           edge_s=edge_s, uplink_s=up, downlink_s=down, rtt_s=rtt)

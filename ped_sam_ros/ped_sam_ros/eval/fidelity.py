@@ -13,33 +13,16 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from segment_anything import SamAutomaticMaskGenerator, SamPredictor
+from segment_anything import SamPredictor
 
+from ..core.pipeline import AmgOptions, generate_masks
 from . import metrics
 
-# SAM's automatic-mask-generator score filters. Random weights predict meaningless
-# IoU/stability scores, so with them the filters are switched off (NMS kept).
-AMG_DEFAULTS = {"pred_iou_thresh": 0.88, "stability_score_thresh": 0.95, "box_nms_thresh": 0.7}
-AMG_RANDOM_WEIGHTS = {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "box_nms_thresh": 0.7}
-
-
-class FixedEmbedding:
-    """Stands in for a predictor inside SamAutomaticMaskGenerator so the image is
-    encoded once: ``set_image`` keeps the embedding already computed and
-    ``reset_image`` keeps it too; everything else is the wrapped predictor."""
-
-    def __init__(self, predictor: SamPredictor):
-        self._p = predictor
-
-    def set_image(self, image, image_format="RGB"):
-        if not self._p.is_image_set or tuple(image.shape[:2]) != tuple(self._p.original_size):
-            raise RuntimeError("FixedEmbedding: set the whole image on the predictor first (crop_n_layers must be 0)")
-
-    def reset_image(self):
-        pass
-
-    def __getattr__(self, name):
-        return getattr(self._p, name)
+# SAM's automatic-mask-generator score filters (SAM's own defaults, via core's AmgOptions). Random
+# weights predict meaningless IoU/stability scores, so with them the filters are off (NMS kept).
+_AMG_FILTERS = ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh")
+AMG_DEFAULTS = {k: getattr(AmgOptions(), k) for k in _AMG_FILTERS}
+AMG_RANDOM_WEIGHTS = {k: getattr(AmgOptions().without_score_filters(), k) for k in _AMG_FILTERS}
 
 
 def point_grid(height: int, width: int, n: int) -> np.ndarray:
@@ -94,10 +77,8 @@ def boxes_from_masks(masks: Sequence[np.ndarray], min_area_frac: float = 0.001, 
 
 def amg_masks(predictor: SamPredictor, image: np.ndarray, points_per_side: int, options: Dict) -> List[np.ndarray]:
     """SAM's automatic mask generator over the predictor's current embedding."""
-    amg = SamAutomaticMaskGenerator(predictor.model, points_per_side=points_per_side, points_per_batch=64,
-                                    **options)
-    amg.predictor = FixedEmbedding(predictor)
-    return [r["segmentation"] for r in amg.generate(image)]
+    records = generate_masks(predictor, image, dict(options, points_per_side=points_per_side, points_per_batch=64))
+    return [r["segmentation"] for r in records]
 
 
 @dataclass
@@ -123,38 +104,71 @@ def reference_outputs(predictor: SamPredictor, image: np.ndarray, grid: int, amg
     return Reference(predictor.features.detach().clone(), pts, pm, boxes, bm, amg)
 
 
+@dataclass(frozen=True)
+class FidelityScores:
+    """One configuration's agreement with plain SAM on one image (1 / 0 error = identical)."""
+
+    embedding_cosine: float
+    embedding_rel_error: float
+    embedding_max_abs_diff: float
+    point_ious: List[float]  # one per point prompt
+    box_ious: List[float]  # one per box prompt
+    amg: Optional[metrics.MaskMatch] = None  # None when AMG did not run on this image
+
+    @property
+    def point_prompts(self) -> int:
+        return len(self.point_ious)
+
+    @property
+    def point_iou_mean(self) -> Optional[float]:
+        return float(np.mean(self.point_ious)) if self.point_ious else None
+
+    @property
+    def point_iou_min(self) -> Optional[float]:
+        return float(np.min(self.point_ious)) if self.point_ious else None
+
+    @property
+    def box_prompts(self) -> int:
+        return len(self.box_ious)
+
+    @property
+    def box_iou_mean(self) -> Optional[float]:
+        return float(np.mean(self.box_ious)) if self.box_ious else None
+
+    @property
+    def box_iou_min(self) -> Optional[float]:
+        return float(np.min(self.box_ious)) if self.box_ious else None
+
+    def to_dict(self) -> Dict:
+        """Flat figures for JSON (the per-prompt lists included, the AMG match as its counts)."""
+        return {"embedding_cosine": self.embedding_cosine, "embedding_rel_error": self.embedding_rel_error,
+                "embedding_max_abs_diff": self.embedding_max_abs_diff, "point_iou_mean": self.point_iou_mean,
+                "point_iou_min": self.point_iou_min, "point_prompts": self.point_prompts,
+                "point_ious": list(self.point_ious), "box_iou_mean": self.box_iou_mean,
+                "box_iou_min": self.box_iou_min, "box_prompts": self.box_prompts, "box_ious": list(self.box_ious),
+                "amg": self.amg.to_dict() if self.amg is not None else None}
+
+
 def compare(ref: Reference, predictor: SamPredictor, image: np.ndarray, amg_points: int, amg_options: Dict,
-            run_amg: bool) -> Dict:
+            run_amg: bool) -> FidelityScores:
     """Fidelity of ``predictor`` (image already set) against the reference."""
     f = predictor.features
-    out: Dict = {
-        "embedding_cosine": metrics.cosine_similarity(f, ref.features),
-        "embedding_rel_error": metrics.relative_error(f, ref.features),
-        "embedding_max_abs_diff": metrics.max_abs_diff(f, ref.features),
-    }
     pm = point_masks(predictor, ref.points)
-    point_ious = [metrics.mask_iou(a, b) for a, b in zip(ref.point_masks, pm)]
     bm = box_masks(predictor, ref.boxes)
-    box_ious = [metrics.mask_iou(a, b) for a, b in zip(ref.box_masks, bm)]
-    out.update(point_iou_mean=float(np.mean(point_ious)) if point_ious else None,
-               point_iou_min=float(np.min(point_ious)) if point_ious else None,
-               point_prompts=len(point_ious), point_ious=point_ious,
-               box_iou_mean=float(np.mean(box_ious)) if box_ious else None,
-               box_iou_min=float(np.min(box_ious)) if box_ious else None,
-               box_prompts=len(box_ious), box_ious=box_ious)
+    amg = None
     if run_amg and ref.amg is not None:
-        cand = amg_masks(predictor, image, amg_points, amg_options)
-        out["amg"] = metrics.match_masks(ref.amg, cand).to_dict()
-    return out
+        amg = metrics.match_masks(ref.amg, amg_masks(predictor, image, amg_points, amg_options))
+    return FidelityScores(
+        embedding_cosine=metrics.cosine_similarity(f, ref.features),
+        embedding_rel_error=metrics.relative_error(f, ref.features),
+        embedding_max_abs_diff=metrics.max_abs_diff(f, ref.features),
+        point_ious=[metrics.mask_iou(a, b) for a, b in zip(ref.point_masks, pm)],
+        box_ious=[metrics.mask_iou(a, b) for a, b in zip(ref.box_masks, bm)],
+        amg=amg)
 
 
-def reference_self_metrics(ref: Reference, run_amg: bool) -> Dict:
+def reference_self_scores(ref: Reference, run_amg: bool) -> FidelityScores:
     """The reference compared with itself (what cloud and edge-only SAM score by construction)."""
-    n_amg = len(ref.amg) if (run_amg and ref.amg is not None) else None
-    out = {"embedding_cosine": 1.0, "embedding_rel_error": 0.0, "embedding_max_abs_diff": 0.0,
-           "point_iou_mean": 1.0, "point_iou_min": 1.0, "point_prompts": len(ref.point_masks),
-           "box_iou_mean": 1.0 if len(ref.box_masks) else None, "box_iou_min": 1.0 if len(ref.box_masks) else None,
-           "box_prompts": len(ref.box_masks)}
-    if n_amg is not None:
-        out["amg"] = metrics.match_masks(ref.amg, ref.amg).to_dict()
-    return out
+    amg = metrics.match_masks(ref.amg, ref.amg) if (run_amg and ref.amg is not None) else None
+    return FidelityScores(embedding_cosine=1.0, embedding_rel_error=0.0, embedding_max_abs_diff=0.0,
+                          point_ious=[1.0] * len(ref.point_masks), box_ious=[1.0] * len(ref.box_masks), amg=amg)

@@ -163,9 +163,19 @@ def match_masks(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray]
     )
 
 
-def summarize(values: Sequence[Optional[float]]) -> Dict[str, Optional[float]]:
-    """mean / min / max / n over the values that are not None or NaN."""
+@dataclass(frozen=True)
+class ValueStats:
+    """mean / min / max over the values present, and how many there were."""
+
+    mean: Optional[float]
+    min: Optional[float]
+    max: Optional[float]
+    n: int
+
+
+def value_stats(values: Sequence[Optional[float]]) -> ValueStats:
+    """mean / min / max / n over the values that are not None or NaN (all None when there are none)."""
     v = [float(x) for x in values if x is not None and not (isinstance(x, float) and np.isnan(x))]
     if not v:
-        return {"mean": None, "min": None, "max": None, "n": 0}
-    return {"mean": float(np.mean(v)), "min": float(np.min(v)), "max": float(np.max(v)), "n": len(v)}
+        return ValueStats(None, None, None, 0)
+    return ValueStats(float(np.mean(v)), float(np.min(v)), float(np.max(v)), len(v))

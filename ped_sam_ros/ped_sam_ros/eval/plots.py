@@ -7,9 +7,10 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from ..core.geometry import Partition
+from ..core.geometry import Partition, content_shape, server_shares
 from . import cost as costlib
 from . import privacy as priv
+from .records import ConfigSummary, CostSection, EvalResults
 
 
 def _plt():
@@ -41,7 +42,7 @@ def server_views(image: np.ndarray, partition: Partition, assignment: Sequence[i
     H, W = image.shape[:2]
     fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols * W / max(H, W) + 0.4, 1.9 * rows * H / max(H, W) + 0.6),
                              squeeze=False)
-    shares = priv.exposure_shares(partition, assignment, priv.resized_shape(H, W))
+    shares = server_shares(partition, assignment, content_shape((H, W)))
     for ax in axes.ravel():
         ax.axis("off")
     for s, wins in windows.items():
@@ -57,17 +58,19 @@ def server_views(image: np.ndarray, partition: Partition, assignment: Sequence[i
     return _save(fig, path)
 
 
-def reconstruction(image: np.ndarray, seen: np.ndarray, scores: Dict[str, Dict], path: Path, title: str) -> Path:
+def reconstruction(image: np.ndarray, seen: np.ndarray, scores: Dict[str, priv.ReconstructionScores], path: Path,
+                   title: str) -> Path:
     """Original | what the server holds | each reconstruction, with SSIM/PSNR over the frame and the unseen area."""
     plt = _plt()
     recons = {name: fn(image, seen) for name, fn in priv.ATTACKS.items()}
     labels = {"inpaint": "cv2.inpaint (Telea)", "nearest": "nearest seen pixel", "mean": "mean colour (floor)"}
-    panels = [("original", image, ""), ("server's view", priv.server_view(image, seen, 128), f"{seen.mean():.1%} of pixels")]
+    panels = [("original", image, ""),
+              ("server's view", priv.server_view(image, seen, 128), f"{seen.mean():.1%} of pixels")]
     for name, rec in recons.items():
-        sc = scores.get(name, {})
-        panels.append((labels.get(name, name), rec,
-                       f"SSIM {sc.get('ssim_frame', float('nan')):.3f} (unseen {sc.get('ssim_unseen', float('nan')):.3f})\n"
-                       f"PSNR {sc.get('psnr_frame', float('nan')):.1f} dB"))
+        sc = scores.get(name)
+        nan = float("nan")
+        ssim, unseen, psnr = (sc.ssim_frame, sc.ssim_unseen, sc.psnr_frame) if sc is not None else (nan, nan, nan)
+        panels.append((labels.get(name, name), rec, f"SSIM {ssim:.3f} (unseen {unseen:.3f})\nPSNR {psnr:.1f} dB"))
     H, W = image.shape[:2]
     fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 2.6 * H / W + 0.9))
     for ax, (t, im, sub) in zip(axes, panels):
@@ -102,29 +105,30 @@ def _plain_log_axis(axis):
     axis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
 
 
-def latency_vs_bandwidth(cost: Dict, geometries: Sequence[str], path: Path, dtype: str = "float16",
+def latency_vs_bandwidth(cost: CostSection, geometries: Sequence[str], path: Path, dtype: str = "float16",
                          configs: Optional[Sequence[str]] = None, rtt_ms: float = 20.0, title_note: str = "") -> Path:
     """Estimated end-to-end latency against link bandwidth (log axis), one panel per geometry.
 
     Curves use a fixed RTT; markers show the three stated link profiles with their own RTT.
     """
     plt = _plt()
-    geometries = [g for g in geometries if g in cost["geometries"]]
+    geometries = [g for g in geometries if g in cost.geometries]
     fig, axes = plt.subplots(1, len(geometries), figsize=(4.3 * len(geometries), 3.6), squeeze=False)
     bw = np.logspace(np.log10(5), np.log10(10000), 60)
     for ax, gname in zip(axes[0], geometries):
-        rows = [r for r in cost["rows"] if r["geometry"] == gname and r["latency"]]
+        rows = [r for r in cost.rows_of(gname) if r.latency]
         if configs:
-            rows = [r for r in rows if r["config_spec"] in configs]
-        for k, r in enumerate(rows):
-            srv = [r["server_s_max"]] if r["servers"] else []
-            b = r["bytes"][dtype]
-            ys = [costlib.estimate_latency(r["edge_s"], srv, b["up"], b["down"],
-                                           costlib.LinkProfile("x", x, rtt_ms))["total_s"] for x in bw]
-            ax.plot(bw, ys, label=r["config"], **_style(r["config_spec"]))
+            rows = [r for r in rows if r.config_spec in configs]
+        for r in rows:
+            srv = [r.server_s_max] if r.servers else []
+            b = r.bytes[dtype]
+            ys = [costlib.estimate_latency(r.edge_s, srv, b.up, b.down, costlib.LinkProfile("x", x, rtt_ms)).total_s
+                  for x in bw]
+            style = _style(r.config_spec)
+            ax.plot(bw, ys, label=r.config, **style)
             for link in costlib.LINKS:
-                y = r["latency"][dtype][link.name]["total_s"]
-                ax.plot([link.mbit_s], [y], marker="o", color=_style(r["config_spec"])["color"], ms=3.5, ls="none")
+                y = r.latency[dtype][link.name].total_s
+                ax.plot([link.mbit_s], [y], marker="o", color=style["color"], ms=3.5, ls="none")
         ax.set_xscale("log")
         ax.set_yscale("log")
         _plain_log_axis(ax.xaxis)
@@ -140,15 +144,16 @@ def latency_vs_bandwidth(cost: Dict, geometries: Sequence[str], path: Path, dtyp
     return _save(fig, path)
 
 
-def fidelity_bars(summary: List[Dict], path: Path, weights_label: str) -> Path:
+def fidelity_bars(summary: List[ConfigSummary], path: Path, weights_label: str) -> Path:
+    """Embedding cosine and point-prompt IoU against plain SAM, one bar per configuration."""
     plt = _plt()
     rows = summary
-    names = [r["config"] for r in rows]
+    names = [r.config for r in rows]
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-    for ax, key, label in [(axes[0], "embedding_cosine", "embedding cosine vs plain SAM"),
-                           (axes[1], "point_iou", "point-prompt mask IoU vs plain SAM")]:
-        vals = [r[key] if r[key] is not None else np.nan for r in rows]
-        colors = [_style(r["spec"])["color"] for r in rows]
+    for ax, values, label in [(axes[0], [r.fidelity.embedding_cosine for r in rows], "embedding cosine vs plain SAM"),
+                              (axes[1], [r.fidelity.point_iou for r in rows], "point-prompt mask IoU vs plain SAM")]:
+        vals = [v if v is not None else np.nan for v in values]
+        colors = [_style(r.spec)["color"] for r in rows]
         ax.bar(range(len(rows)), vals, color=colors)
         lo = np.nanmin(vals) if np.isfinite(np.nanmin(vals)) else 0
         ax.set_ylim(max(0.0, min(0.9, lo - 0.05)), 1.005)
@@ -161,20 +166,17 @@ def fidelity_bars(summary: List[Dict], path: Path, weights_label: str) -> Path:
     return _save(fig, path)
 
 
-def collusion(privacy_rows: List[Dict], configs: List[Dict], path: Path) -> Path:
-    """Largest share of the frame held by any k colluding servers (max over images)."""
+def collusion(res: EvalResults, path: Path) -> Path:
+    """Largest share of the frame held by any k colluding servers (max over images), per PED-SAM layout."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    done = set()
-    for c in configs:
-        if c["kind"] != "ped" or c["privacy_layout"] in done:
+    for c in res.layouts():
+        if c.kind != "ped":
             continue
-        done.add(c["privacy_layout"])
-        rows = [p for p in privacy_rows if p["layout"] == c["privacy_layout"]]
-        n = max(len(p["collusion"]) for p in rows)
-        ys = [max(p["collusion"][k] if k < len(p["collusion"]) else 1.0 for p in rows) for k in range(n)]
-        ax.plot(range(1, n + 1), ys, marker=".", ls="-" if c["partition"]["aligned"] else "-.",
-                label=c["layout_name"])
+        rows = res.privacy_of(c)
+        n = max(len(p.collusion) for p in rows)
+        ys = [max(p.collusion[k] if k < len(p.collusion) else 1.0 for p in rows) for k in range(n)]
+        ax.plot(range(1, n + 1), ys, marker=".", ls="-" if c.partition.is_aligned else "-.", label=c.layout_name)
     ax.axhline(1.0, color="black", ls="--", lw=1, label="cloud SAM (1 server)")
     ax.set_xlabel("k colluding servers")
     ax.set_ylabel("max share of frame pixels")
@@ -186,15 +188,16 @@ def collusion(privacy_rows: List[Dict], configs: List[Dict], path: Path) -> Path
     return _save(fig, path)
 
 
-def macs_bars(cost: Dict, geometry: str, path: Path) -> Path:
+def macs_bars(cost: CostSection, geometry: str, path: Path) -> Path:
+    """Edge and busiest-server encoder MACs per configuration on one geometry."""
     plt = _plt()
-    rows = [r for r in cost["rows"] if r["geometry"] == geometry]
+    rows = cost.rows_of(geometry)
     fig, ax = plt.subplots(figsize=(9, 3.6))
     x = np.arange(len(rows))
-    ax.bar(x - 0.2, [r["edge_macs"] / 1e9 for r in rows], 0.4, label="edge", color="tab:orange")
-    ax.bar(x + 0.2, [r["server_macs_max"] / 1e9 for r in rows], 0.4, label="busiest server", color="tab:green")
+    ax.bar(x - 0.2, [r.edge_macs / 1e9 for r in rows], 0.4, label="edge", color="tab:orange")
+    ax.bar(x + 0.2, [r.server_macs_max / 1e9 for r in rows], 0.4, label="busiest server", color="tab:green")
     ax.set_xticks(x)
-    ax.set_xticklabels([r["config"] for r in rows], rotation=70, fontsize=7, ha="right")
+    ax.set_xticklabels([r.config for r in rows], rotation=70, fontsize=7, ha="right")
     ax.set_ylabel("encoder GMACs per frame")
     ax.set_title(f"{geometry}: encoder multiply-accumulates (counted with FlopCounterMode)", fontsize=9)
     ax.legend(fontsize=7)

@@ -1,12 +1,13 @@
 """What a remote server sees of a frame, and what an attacker holding it can recover.
 
-Coordinates: windows live on SAM's 1024-pixel *resized* frame (the longest side
-resized to 1024, SAM's zero padding at the bottom/right).  A window covers only
-image content where it overlaps the resized image (``content_hw``); the rest is
-padding the server never receives.  For views of the *original* image, a window
-maps back with the per-axis resize ratio (``H / newh``, ``W / neww``, i.e.
-1 / scale with scale = 1024 / max(H, W) up to SAM's rounding of the resized size):
-an original pixel belongs to a window when its centre falls inside it.
+Coordinates: tiles live on SAM's 1024-pixel *resized* frame (the longest side
+resized to 1024, SAM's zero padding at the bottom/right).  A tile covers only
+image content where it overlaps the resized image (``Tile.content_box`` of
+``geometry.content_shape``); the rest is padding the server never receives, and
+a server's share of the frame is ``geometry.server_shares``.  For views of the
+*original* image, a tile maps back with the per-axis resize ratio (``H / newh``,
+``W / neww``, i.e. 1 / scale with scale = 1024 / max(H, W) up to SAM's rounding
+of the resized size): an original pixel belongs to a tile when its centre falls inside it.
 
 Attacks implemented here are classical only (no learned reconstruction):
 
@@ -28,7 +29,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..core.geometry import IMAGE_SIZE, Partition, Tile
+from ..core.geometry import Partition, Tile, content_shape
 from .metrics import box_iou
 
 Box = Tuple[int, int, int, int]  # x0, y0, x1, y1 (x1, y1 exclusive), original pixels
@@ -38,12 +39,6 @@ Box = Tuple[int, int, int, int]  # x0, y0, x1, y1 (x1, y1 exclusive), original p
 # Geometry of the views
 
 
-def resized_shape(height: int, width: int, long_side: int = IMAGE_SIZE) -> Tuple[int, int]:
-    """(h, w) of the frame after SAM's ResizeLongestSide (same rounding as SAM)."""
-    scale = long_side * 1.0 / max(height, width)
-    return int(height * scale + 0.5), int(width * scale + 0.5)
-
-
 def server_tiles(partition: Partition, assignment: Sequence[int]) -> Dict[int, List[Tile]]:
     """Server index -> the windows it receives (servers without windows are listed empty)."""
     n = max(assignment) + 1 if len(assignment) else 0
@@ -51,30 +46,6 @@ def server_tiles(partition: Partition, assignment: Sequence[int]) -> Dict[int, L
     for w in partition.tiles:
         out[int(assignment[w.index])].append(w)
     return out
-
-
-def tile_content_box(tile: Tile, content_hw: Tuple[int, int]) -> Optional[Tuple[int, int, int, int]]:
-    """(y0, y1, x0, x1) of the window's pixels that hold image content in the resized
-    frame (what the edge actually sends), or None when the tile is all padding."""
-    y0, y1, x0, x1 = tile.pixel_box
-    h, w = content_hw
-    y1, x1 = min(y1, h), min(x1, w)
-    if y1 <= y0 or x1 <= x0:
-        return None
-    return y0, y1, x0, x1
-
-
-def exposure_shares(partition: Partition, assignment: Sequence[int], content_hw: Tuple[int, int]) -> List[float]:
-    """Fraction of the resized frame's content pixels each server receives."""
-    h, w = content_hw
-    total = float(h * w)
-    shares = [0.0] * (max(assignment) + 1 if len(assignment) else 0)
-    for win in partition.tiles:
-        box = tile_content_box(win, content_hw)
-        if box is not None:
-            y0, y1, x0, x1 = box
-            shares[int(assignment[win.index])] += (y1 - y0) * (x1 - x0) / total
-    return shares
 
 
 def collusion_exposure(shares: Sequence[float]) -> List[float]:
@@ -103,7 +74,7 @@ def tile_original_box(tile: Tile, orig_hw: Tuple[int, int]) -> Optional[Box]:
     without gaps or overlaps.
     """
     H, W = orig_hw
-    nh, nw = resized_shape(H, W)
+    nh, nw = content_shape((H, W))
     y0, y1, x0, x1 = tile.pixel_box
     ry, rx = H / nh, W / nw
     oy0, oy1 = _to_original(y0, ry, H), _to_original(y1, ry, H)
@@ -186,13 +157,24 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float(peak_signal_noise_ratio(a, b, data_range=255))
 
 
-def reconstruction_scores(original: np.ndarray, reconstruction: np.ndarray, seen: np.ndarray) -> Dict[str, float]:
-    """SSIM and PSNR of a reconstruction against the original.
+@dataclass(frozen=True)
+class ReconstructionScores:
+    """How close an attacker's reconstruction is to the original frame.
 
     ``*_frame``: over the whole frame; ``*_unseen``: over the pixels the server
     did not see (SSIM: the mean of skimage's local SSIM map there; NaN when the
     server saw everything).  PSNR is +inf for identical images.
     """
+
+    ssim_frame: float
+    ssim_unseen: float
+    psnr_frame: float
+    psnr_unseen: float
+    unseen_fraction: float
+
+
+def reconstruction_scores(original: np.ndarray, reconstruction: np.ndarray, seen: np.ndarray) -> ReconstructionScores:
+    """SSIM and PSNR of a reconstruction against the original (see :class:`ReconstructionScores`)."""
     from skimage.metrics import structural_similarity
 
     if original.shape != reconstruction.shape:
@@ -206,13 +188,13 @@ def reconstruction_scores(original: np.ndarray, reconstruction: np.ndarray, seen
                                        full=True, win_size=win)
     if smap.ndim == 3:
         smap = smap.mean(axis=2)
-    return {
-        "ssim_frame": float(ssim),
-        "ssim_unseen": float(smap[unseen].mean()) if unseen.any() else float("nan"),
-        "psnr_frame": _psnr(original, reconstruction),
-        "psnr_unseen": _psnr(original[unseen], reconstruction[unseen]) if unseen.any() else float("nan"),
-        "unseen_fraction": float(unseen.mean()),
-    }
+    return ReconstructionScores(
+        ssim_frame=float(ssim),
+        ssim_unseen=float(smap[unseen].mean()) if unseen.any() else float("nan"),
+        psnr_frame=_psnr(original, reconstruction),
+        psnr_unseen=_psnr(original[unseen], reconstruction[unseen]) if unseen.any() else float("nan"),
+        unseen_fraction=float(unseen.mean()),
+    )
 
 
 # ---------------------------------------------------------------------------

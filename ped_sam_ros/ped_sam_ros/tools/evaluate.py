@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", default=None, metavar="DIR",
                    help=f"folder of images; default: scikit-image's photos {', '.join(DEFAULT_IMAGES)}")
     p.add_argument("--max-images", type=int, default=4, help="use at most this many images (0 = all)")
-    p.add_argument("--max-side", type=int, default=640, help="downscale images whose longest side is larger (0 = never)")
+    p.add_argument("--max-side", type=int, default=640,
+                   help="downscale images whose longest side is larger (0 = never)")
     p.add_argument("--configs", default="default",
                    help="comma-separated: cloud, edge, default, MODE:RxC[-free][@SERVERS] (e.g. paper:2x2, "
                         "exact:5x5-free, paper:5x5@3); the cloud and edge-only baselines are always included")
@@ -122,32 +123,32 @@ def main(argv: Optional[List[str]] = None) -> int:
     if geom.embed_dim >= 768 and not args.checkpoint:
         print("ped-sam-eval: note: a full-width model with random weights is slow on a CPU", file=sys.stderr)
     t0 = time.perf_counter()
-    ev = Evaluation(settings, progress=not args.no_progress)
     try:
-        ev.run()
+        results = Evaluation(settings, progress=not args.no_progress).run()
     except CheckpointError as e:
         print(f"ped-sam-eval: {e} (does --model match the checkpoint?)", file=sys.stderr)
         return 2
-    files = write_report(ev, out)
+    files = write_report(results, images, out)
     wall = time.perf_counter() - t0
     print(f"ped-sam-eval: finished in {wall:.0f} s; report: {files['report.md']}")
-    _print_headline(ev.results)
+    _print_headline(results.summary)
     return 0
 
 
-def _print_headline(results) -> None:
-    from ..eval.report import f3, pct, secs
+def _print_headline(rows) -> None:
+    """The headline table on the terminal (``rows``: the results' ConfigSummary list)."""
+    from ..eval.markdown import f3, pct, secs
 
-    rows = results["summary"]
     if not rows:
         return
-    g = rows[0]["cost_geometry"]
+    g = rows[0].cost.cost_geometry
     print(f"{'configuration':<22}{'emb cos':>9}{'pt IoU':>8}{'max share':>11}{'SSIM':>7}"
           f"{'edge MACs':>11}{'@100Mbit/s':>12}   ({g}, fp16)")
     for r in rows:
-        print(f"{r['config']:<22}{f3(r['embedding_cosine'], 4):>9}{f3(r['point_iou']):>8}"
-              f"{pct(r['max_server_share']):>11}{f3(r['recon_ssim_inpaint']) if r['servers'] else 'n/a':>7}"
-              f"{pct(r['edge_mac_share']):>11}{secs(r['latency_100mbit_s']):>12}")
+        ssim = f3(r.privacy.recon_ssim_inpaint) if r.servers else "n/a"
+        print(f"{r.config:<22}{f3(r.fidelity.embedding_cosine, 4):>9}{f3(r.fidelity.point_iou):>8}"
+              f"{pct(r.privacy.max_server_share):>11}{ssim:>7}"
+              f"{pct(r.cost.edge_mac_share):>11}{secs(r.cost.latency_100mbit_s):>12}")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ def test_linear_layer_macs():
     with torch.device("meta"):
         lin = nn.Linear(8, 4)
         x = torch.zeros(3, 8)
-    assert cost.module_macs(lin, x) == 96
+    assert cost.count_macs(lin, x) == 96
 
 
 def test_small_global_attention_block_macs():
@@ -30,7 +30,7 @@ def test_small_global_attention_block_macs():
     expected = 12 * n * c * c + 2 * n * n * c + n * (4 + 4) * c
     assert expected == 59392
     blk = Block(dim=c, num_heads=2, use_rel_pos=True, window_size=0, input_size=(4, 4)).to("meta")
-    assert cost.module_macs(blk, torch.zeros(1, 4, 4, c, device="meta")) == expected
+    assert cost.count_macs(blk, torch.zeros(1, 4, 4, c, device="meta")) == expected
     assert cost.block_macs_analytic(c, 4, 4, window=0) == expected
 
 
@@ -40,13 +40,14 @@ def test_small_window_block_macs():
     c = 16
     expected = 4 * c * c * 36 + 2 * 9 * c * 36 + (3 + 3) * c * 36 + 8 * c * c * 16
     blk = Block(dim=c, num_heads=2, use_rel_pos=True, window_size=3, input_size=(3, 3)).to("meta")
-    assert cost.module_macs(blk, torch.zeros(1, 4, 4, c, device="meta")) == expected
+    assert cost.count_macs(blk, torch.zeros(1, 4, 4, c, device="meta")) == expected
     assert cost.block_macs_analytic(c, 4, 4, window=3) == expected
 
 
 def test_full_size_counts_match_method_md():
     """Per-block figures and the global share quoted in docs/method.md."""
-    for spec, window_g, global_g, share in [("vit_b", 30, 55, 0.47), ("vit_l", 54, 86, 0.24), ("vit_h", 83, 123, 0.175)]:
+    figures = [("vit_b", 30, 55, 0.47), ("vit_l", 54, 86, 0.24), ("vit_h", 83, 123, 0.175)]
+    for spec, window_g, global_g, share in figures:
         g = get_geometry(spec)
         full = cost.full_encoder_workload(g)
         total = sum(full.values())
@@ -102,15 +103,16 @@ def test_latency_model_hand_case():
     link = cost.LinkProfile("100M", 100.0, 20.0)
     # 12.5 MB each way at 12.5 MB/s = 1 s each; busiest server 3 s; edge 1 s; RTT 20 ms
     lat = cost.estimate_latency(1.0, [2.0, 3.0], 12_500_000, 12_500_000, link)
-    assert lat["total_s"] == pytest.approx(0.02 + 1 + 3 + 1 + 1)
-    assert lat["network_s"] == pytest.approx(2.02)
-    assert cost.estimate_latency(4.0, [], 0, 0, link)["total_s"] == 4.0  # edge-only: no network
-    assert [l.mbit_s for l in cost.LINKS] == [1000.0, 100.0, 20.0]
-    assert [l.rtt_ms for l in cost.LINKS] == [2.0, 20.0, 50.0]
+    assert lat.total_s == pytest.approx(0.02 + 1 + 3 + 1 + 1)
+    assert lat.network_s == pytest.approx(2.02)
+    assert cost.estimate_latency(4.0, [], 0, 0, link).total_s == 4.0  # edge-only: no network
+    assert [link.mbit_s for link in cost.LINKS] == [1000.0, 100.0, 20.0]
+    assert [link.rtt_ms for link in cost.LINKS] == [2.0, 20.0, 50.0]
 
 
 def test_workload_seconds_scales_by_mac_rate():
-    timings = {"window_block": {"s_per_mac": 1e-9}, "global_block": {"s_per_mac": 2e-9}}
+    timings = {"window_block": cost.ComponentTiming(1.0, 10**9, 1e-9, "w", 1),
+               "global_block": cost.ComponentTiming(1.0, 5 * 10**8, 2e-9, "g", 1)}
     w = {"window_block": 1_000_000_000, "global_block": 500_000_000}
     assert cost.workload_seconds(w, timings) == pytest.approx(2.0)
     assert cost.workload_seconds(w, timings, speedup=4.0) == pytest.approx(0.5)
@@ -120,14 +122,14 @@ def test_component_timing_and_cache(tmp_path, monkeypatch):
     g = get_geometry("vit_b/w16h1")
     t = cost.time_components(g, repeats=1)
     assert set(t) == set(cost.COMPONENTS)
-    assert all(v["seconds"] > 0 and v["macs"] > 0 for v in t.values())
-    assert t["global_block"]["macs"] == cost.block_macs(g, True, 64, 64)
-    assert t["window_block"]["macs"] == cost.block_macs(g, False, 14, 14)
+    assert all(v.seconds > 0 and v.macs > 0 for v in t.values())
+    assert t["global_block"].macs == cost.block_macs(g, True, 64, 64)
+    assert t["window_block"].macs == cost.block_macs(g, False, 14, 14)
     calls = []
     monkeypatch.setattr(cost, "time_components", lambda geom: calls.append(geom) or t)
     path = tmp_path / "timings.json"
     c1 = cost.TimingCache(path)
-    assert c1.get(g)["components"]["neck"]["macs"] == t["neck"]["macs"]
-    assert cost.TimingCache(path).get(g) is not None and len(calls) == 1  # second time from the file
+    assert c1.get(g).components["neck"].macs == t["neck"].macs
+    assert cost.TimingCache(path).get(g).components == t and len(calls) == 1  # second time from the file
     assert cost.TimingCache(tmp_path / "none.json").get(g, measure=False) is None
     assert json.loads(path.read_text())

@@ -52,7 +52,8 @@ def test_report_folder(report):
     assert "RANDOM WEIGHTS" in md and "no learned reconstruction attacker" in md
     assert "estimate" in md and "servers are assumed to be this same CPU" in md
     # with --no-time-full-size the headline's latency comes from this run's own stage times, and says so
-    assert f"for the **{TINY_B} (this run)** geometry (counted MACs; compute time: measured stage times of this run" in md
+    assert (f"for the **{TINY_B} (this run)** geometry (counted MACs; compute time: measured stage times of this run"
+            in md)
     for heading in ("## Headline", "## 1. Fidelity", "## 2. Privacy", "## 3. Compute"):
         assert heading in md
 

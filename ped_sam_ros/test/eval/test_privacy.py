@@ -3,32 +3,33 @@
 import numpy as np
 import pytest
 
-from ped_sam_ros.core.geometry import Partition, server_shares
+from ped_sam_ros.core.geometry import Partition, content_shape, server_shares
 from ped_sam_ros.eval import privacy as priv
 
 
 def test_quarter_exposure_on_an_896_frame():
-    """896x896 content = 56x56 valid tokens: the aligned 2x2 cut at 28 tokens gives exact quarters."""
+    """896x896 content = 56x56 content tokens: the aligned 2x2 cut at 28 tokens gives exact quarters."""
     p = Partition.grid(2, 2)
     assert p.row_cuts == (28,) and p.col_cuts == (28,)
-    shares = priv.exposure_shares(p, [0, 1, 2, 3], (896, 896))
+    shares = server_shares(p, [0, 1, 2, 3], (896, 896))
     assert shares == [0.25, 0.25, 0.25, 0.25]
-    assert server_shares(p, [0, 1, 2, 3], (56, 56)) == shares  # the token-level count agrees
+    # the pixel count is the tiles' own content: 448x448 pixels each
+    assert [t.content_pixels((896, 896)) for t in p.tiles] == [448 * 448] * 4
     assert priv.collusion_exposure(shares) == [0.25, 0.5, 0.75, 1.0]
 
 
 def test_exposure_with_padding_and_shared_servers():
     p = Partition.grid(5, 5)
     # landscape 400x600 -> 683x1024: the bottom row of windows (tokens 56..64) is all padding
-    content = priv.resized_shape(400, 600)
+    content = content_shape((400, 600))
     assert content == (683, 1024)
-    shares = priv.exposure_shares(p, list(range(25)), content)
+    shares = server_shares(p, list(range(25)), content)
     assert sum(shares) == pytest.approx(1.0)
     assert shares[20:] == [0.0] * 5
-    assert priv.tile_content_box(p.tiles[20], content) is None
+    assert p.tiles[20].content_box(content) is None
     # two servers in a checkerboard hold everything between them
     two = [(w.grid_row + w.grid_col) % 2 for w in p.tiles]
-    s2 = priv.exposure_shares(p, two, (1024, 1024))
+    s2 = server_shares(p, two, (1024, 1024))
     assert sum(s2) == pytest.approx(1.0) and len(s2) == 2
     assert priv.collusion_exposure(s2)[-1] == pytest.approx(1.0)
     assert priv.collusion_exposure([0.1, 0.5, 0.2]) == pytest.approx([0.5, 0.7, 0.8])
@@ -63,9 +64,9 @@ def test_ssim_psnr_of_identical_images():
     img = (rng.random((64, 80, 3)) * 255).astype(np.uint8)
     seen = np.ones(img.shape[:2], bool)
     sc = priv.reconstruction_scores(img, img.copy(), seen)
-    assert sc["ssim_frame"] == pytest.approx(1.0)
-    assert sc["psnr_frame"] == float("inf")
-    assert np.isnan(sc["ssim_unseen"]) and sc["unseen_fraction"] == 0.0
+    assert sc.ssim_frame == pytest.approx(1.0)
+    assert sc.psnr_frame == float("inf")
+    assert np.isnan(sc.ssim_unseen) and sc.unseen_fraction == 0.0
     # a server that saw everything lets every attack recover the frame exactly
     for fn in priv.ATTACKS.values():
         assert np.array_equal(fn(img, seen), img)
@@ -81,7 +82,7 @@ def test_reconstructions_of_a_partial_view():
         assert rec.shape == img.shape and rec.dtype == np.uint8
         assert np.array_equal(rec[seen], img[seen]), name  # seen pixels are kept
         sc = priv.reconstruction_scores(img, rec, seen)
-        assert sc["ssim_frame"] < 0.5 and sc["unseen_fraction"] == 0.75  # noise cannot be recovered
+        assert sc.ssim_frame < 0.5 and sc.unseen_fraction == 0.75  # noise cannot be recovered
     # nearest fill copies the nearest seen column
     near = priv.nearest_fill_reconstruction(img, seen)
     assert np.array_equal(near[:, 40], img[:, 15])
@@ -97,7 +98,7 @@ def test_reconstructions_of_a_partial_view():
     for name, fn in priv.ATTACKS.items():
         rec = fn(gray, seen)
         assert rec.shape == gray.shape and np.array_equal(rec[seen], gray[seen]), name
-        assert priv.reconstruction_scores(gray, rec, seen)["unseen_fraction"] == 0.75
+        assert priv.reconstruction_scores(gray, rec, seen).unseen_fraction == 0.75
     assert np.all(priv.mean_fill_reconstruction(gray, seen)[~seen] == np.round(gray[seen].mean()))
 
 
