@@ -4,9 +4,9 @@ Spec strings (comma-separated on the command line)::
 
   cloud                 plain SAM, the whole frame on one remote server
   edge                  plain SAM, the whole encoder on the edge
-  paper:2x2             PED-SAM paper mode, token-aligned 2x2 grid, one server per window
+  paper:2x2             PED-SAM paper mode, token-aligned 2x2 grid, one server per tile
   exact:4x3-free        PED-SAM exact mode, 4x3 grid with even (not token-aligned) cuts
-  paper:5x5@3           25 windows spread over 3 servers (round robin; adjacency allowed)
+  paper:5x5@3           25 tiles spread over 3 servers (round robin; adjacency allowed)
   default               cloud, edge and {paper, exact} x {2x2, 3x3, 4x3, 5x5} x {aligned, free}
 
 The baselines are always added, so every report compares against them.
@@ -30,11 +30,11 @@ class EvalConfig:
     kind: str  # "cloud", "edge" or "ped"
     mode: Optional[str] = None  # "paper" / "exact" for ped
     partition: Optional[Partition] = None
-    num_servers: Optional[int] = None  # ped: None = one server per window
+    num_servers: Optional[int] = None  # ped: None = one server per tile
 
     @property
     def _servers_suffix(self) -> str:
-        """``@N`` when the windows share fewer servers than one each ('' otherwise)."""
+        """``@N`` when the tiles share fewer servers than one each ('' otherwise)."""
         return f"@{self.servers}" if self.servers != len(self.partition) else ""
 
     @property
@@ -88,7 +88,7 @@ class EvalConfig:
 
     @property
     def adjacent_pairs(self) -> int:
-        """Adjacent windows given to one server (0 with one server per window)."""
+        """Adjacent tiles given to one server (0 with one server per tile)."""
         return len(adjacency_violations(self.partition, self.assignment)) if self.kind == "ped" else 0
 
     def to_dict(self) -> dict:

@@ -172,7 +172,7 @@ def tile_workload(geom: SamGeometry, tile: Tile, mode: str) -> Workload:
 
 
 def edge_workload(geom: SamGeometry, mode: str) -> Workload:
-    """What the edge computes after merging the windows: its blocks on 64x64, then the neck."""
+    """What the edge computes after merging the tiles: its blocks on 64x64, then the neck."""
     g = geom.token_grid
     w: Workload = {}
     for i in geom.edge_blocks(mode):

@@ -92,7 +92,7 @@ def _settings_section(res: EvalResults) -> List[str]:
         ["weights", meta.weights.label + sha],
         ["images", f"{len(meta.images)}: {imgs} ({meta.image_source})"],
         ["configurations", cfgs],
-        ["servers per PED-SAM configuration", "one per window unless `@N` is given"],
+        ["servers per PED-SAM configuration", "one per tile unless `@N` is given"],
         ["wire precision (fidelity runs)", meta.wire_dtype],
         ["point prompts", meta.point_prompts],
         ["box prompts", meta.box_prompts],
@@ -256,7 +256,7 @@ def _privacy_section(res: EvalResults, files: Dict[str, Path]) -> List[str]:
     L = ["## 2. Privacy: what one server sees and what it can recover\n",
          "The server layout is the same in `paper` and `exact` mode, so each partition appears once. Shares are "
          "of the resized frame's image pixels (what is actually sent: uint8 crops, never SAM's padding). "
-         "*k colluding*: the largest share any set of k servers holds together (the k largest shares, as windows "
+         "*k colluding*: the largest share any set of k servers holds together (the k largest shares, as tiles "
          "are disjoint).\n"]
     L += _exposure_table(res)
     L.append("Reconstruction attack, from the **most-exposed single server** (largest share; mean over images): "
@@ -361,9 +361,9 @@ def _caveats_section(meta: Meta) -> List[str]:
         "inpainting or diffusion model would recover more plausible content), and the detectors are OpenCV's "
         "shipped Haar face and HOG people detectors, which miss many faces and people; a server's ability to "
         "recognise content it sees whole is bounded by its detector, not by PED-SAM. The attacks use one frame; "
-        "a server also sees its window of every frame of a video.",
-        "- Exposure shares count pixels, not information: a 25 % window can hold the one face in the frame. The "
-        "server also learns its window's position (from the request and the `pos_embed` slice).",
+        "a server also sees its tile of every frame of a video.",
+        "- Exposure shares count pixels, not information: a 25 % tile can hold the one face in the frame. The "
+        "server also learns its tile's position (from the request and the `pos_embed` slice).",
         "- Latency is an **estimate** from measured compute on this CPU plus counted bytes under the stated link "
         "model; no network was measured. Servers are assumed to be this CPU unless `--server-speedup` says "
         "otherwise; real GPUs change the balance between compute and transfer.",

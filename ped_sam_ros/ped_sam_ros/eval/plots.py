@@ -35,22 +35,22 @@ def server_views(image: np.ndarray, partition: Partition, assignment: Sequence[i
                  title: str) -> Path:
     """One panel per server: the original image as that server holds it (unseen area grey)."""
     plt = _plt()
-    windows = priv.server_tiles(partition, assignment)
-    n = len(windows)
-    one_per_window = n == len(partition)
-    rows, cols = (partition.rows, partition.cols) if one_per_window else (int(np.ceil(n / min(n, 5))), min(n, 5))
+    tiles = priv.server_tiles(partition, assignment)
+    n = len(tiles)
+    one_per_tile = n == len(partition)
+    rows, cols = (partition.rows, partition.cols) if one_per_tile else (int(np.ceil(n / min(n, 5))), min(n, 5))
     H, W = image.shape[:2]
     fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols * W / max(H, W) + 0.4, 1.9 * rows * H / max(H, W) + 0.6),
                              squeeze=False)
     shares = server_shares(partition, assignment, content_shape((H, W)))
     for ax in axes.ravel():
         ax.axis("off")
-    for s, wins in windows.items():
-        if one_per_window:
-            ax = axes[wins[0].grid_row][wins[0].grid_col]
+    for s, mine in tiles.items():
+        if one_per_tile:
+            ax = axes[mine[0].grid_row][mine[0].grid_col]
         else:
             ax = axes.ravel()[s]
-        seen = priv.seen_mask(wins, (H, W))
+        seen = priv.seen_mask(mine, (H, W))
         ax.imshow(priv.server_view(image, seen, fill=128))
         ax.set_title(f"server {s}: {shares[s]:.1%}", fontsize=7)
     fig.suptitle(title, fontsize=9)

@@ -40,7 +40,7 @@ Box = Tuple[int, int, int, int]  # x0, y0, x1, y1 (x1, y1 exclusive), original p
 
 
 def server_tiles(partition: Partition, assignment: Sequence[int]) -> Dict[int, List[Tile]]:
-    """Server index -> the windows it receives (servers without windows are listed empty)."""
+    """Server index -> the tiles it receives (servers without tiles are listed empty)."""
     n = max(assignment) + 1 if len(assignment) else 0
     out: Dict[int, List[Tile]] = {s: [] for s in range(n)}
     for w in partition.tiles:
@@ -51,7 +51,7 @@ def server_tiles(partition: Partition, assignment: Sequence[int]) -> Dict[int, L
 def collusion_exposure(shares: Sequence[float]) -> List[float]:
     """For k = 1..n: the largest share of the frame any set of k servers holds together.
 
-    Servers' windows are disjoint, so a set's share is the sum of its members'
+    Servers' tiles are disjoint, so a set's share is the sum of its members'
     shares and the worst set of k is the k largest.
     """
     s = sorted((float(x) for x in shares), reverse=True)
@@ -68,9 +68,9 @@ def _to_original(coord: float, ratio: float, limit: int) -> int:
 
 
 def tile_original_box(tile: Tile, orig_hw: Tuple[int, int]) -> Optional[Box]:
-    """The window's area in original image pixels as (x0, y0, x1, y1), None if empty.
+    """The tile's area in original image pixels as (x0, y0, x1, y1), None if empty.
 
-    Uses the per-axis ratio original/resized; consecutive windows tile the image
+    Uses the per-axis ratio original/resized; consecutive tiles cover the image
     without gaps or overlaps.
     """
     H, W = orig_hw
@@ -84,11 +84,11 @@ def tile_original_box(tile: Tile, orig_hw: Tuple[int, int]) -> Optional[Box]:
     return ox0, oy0, ox1, oy1
 
 
-def seen_mask(windows: Sequence[Tile], orig_hw: Tuple[int, int]) -> np.ndarray:
-    """bool (H, W): the original pixels that fall inside any of the windows."""
+def seen_mask(tiles: Sequence[Tile], orig_hw: Tuple[int, int]) -> np.ndarray:
+    """bool (H, W): the original pixels that fall inside any of the tiles."""
     m = np.zeros(orig_hw, dtype=bool)
-    for w in windows:
-        b = tile_original_box(w, orig_hw)
+    for t in tiles:
+        b = tile_original_box(t, orig_hw)
         if b is not None:
             x0, y0, x1, y1 = b
             m[y0:y1, x0:x1] = True

@@ -47,7 +47,7 @@ def test_views_tile_the_original_image(hw, grid, aligned):
     assert (cover == 1).all()
 
 
-def test_window_maps_to_original_pixels():
+def test_tile_maps_to_original_pixels():
     # 512x512 photo: scale 2, the 2x2 cut at 448 resized px is at 224 original px
     p = Partition.grid(2, 2)
     assert priv.tile_original_box(p.tiles[0], (512, 512)) == (0, 0, 224, 224)
@@ -55,7 +55,7 @@ def test_window_maps_to_original_pixels():
     # 400x600 photo: scale 1024/600, resized 683x1024; the cut at 448 px is original row ~262.5
     x0, y0, x1, y1 = priv.tile_original_box(p.tiles[0], (400, 600))
     assert (x0, y0) == (0, 0) and abs(y1 - 448 * 400 / 683) <= 1 and abs(x1 - 448 * 600 / 1024) <= 1
-    # a window entirely in SAM's padding shows nothing of the original
+    # a tile entirely in SAM's padding shows nothing of the original
     assert priv.tile_original_box(Partition.grid(5, 5).tiles[24], (400, 600)) is None
 
 
