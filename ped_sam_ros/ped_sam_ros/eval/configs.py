@@ -92,12 +92,23 @@ class EvalConfig:
         return len(adjacency_violations(self.partition, self.assignment)) if self.kind == "ped" else 0
 
     def to_dict(self) -> dict:
-        d = {"name": self.name, "spec": self.spec, "kind": self.kind, "servers": self.servers,
-             "layout_name": self.layout_name, "privacy_layout": self.privacy_layout}
+        d = {
+            "name": self.name,
+            "spec": self.spec,
+            "kind": self.kind,
+            "servers": self.servers,
+            "layout_name": self.layout_name,
+            "privacy_layout": self.privacy_layout,
+        }
         if self.kind == "ped":
-            d.update(mode=self.mode, partition=self.partition.to_dict(), partition_name=self.partition.name,
-                     aligned=self.partition.is_aligned, assignment=self.assignment,
-                     adjacent_pairs=self.adjacent_pairs)
+            d.update(
+                mode=self.mode,
+                partition=self.partition.to_dict(),
+                partition_name=self.partition.name,
+                aligned=self.partition.is_aligned,
+                assignment=self.assignment,
+                adjacent_pairs=self.adjacent_pairs,
+            )
         return d
 
 
@@ -116,8 +127,10 @@ def parse_config(spec: str) -> List[EvalConfig]:
         return [EvalConfig("edge")]
     m = _PED.fullmatch(s)
     if not m:
-        raise ValueError(f"bad configuration {spec!r}: use cloud, edge, default, or MODE:RxC[-free][@SERVERS] "
-                         f"with MODE in {MODES}, e.g. paper:2x2, exact:5x5-free, paper:5x5@3")
+        raise ValueError(
+            f"bad configuration {spec!r}: use cloud, edge, default, or MODE:RxC[-free][@SERVERS] "
+            f"with MODE in {MODES}, e.g. paper:2x2, exact:5x5-free, paper:5x5@3"
+        )
     mode, r, c, free, n = m.groups()
     part = Partition.grid(int(r), int(c), aligned=not free)
     servers = int(n) if n else None

@@ -28,7 +28,7 @@ import os
 import platform
 import time
 from dataclasses import asdict, dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -57,7 +57,7 @@ def count_macs(fn: Callable, *args, **kwargs) -> int:
     return int(counter.get_total_flops()) // 2
 
 
-@lru_cache(maxsize=None)
+@cache
 def block_macs(geom: SamGeometry, is_global: bool, h: int, w: int) -> int:
     """MACs of one encoder block on an h x w token map (a window block pads it to
     multiples of the window size and attends within each window, as SAM does)."""
@@ -68,7 +68,7 @@ def block_macs(geom: SamGeometry, is_global: bool, h: int, w: int) -> int:
     return count_macs(block, x)
 
 
-@lru_cache(maxsize=None)
+@cache
 def patch_embed_macs(geom: SamGeometry, h: int, w: int) -> int:
     """MACs of the 16x16 patch embedding producing an h x w token map."""
     with torch.device("meta"):
@@ -77,7 +77,7 @@ def patch_embed_macs(geom: SamGeometry, h: int, w: int) -> int:
     return count_macs(pe, x)
 
 
-@lru_cache(maxsize=None)
+@cache
 def neck_macs(geom: SamGeometry) -> int:
     """MACs of the encoder's neck (1x1 conv, 3x3 conv) on the 64x64 grid."""
     g = geom.token_grid
@@ -87,7 +87,7 @@ def neck_macs(geom: SamGeometry) -> int:
     return count_macs(neck, x)
 
 
-@lru_cache(maxsize=None)
+@cache
 def decoder_macs(multimask: bool = True) -> int:
     """MACs of SAM's prompt encoder + mask decoder for one single-point prompt
     (independent of the encoder's size; counted on CPU tensors, it is small)."""
@@ -97,8 +97,13 @@ def decoder_macs(multimask: bool = True) -> int:
 
     def run():
         sparse, dense = pe(points=(torch.zeros(1, 1, 2), torch.ones(1, 1)), boxes=None, masks=None)
-        md(image_embeddings=emb, image_pe=pe.get_dense_pe(), sparse_prompt_embeddings=sparse,
-           dense_prompt_embeddings=dense, multimask_output=multimask)
+        md(
+            image_embeddings=emb,
+            image_pe=pe.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask,
+        )
 
     return count_macs(run)
 
@@ -211,8 +216,9 @@ class WireBytes:
     down: int
 
 
-def split_bytes(geom: SamGeometry, partition: Partition, assignment: Sequence[int], content_hw: Tuple[int, int],
-                dtype: str) -> Tuple[List[int], List[int]]:
+def split_bytes(
+    geom: SamGeometry, partition: Partition, assignment: Sequence[int], content_hw: Tuple[int, int], dtype: str
+) -> Tuple[List[int], List[int]]:
     """(bytes up per server, bytes down per server) for one frame resized to ``content_hw``:
     up, each tile's content pixels (``Tile.content_pixels``) as uint8 RGB."""
     n = max(assignment) + 1
@@ -273,7 +279,7 @@ class ComponentTiming:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Dict) -> "ComponentTiming":
+    def from_dict(cls, d: Dict) -> ComponentTiming:
         return cls(float(d["seconds"]), int(d["macs"]), float(d["s_per_mac"]), str(d["shape"]), int(d["repeats"]))
 
 
@@ -287,8 +293,9 @@ class CachedTiming:
 
 
 @torch.no_grad()
-def time_components(geom: SamGeometry, repeats: int = 5, big_repeats: int = 2,
-                    big_macs: float = 3e10) -> Dict[str, ComponentTiming]:
+def time_components(
+    geom: SamGeometry, repeats: int = 5, big_repeats: int = 2, big_macs: float = 3e10
+) -> Dict[str, ComponentTiming]:
     """Measure each component kind on this CPU (random weights; the values do not
     change the arithmetic): one warm-up run, then the fastest of ``repeats`` runs
     (``big_repeats`` for components above ``big_macs``), which filters out the
@@ -299,10 +306,18 @@ def time_components(geom: SamGeometry, repeats: int = 5, big_repeats: int = 2,
     gblock = make_block(geom, geom.global_attn_indexes[0]).eval()
     # (module, input, its MACs as counted for the workloads, shape label)
     cases = {
-        "patch_embed": (shell.patch_embed, torch.randn(1, 3, ws * geom.patch_size, ws * geom.patch_size),
-                        patch_embed_macs(geom, ws, ws), f"1x3x{ws * geom.patch_size}x{ws * geom.patch_size} px"),
-        "window_block": (wblock, torch.randn(1, ws, ws, c), block_macs(geom, False, ws, ws),
-                         f"one {ws}x{ws}-token window"),
+        "patch_embed": (
+            shell.patch_embed,
+            torch.randn(1, 3, ws * geom.patch_size, ws * geom.patch_size),
+            patch_embed_macs(geom, ws, ws),
+            f"1x3x{ws * geom.patch_size}x{ws * geom.patch_size} px",
+        ),
+        "window_block": (
+            wblock,
+            torch.randn(1, ws, ws, c),
+            block_macs(geom, False, ws, ws),
+            f"one {ws}x{ws}-token window",
+        ),
         "global_block": (gblock, torch.randn(1, g, g, c), block_macs(geom, True, g, g), f"{g}x{g} tokens"),
         "neck": (shell.neck, torch.randn(1, c, g, g), neck_macs(geom), f"{c}x{g}x{g}"),
     }
@@ -336,8 +351,10 @@ class TimingCache:
         entry = None if refresh else self._entry(k)
         if entry is None and (measure or refresh):
             entry = CachedTiming(k, time.strftime("%Y-%m-%d %H:%M:%S"), time_components(geom))
-            self.data[k] = {"measured_at": entry.measured_at,
-                            "components": {kind: t.to_dict() for kind, t in entry.components.items()}}
+            self.data[k] = {
+                "measured_at": entry.measured_at,
+                "components": {kind: t.to_dict() for kind, t in entry.components.items()},
+            }
             self.save()
         return entry
 
@@ -345,8 +362,11 @@ class TimingCache:
         """The stored entry for ``k`` as a record; None if absent or not in the expected format."""
         raw = self.data.get(k)
         try:
-            return CachedTiming(k, str(raw["measured_at"]),
-                                {kind: ComponentTiming.from_dict(t) for kind, t in raw["components"].items()})
+            return CachedTiming(
+                k,
+                str(raw["measured_at"]),
+                {kind: ComponentTiming.from_dict(t) for kind, t in raw["components"].items()},
+            )
         except (TypeError, KeyError, ValueError, AttributeError):
             return None
 
@@ -409,8 +429,9 @@ class LatencyEstimate:
     rtt_s: float = 0.0
 
 
-def estimate_latency(edge_s: float, server_s: Sequence[float], up_bytes: int, down_bytes: int,
-                     link: LinkProfile) -> LatencyEstimate:
+def estimate_latency(
+    edge_s: float, server_s: Sequence[float], up_bytes: int, down_bytes: int, link: LinkProfile
+) -> LatencyEstimate:
     """End-to-end seconds for one frame's image embedding under :data:`LATENCY_MODEL`."""
     if not server_s:
         return LatencyEstimate(total_s=edge_s, network_s=0.0, server_s=0.0, edge_s=edge_s)
@@ -418,5 +439,12 @@ def estimate_latency(edge_s: float, server_s: Sequence[float], up_bytes: int, do
     down = down_bytes / link.bytes_per_s
     rtt = link.rtt_ms / 1000.0
     srv = max(server_s)
-    return LatencyEstimate(total_s=rtt + up + srv + down + edge_s, network_s=rtt + up + down, server_s=srv,
-                           edge_s=edge_s, uplink_s=up, downlink_s=down, rtt_s=rtt)
+    return LatencyEstimate(
+        total_s=rtt + up + srv + down + edge_s,
+        network_s=rtt + up + down,
+        server_s=srv,
+        edge_s=edge_s,
+        uplink_s=up,
+        downlink_s=down,
+        rtt_s=rtt,
+    )

@@ -14,10 +14,21 @@ from .records import PrivacyRow
 
 def edge_privacy(image: str, full: Dict[str, List[priv.Box]]) -> PrivacyRow:
     """Edge-only SAM: no server, so nothing is seen or detected by one."""
-    detection = {k: priv.SensitiveContentResult(k, list(boxes), [[] for _ in boxes], [[] for _ in boxes])
-                 for k, boxes in full.items()}
-    return PrivacyRow(layout="edge", image=image, servers=0, shares=[], max_share=0.0, collusion=[],
-                      attack_server=None, attacks={}, detection=detection)
+    detection = {
+        k: priv.SensitiveContentResult(k, list(boxes), [[] for _ in boxes], [[] for _ in boxes])
+        for k, boxes in full.items()
+    }
+    return PrivacyRow(
+        layout="edge",
+        image=image,
+        servers=0,
+        shares=[],
+        max_share=0.0,
+        collusion=[],
+        attack_server=None,
+        attacks={},
+        detection=detection,
+    )
 
 
 def server_views(c: EvalConfig, rgb: np.ndarray, content_hw: Tuple[int, int]) -> Tuple[List[np.ndarray], List[float]]:
@@ -36,8 +47,15 @@ def attack(image: np.ndarray, seen: np.ndarray) -> Dict[str, priv.Reconstruction
     return {name: priv.reconstruction_scores(image, fn(image, seen), seen) for name, fn in priv.ATTACKS.items()}
 
 
-def server_privacy(c: EvalConfig, name: str, rgb: np.ndarray, content_hw: Tuple[int, int], dets: priv.Detectors,
-                   full: Dict[str, List[priv.Box]], attack_all_servers: bool = False) -> PrivacyRow:
+def server_privacy(
+    c: EvalConfig,
+    name: str,
+    rgb: np.ndarray,
+    content_hw: Tuple[int, int],
+    dets: priv.Detectors,
+    full: Dict[str, List[priv.Box]],
+    attack_all_servers: bool = False,
+) -> PrivacyRow:
     """What each server of ``c``'s layout (cloud or PED-SAM) holds of the image, and what the attacks
     recover from the most-exposed one (from every one with ``attack_all_servers``)."""
     masks, shares = server_views(c, rgb, content_hw)
@@ -46,10 +64,19 @@ def server_privacy(c: EvalConfig, name: str, rgb: np.ndarray, content_hw: Tuple[
     per_server = {t: attack(rgb, masks[t]) for t in targets}
     worst_scores = None
     if attack_all_servers:
-        worst_scores = {a: max((per_server[t][a] for t in per_server), key=lambda r: r.ssim_frame)
-                        for a in priv.ATTACKS}
+        worst_scores = {
+            a: max((per_server[t][a] for t in per_server), key=lambda r: r.ssim_frame) for a in priv.ATTACKS
+        }
     return PrivacyRow(
-        layout=c.privacy_layout, image=name, servers=len(masks), shares=shares, max_share=max(shares),
-        collusion=priv.collusion_exposure(shares), attack_server=worst, attacks=per_server[worst],
+        layout=c.privacy_layout,
+        image=name,
+        servers=len(masks),
+        shares=shares,
+        max_share=max(shares),
+        collusion=priv.collusion_exposure(shares),
+        attack_server=worst,
+        attacks=per_server[worst],
         detection=priv.sensitive_content_attack(rgb, masks, dets, full_frame=full),
-        original_seen_fraction=float(masks[worst].mean()), attacks_worst_server=worst_scores)
+        original_seen_fraction=float(masks[worst].mean()),
+        attacks_worst_server=worst_scores,
+    )

@@ -12,7 +12,6 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
-
 from segment_anything import SamPredictor
 
 from ..core.pipeline import AmgOptions, generate_masks
@@ -37,9 +36,12 @@ def point_masks(predictor: SamPredictor, points: np.ndarray, batch: int = 16) ->
     """One mask per single-point prompt: SAM's highest-scoring multimask output."""
     out = []
     for i in range(0, len(points), batch):
-        p = points[i:i + batch]
-        coords = torch.as_tensor(predictor.transform.apply_coords(p[:, None, :], predictor.original_size),
-                                 dtype=torch.float32, device=predictor.device)
+        p = points[i : i + batch]
+        coords = torch.as_tensor(
+            predictor.transform.apply_coords(p[:, None, :], predictor.original_size),
+            dtype=torch.float32,
+            device=predictor.device,
+        )
         labels = torch.ones(coords.shape[:2], dtype=torch.int, device=predictor.device)
         masks, scores, _ = predictor.predict_torch(coords, labels, multimask_output=True)
         best = scores.argmax(dim=1)
@@ -52,15 +54,19 @@ def box_masks(predictor: SamPredictor, boxes: np.ndarray, batch: int = 16) -> np
     """One mask per box prompt (single-mask output, as SAM recommends for boxes)."""
     out = []
     for i in range(0, len(boxes), batch):
-        b = torch.as_tensor(predictor.transform.apply_boxes(boxes[i:i + batch], predictor.original_size),
-                            dtype=torch.float32, device=predictor.device)
+        b = torch.as_tensor(
+            predictor.transform.apply_boxes(boxes[i : i + batch], predictor.original_size),
+            dtype=torch.float32,
+            device=predictor.device,
+        )
         masks, _, _ = predictor.predict_torch(None, None, b, multimask_output=False)
         out.append(masks[:, 0].cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0,) + tuple(predictor.original_size), bool)
 
 
-def boxes_from_masks(masks: Sequence[np.ndarray], min_area_frac: float = 0.001, max_area_frac: float = 0.95,
-                     dedupe_iou: float = 0.9) -> np.ndarray:
+def boxes_from_masks(
+    masks: Sequence[np.ndarray], min_area_frac: float = 0.001, max_area_frac: float = 0.95, dedupe_iou: float = 0.9
+) -> np.ndarray:
     """Tight boxes (x0, y0, x1, y1) of the reference masks, skipping tiny or
     whole-frame masks and near-duplicate boxes."""
     boxes: List[tuple] = []
@@ -93,8 +99,9 @@ class Reference:
     amg: Optional[List[np.ndarray]] = None
 
 
-def reference_outputs(predictor: SamPredictor, image: np.ndarray, grid: int, amg_points: int,
-                      amg_options: Dict, run_amg: bool) -> Reference:
+def reference_outputs(
+    predictor: SamPredictor, image: np.ndarray, grid: int, amg_points: int, amg_options: Dict, run_amg: bool
+) -> Reference:
     h, w = image.shape[:2]
     pts = point_grid(h, w, grid)
     pm = point_masks(predictor, pts)
@@ -141,16 +148,25 @@ class FidelityScores:
 
     def to_dict(self) -> Dict:
         """Flat figures for JSON (the per-prompt lists included, the AMG match as its counts)."""
-        return {"embedding_cosine": self.embedding_cosine, "embedding_rel_error": self.embedding_rel_error,
-                "embedding_max_abs_diff": self.embedding_max_abs_diff, "point_iou_mean": self.point_iou_mean,
-                "point_iou_min": self.point_iou_min, "point_prompts": self.point_prompts,
-                "point_ious": list(self.point_ious), "box_iou_mean": self.box_iou_mean,
-                "box_iou_min": self.box_iou_min, "box_prompts": self.box_prompts, "box_ious": list(self.box_ious),
-                "amg": self.amg.to_dict() if self.amg is not None else None}
+        return {
+            "embedding_cosine": self.embedding_cosine,
+            "embedding_rel_error": self.embedding_rel_error,
+            "embedding_max_abs_diff": self.embedding_max_abs_diff,
+            "point_iou_mean": self.point_iou_mean,
+            "point_iou_min": self.point_iou_min,
+            "point_prompts": self.point_prompts,
+            "point_ious": list(self.point_ious),
+            "box_iou_mean": self.box_iou_mean,
+            "box_iou_min": self.box_iou_min,
+            "box_prompts": self.box_prompts,
+            "box_ious": list(self.box_ious),
+            "amg": self.amg.to_dict() if self.amg is not None else None,
+        }
 
 
-def compare(ref: Reference, predictor: SamPredictor, image: np.ndarray, amg_points: int, amg_options: Dict,
-            run_amg: bool) -> FidelityScores:
+def compare(
+    ref: Reference, predictor: SamPredictor, image: np.ndarray, amg_points: int, amg_options: Dict, run_amg: bool
+) -> FidelityScores:
     """Fidelity of ``predictor`` (image already set) against the reference."""
     f = predictor.features
     pm = point_masks(predictor, ref.points)
@@ -164,11 +180,18 @@ def compare(ref: Reference, predictor: SamPredictor, image: np.ndarray, amg_poin
         embedding_max_abs_diff=metrics.max_abs_diff(f, ref.features),
         point_ious=[metrics.mask_iou(a, b) for a, b in zip(ref.point_masks, pm)],
         box_ious=[metrics.mask_iou(a, b) for a, b in zip(ref.box_masks, bm)],
-        amg=amg)
+        amg=amg,
+    )
 
 
 def reference_self_scores(ref: Reference, run_amg: bool) -> FidelityScores:
     """The reference compared with itself (what cloud and edge-only SAM score by construction)."""
     amg = metrics.match_masks(ref.amg, ref.amg) if (run_amg and ref.amg is not None) else None
-    return FidelityScores(embedding_cosine=1.0, embedding_rel_error=0.0, embedding_max_abs_diff=0.0,
-                          point_ious=[1.0] * len(ref.point_masks), box_ious=[1.0] * len(ref.box_masks), amg=amg)
+    return FidelityScores(
+        embedding_cosine=1.0,
+        embedding_rel_error=0.0,
+        embedding_max_abs_diff=0.0,
+        point_ious=[1.0] * len(ref.point_masks),
+        box_ious=[1.0] * len(ref.box_masks),
+        amg=amg,
+    )

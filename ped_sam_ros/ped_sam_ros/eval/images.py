@@ -61,8 +61,12 @@ def _limit(img: np.ndarray, max_side: Optional[int]) -> np.ndarray:
     return cv2.resize(img, size, interpolation=cv2.INTER_AREA)
 
 
-def load_images(folder: Optional[str] = None, names: Optional[List[str]] = None, max_images: Optional[int] = None,
-                max_side: Optional[int] = None) -> List[Tuple[str, np.ndarray]]:
+def load_images(
+    folder: Optional[str] = None,
+    names: Optional[List[str]] = None,
+    max_images: Optional[int] = None,
+    max_side: Optional[int] = None,
+) -> List[Tuple[str, np.ndarray]]:
     """(name, RGB uint8) pairs: every image file in ``folder`` (sorted by name), or the
     scikit-image photos ``names`` (default :data:`DEFAULT_IMAGES`); images whose longest
     side exceeds ``max_side`` are downscaled (area interpolation)."""

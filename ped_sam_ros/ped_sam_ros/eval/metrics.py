@@ -143,8 +143,7 @@ def match_iou_matrix(iou: np.ndarray, threshold: float = 0.5) -> List[Tuple[int,
     return [(int(r), int(c), float(iou[r, c])) for r, c in zip(rows, cols) if ok[r, c]]
 
 
-def match_masks(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray],
-                threshold: float = 0.5) -> MaskMatch:
+def match_masks(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray], threshold: float = 0.5) -> MaskMatch:
     """One-to-one matching of masks by IoU (see :func:`match_iou_matrix`): the most pairs
     with IoU >= ``threshold``, then the largest total IoU."""
     iou = pairwise_mask_iou(reference, candidate)

@@ -31,8 +31,7 @@ def _save(fig, path: Path, dpi: int = 90) -> Path:
     return path
 
 
-def server_views(image: np.ndarray, partition: Partition, assignment: Sequence[int], path: Path,
-                 title: str) -> Path:
+def server_views(image: np.ndarray, partition: Partition, assignment: Sequence[int], path: Path, title: str) -> Path:
     """One panel per server: the original image as that server holds it (unseen area grey)."""
     plt = _plt()
     tiles = priv.server_tiles(partition, assignment)
@@ -40,8 +39,9 @@ def server_views(image: np.ndarray, partition: Partition, assignment: Sequence[i
     one_per_tile = n == len(partition)
     rows, cols = (partition.rows, partition.cols) if one_per_tile else (int(np.ceil(n / min(n, 5))), min(n, 5))
     H, W = image.shape[:2]
-    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols * W / max(H, W) + 0.4, 1.9 * rows * H / max(H, W) + 0.6),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(1.9 * cols * W / max(H, W) + 0.4, 1.9 * rows * H / max(H, W) + 0.6), squeeze=False
+    )
     shares = server_shares(partition, assignment, content_shape((H, W)))
     for ax in axes.ravel():
         ax.axis("off")
@@ -58,14 +58,17 @@ def server_views(image: np.ndarray, partition: Partition, assignment: Sequence[i
     return _save(fig, path)
 
 
-def reconstruction(image: np.ndarray, seen: np.ndarray, scores: Dict[str, priv.ReconstructionScores], path: Path,
-                   title: str) -> Path:
+def reconstruction(
+    image: np.ndarray, seen: np.ndarray, scores: Dict[str, priv.ReconstructionScores], path: Path, title: str
+) -> Path:
     """Original | what the server holds | each reconstruction, with SSIM/PSNR over the frame and the unseen area."""
     plt = _plt()
     recons = {name: fn(image, seen) for name, fn in priv.ATTACKS.items()}
     labels = {"inpaint": "cv2.inpaint (Telea)", "nearest": "nearest seen pixel", "mean": "mean colour (floor)"}
-    panels = [("original", image, ""),
-              ("server's view", priv.server_view(image, seen, 128), f"{seen.mean():.1%} of pixels")]
+    panels = [
+        ("original", image, ""),
+        ("server's view", priv.server_view(image, seen, 128), f"{seen.mean():.1%} of pixels"),
+    ]
     for name, rec in recons.items():
         sc = scores.get(name)
         nan = float("nan")
@@ -94,8 +97,12 @@ def _style(spec: str):
     mode, rest = spec.split(":", 1)
     grid = rest.split("@")[0].replace("-free", "")
     free = "-free" in rest
-    return dict(color=GRID_COLORS.get(grid, "tab:brown"), ls="-" if mode == "paper" else "--",
-                lw=0.9 if free else 1.6, alpha=0.7 if free else 1.0)
+    return dict(
+        color=GRID_COLORS.get(grid, "tab:brown"),
+        ls="-" if mode == "paper" else "--",
+        lw=0.9 if free else 1.6,
+        alpha=0.7 if free else 1.0,
+    )
 
 
 def _plain_log_axis(axis):
@@ -105,8 +112,15 @@ def _plain_log_axis(axis):
     axis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
 
 
-def latency_vs_bandwidth(cost: CostSection, geometries: Sequence[str], path: Path, dtype: str = "float16",
-                         configs: Optional[Sequence[str]] = None, rtt_ms: float = 20.0, title_note: str = "") -> Path:
+def latency_vs_bandwidth(
+    cost: CostSection,
+    geometries: Sequence[str],
+    path: Path,
+    dtype: str = "float16",
+    configs: Optional[Sequence[str]] = None,
+    rtt_ms: float = 20.0,
+    title_note: str = "",
+) -> Path:
     """Estimated end-to-end latency against link bandwidth (log axis), one panel per geometry.
 
     Curves use a fixed RTT; markers show the three stated link profiles with their own RTT.
@@ -122,8 +136,10 @@ def latency_vs_bandwidth(cost: CostSection, geometries: Sequence[str], path: Pat
         for r in rows:
             srv = [r.server_s_max] if r.servers else []
             b = r.bytes[dtype]
-            ys = [costlib.estimate_latency(r.edge_s, srv, b.up, b.down, costlib.LinkProfile("x", x, rtt_ms)).total_s
-                  for x in bw]
+            ys = [
+                costlib.estimate_latency(r.edge_s, srv, b.up, b.down, costlib.LinkProfile("x", x, rtt_ms)).total_s
+                for x in bw
+            ]
             style = _style(r.config_spec)
             ax.plot(bw, ys, label=r.config, **style)
             for link in costlib.LINKS:
@@ -138,8 +154,11 @@ def latency_vs_bandwidth(cost: CostSection, geometries: Sequence[str], path: Pat
         ax.set_title(f"{gname}, {dtype} tokens", fontsize=9)
         ax.grid(True, which="both", alpha=0.3)
     axes[0][0].legend(fontsize=6, loc="upper right")
-    fig.suptitle(f"Latency estimate = measured compute + counted bytes (curves: {rtt_ms:g} ms RTT; markers: "
-                 f"1 Gbit/s 2 ms, 100 Mbit/s 20 ms, 20 Mbit/s 50 ms){title_note}", fontsize=8)
+    fig.suptitle(
+        f"Latency estimate = measured compute + counted bytes (curves: {rtt_ms:g} ms RTT; markers: "
+        f"1 Gbit/s 2 ms, 100 Mbit/s 20 ms, 20 Mbit/s 50 ms){title_note}",
+        fontsize=8,
+    )
     fig.tight_layout()
     return _save(fig, path)
 
@@ -150,8 +169,10 @@ def fidelity_bars(summary: List[ConfigSummary], path: Path, weights_label: str) 
     rows = summary
     names = [r.config for r in rows]
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-    for ax, values, label in [(axes[0], [r.fidelity.embedding_cosine for r in rows], "embedding cosine vs plain SAM"),
-                              (axes[1], [r.fidelity.point_iou for r in rows], "point-prompt mask IoU vs plain SAM")]:
+    for ax, values, label in [
+        (axes[0], [r.fidelity.embedding_cosine for r in rows], "embedding cosine vs plain SAM"),
+        (axes[1], [r.fidelity.point_iou for r in rows], "point-prompt mask IoU vs plain SAM"),
+    ]:
         vals = [v if v is not None else np.nan for v in values]
         colors = [_style(r.spec)["color"] for r in rows]
         ax.bar(range(len(rows)), vals, color=colors)

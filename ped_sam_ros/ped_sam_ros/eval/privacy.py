@@ -184,8 +184,9 @@ def reconstruction_scores(original: np.ndarray, reconstruction: np.ndarray, seen
     win = min(7, *(s if s % 2 else s - 1 for s in original.shape[:2]))
     if win < 3:
         raise ValueError(f"image {original.shape[:2]} is too small for SSIM")
-    ssim, smap = structural_similarity(original, reconstruction, data_range=255, channel_axis=channel_axis,
-                                       full=True, win_size=win)
+    ssim, smap = structural_similarity(
+        original, reconstruction, data_range=255, channel_axis=channel_axis, full=True, win_size=win
+    )
     if smap.ndim == 3:
         smap = smap.mean(axis=2)
     return ReconstructionScores(
@@ -227,9 +228,9 @@ class Detectors:
         self.face_scale, self.face_neighbors, self.hog_scale = face_scale, face_neighbors, hog_scale
         self.description = {
             "face": f"cv2.CascadeClassifier({self.FACE_CASCADE}), scaleFactor={face_scale}, "
-                    f"minNeighbors={face_neighbors}, minSize=24x24, on grayscale",
+            f"minNeighbors={face_neighbors}, minSize=24x24, on grayscale",
             "person": f"cv2.HOGDescriptor + HOGDescriptor_getDefaultPeopleDetector(), winStride=8x8, "
-                      f"padding=8x8, scale={hog_scale}",
+            f"padding=8x8, scale={hog_scale}",
         }
 
     def detect(self, kind: str, rgb: np.ndarray) -> List[Box]:
@@ -240,8 +241,9 @@ class Detectors:
             if min(h, w) < 24:
                 return []
             gray = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
-            found = self._face.detectMultiScale(gray, scaleFactor=self.face_scale, minNeighbors=self.face_neighbors,
-                                                minSize=(24, 24))
+            found = self._face.detectMultiScale(
+                gray, scaleFactor=self.face_scale, minNeighbors=self.face_neighbors, minSize=(24, 24)
+            )
         elif kind == "person":
             if h < 128 or w < 64:  # smaller than the detector's 64x128 window
                 return []
@@ -282,14 +284,25 @@ class SensitiveContentResult:
         return sum(1 for s in self.detected_by if s)
 
     def to_dict(self) -> Dict:
-        return {"kind": self.kind, "n_full_frame": self.n, "n_seen_whole": self.n_seen_whole,
-                "n_detected": self.n_detected, "full_frame_boxes": [list(b) for b in self.full_frame],
-                "seen_whole_by": self.seen_whole_by, "detected_by": self.detected_by}
+        return {
+            "kind": self.kind,
+            "n_full_frame": self.n,
+            "n_seen_whole": self.n_seen_whole,
+            "n_detected": self.n_detected,
+            "full_frame_boxes": [list(b) for b in self.full_frame],
+            "seen_whole_by": self.seen_whole_by,
+            "detected_by": self.detected_by,
+        }
 
 
-def sensitive_content_attack(image: np.ndarray, seen_masks: Sequence[np.ndarray], detectors: Detectors,
-                             kinds: Sequence[str] = Detectors.KINDS, iou_threshold: float = 0.5,
-                             full_frame: Optional[Dict[str, List[Box]]] = None) -> Dict[str, SensitiveContentResult]:
+def sensitive_content_attack(
+    image: np.ndarray,
+    seen_masks: Sequence[np.ndarray],
+    detectors: Detectors,
+    kinds: Sequence[str] = Detectors.KINDS,
+    iou_threshold: float = 0.5,
+    full_frame: Optional[Dict[str, List[Box]]] = None,
+) -> Dict[str, SensitiveContentResult]:
     """For each detection on the full frame: which single servers see its box whole,
     and which detect it themselves (a box on their view with IoU >= ``iou_threshold``).
 
@@ -303,7 +316,8 @@ def sensitive_content_attack(image: np.ndarray, seen_masks: Sequence[np.ndarray]
         views = [detectors.detect_in_view(kind, image, m) if ref else [] for m in seen_masks]
         for box in ref:
             res.seen_whole_by.append([s for s, m in enumerate(seen_masks) if box_fully_seen(box, m)])
-            res.detected_by.append([s for s, found in enumerate(views)
-                                    if any(box_iou(box, f) >= iou_threshold for f in found)])
+            res.detected_by.append(
+                [s for s, found in enumerate(views) if any(box_iou(box, f) >= iou_threshold for f in found)]
+            )
         out[kind] = res
     return out

@@ -57,8 +57,14 @@ class FidelityRow:
     scores: FidelityScores
 
     def to_dict(self) -> Dict:
-        return dict(config=self.config, spec=self.spec, image=self.image, reference=self.reference, note=self.note,
-                    **self.scores.to_dict())
+        return dict(
+            config=self.config,
+            spec=self.spec,
+            image=self.image,
+            reference=self.reference,
+            note=self.note,
+            **self.scores.to_dict(),
+        )
 
 
 @dataclass(frozen=True)
@@ -304,9 +310,15 @@ class ConfigSummary:
     cost: CostSummary
 
     def to_dict(self) -> Dict:
-        return dict(config=self.config, spec=self.spec, kind=self.kind, servers=self.servers,
-                    **dataclasses.asdict(self.fidelity), **dataclasses.asdict(self.privacy),
-                    **dataclasses.asdict(self.cost))
+        return dict(
+            config=self.config,
+            spec=self.spec,
+            kind=self.kind,
+            servers=self.servers,
+            **dataclasses.asdict(self.fidelity),
+            **dataclasses.asdict(self.privacy),
+            **dataclasses.asdict(self.cost),
+        )
 
 
 @dataclass(frozen=True)

@@ -58,8 +58,15 @@ def _write_csv(path: Path, rows: List[Dict]) -> Path:
 def _flat_privacy(rows: List[PrivacyRow]) -> List[Dict]:
     out = []
     for p in rows:
-        d = {"layout": p.layout, "image": p.image, "servers": p.servers, "max_share": p.max_share,
-             "shares": p.shares, "collusion": p.collusion, "attack_server": p.attack_server}
+        d = {
+            "layout": p.layout,
+            "image": p.image,
+            "servers": p.servers,
+            "max_share": p.max_share,
+            "shares": p.shares,
+            "collusion": p.collusion,
+            "attack_server": p.attack_server,
+        }
         for a, sc in p.attacks.items():
             for k, v in jsonable(sc).items():
                 d[f"{a}_{k}"] = v
@@ -85,17 +92,36 @@ def _flat_fidelity(rows: List[FidelityRow]) -> List[Dict]:
 def _flat_cost(rows: List[CostRow]) -> List[Dict]:
     out = []
     for r in rows:
-        base = dict(geometry=r.geometry, spec=r.spec, config=r.config, config_spec=r.config_spec, servers=r.servers,
-                    edge_macs=r.edge_macs, edge_share=r.edge_share, server_macs_max=r.server_macs_max,
-                    server_macs_total=r.server_macs_total, edge_s=r.edge_s, server_s_max=r.server_s_max)
+        base = dict(
+            geometry=r.geometry,
+            spec=r.spec,
+            config=r.config,
+            config_spec=r.config_spec,
+            servers=r.servers,
+            edge_macs=r.edge_macs,
+            edge_share=r.edge_share,
+            server_macs_max=r.server_macs_max,
+            server_macs_total=r.server_macs_total,
+            edge_s=r.edge_s,
+            server_s_max=r.server_s_max,
+        )
         for dt in TABLE_DTYPES:
             b = r.bytes[dt]
             if not r.latency:
                 out.append(dict(base, dtype=dt, bytes_up=b.up, bytes_down=b.down, link=None))
                 continue
             for link, lat in r.latency[dt].items():
-                out.append(dict(base, dtype=dt, bytes_up=b.up, bytes_down=b.down, link=link,
-                                latency_s=lat.total_s, network_s=lat.network_s))
+                out.append(
+                    dict(
+                        base,
+                        dtype=dt,
+                        bytes_up=b.up,
+                        bytes_down=b.down,
+                        link=link,
+                        latency_s=lat.total_s,
+                        network_s=lat.network_s,
+                    )
+                )
     return out
 
 
@@ -140,8 +166,12 @@ def _summary_plots(res: EvalResults, out: Path) -> Dict[str, Path]:
     full = [g for g in geoms if "(this run)" not in g] or geoms
     if full:
         files["latency_vs_bandwidth.png"] = plots.latency_vs_bandwidth(
-            res.cost, full, out / "latency_vs_bandwidth.png", configs=_plot_configs(res.configs),
-            title_note=f"; {meta.server_assumption.split(';')[0]}")
+            res.cost,
+            full,
+            out / "latency_vs_bandwidth.png",
+            configs=_plot_configs(res.configs),
+            title_note=f"; {meta.server_assumption.split(';')[0]}",
+        )
     headline = res.summary[0].cost.cost_geometry if res.summary else None
     if headline in res.cost.geometries:
         files["macs.png"] = plots.macs_bars(res.cost, headline, out / "macs.png")
@@ -152,19 +182,30 @@ def _server_plots(res: EvalResults, image: Tuple[str, np.ndarray], out: Path) ->
     """Per-server views and reconstructions of one image, for up to two partitions (2x2 and 5x5 if run)."""
     name, rgb = image
     peds = [c for c in res.configs if c.kind == "ped"]
-    chosen = [c for c in (next((c for c in peds if c.partition.name == want), None) for want in ("2x2", "5x5"))
-              if c is not None] or peds[:1]
+    chosen = [
+        c
+        for c in (next((c for c in peds if c.partition.name == want), None) for want in ("2x2", "5x5"))
+        if c is not None
+    ] or peds[:1]
     files = {}
     for c in chosen:
         tag = f"{name}_{c.partition.name}" + ("" if c.servers == len(c.partition) else f"_{c.servers}srv")
         files[f"views_{tag}.png"] = plots.server_views(
-            rgb, c.partition, c.assignment, out / f"views_{tag}.png",
-            f"{name}: what each server of the {c.partition.name} grid receives (original pixels; grey = not sent)")
+            rgb,
+            c.partition,
+            c.assignment,
+            out / f"views_{tag}.png",
+            f"{name}: what each server of the {c.partition.name} grid receives (original pixels; grey = not sent)",
+        )
         prow = next(p for p in res.privacy_of(c) if p.image == name)
         seen = priv.seen_mask(priv.server_tiles(c.partition, c.assignment)[prow.attack_server], rgb.shape[:2])
         files[f"reconstruction_{tag}.png"] = plots.reconstruction(
-            rgb, seen, prow.attacks, out / f"reconstruction_{tag}.png",
-            f"{name}, {c.partition.name}: reconstruction from the most-exposed server (server {prow.attack_server})")
+            rgb,
+            seen,
+            prow.attacks,
+            out / f"reconstruction_{tag}.png",
+            f"{name}, {c.partition.name}: reconstruction from the most-exposed server (server {prow.attack_server})",
+        )
     return files
 
 

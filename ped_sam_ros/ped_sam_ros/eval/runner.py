@@ -27,23 +27,42 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-
 from segment_anything import SamPredictor
 from segment_anything.modeling import Sam
 
 from ..core.geometry import TOKEN_GRID, Tile, content_shape
-from ..core.model import (EdgeStage, RemoteStage, SamGeometry, build_sam, get_geometry, random_sam, save_checkpoint)
+from ..core.model import EdgeStage, RemoteStage, SamGeometry, build_sam, get_geometry, random_sam, save_checkpoint
 from ..core.pipeline import DistributedEncoder, PedSamPredictor
 from ..core.transport import LocalTransport
-from ..core.wire import (EncodeRequest, encode_message, frames_nbytes, make_encode_request, new_request_id, pack_tokens,
-                         unpack_tokens)
+from ..core.wire import (
+    EncodeRequest,
+    encode_message,
+    frames_nbytes,
+    make_encode_request,
+    new_request_id,
+    pack_tokens,
+    unpack_tokens,
+)
 from . import cost as costlib
 from . import cost_tables, exposure
 from . import fidelity as fid
 from . import privacy as priv
 from .configs import EvalConfig, layout_configs
-from .records import (AmgInfo, CostRow, CostSection, EvalResults, FidelityRow, GeometryCost, GeometryInfo, ImageInfo,
-                      LoadAverage, MeasuredRow, Meta, PrivacyRow, WeightsInfo)
+from .records import (
+    AmgInfo,
+    CostRow,
+    CostSection,
+    EvalResults,
+    FidelityRow,
+    GeometryCost,
+    GeometryInfo,
+    ImageInfo,
+    LoadAverage,
+    MeasuredRow,
+    Meta,
+    PrivacyRow,
+    WeightsInfo,
+)
 from .summary import config_summaries
 
 FULL_SIZE = ("vit_b", "vit_l", "vit_h")
@@ -113,8 +132,10 @@ def _loadavg() -> Optional[List[float]]:
 
 def server_assumption(speedup: float) -> str:
     if speedup == 1.0:
-        return ("servers are assumed to be this same CPU, their compute time being the one measured on this "
-                "machine; pass --server-speedup to model faster servers")
+        return (
+            "servers are assumed to be this same CPU, their compute time being the one measured on this "
+            "machine; pass --server-speedup to model faster servers"
+        )
     return f"servers are assumed to be {speedup:g}x faster than this CPU (--server-speedup {speedup:g})"
 
 
@@ -233,15 +254,22 @@ class Evaluation:
         s = self.s
         if s.checkpoint:
             ckpt = s.checkpoint
-            weights = WeightsInfo(random=False, label=f"checkpoint {Path(ckpt).name}",
-                                  checkpoint=str(Path(ckpt).resolve()), sha256=_sha256(ckpt))
+            weights = WeightsInfo(
+                random=False,
+                label=f"checkpoint {Path(ckpt).name}",
+                checkpoint=str(Path(ckpt).resolve()),
+                sha256=_sha256(ckpt),
+            )
         else:
             ckpt = str(save_checkpoint(random_sam(self.geom, seed=s.seed), Path(tmp) / "random_sam.pth"))
             label = f"RANDOM WEIGHTS (random_sam('{self.geom.spec}', seed={s.seed}); not trained SAM)"
             weights = WeightsInfo(random=True, seed=s.seed, label=label)
-        return _Models(reference=build_sam(self.geom, ckpt), remote=RemoteStage.from_checkpoint(self.geom, ckpt),
-                       edges={m: EdgeStage.from_checkpoint(self.geom, ckpt, m) for m in ("paper", "exact")},
-                       weights=weights)
+        return _Models(
+            reference=build_sam(self.geom, ckpt),
+            remote=RemoteStage.from_checkpoint(self.geom, ckpt),
+            edges={m: EdgeStage.from_checkpoint(self.geom, ckpt, m) for m in ("paper", "exact")},
+            weights=weights,
+        )
 
     # -- fidelity and measured stage times ---------------------------------------
     def _run_images(self, models: _Models, rows: _Rows, bar: Progress) -> None:
@@ -264,8 +292,9 @@ class Evaluation:
 
     def _ped_predictor(self, models: _Models, c: EvalConfig) -> PedSamPredictor:
         tr = LocalTransport(models.remote, num_servers=c.servers, token_dtype=self.s.wire_dtype)
-        enc = DistributedEncoder(models.edges[c.mode], tr, c.partition, c.assignment, timeout_s=3600.0,
-                                 allow_adjacent=True)
+        enc = DistributedEncoder(
+            models.edges[c.mode], tr, c.partition, c.assignment, timeout_s=3600.0, allow_adjacent=True
+        )
         return PedSamPredictor(enc)
 
     def _run_baselines(self, ref_pred: SamPredictor, img: _Image, rows: _Rows) -> fid.Reference:
@@ -284,36 +313,84 @@ class Evaluation:
         ref_pred.features = saved
         for c in s.configs:
             if c.kind == "cloud":
-                rows.fidelity.append(FidelityRow(c.name, c.spec, img.name, False,
-                                                 f"plain SAM, embedding sent as {s.wire_dtype}", cloud_scores))
-                rows.measured.append(MeasuredRow(c.name, c.spec, img.name, edge_s=0.0, server_compute_max_s=ref_s,
-                                                 bytes_up=up_b, bytes_down=down_b, content_hw=img.content_hw))
+                rows.fidelity.append(
+                    FidelityRow(
+                        c.name, c.spec, img.name, False, f"plain SAM, embedding sent as {s.wire_dtype}", cloud_scores
+                    )
+                )
+                rows.measured.append(
+                    MeasuredRow(
+                        c.name,
+                        c.spec,
+                        img.name,
+                        edge_s=0.0,
+                        server_compute_max_s=ref_s,
+                        bytes_up=up_b,
+                        bytes_down=down_b,
+                        content_hw=img.content_hw,
+                    )
+                )
             elif c.kind == "edge":
-                rows.fidelity.append(FidelityRow(c.name, c.spec, img.name, True, "is plain SAM (the reference)",
-                                                 fid.reference_self_scores(ref, img.run_amg)))
-                rows.measured.append(MeasuredRow(c.name, c.spec, img.name, edge_s=ref_s, server_compute_max_s=0.0,
-                                                 bytes_up=0, bytes_down=0, content_hw=img.content_hw))
+                rows.fidelity.append(
+                    FidelityRow(
+                        c.name,
+                        c.spec,
+                        img.name,
+                        True,
+                        "is plain SAM (the reference)",
+                        fid.reference_self_scores(ref, img.run_amg),
+                    )
+                )
+                rows.measured.append(
+                    MeasuredRow(
+                        c.name,
+                        c.spec,
+                        img.name,
+                        edge_s=ref_s,
+                        server_compute_max_s=0.0,
+                        bytes_up=0,
+                        bytes_down=0,
+                        content_hw=img.content_hw,
+                    )
+                )
         return ref
 
     def _run_ped(self, c: EvalConfig, pred: PedSamPredictor, ref: fid.Reference, img: _Image, rows: _Rows) -> None:
         s = self.s
         pred.set_image(img.rgb)
         st = pred.last_stats
-        rows.fidelity.append(FidelityRow(c.name, c.spec, img.name, False, "",
-                                         fid.compare(ref, pred, img.rgb, s.amg_points, self.amg_filters,
-                                                     img.run_amg)))
+        rows.fidelity.append(
+            FidelityRow(
+                c.name,
+                c.spec,
+                img.name,
+                False,
+                "",
+                fid.compare(ref, pred, img.rgb, s.amg_points, self.amg_filters, img.run_amg),
+            )
+        )
         comp = [p.compute_s for p in st.per_server]
         t = st.timings
-        rows.measured.append(MeasuredRow(
-            c.name, c.spec, img.name,
-            edge_s=t.get("edge_encoder", 0.0) + t.get("merge", 0.0) + t.get("partition", 0.0),
-            server_compute_max_s=max(comp) if comp else 0.0, bytes_up=st.bytes_up, bytes_down=st.bytes_down,
-            content_hw=img.content_hw, server_compute_sum_s=sum(comp), edge_encoder_s=t.get("edge_encoder", 0.0),
-            remote_in_process_s=t.get("remote", 0.0)))
+        rows.measured.append(
+            MeasuredRow(
+                c.name,
+                c.spec,
+                img.name,
+                edge_s=t.get("edge_encoder", 0.0) + t.get("merge", 0.0) + t.get("partition", 0.0),
+                server_compute_max_s=max(comp) if comp else 0.0,
+                bytes_up=st.bytes_up,
+                bytes_down=st.bytes_down,
+                content_hw=img.content_hw,
+                server_compute_sum_s=sum(comp),
+                edge_encoder_s=t.get("edge_encoder", 0.0),
+                remote_in_process_s=t.get("remote", 0.0),
+            )
+        )
 
     # -- privacy -----------------------------------------------------------------
-    def _privacy_for_image(self, img: _Image, layouts: List[EvalConfig], dets: priv.Detectors,
-                           bar: Progress) -> List[PrivacyRow]:
+    def _privacy_for_image(
+        self, img: _Image, layouts: List[EvalConfig], dets: priv.Detectors, bar: Progress
+    ) -> List[PrivacyRow]:
         full = {k: dets.detect(k, img.rgb) for k in dets.KINDS}
         rows = []
         for c in layouts:
@@ -321,8 +398,9 @@ class Evaluation:
             if c.kind == "edge":
                 rows.append(exposure.edge_privacy(img.name, full))
             else:
-                rows.append(exposure.server_privacy(c, img.name, img.rgb, img.content_hw, dets, full,
-                                                    self.s.attack_all_servers))
+                rows.append(
+                    exposure.server_privacy(c, img.name, img.rgb, img.content_hw, dets, full, self.s.attack_all_servers)
+                )
             bar.step(f"{img.name}: privacy {c.layout_name}")
         return rows
 
@@ -335,8 +413,9 @@ class Evaluation:
             out.append((g.spec, g, "components" if self.s.time_full_size else "none"))
         return out
 
-    def _cost(self, geoms: List[Tuple[str, SamGeometry, str]], measured: List[MeasuredRow],
-              bar: Progress) -> CostSection:
+    def _cost(
+        self, geoms: List[Tuple[str, SamGeometry, str]], measured: List[MeasuredRow], bar: Progress
+    ) -> CostSection:
         s = self.s
         cache = costlib.TimingCache(s.timing_cache)
         geometries: Dict[str, GeometryCost] = {}
@@ -351,8 +430,15 @@ class Evaluation:
 
     # -- assembling ------------------------------------------------------------------
     def _assemble(self, rows: _Rows, cost: CostSection, weights: WeightsInfo, wall_s: float) -> EvalResults:
-        results = EvalResults(meta=self._meta(weights, wall_s), configs=list(self.s.configs), fidelity=rows.fidelity,
-                              measured=rows.measured, privacy=rows.privacy, cost=cost, summary=[])
+        results = EvalResults(
+            meta=self._meta(weights, wall_s),
+            configs=list(self.s.configs),
+            fidelity=rows.fidelity,
+            measured=rows.measured,
+            privacy=rows.privacy,
+            cost=cost,
+            summary=[],
+        )
         return dataclasses.replace(results, summary=config_summaries(results, self._headline_geometry()))
 
     def _headline_geometry(self) -> str:
@@ -367,17 +453,31 @@ class Evaluation:
         return Meta(
             model=g.spec,
             geometry=GeometryInfo(g.embed_dim, g.depth, g.num_heads, list(g.global_attn_indexes)),
-            weights=weights, random_weights=s.random_weights,
-            images=[ImageInfo(n, int(im.shape[0]), int(im.shape[1]), content_shape(im.shape[:2]))
-                    for n, im in s.images],
-            image_source=s.image_source, wire_dtype=s.wire_dtype,
+            weights=weights,
+            random_weights=s.random_weights,
+            images=[
+                ImageInfo(n, int(im.shape[0]), int(im.shape[1]), content_shape(im.shape[:2])) for n, im in s.images
+            ],
+            image_source=s.image_source,
+            wire_dtype=s.wire_dtype,
             point_prompts=f"{s.point_grid}x{s.point_grid} grid of single foreground points (best of SAM's 3 "
-                          f"multimask outputs by predicted IoU)",
+            f"multimask outputs by predicted IoU)",
             box_prompts="tight boxes of the reference's point-prompt masks (0.1%..95% of the frame, "
-                        "near-duplicates dropped), single-mask output",
-            amg=AmgInfo(s.amg_points, s.amg_image_count, self.amg_filters,
-                        "one-to-one matching by mask IoU: the most pairs with IoU >= 0.5, then the largest total IoU"),
-            command=s.command, server_speedup=s.server_speedup, server_assumption=server_assumption(s.server_speedup),
-            detectors=self.detector_description, machine=costlib.machine_signature(), platform=platform.platform(),
-            torch_threads=torch.get_num_threads(), load_average=LoadAverage(self.load_before, _loadavg()),
-            wall_s=wall_s, date=time.strftime("%Y-%m-%d %H:%M:%S"))
+            "near-duplicates dropped), single-mask output",
+            amg=AmgInfo(
+                s.amg_points,
+                s.amg_image_count,
+                self.amg_filters,
+                "one-to-one matching by mask IoU: the most pairs with IoU >= 0.5, then the largest total IoU",
+            ),
+            command=s.command,
+            server_speedup=s.server_speedup,
+            server_assumption=server_assumption(s.server_speedup),
+            detectors=self.detector_description,
+            machine=costlib.machine_signature(),
+            platform=platform.platform(),
+            torch_threads=torch.get_num_threads(),
+            load_average=LoadAverage(self.load_before, _loadavg()),
+            wall_s=wall_s,
+            date=time.strftime("%Y-%m-%d %H:%M:%S"),
+        )

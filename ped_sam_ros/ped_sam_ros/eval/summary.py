@@ -8,8 +8,16 @@ from . import cost as costlib
 from .configs import EvalConfig
 from .metrics import value_stats
 from .privacy import ReconstructionScores
-from .records import (ConfigSummary, CostRow, CostSummary, EvalResults, FidelityRow, FidelitySummary, PrivacyRow,
-                      PrivacySummary)
+from .records import (
+    ConfigSummary,
+    CostRow,
+    CostSummary,
+    EvalResults,
+    FidelityRow,
+    FidelitySummary,
+    PrivacyRow,
+    PrivacySummary,
+)
 
 HEADLINE_DTYPE = "float16"
 HEADLINE_LINK = costlib.LINKS[1].name  # 100 Mbit/s, 20 ms RTT
@@ -36,8 +44,9 @@ def fidelity_summary(rows: Sequence[FidelityRow]) -> FidelitySummary:
     )
 
 
-def attack_mean(rows: Sequence[PrivacyRow], attack: str,
-                figure: Callable[[ReconstructionScores], float]) -> Optional[float]:
+def attack_mean(
+    rows: Sequence[PrivacyRow], attack: str, figure: Callable[[ReconstructionScores], float]
+) -> Optional[float]:
     """Mean over images of one figure of one attack (images without that attack are skipped)."""
     return _mean([figure(p.attacks[attack]) for p in rows if attack in p.attacks])
 
@@ -47,8 +56,11 @@ def _detection_fractions(rows: Sequence[PrivacyRow], kind: str):
     n = sum(p.detection[kind].n for p in rows)
     if not n:
         return n, None, None
-    return (n, sum(p.detection[kind].n_seen_whole for p in rows) / n,
-            sum(p.detection[kind].n_detected for p in rows) / n)
+    return (
+        n,
+        sum(p.detection[kind].n_seen_whole for p in rows) / n,
+        sum(p.detection[kind].n_detected for p in rows) / n,
+    )
 
 
 def privacy_summary(rows: Sequence[PrivacyRow]) -> PrivacySummary:
@@ -63,24 +75,39 @@ def privacy_summary(rows: Sequence[PrivacyRow]) -> PrivacySummary:
         recon_ssim_nearest=attack_mean(rows, "nearest", lambda s: s.ssim_frame),
         recon_ssim_mean_fill=attack_mean(rows, "mean", lambda s: s.ssim_frame),
         recon_psnr_inpaint=attack_mean(rows, "inpaint", lambda s: s.psnr_frame),
-        faces=faces, faces_seen_whole=faces_whole, faces_detected=faces_found,
-        people=people, people_seen_whole=people_whole, people_detected=people_found,
+        faces=faces,
+        faces_seen_whole=faces_whole,
+        faces_detected=faces_found,
+        people=people,
+        people_seen_whole=people_whole,
+        people_detected=people_found,
     )
 
 
-def cost_summary(row: Optional[CostRow], geometry: str, dtype: str = HEADLINE_DTYPE,
-                 link: str = HEADLINE_LINK) -> CostSummary:
+def cost_summary(
+    row: Optional[CostRow], geometry: str, dtype: str = HEADLINE_DTYPE, link: str = HEADLINE_LINK
+) -> CostSummary:
     if row is None:
         return CostSummary(geometry, None, None, None, None, dtype)
     lat = row.latency.get(dtype, {}).get(link)
-    return CostSummary(cost_geometry=geometry, edge_mac_share=row.edge_share, edge_gmacs=row.edge_macs / 1e9,
-                       server_gmacs_max=row.server_macs_max / 1e9, latency_100mbit_s=lat.total_s if lat else None,
-                       latency_dtype=dtype, bytes_up=row.bytes[dtype].up, bytes_down=row.bytes[dtype].down)
+    return CostSummary(
+        cost_geometry=geometry,
+        edge_mac_share=row.edge_share,
+        edge_gmacs=row.edge_macs / 1e9,
+        server_gmacs_max=row.server_macs_max / 1e9,
+        latency_100mbit_s=lat.total_s if lat else None,
+        latency_dtype=dtype,
+        bytes_up=row.bytes[dtype].up,
+        bytes_down=row.bytes[dtype].down,
+    )
 
 
 def config_summary(results: EvalResults, config: EvalConfig, headline_geometry: str) -> ConfigSummary:
     return ConfigSummary(
-        config=config.name, spec=config.spec, kind=config.kind, servers=config.servers,
+        config=config.name,
+        spec=config.spec,
+        kind=config.kind,
+        servers=config.servers,
         fidelity=fidelity_summary(results.fidelity_of(config)),
         privacy=privacy_summary(results.privacy_of(config)),
         cost=cost_summary(results.cost.row(headline_geometry, config.spec), headline_geometry),

@@ -31,106 +31,173 @@ def build_parser() -> argparse.ArgumentParser:
     from ..core.wire import TOKEN_DTYPES
     from ..eval.images import DEFAULT_IMAGES
 
-    p = argparse.ArgumentParser(prog="ped-sam-eval", description=DESCRIPTION,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default=None,
-                   help="model type: vit_b, vit_l, vit_h, or a narrow variant such as vit_b/w32h2 "
-                        "(official depth and global blocks, smaller width; for CPU runs with random weights). "
-                        "Default: read from --checkpoint, else vit_b/w32h2 with random weights")
-    p.add_argument("--checkpoint", default=None,
-                   help="official SAM checkpoint (e.g. sam_vit_b_01ec64.pth) matching --model; "
-                        "without it the model gets RANDOM WEIGHTS (random_sam, saved to a temporary checkpoint)")
+    p = argparse.ArgumentParser(
+        prog="ped-sam-eval", description=DESCRIPTION, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        help="model type: vit_b, vit_l, vit_h, or a narrow variant such as vit_b/w32h2 "
+        "(official depth and global blocks, smaller width; for CPU runs with random weights). "
+        "Default: read from --checkpoint, else vit_b/w32h2 with random weights",
+    )
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        help="official SAM checkpoint (e.g. sam_vit_b_01ec64.pth) matching --model; "
+        "without it the model gets RANDOM WEIGHTS (random_sam, saved to a temporary checkpoint)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights")
-    p.add_argument("--images", default=None, metavar="DIR",
-                   help=f"folder of images; default: scikit-image's photos {', '.join(DEFAULT_IMAGES)}")
+    p.add_argument(
+        "--images",
+        default=None,
+        metavar="DIR",
+        help=f"folder of images; default: scikit-image's photos {', '.join(DEFAULT_IMAGES)}",
+    )
     p.add_argument("--max-images", type=int, default=4, help="use at most this many images (0 = all)")
-    p.add_argument("--max-side", type=int, default=640,
-                   help="downscale images whose longest side is larger (0 = never)")
-    p.add_argument("--configs", default="default",
-                   help="comma-separated: cloud, edge, default, MODE:RxC[-free][@SERVERS] (e.g. paper:2x2, "
-                        "exact:5x5-free, paper:5x5@3); the cloud and edge-only baselines are always included")
-    p.add_argument("--wire-dtype", default="float16", choices=TOKEN_DTYPES,
-                   help="precision of the tokens (and the cloud embedding) in the fidelity runs")
+    p.add_argument(
+        "--max-side", type=int, default=640, help="downscale images whose longest side is larger (0 = never)"
+    )
+    p.add_argument(
+        "--configs",
+        default="default",
+        help="comma-separated: cloud, edge, default, MODE:RxC[-free][@SERVERS] (e.g. paper:2x2, "
+        "exact:5x5-free, paper:5x5@3); the cloud and edge-only baselines are always included",
+    )
+    p.add_argument(
+        "--wire-dtype",
+        default="float16",
+        choices=TOKEN_DTYPES,
+        help="precision of the tokens (and the cloud embedding) in the fidelity runs",
+    )
     p.add_argument("--point-grid", type=int, default=3, help="N: an NxN grid of single-point prompts")
-    p.add_argument("--amg-points", type=int, default=4,
-                   help="automatic mask generation: points per side (0 = skip AMG)")
+    p.add_argument(
+        "--amg-points", type=int, default=4, help="automatic mask generation: points per side (0 = skip AMG)"
+    )
     p.add_argument("--amg-images", type=int, default=1, help="run AMG on the first N images only (0 = all)")
-    p.add_argument("--cost-models", default="vit_b,vit_l,vit_h",
-                   help="full-size geometries for the MAC / latency tables (comma-separated; empty = none)")
-    p.add_argument("--no-time-full-size", action="store_true",
-                   help="do not time the full-size components (MACs and bytes only for them)")
-    p.add_argument("--timing-cache", default=None,
-                   help="JSON cache of component timings (default ~/.cache/ped_sam_ros/component_timings.json)")
-    p.add_argument("--retime", action="store_true",
-                   help="measure the full-size component timings again instead of using the cache")
-    p.add_argument("--server-speedup", type=float, default=1.0,
-                   help="servers are this many times faster than this CPU (1 = the same CPU)")
-    p.add_argument("--attack-all-servers", action="store_true",
-                   help="run the reconstruction attack from every server, not only the most-exposed one")
+    p.add_argument(
+        "--cost-models",
+        default="vit_b,vit_l,vit_h",
+        help="full-size geometries for the MAC / latency tables (comma-separated; empty = none)",
+    )
+    p.add_argument(
+        "--no-time-full-size",
+        action="store_true",
+        help="do not time the full-size components (MACs and bytes only for them)",
+    )
+    p.add_argument(
+        "--timing-cache",
+        default=None,
+        help="JSON cache of component timings (default ~/.cache/ped_sam_ros/component_timings.json)",
+    )
+    p.add_argument(
+        "--retime", action="store_true", help="measure the full-size component timings again instead of using the cache"
+    )
+    p.add_argument(
+        "--server-speedup",
+        type=float,
+        default=1.0,
+        help="servers are this many times faster than this CPU (1 = the same CPU)",
+    )
+    p.add_argument(
+        "--attack-all-servers",
+        action="store_true",
+        help="run the reconstruction attack from every server, not only the most-exposed one",
+    )
     p.add_argument("--out", default=None, help="report folder (default out/eval/<date-time>_<model>)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+class _UsageError(Exception):
+    """A bad command line: printed as ``ped-sam-eval: <message>``, exit status 2."""
+
+
+def _settings(args: argparse.Namespace, argv: Optional[List[str]]):
+    """The run's settings from the command line; raises :class:`_UsageError` for bad arguments."""
     from ..core.model import CheckpointError, get_geometry, infer_geometry
     from ..eval.configs import parse_configs
     from ..eval.images import load_images
-    from ..eval.report import default_out_dir, write_report
-    from ..eval.runner import Evaluation, EvalSettings, server_assumption
+    from ..eval.runner import EvalSettings
 
     if args.checkpoint and not Path(args.checkpoint).is_file():
-        print(f"ped-sam-eval: checkpoint {args.checkpoint} does not exist", file=sys.stderr)
-        return 2
+        raise _UsageError(f"checkpoint {args.checkpoint} does not exist")
+    if args.server_speedup <= 0:
+        raise _UsageError("--server-speedup must be positive")
     try:
         if args.model:
             geom = get_geometry(args.model)
-        elif args.checkpoint:
-            geom = infer_geometry(args.checkpoint)
         else:
-            geom = get_geometry(DEFAULT_MODEL)
+            geom = infer_geometry(args.checkpoint) if args.checkpoint else get_geometry(DEFAULT_MODEL)
         configs = parse_configs([args.configs])
         cost_models = [m.strip() for m in args.cost_models.split(",") if m.strip()]
         for m in cost_models:
             get_geometry(m)
         images = load_images(args.images, max_images=args.max_images or None, max_side=args.max_side or None)
     except (ValueError, FileNotFoundError, CheckpointError) as e:
-        print(f"ped-sam-eval: {e}", file=sys.stderr)
-        return 2
-    if args.server_speedup <= 0:
-        print("ped-sam-eval: --server-speedup must be positive", file=sys.stderr)
-        return 2
-    out = Path(args.out) if args.out else default_out_dir(geom.spec)
-    settings = EvalSettings(
-        model=geom.spec, checkpoint=args.checkpoint, seed=args.seed, configs=configs, images=images,
-        wire_dtype=args.wire_dtype, point_grid=args.point_grid, amg_points=args.amg_points,
+        raise _UsageError(str(e)) from None
+    return EvalSettings(
+        model=geom.spec,
+        checkpoint=args.checkpoint,
+        seed=args.seed,
+        configs=configs,
+        images=images,
+        wire_dtype=args.wire_dtype,
+        point_grid=args.point_grid,
+        amg_points=args.amg_points,
         amg_images=args.amg_images or None,
         cost_models=cost_models,
-        time_full_size=not args.no_time_full_size, timing_cache=args.timing_cache, retime=args.retime,
-        server_speedup=args.server_speedup, attack_all_servers=args.attack_all_servers,
+        time_full_size=not args.no_time_full_size,
+        timing_cache=args.timing_cache,
+        retime=args.retime,
+        server_speedup=args.server_speedup,
+        attack_all_servers=args.attack_all_servers,
         image_source=f"folder {args.images}" if args.images else "scikit-image sample photos",
         command=" ".join(["ped-sam-eval"] + [shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)]),
     )
-    weights = f"checkpoint {args.checkpoint}" if args.checkpoint else "RANDOM WEIGHTS (no checkpoint given)"
-    print(f"ped-sam-eval: model {geom.spec}, {weights}")
-    print(f"ped-sam-eval: {len(images)} image(s) ({', '.join(n for n, _ in images)}), "
-          f"{len(configs)} configurations ({', '.join(c.spec for c in configs)})")
-    print(f"ped-sam-eval: assumption: {server_assumption(args.server_speedup)}")
-    if geom.embed_dim >= 768 and not args.checkpoint:
+
+
+def _announce(settings) -> None:
+    """What is about to run, and under which assumption."""
+    from ..core.model import get_geometry
+    from ..eval.runner import server_assumption
+
+    weights = f"checkpoint {settings.checkpoint}" if settings.checkpoint else "RANDOM WEIGHTS (no checkpoint given)"
+    print(f"ped-sam-eval: model {settings.model}, {weights}")
+    print(
+        f"ped-sam-eval: {len(settings.images)} image(s) ({', '.join(n for n, _ in settings.images)}), "
+        f"{len(settings.configs)} configurations ({', '.join(c.spec for c in settings.configs)})"
+    )
+    print(f"ped-sam-eval: assumption: {server_assumption(settings.server_speedup)}")
+    if get_geometry(settings.model).embed_dim >= 768 and not settings.checkpoint:
         print("ped-sam-eval: note: a full-width model with random weights is slow on a CPU", file=sys.stderr)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    from ..core.model import CheckpointError
+    from ..eval.report import default_out_dir, write_report
+    from ..eval.runner import Evaluation
+
+    try:
+        settings = _settings(args, argv)
+    except _UsageError as e:
+        print(f"ped-sam-eval: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else default_out_dir(settings.model)
+    _announce(settings)
     t0 = time.perf_counter()
     try:
         results = Evaluation(settings, progress=not args.no_progress).run()
     except CheckpointError as e:
         print(f"ped-sam-eval: {e} (does --model match the checkpoint?)", file=sys.stderr)
         return 2
-    files = write_report(results, images, out)
-    wall = time.perf_counter() - t0
-    print(f"ped-sam-eval: finished in {wall:.0f} s; report: {files['report.md']}")
+    files = write_report(results, settings.images, out)
+    print(f"ped-sam-eval: finished in {time.perf_counter() - t0:.0f} s; report: {files['report.md']}")
     _print_headline(results.summary)
     return 0
 
@@ -142,13 +209,17 @@ def _print_headline(rows) -> None:
     if not rows:
         return
     g = rows[0].cost.cost_geometry
-    print(f"{'configuration':<22}{'emb cos':>9}{'pt IoU':>8}{'max share':>11}{'SSIM':>7}"
-          f"{'edge MACs':>11}{'@100Mbit/s':>12}   ({g}, fp16)")
+    print(
+        f"{'configuration':<22}{'emb cos':>9}{'pt IoU':>8}{'max share':>11}{'SSIM':>7}"
+        f"{'edge MACs':>11}{'@100Mbit/s':>12}   ({g}, fp16)"
+    )
     for r in rows:
         ssim = f3(r.privacy.recon_ssim_inpaint) if r.servers else "n/a"
-        print(f"{r.config:<22}{f3(r.fidelity.embedding_cosine, 4):>9}{f3(r.fidelity.point_iou):>8}"
-              f"{pct(r.privacy.max_server_share):>11}{ssim:>7}"
-              f"{pct(r.cost.edge_mac_share):>11}{secs(r.cost.latency_100mbit_s):>12}")
+        print(
+            f"{r.config:<22}{f3(r.fidelity.embedding_cosine, 4):>9}{f3(r.fidelity.point_iou):>8}"
+            f"{pct(r.privacy.max_server_share):>11}{ssim:>7}"
+            f"{pct(r.cost.edge_mac_share):>11}{secs(r.cost.latency_100mbit_s):>12}"
+        )
 
 
 if __name__ == "__main__":

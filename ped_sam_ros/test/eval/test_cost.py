@@ -4,9 +4,8 @@ import json
 
 import pytest
 import torch
-from torch import nn
-
 from segment_anything.modeling.image_encoder import Block
+from torch import nn
 
 from ped_sam_ros.core.geometry import Partition
 from ped_sam_ros.core.model import get_geometry
@@ -111,8 +110,10 @@ def test_latency_model_hand_case():
 
 
 def test_workload_seconds_scales_by_mac_rate():
-    timings = {"window_block": cost.ComponentTiming(1.0, 10**9, 1e-9, "w", 1),
-               "global_block": cost.ComponentTiming(1.0, 5 * 10**8, 2e-9, "g", 1)}
+    timings = {
+        "window_block": cost.ComponentTiming(1.0, 10**9, 1e-9, "w", 1),
+        "global_block": cost.ComponentTiming(1.0, 5 * 10**8, 2e-9, "g", 1),
+    }
     w = {"window_block": 1_000_000_000, "global_block": 500_000_000}
     assert cost.workload_seconds(w, timings) == pytest.approx(2.0)
     assert cost.workload_seconds(w, timings, speedup=4.0) == pytest.approx(0.5)

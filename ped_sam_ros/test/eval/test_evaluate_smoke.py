@@ -11,10 +11,25 @@ from helpers import TINY_B
 from ped_sam_ros.eval.configs import parse_configs
 from ped_sam_ros.tools import evaluate
 
-SUMMARY_KEYS = {"config", "spec", "servers", "embedding_cosine", "embedding_rel_error", "point_iou", "box_iou",
-                "max_server_share", "max_share_2_colluding", "recon_ssim_inpaint", "recon_ssim_nearest",
-                "faces_seen_whole", "faces_detected", "people_seen_whole", "edge_mac_share", "latency_100mbit_s",
-                "amg_matched"}
+SUMMARY_KEYS = {
+    "config",
+    "spec",
+    "servers",
+    "embedding_cosine",
+    "embedding_rel_error",
+    "point_iou",
+    "box_iou",
+    "max_server_share",
+    "max_share_2_colluding",
+    "recon_ssim_inpaint",
+    "recon_ssim_nearest",
+    "faces_seen_whole",
+    "faces_detected",
+    "people_seen_whole",
+    "edge_mac_share",
+    "latency_100mbit_s",
+    "amg_matched",
+}
 
 
 @pytest.fixture(scope="module")
@@ -31,9 +46,28 @@ def image_dir(tmp_path_factory, astronaut, landscape):
 def report(image_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
     t0 = time.perf_counter()
-    rc = evaluate.main(["--model", TINY_B, "--images", str(image_dir), "--configs", "paper:2x2,exact:2x2",
-                        "--point-grid", "1", "--amg-points", "2", "--amg-images", "1", "--cost-models", "vit_b",
-                        "--no-time-full-size", "--out", str(out), "--no-progress"])
+    rc = evaluate.main(
+        [
+            "--model",
+            TINY_B,
+            "--images",
+            str(image_dir),
+            "--configs",
+            "paper:2x2,exact:2x2",
+            "--point-grid",
+            "1",
+            "--amg-points",
+            "2",
+            "--amg-images",
+            "1",
+            "--cost-models",
+            "vit_b",
+            "--no-time-full-size",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     return rc, out, time.perf_counter() - t0
 
 
@@ -42,8 +76,17 @@ def test_report_folder(report):
     assert rc == 0
     # about 15 s on an idle 2-core machine; the bound only catches gross regressions on a shared one
     assert wall < 120, f"smoke run took {wall:.0f} s"
-    for name in ("report.md", "results.json", "results.csv", "fidelity.csv", "privacy.csv", "cost.csv",
-                 "measured.csv", "fidelity.png", "latency_vs_bandwidth.png"):
+    for name in (
+        "report.md",
+        "results.json",
+        "results.csv",
+        "fidelity.csv",
+        "privacy.csv",
+        "cost.csv",
+        "measured.csv",
+        "fidelity.png",
+        "latency_vs_bandwidth.png",
+    ):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     pngs = list(out.glob("*.png"))
     assert any(p.name.startswith("views_") for p in pngs) and any(p.name.startswith("reconstruction_") for p in pngs)
@@ -52,8 +95,9 @@ def test_report_folder(report):
     assert "RANDOM WEIGHTS" in md and "no learned reconstruction attacker" in md
     assert "estimate" in md and "servers are assumed to be this same CPU" in md
     # with --no-time-full-size the headline's latency comes from this run's own stage times, and says so
-    assert (f"for the **{TINY_B} (this run)** geometry (counted MACs; compute time: measured stage times of this run"
-            in md)
+    assert (
+        f"for the **{TINY_B} (this run)** geometry (counted MACs; compute time: measured stage times of this run" in md
+    )
     for heading in ("## Headline", "## 1. Fidelity", "## 2. Privacy", "## 3. Compute"):
         assert heading in md
 
@@ -88,9 +132,30 @@ def test_results_json_and_csv(report):
 
 def test_real_checkpoint_path(tiny_b_checkpoint, image_dir, tmp_path):
     """--checkpoint loads through build_sam / RemoteStage / EdgeStage and is not labelled random."""
-    rc = evaluate.main(["--model", TINY_B, "--checkpoint", str(tiny_b_checkpoint), "--images", str(image_dir),
-                        "--max-images", "1", "--configs", "exact:2x2", "--point-grid", "1", "--amg-points", "0",
-                        "--cost-models", "", "--no-time-full-size", "--out", str(tmp_path), "--no-progress"])
+    rc = evaluate.main(
+        [
+            "--model",
+            TINY_B,
+            "--checkpoint",
+            str(tiny_b_checkpoint),
+            "--images",
+            str(image_dir),
+            "--max-images",
+            "1",
+            "--configs",
+            "exact:2x2",
+            "--point-grid",
+            "1",
+            "--amg-points",
+            "0",
+            "--cost-models",
+            "",
+            "--no-time-full-size",
+            "--out",
+            str(tmp_path),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     res = json.loads((tmp_path / "results.json").read_text())
     assert res["meta"]["random_weights"] is False and res["meta"]["weights"]["sha256"]
@@ -127,8 +192,15 @@ def test_images_of_every_common_type_become_rgb_uint8():
     ramp = np.linspace(0, 1, 64 * 48).reshape(48, 64)
     want = np.round(ramp * 255).astype(np.uint8)
     u16 = np.round(ramp * 65535).astype(np.uint16)
-    for img in (want, u16, ramp, ramp.astype(np.float32) * 255, u16[..., None], np.stack([u16, u16], -1),
-                np.stack([u16] * 3 + [np.full_like(u16, 65535)], -1)):
+    for img in (
+        want,
+        u16,
+        ramp,
+        ramp.astype(np.float32) * 255,
+        u16[..., None],
+        np.stack([u16, u16], -1),
+        np.stack([u16] * 3 + [np.full_like(u16, 65535)], -1),
+    ):
         rgb = as_rgb_uint8(img)
         assert rgb.shape == (48, 64, 3) and rgb.dtype == np.uint8, img.shape
         assert np.abs(rgb[..., 1].astype(int) - want).max() <= 1, (img.dtype, img.shape)

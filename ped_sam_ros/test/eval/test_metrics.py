@@ -66,7 +66,6 @@ def test_match_masks_one_to_one():
     assert (empty.matched, empty.extra, empty.mean_matched_iou) == (0, 3, None)
 
 
-
 def test_matching_maximises_the_number_of_matches_first():
     iou = np.array([[0.9, 0.55], [0.55, 0.4]])
     pairs = metrics.match_iou_matrix(iou, threshold=0.5)
@@ -76,6 +75,7 @@ def test_matching_maximises_the_number_of_matches_first():
     assert sorted((r, c) for r, c, _ in plain) == [(0, 0), (1, 1)]
     assert metrics.match_iou_matrix(np.array([[0.3, 0.2]])) == []
     assert metrics.match_iou_matrix(np.zeros((0, 3))) == []
+
 
 def test_pairwise_iou_matches_single():
     rng = np.random.default_rng(1)
