@@ -70,6 +70,8 @@ FULL_SIZE = ("vit_b", "vit_l", "vit_h")
 
 @dataclass
 class EvalSettings:
+    """What one evaluation runs: model and weights, configurations, images, prompts and cost options."""
+
     model: str = "vit_b/w32h2"
     checkpoint: Optional[str] = None
     seed: int = 0
@@ -140,7 +142,7 @@ def server_assumption(speedup: float) -> str:
 
 
 class Progress:
-    """tqdm wrapper that also accepts a plain callback (or nothing)."""
+    """A tqdm progress bar, or nothing when disabled."""
 
     def __init__(self, total: int, enabled: bool = True):
         self.bar = None
