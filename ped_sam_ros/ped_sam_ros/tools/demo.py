@@ -24,21 +24,26 @@ runs in a couple of minutes on a 2-core CPU.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
+from ped_sam_ros.core.geometry import Partition
 from ped_sam_ros.processes import stop_process
-from ped_sam_ros.ros.util import latest_status, status_values
+
+from .demo_summary import (DemoSummary, FrameTally, WallTimes, read_results, server_summaries, stage_latency,
+                           summary_markdown, write_overlays)
+from .make_bag import BagInfo, make_bag
 
 REPO = Path(__file__).resolve().parents[2]
 NS = "/demo"
@@ -137,17 +142,204 @@ def _wait(pred, timeout_s: float, what: str, proc: Optional[subprocess.Popen] = 
         time.sleep(0.1)
 
 
-def _stage_table(results) -> Dict[str, Dict[str, float]]:
-    per: Dict[str, List[float]] = {}
-    for r in results:
-        for t in r.timings:
-            per.setdefault(t.stage, []).append(1000.0 * t.seconds)
-    return {k: {"mean_ms": statistics.fmean(v), "p50_ms": statistics.median(v), "max_ms": max(v), "n": len(v)}
-            for k, v in per.items()}
+# ------------------------------------------------------------------------ records
 
 
-def _last_status(diags, name) -> Dict[str, str]:
-    return status_values(latest_status(diags, name)) or {}
+@dataclass
+class Demo:
+    """What one run decided up front, and the means to run it."""
+
+    args: argparse.Namespace
+    out: Path
+    tmp: Path  # keys and ready files (deleted at the end)
+    model: str
+    random_weights: bool
+    grid: Partition
+    domain: int
+    env: Dict[str, str]
+    clock: Clock
+    say: Callable[[str], None]
+    procs: Procs
+    py: str = sys.executable
+
+    @property
+    def server_names(self) -> List[str]:
+        return [f"remote-{chr(ord('a') + i)}" for i in range(len(self.grid))]
+
+
+@dataclass
+class Keys:
+    """The run's CurveZMQ key files."""
+
+    edge_secret: Path
+    server_secrets: Path  # SERVER_NAME.key_secret
+    server_publics: Path  # SERVER_NAME.key
+    authorized: Path  # the edge's public key, the only one the servers accept
+
+
+@dataclass
+class Timeline:
+    """Seconds since the demo started."""
+
+    ready: float = 0.0  # the edge node said it is running
+    replay_start: float = 0.0
+    replay_end: float = 0.0
+
+
+# -------------------------------------------------------------------------- steps
+
+
+def prepare_output(out: Path) -> None:
+    for sub in ("input_bag", "results_bag", "overlays", "logs", "summary.md", "summary.json"):
+        p = out / sub
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+    (out / "overlays").mkdir(parents=True)
+    (out / "logs").mkdir()
+
+
+def ros_environment(domain: int) -> Dict[str, str]:
+    """The variables every process of the run gets (and the demo's own rclpy)."""
+    return {"ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST", "ROS_DOMAIN_ID": str(domain),
+            "FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA", "PYTHONUNBUFFERED": "1",
+            # whole frames through shared memory (best effort loses large images otherwise; see the file)
+            "FASTDDS_DEFAULT_PROFILES_FILE": str(REPO / "config" / "fastdds_large_images.xml")}
+
+
+def make_keys(demo: Demo) -> Keys:
+    """Fresh CurveZMQ key pairs (ped-sam-keys) for the edge and each server, outside the repository."""
+    root = demo.tmp / "keys"
+    for sub, name in [("edge", "edge")] + [("servers", n) for n in demo.server_names]:
+        r = subprocess.run([demo.py, "-m", "remote_node.keys", "--dir", str(root / sub), "--name", name],
+                           cwd=str(REPO), env=demo.env, capture_output=True, text=True, timeout=demo.clock.left(60))
+        if r.returncode:
+            raise DemoError(f"ped-sam-keys failed: {r.stderr}")
+    keys = Keys(root / "edge" / "edge.key_secret", root / "servers", root / "server_public", root / "authorized")
+    keys.authorized.mkdir()
+    shutil.copy(root / "edge" / "edge.key", keys.authorized / "edge.key")
+    keys.server_publics.mkdir()
+    for n in demo.server_names:
+        shutil.copy(keys.server_secrets / f"{n}.key", keys.server_publics / f"{n}.key")
+    demo.say(f"made CurveZMQ key pairs for the edge and {len(demo.server_names)} servers in {root} (temporary)")
+    return keys
+
+
+def start_servers(demo: Demo, keys: Keys) -> Dict[str, str]:
+    """One remote server per tile on loopback, Curve on, each accepting only the edge's key;
+    returns each one's endpoint once it is ready."""
+    from ped_sam_ros.edge.remotes import remote_commands
+
+    cfg = {"model": demo.model, "seed": demo.args.seed, "server_keys_dir": str(keys.server_secrets),
+           "authorized_keys": str(keys.authorized), "torch_threads": 1,
+           "servers": [{"name": n, "bind": "tcp://127.0.0.1:*"} for n in demo.server_names]}
+    if demo.random_weights:
+        cfg["random_weights"] = True
+    else:
+        cfg["checkpoint"] = str(Path(demo.args.checkpoint).resolve())
+    ready = {}
+    for name, argv in remote_commands(cfg, executable=[demo.py, "-m", "remote_node"]):
+        ready[name] = (demo.tmp / f"{name}.endpoint", demo.procs.start(name, argv + ["--ready-file",
+                                                                                    str(demo.tmp / f"{name}.endpoint")]))
+    demo.say(f"starting {len(ready)} remote servers ({', '.join(ready)}) ...")
+    for name, (path, proc) in ready.items():
+        _wait(lambda: path.exists() and path.read_text().strip(), demo.clock.left(180), f"server {name}", proc,
+              demo.procs, name)
+    endpoints = {n: path.read_text().strip() for n, (path, _) in ready.items()}
+    demo.say("servers ready: " + ", ".join(f"{n} {e}" for n, e in endpoints.items()))
+    return endpoints
+
+
+@contextlib.contextmanager
+def diagnostics_subscription(domain: int) -> Iterator[List]:
+    """The demo's own rclpy node on ``domain`` (this machine only), collecting /diagnostics."""
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    from ped_sam_ros.ros.util import BackgroundSpinner
+
+    os.environ.update(ros_environment(domain))
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=domain)
+    node = spinner = None
+    try:
+        node = rclpy.create_node("ped_sam_demo", context=context)
+        received: List = []
+        node.create_subscription(DiagnosticArray, "/diagnostics", received.append, 10)
+        spinner = BackgroundSpinner(node)
+        yield received
+    finally:
+        if spinner is not None:
+            spinner.stop()
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown(context=context)
+
+
+def start_edge_node(demo: Demo, keys: Keys, endpoints: Dict[str, str]) -> subprocess.Popen:
+    """The edge node (``python -m`` form, config/edge.yaml plus overrides); returns once it says
+    on /diagnostics that its pipeline is running."""
+    from ped_sam_ros.ros.diagnostics import wait_for_pipeline
+
+    checkpoint = "" if demo.random_weights else str(Path(demo.args.checkpoint).resolve())
+    servers_yaml = "[" + ", ".join(f"'{n}={e}'" for n, e in endpoints.items()) + "]"
+    node_params = [f"model:={demo.model}", f"random_weights:={'true' if demo.random_weights else 'false'}",
+                   f"checkpoint:='{checkpoint}'", f"seed:={demo.args.seed}", f"grid:={demo.args.grid}",
+                   f"remotes.servers:={servers_yaml}", f"keys.client_secret:={keys.edge_secret}",
+                   f"keys.server_public_dir:={keys.server_publics}", f"deadline:={demo.args.deadline:.1f}",
+                   "torch_threads:=2", "diagnostics_period:=1.0"]
+    argv = [demo.py, "-m", "ped_sam_ros.ros.edge_node", "--ros-args", "--params-file", str(REPO / "config" / "edge.yaml")]
+    for p in node_params:
+        argv += ["-p", p]
+    argv += ["-r", f"__ns:={NS}", "-r", f"~/image:={CAMERA}"]
+    demo.say("starting the edge node: python -m ped_sam_ros.ros.edge_node --ros-args --params-file "
+             f"config/edge.yaml -r __ns:={NS} -r ~/image:={CAMERA} (+ -p overrides)")
+    node = demo.procs.start("edge_node", argv)
+    with diagnostics_subscription(demo.domain) as diags:
+        try:
+            wait_for_pipeline(diags, PREFIX, demo.clock.left(180), alive=lambda: node.poll() is None)
+        except (RuntimeError, TimeoutError) as e:
+            raise DemoError(f"the edge node did not start: {e}\n{demo.procs.log_tail('edge_node')}") from None
+    demo.say("edge node ready (its /diagnostics say the pipeline is running)")
+    return node
+
+
+def record_and_replay(demo: Demo, bag: BagInfo) -> Timeline:
+    """Record the node's outputs while the bag is replayed, each frame once the previous one
+    has its result; the recorder stops once it has every overlay and a /diagnostics message
+    that accounts for every frame (published after the last result), so the per-server counts
+    in the summary are final."""
+    timeline = Timeline(ready=demo.clock.elapsed)
+    n = len(bag.frames)
+    topics = [f"{PREFIX}/masks", f"{PREFIX}/label_mask", f"{PREFIX}/overlay", "/diagnostics"]
+    rec_ready = demo.tmp / "record.ready"
+    rec = demo.procs.start("bag_record", [demo.py, "-m", "ped_sam_ros.tools.bag_record", str(demo.out / "results_bag"),
+                                          "--topics", *topics, "--count", str(n), "--count-topic", f"{PREFIX}/overlay",
+                                          "--until-diagnostic", f"frames_out+frames_dropped+frames_failed>={n}",
+                                          "--duration", f"{demo.clock.left():.0f}", "--ready-file", str(rec_ready)],
+                           relay="[bag_record]")
+    _wait(rec_ready.exists, demo.clock.left(60), "the recorder", rec, demo.procs, "bag_record")
+    demo.say(f"recording {', '.join(topics)}")
+    demo.say(f"replaying {n} frames, each after the previous one's result ...")
+    timeline.replay_start = demo.clock.elapsed
+    play = demo.procs.start("bag_play", [demo.py, "-m", "ped_sam_ros.tools.bag_play", str(demo.out / "input_bag"),
+                                         "--topic-remap", f"/camera/image_raw:={CAMERA}",
+                                         "--topic-remap", f"/edge_node/prompts:={PREFIX}/prompts",
+                                         "--as-fast-as-consumed", "--consumed-topic", f"{PREFIX}/masks",
+                                         "--consume-timeout", f"{min(120.0, demo.args.deadline + 30):.0f}"],
+                            relay="[bag_play]")
+    _wait(lambda: play.poll() is not None, demo.clock.left(), "the replay", None)
+    if play.returncode:
+        raise DemoError(f"bag_play failed ({play.returncode}):\n{demo.procs.log_tail('bag_play')}")
+    timeline.replay_end = demo.clock.elapsed
+    try:
+        _wait(lambda: rec.poll() is not None, demo.clock.left(30), "the recorder's last messages", None)
+    except DemoError:
+        demo.say("warning: the recorder did not see every result and the final diagnostics within 30 s; "
+                 "the summary uses what it recorded")
+    demo.procs.stop(rec)
+    return timeline
 
 
 def run(args) -> int:
@@ -157,282 +349,85 @@ def run(args) -> int:
         print(f"[demo {clock.elapsed:6.1f}s] {msg}", flush=True)
 
     out = Path(args.out).resolve()
-    for sub in ("input_bag", "results_bag", "overlays", "logs", "summary.md", "summary.json"):
-        p = out / sub
-        if p.is_dir():
-            shutil.rmtree(p)
-        elif p.exists():
-            p.unlink()
-    (out / "overlays").mkdir(parents=True)
-    (out / "logs").mkdir()
-    tmp = Path(tempfile.mkdtemp(prefix="ped_sam_demo_"))
+    prepare_output(out)
     random_weights = not args.checkpoint
-    model = args.model or (RANDOM_MODEL if random_weights else "vit_b")
-    if random_weights:
-        bar = "!" * 100
-        for line in (bar, BANNER, bar):
-            say(line)
-    else:
-        say(f"model {model} from checkpoint {args.checkpoint}")
     # 215..232: a range ROS documents as safe on Linux (no clash with ephemeral ports),
     # and apart from the tests' 1..100 (docs/ros.md says the same)
     domain = args.domain_id or (215 + os.getpid() % 18)
-    env = dict(os.environ)
-    env.update({"ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST", "ROS_DOMAIN_ID": str(domain),
-                "FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA", "PYTHONUNBUFFERED": "1",
-                # whole frames through shared memory (best effort loses large images otherwise; see the file)
-                "FASTDDS_DEFAULT_PROFILES_FILE": str(REPO / "config" / "fastdds_large_images.xml"),
-                "PYTHONPATH": str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")})
+    env = dict(os.environ, **ros_environment(domain))
+    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.setdefault("AMENT_PREFIX_PATH", sys.prefix)
-    procs = Procs(out / "logs", env, say)
-    py = sys.executable
-    summary: Dict = {}
+    demo = Demo(args, out, Path(tempfile.mkdtemp(prefix="ped_sam_demo_")),
+                args.model or (RANDOM_MODEL if random_weights else "vit_b"), random_weights,
+                Partition.parse(args.grid), domain, env, clock, say, Procs(out / "logs", env, say))
+    if random_weights:
+        for line in ("!" * 100, BANNER, "!" * 100):
+            say(line)
+    else:
+        say(f"model {demo.model} from checkpoint {args.checkpoint}")
     try:
-        from ped_sam_ros.core.geometry import Partition
-        from ped_sam_ros.edge.remotes import remote_commands
-        from ped_sam_ros.tools.make_bag import make_bag
-
-        part = Partition.parse(args.grid)
-        n_servers = len(part)
-        say(f"ROS_DOMAIN_ID={domain}, discovery LOCALHOST only; grid {part.name} -> {n_servers} remote servers")
-
-        # 1. the input bag
-        info = make_bag(out / "input_bag", n_frames=args.frames, rate_hz=2.0, scale=args.scale)
-        say(f"wrote {len(info['frames'])} real frames to {out / 'input_bag'}: {', '.join(info['frames'])}")
-
-        # 2. fresh CurveZMQ keys (ped-sam-keys), outside the repository
-        keys = tmp / "keys"
-        names = [f"remote-{chr(ord('a') + i)}" for i in range(n_servers)]
-        for sub, name in [("edge", "edge")] + [("servers", n) for n in names]:
-            r = subprocess.run([py, "-m", "remote_node.keys", "--dir", str(keys / sub), "--name", name], cwd=str(REPO),
-                               env=env, capture_output=True, text=True, timeout=clock.left(60))
-            if r.returncode:
-                raise DemoError(f"ped-sam-keys failed: {r.stderr}")
-        (keys / "authorized").mkdir()
-        shutil.copy(keys / "edge" / "edge.key", keys / "authorized" / "edge.key")
-        (keys / "server_public").mkdir()
-        for n in names:
-            shutil.copy(keys / "servers" / f"{n}.key", keys / "server_public" / f"{n}.key")
-        say(f"made CurveZMQ key pairs for the edge and {n_servers} servers in {keys} (temporary)")
-
-        # 3. remote servers on loopback, Curve on, each only accepting the edge's key
-        cfg = {"model": model, "seed": args.seed, "server_keys_dir": str(keys / "servers"),
-               "authorized_keys": str(keys / "authorized"), "torch_threads": 1,
-               "servers": [{"name": n, "bind": "tcp://127.0.0.1:*"} for n in names]}
-        if random_weights:
-            cfg["random_weights"] = True
-        else:
-            cfg["checkpoint"] = str(Path(args.checkpoint).resolve())
-        ready = {}
-        for name, argv in remote_commands(cfg, executable=[py, "-m", "remote_node"]):
-            ready[name] = tmp / f"{name}.endpoint"
-            procs.start(name, argv + ["--ready-file", str(ready[name])])
-        say(f"starting {n_servers} remote servers ({', '.join(names)}) ...")
-        for name, path in ready.items():
-            proc = next(p for n, p, _ in procs.items if n == name)
-            _wait(lambda: path.exists() and path.read_text().strip(), clock.left(180), f"server {name}", proc, procs,
-                  name)
-        endpoints = {n: p.read_text().strip() for n, p in ready.items()}
-        say("servers ready: " + ", ".join(f"{n} {e}" for n, e in endpoints.items()))
-
-        # 4. the edge node (python -m form; the standard params file plus overrides)
-        servers_yaml = "[" + ", ".join(f"'{n}={e}'" for n, e in endpoints.items()) + "]"
-        node_params = [f"model:={model}", f"random_weights:={'true' if random_weights else 'false'}",
-                       f"checkpoint:='{'' if random_weights else cfg['checkpoint']}'", f"seed:={args.seed}",
-                       f"grid:={args.grid}", f"remotes.servers:={servers_yaml}",
-                       f"keys.client_secret:={keys / 'edge' / 'edge.key_secret'}",
-                       f"keys.server_public_dir:={keys / 'server_public'}", f"deadline:={args.deadline:.1f}",
-                       "torch_threads:=2", "diagnostics_period:=1.0"]
-        argv = [py, "-m", "ped_sam_ros.ros.edge_node", "--ros-args", "--params-file", str(REPO / "config" / "edge.yaml")]
-        for p in node_params:
-            argv += ["-p", p]
-        argv += ["-r", f"__ns:={NS}", "-r", f"~/image:={CAMERA}"]
-        say("starting the edge node: python -m ped_sam_ros.ros.edge_node --ros-args --params-file config/edge.yaml "
-            f"-r __ns:={NS} -r ~/image:={CAMERA} (+ -p overrides)")
-        node = procs.start("edge_node", argv)
-        _wait(lambda: "]: ready: " in procs.log_tail("edge_node", 200_000), clock.left(180), "the edge node", node,
-              procs, "edge_node")
-        t_ready = clock.elapsed
-        say("edge node ready")
-
-        # 5. record its outputs, 6. replay the bag paced by its results
-        topics = [f"{PREFIX}/masks", f"{PREFIX}/label_mask", f"{PREFIX}/overlay", "/diagnostics"]
-        rec_ready = tmp / "record.ready"
-        # It stops once it has every overlay and a /diagnostics message that accounts for every
-        # frame (published after the last result), so the summary's per-server counts are final.
-        rec = procs.start("bag_record", [py, "-m", "ped_sam_ros.tools.bag_record", str(out / "results_bag"),
-                                         "--topics", *topics, "--count", str(args.frames), "--count-topic",
-                                         f"{PREFIX}/overlay", "--until-diagnostic",
-                                         f"frames_out+frames_dropped+frames_failed>={args.frames}",
-                                         "--duration", f"{clock.left():.0f}", "--ready-file",
-                                         str(rec_ready)], relay="[bag_record]")
-        _wait(rec_ready.exists, clock.left(60), "the recorder", rec, procs, "bag_record")
-        say(f"recording {', '.join(topics)}")
-        say(f"replaying {len(info['frames'])} frames, each after the previous one's result ...")
-        t_play = clock.elapsed
-        play = procs.start("bag_play", [py, "-m", "ped_sam_ros.tools.bag_play", str(out / "input_bag"),
-                                        "--topic-remap", f"/camera/image_raw:={CAMERA}",
-                                        "--topic-remap", f"/edge_node/prompts:={PREFIX}/prompts",
-                                        "--as-fast-as-consumed", "--consumed-topic", f"{PREFIX}/masks",
-                                        "--consume-timeout", f"{min(120.0, args.deadline + 30):.0f}"],
-                           relay="[bag_play]")
-        _wait(lambda: play.poll() is not None, clock.left(), "the replay", None)
-        if play.returncode:
-            raise DemoError(f"bag_play failed ({play.returncode}):\n{procs.log_tail('bag_play')}")
-        t_played = clock.elapsed
-        try:
-            _wait(lambda: rec.poll() is not None, clock.left(30), "the recorder's last messages", None)
-        except DemoError:
-            say("warning: the recorder did not see every result and the final diagnostics within 30 s; "
-                "the summary uses what it recorded")
-        procs.stop(rec)
-        procs.stop(node)
+        say(f"ROS_DOMAIN_ID={domain}, discovery LOCALHOST only; grid {demo.grid.name} -> "
+            f"{len(demo.server_names)} remote servers")
+        bag = make_bag(out / "input_bag", n_frames=args.frames, rate_hz=2.0, scale=args.scale)
+        say(f"wrote {len(bag.frames)} real frames to {out / 'input_bag'}: {', '.join(bag.frames)}")
+        keys = make_keys(demo)
+        endpoints = start_servers(demo, keys)
+        node = start_edge_node(demo, keys, endpoints)
+        timeline = record_and_replay(demo, bag)
+        demo.procs.stop(node)
         say("stopped the recorder and the edge node")
-
-        # 7. overlays and summary
-        summary = summarize(args, out, info, model, random_weights, part, endpoints, domain, clock, t_ready,
-                            t_play, t_played, say)
-        return 0 if summary["frames"]["results"] == len(info["frames"]) else 1
+        summary = summarize(demo, bag, endpoints, timeline)
+        return 0 if summary.frames.results == len(bag.frames) else 1
     finally:
-        procs.stop_all()
-        shutil.rmtree(tmp, ignore_errors=True)
+        demo.procs.stop_all()
+        shutil.rmtree(demo.tmp, ignore_errors=True)
 
 
-def summarize(args, out, info, model, random_weights, part, endpoints, domain, clock, t_ready, t_play, t_played,
-              say) -> Dict:
-    import numpy as np
+# ------------------------------------------------------------------------ summary
 
-    from ped_sam_ros.core.geometry import content_shape, server_shares
-    from ped_sam_ros.viz import overlay as draw_overlay
-    from ped_sam_ros.ros.bags import read_messages
-    from ped_sam_ros.ros.convert import image_to_rgb, masks_from_result, stamp_key
-    from ped_sam_ros.tools.make_bag import frames as make_frames
 
-    results, overlays, diags = [], {}, []
-    for topic, _, _, m in read_messages(out / "results_bag"):
-        if topic.endswith("/masks"):
-            results.append(m)
-        elif topic.endswith("/overlay"):
-            overlays[stamp_key(m.header)] = m
-        elif topic == "/diagnostics":
-            diags.append(m)
-    in_keys = [(s, ns, info["frame_id"]) for s, ns in info["stamps"]]
-    photos = None  # loaded only if an overlay is missing
-    pngs = []
-    import cv2
+def summarize(demo: Demo, bag: BagInfo, endpoints: Dict[str, str], timeline: Timeline) -> DemoSummary:
+    """Overlays, summary.json and summary.md from the recorded results and diagnostics."""
+    from ped_sam_ros.ros.diagnostics import read_pipeline
 
-    for k, key in enumerate(in_keys):
-        res = next((r for r in results if stamp_key(r.header) == key), None)
-        if res is None:
-            continue
-        if key in overlays:
-            rgb = image_to_rgb(overlays[key])
-        else:  # not recorded (should not happen): draw it the same way from the masks
-            photos = photos or make_frames(len(info["frames"]), args.scale)
-            rgb = draw_overlay(photos[k][1], [m for _, m in masks_from_result(res)])
-        path = out / "overlays" / f"frame_{k:02d}_{info['frames'][k]}.png"
-        cv2.imwrite(str(path), rgb[:, :, ::-1])
-        pngs.append(str(path.relative_to(out)))
-
-    pipeline = _last_status(diags, f"{PREFIX}: pipeline")
-    remotes = {}
-    for name, endpoint in endpoints.items():
-        v = _last_status(diags, f"{PREFIX}: remote {name}")
-        windows = [int(w) for w in v.get("windows", "[]").strip("[]").split(",") if w.strip()]
-        remotes[name] = {
-            "endpoint": endpoint, "windows": windows,
-            "bytes_up": int(v.get("bytes_up", 0)), "bytes_down": int(v.get("bytes_down", 0)),
-            "mean_latency_ms": float(v.get("mean_latency_ms", "nan")),
-            "mean_compute_ms": float(v.get("mean_compute_ms", "nan")),
-            "frames": int(v.get("frames", 0)), "state": v.get("state", "?"),
-        }
-        # bytes per frame this server encoded, from the same diagnostics message as its byte counts
-        frames = remotes[name]["frames"]
-        remotes[name]["bytes_up_per_frame"] = remotes[name]["bytes_up"] / frames if frames else 0.0
-        remotes[name]["bytes_down_per_frame"] = remotes[name]["bytes_down"] / frames if frames else 0.0
-    # share of each frame's content every server saw (its windows over the frame's valid tokens)
-    assignment = [0] * len(part)
-    names = list(endpoints)
-    for i, name in enumerate(names):
-        for w in remotes[name]["windows"]:
-            assignment[w] = i
-    for name in names:
-        remotes[name]["share_per_frame"] = []
-    for h, w in info["sizes"]:
-        for name, share in zip(names, server_shares(part, assignment, content_shape((h, w)))):
-            remotes[name]["share_per_frame"].append(round(share, 4))
-    for name in names:
-        remotes[name]["mean_share"] = round(float(np.mean(remotes[name]["share_per_frame"])), 4)
-
-    stages = _stage_table(results)
-    n_in = len(info["frames"])
-    stale = {n: r["frames"] for n, r in remotes.items() if r["frames"] != len(results)}
+    rec = read_results(demo.out / "results_bag")
+    pngs = write_overlays(demo.out, bag, demo.args.scale, rec)
+    pipeline = read_pipeline(rec.diagnostics, PREFIX)
+    remotes = server_summaries(PREFIX, demo.grid, bag, endpoints, rec.diagnostics)
+    stages = stage_latency(rec.results)
+    stale = {n: r.frames for n, r in remotes.items() if r.frames != len(rec.results)}
     if stale:
         counts = ", ".join(f"{n} {k}" for n, k in sorted(stale.items()))
-        say(f"warning: the last recorded diagnostics count {counts} frame(s) for {len(results)} results")
-    summary = {
-        "warning": BANNER if random_weights else None,
-        "random_weights": random_weights,
-        "model": model, "checkpoint": args.checkpoint, "seed": args.seed if random_weights else None,
-        "mode": results[0].mode if results else "paper", "grid": part.name, "curve": True,
-        "ros_domain_id": domain,
-        "frames": {"in": n_in, "results": len(results), "dropped": int(pipeline.get("frames_dropped", 0)),
-                   "failed": int(pipeline.get("frames_failed", 0)), "names": info["frames"]},
-        "stage_latency_ms": stages,
-        "remotes": remotes,
-        "bytes": {"up_total": sum(r["bytes_up"] for r in remotes.values()),
-                  "down_total": sum(r["bytes_down"] for r in remotes.values()),
-                  "up_per_frame": sum(r["bytes_up_per_frame"] for r in remotes.values()),
-                  "down_per_frame": sum(r["bytes_down_per_frame"] for r in remotes.values())},
-        "overlays": pngs,
-        "wall_s": {"total": round(clock.elapsed, 1), "startup": round(t_ready, 1),
-                   "replay": round(t_played - t_play, 1)},
-    }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    (out / "summary.md").write_text(summary_markdown(summary))
-    say(f"frames in {n_in}, results {len(results)}, dropped {summary['frames']['dropped']}, "
-        f"failed {summary['frames']['failed']}")
-    for k in ("remote", "edge_encoder", "decoder", "total"):
-        if k in stages:
-            say(f"  {k:13s} mean {stages[k]['mean_ms']:8.1f} ms  p50 {stages[k]['p50_ms']:8.1f}  max "
-                f"{stages[k]['max_ms']:8.1f}")
-    say(f"wrote {len(pngs)} overlays to {out / 'overlays'}, summary in {out / 'summary.md'} and summary.json")
-    if random_weights:
-        say("!!! " + BANNER)
-    say(f"done in {clock.elapsed:.1f} s")
+        demo.say(f"warning: the last recorded diagnostics count {counts} frame(s) for {len(rec.results)} results")
+    summary = DemoSummary(
+        warning=BANNER if demo.random_weights else None, random_weights=demo.random_weights, model=demo.model,
+        checkpoint=demo.args.checkpoint, seed=demo.args.seed if demo.random_weights else None,
+        mode=rec.results[0].mode if rec.results else "paper", grid=demo.grid.name, curve=True,
+        ros_domain_id=demo.domain,
+        frames=FrameTally(len(bag.frames), len(rec.results), pipeline.frames_dropped if pipeline else 0,
+                           pipeline.frames_failed if pipeline else 0, list(bag.frames)),
+        stage_latency_ms=stages, remotes=remotes, overlays=pngs,
+        wall_s=WallTimes(round(demo.clock.elapsed, 1), round(timeline.ready, 1),
+                         round(timeline.replay_end - timeline.replay_start, 1)))
+    (demo.out / "summary.json").write_text(json.dumps(summary.to_json(), indent=2))
+    (demo.out / "summary.md").write_text(summary_markdown(summary))
+    tell_summary(demo, summary)
     return summary
 
 
-def summary_markdown(s: Dict) -> str:
-    lines = ["# PED-SAM demo", ""]
-    if s["random_weights"]:
-        lines += [f"> **WARNING: {s['warning']}**", ""]
-    lines += [f"- model: `{s['model']}`" + (f" (random weights, seed {s['seed']})" if s["random_weights"]
-                                            else f" from `{s['checkpoint']}`"),
-              f"- mode: {s['mode']}, grid {s['grid']} ({len(s['remotes'])} remote servers on loopback, CurveZMQ on)",
-              f"- frames in: {s['frames']['in']}, results out: {s['frames']['results']}, dropped: "
-              f"{s['frames']['dropped']}, failed: {s['frames']['failed']} (replay paced by the node's results)",
-              f"- wall time: {s['wall_s']['total']} s (start-up {s['wall_s']['startup']} s, replay "
-              f"{s['wall_s']['replay']} s)", "",
-              "## Per-stage latency (ms per frame, from each result's StageTiming)", "",
-              "| stage | mean | p50 | max |", "|---|---:|---:|---:|"]
-    for k, v in s["stage_latency_ms"].items():
-        lines.append(f"| {k} | {v['mean_ms']:.1f} | {v['p50_ms']:.1f} | {v['max_ms']:.1f} |")
-    lines += ["", "`remote` is the wall time of the parallel round trip to all servers; `total` runs from the "
-              "image's arrival to the result (including waiting while busy).", "",
-              "## Remote servers (from the last /diagnostics)", "",
-              "| server | windows | mean share of frame | frames | bytes up | bytes down | mean latency ms | "
-              "mean compute ms |",
-              "|---|---|---:|---:|---:|---:|---:|---:|"]
-    for name, r in s["remotes"].items():
-        lines.append(f"| {name} | {r['windows']} | {100 * r['mean_share']:.1f} % | {r['frames']} | {r['bytes_up']:,} | "
-                     f"{r['bytes_down']:,} | {r['mean_latency_ms']:.1f} | {r['mean_compute_ms']:.1f} |")
-    b = s["bytes"]
-    lines += ["", f"Bytes per frame: {b['up_per_frame']:,.0f} up (uint8 window pixels), {b['down_per_frame']:,.0f} "
-              "down (tokens in the wire precision): each server's bytes over the frames it encoded, summed.", "",
-              "## Overlays", ""]
-    lines += [f"- [{p}]({p})" for p in s["overlays"]]
-    return "\n".join(lines) + "\n"
+def tell_summary(demo: Demo, summary: DemoSummary) -> None:
+    """The summary's headline figures on the console."""
+    f, stages = summary.frames, summary.stage_latency_ms
+    demo.say(f"frames in {f.received}, results {f.results}, dropped {f.dropped}, failed {f.failed}")
+    for k in ("remote", "edge_encoder", "decoder", "total"):
+        if k in stages:
+            s = stages[k]
+            demo.say(f"  {k:13s} mean {s.mean_ms:8.1f} ms  p50 {s.p50_ms:8.1f}  max {s.max_ms:8.1f}")
+    demo.say(f"wrote {len(summary.overlays)} overlays to {demo.out / 'overlays'}, summary in "
+             f"{demo.out / 'summary.md'} and summary.json")
+    if demo.random_weights:
+        demo.say("!!! " + BANNER)
+    demo.say(f"done in {demo.clock.elapsed:.1f} s")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
@@ -37,7 +38,7 @@ def frames(n: int, scale: int = 1) -> List[Tuple[str, np.ndarray]]:
             for k in range(n)]
 
 
-def default_prompts(frames_: Sequence[np.ndarray]) -> List[Tuple[List[Tuple[float, float, int]], None]]:
+def default_prompts(frames_: Sequence[np.ndarray]) -> List[Points]:
     """Two objects, as points relative to the smallest frame (so they lie inside every one):
     a foreground click near the centre; a foreground click lower left with a background one."""
     h = min(f.shape[0] for f in frames_)
@@ -48,10 +49,32 @@ def default_prompts(frames_: Sequence[np.ndarray]) -> List[Tuple[List[Tuple[floa
     ]
 
 
+Points = List[Tuple[float, float, int]]
+
+
+@dataclass(frozen=True)
+class BagInfo:
+    """What :func:`make_bag` wrote."""
+
+    path: str
+    frames: List[str]  # photo names, in order
+    stamps: List[Tuple[int, int]]  # (sec, nanosec) of each frame
+    sizes: List[Tuple[int, int]]  # (height, width) of each frame
+    frame_id: str
+    image_topic: str
+    prompts_topic: Optional[str]
+    prompts: List[Points]  # one list of (x, y, label) per object
+
+    @property
+    def keys(self) -> List[Tuple[int, int, str]]:
+        """Each frame's (sec, nanosec, frame_id), as ``ros.convert.stamp_key`` gives for its outputs."""
+        return [(sec, nanosec, self.frame_id) for sec, nanosec in self.stamps]
+
+
 def make_bag(out: Path, n_frames: int = 6, rate_hz: float = 2.0, scale: int = 1, storage: str = "sqlite3",
              image_topic: str = IMAGE_TOPIC, prompts_topic: Optional[str] = PROMPTS_TOPIC,
-             frame_id: str = FRAME_ID) -> dict:
-    """Write the bag; returns what was written (names, stamps, prompts)."""
+             frame_id: str = FRAME_ID) -> BagInfo:
+    """Write the bag; returns what was written."""
     from ped_sam_ros.ros.bags import typestore, writer
 
     out = Path(out)
@@ -88,9 +111,8 @@ def make_bag(out: Path, n_frames: int = 6, rate_hz: float = 2.0, scale: int = 1,
                         data=np.ascontiguousarray(rgb, dtype=np.uint8).reshape(-1))
             w.write(conn, t, ts.serialize_cdr(msg, "sensor_msgs/msg/Image"))
             stamps.append((t // 10**9, t % 10**9))
-    return {"path": str(out), "frames": [n for n, _ in fr], "stamps": stamps, "frame_id": frame_id,
-            "image_topic": image_topic, "prompts_topic": prompts_topic, "prompts": objects,
-            "sizes": [f.shape[:2] for _, f in fr]}
+    return BagInfo(path=str(out), frames=[n for n, _ in fr], stamps=stamps, sizes=[f.shape[:2] for _, f in fr],
+                   frame_id=frame_id, image_topic=image_topic, prompts_topic=prompts_topic, prompts=objects)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -112,7 +134,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except FileExistsError as e:
         print(f"ped-sam-make-bag: error: {e}", file=sys.stderr)
         return 1
-    print(f"wrote {info['path']}: {len(info['frames'])} frames on {a.image_topic} ({', '.join(info['frames'])})"
+    print(f"wrote {info.path}: {len(info.frames)} frames on {a.image_topic} ({', '.join(info.frames)})"
           + (f", prompts on {a.prompts_topic}" if a.prompts_topic else ""))
     return 0
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from ped_sam_ros.ros.diagnostics import read_pipeline
-from helpers.ros import REPO, TEST_MODEL, domain_id, edge_stack, ros_env, stop_process
+from helpers.ros import REPO, TEST_MODEL, new_domain, edge_stack, ros_env, stop_process
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -59,20 +59,20 @@ def test_made_bag_reads_back_with_rosbags_and_rclpy(tmp_path):
         msgs = list(read_messages(out))
         assert msgs[0][0] == "/edge_node/prompts"  # before every frame
         stamps = [(m.header.stamp.sec, m.header.stamp.nanosec) for t, _, _, m in msgs if t == "/camera/image_raw"]
-        assert stamps == info["stamps"] and stamps == sorted(stamps) and len(set(stamps)) == 7
+        assert stamps == info.stamps and stamps == sorted(stamps) and len(set(stamps)) == 7
         expected = frames(7, 4)
         with Reader(out) as reader:
             images = [deserialize_message(raw, Image) for c, _, raw in reader.messages() if c.msgtype.endswith("Image")]
             prompts = [deserialize_message(raw, Prompts) for c, _, raw in reader.messages()
                        if c.msgtype.endswith("Prompts")]
-        assert [m.header.frame_id for m in images] == [info["frame_id"]] * 7
+        assert [m.header.frame_id for m in images] == [info.frame_id] * 7
         for m, (_, rgb) in zip(images, expected):
             assert m.encoding == "rgb8"
             assert np.array_equal(image_to_rgb(m), rgb)  # real photos, bit-exact
         objs = prompts_from_msgs(prompts[0].prompts)
         assert len(objs) == 2 and objs[0].points[0][2] == 1 and objs[1].points[1][2] == 0
-        h = min(s[0] for s in info["sizes"])
-        w = min(s[1] for s in info["sizes"])
+        h = min(s[0] for s in info.sizes)
+        w = min(s[1] for s in info.sizes)
         assert all(0 <= x < w and 0 <= y < h for o in objs for x, y, _ in o.points)
 
 
@@ -156,7 +156,7 @@ def test_bag_record_duration_counts_from_when_recording_starts(tmp_path):
     # Two typed topics nobody publishes: discovery looks for each one 2 s, longer than --duration.
     # The recorder must still record for the full --duration after it is ready (the ready file's
     # time is when recording starts).
-    env = ros_env(domain_id(offset=37))
+    env = ros_env(new_domain())
     ready, log = tmp_path / "rec.ready", tmp_path / "rec.log"
     duration = 3.0
     rec = _tool("bag_record", [tmp_path / "bag", "--topics", "/nobody/a", "/nobody/b",
@@ -182,7 +182,7 @@ def stack(tmp_path_factory):
     from diagnostic_msgs.msg import DiagnosticArray
 
     work = tmp_path_factory.mktemp("bag_replay")
-    dom = domain_id(offset=31)
+    dom = new_domain()
     with edge_stack(work, dom, ["bag-a", "bag-b"], "bag_test", namespace=NS) as (_, edge, test_node):
         diags = test_node.collect(DiagnosticArray, "/diagnostics")
         yield work, dom, edge, test_node, diags
@@ -252,7 +252,7 @@ def _replay(stack, name: str, n: int, play_args, record_count: int):
 def _check_results(info, results, labels):
     from ped_sam_ros.ros.convert import image_to_label, label_from_result, stamp_key
 
-    in_keys = [(s, ns, info["frame_id"]) for s, ns in info["stamps"]]
+    in_keys = info.keys
     out_keys = [stamp_key(r.header) for r in results]
     assert set(out_keys) <= set(in_keys), "every result carries an input header"
     assert out_keys == sorted(out_keys, key=in_keys.index), "results in input order"
@@ -260,7 +260,7 @@ def _check_results(info, results, labels):
     label_by_key = {stamp_key(m.header): m for m in labels}
     for r in results:
         k = in_keys.index(stamp_key(r.header))
-        assert (r.image_height, r.image_width) == tuple(info["sizes"][k])
+        assert (r.image_height, r.image_width) == tuple(info.sizes[k])
         assert r.random_weights and r.model_type == TEST_MODEL and (r.grid_rows, r.grid_cols) == (1, 2)
         assert [i.id for i in r.instances] == [1, 2], "the bag's Prompts (two objects) were applied"
         assert np.array_equal(label_from_result(r), image_to_label(label_by_key[stamp_key(r.header)]))
