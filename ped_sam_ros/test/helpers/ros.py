@@ -2,9 +2,9 @@
 process, and an rclpy test node spun in a background thread.
 
 Every rclpy process here runs with ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST and a
-ROS_DOMAIN_ID derived from the pytest process (1..100, or the range in
-PED_SAM_TEST_DOMAINS, e.g. 60-99), so DDS stays on this
-machine and parallel runs do not meet. Every wait is bounded and every process
+ROS_DOMAIN_ID from :func:`new_domain` (1..100, or the range in PED_SAM_TEST_DOMAINS,
+e.g. 60-99), claimed with a lock file so that no two test processes on this machine
+share one: DDS stays on this machine and parallel runs do not meet. Every wait is bounded and every process
 is stopped (SIGINT, SIGTERM, then SIGKILL), whatever happens.
 """
 
@@ -49,12 +49,55 @@ def domain_range() -> range:
     return r
 
 
-def domain_id(offset: int = 0) -> int:
-    """A DDS domain of :func:`domain_range` from the pytest worker and process id."""
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
-    w = int("".join(c for c in worker if c.isdigit()) or 0)
-    r = domain_range()
-    return r[(os.getpid() * 7 + w * 13 + offset) % len(r)]
+class DomainAllocator:
+    """Hands out DDS domains of :func:`domain_range` that no other test process on this machine
+    holds: each one is claimed with an exclusive lock on ``DIR/<domain>.lock``, kept until this
+    process exits (or :meth:`release`), so parallel pytest runs and the modules of one run never
+    meet, without anybody picking numbers by hand.  The search starts at a place derived from
+    the process id, so concurrent runs rarely contend for the same locks."""
+
+    def __init__(self, domains: range, lock_dir: Path):
+        self.domains = domains
+        self.lock_dir = lock_dir
+        self._held: Dict[int, int] = {}  # domain -> open lock file descriptor
+
+    def allocate(self) -> int:
+        import fcntl
+
+        self.lock_dir.mkdir(parents=True, exist_ok=True)
+        start = os.getpid() % len(self.domains)
+        for k in range(len(self.domains)):
+            domain = self.domains[(start + k) % len(self.domains)]
+            if domain in self._held:
+                continue
+            fd = os.open(self.lock_dir / f"{domain}.lock", os.O_CREAT | os.O_RDWR, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                continue
+            self._held[domain] = fd
+            return domain
+        raise RuntimeError(f"every DDS domain in {self.domains.start}..{self.domains.stop - 1} is taken by other "
+                           f"test processes (locks in {self.lock_dir}); set PED_SAM_TEST_DOMAINS=LO-HI")
+
+    def release(self, domain: int) -> None:
+        fd = self._held.pop(domain, None)
+        if fd is not None:
+            os.close(fd)  # closing the descriptor drops the lock
+
+
+_ALLOCATOR: Optional[DomainAllocator] = None
+
+
+def new_domain() -> int:
+    """A DDS domain for one test module (or test) of its own: see :class:`DomainAllocator`."""
+    import tempfile
+
+    global _ALLOCATOR
+    if _ALLOCATOR is None:
+        _ALLOCATOR = DomainAllocator(domain_range(), Path(tempfile.gettempdir()) / "ped_sam_test_domains")
+    return _ALLOCATOR.allocate()
 
 
 def ros_env(domain: int) -> Dict[str, str]:

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from ped_sam_ros.ros.diagnostics import read_pipeline, read_remote
-from helpers.ros import TEST_MODEL, domain_id, edge_stack, image_msg, small_photos
+from helpers.ros import TEST_MODEL, new_domain, edge_stack, image_msg, small_photos
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -35,7 +35,7 @@ def stack(tmp_path_factory):
     from sensor_msgs.msg import CompressedImage, Image
 
     work = tmp_path_factory.mktemp("ros_integration")
-    dom = domain_id(offset=11)
+    dom = new_domain()
     extra = ["use_compressed:=true", "amg.points_per_side:=2", "amg.pred_iou_thresh:=0.0",
              "amg.stability_score_thresh:=0.0"]
     with edge_stack(work, dom, ["left", "right"], "integration_test", namespace=NS,

@@ -11,7 +11,7 @@ import pytest
 
 from ped_sam_ros.ros.diagnostics import read_pipeline
 from ped_sam_ros.ros.util import latest_status
-from helpers.ros import domain_id, edge_stack, image_msg, small_photos
+from helpers.ros import new_domain, edge_stack, image_msg, small_photos
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -82,7 +82,7 @@ def test_stopped_remote_is_reported_and_recovered(tmp_path):
     from ped_sam_ros.ros.convert import prompts_to_msgs
     from sensor_msgs.msg import Image
 
-    dom = domain_id(offset=53)
+    dom = new_domain()
     with edge_stack(tmp_path, dom, ["steady", "flaky"], "fault_test", namespace=NS,
                     extra_params=["deadline:=3.0"]) as (servers, edge, t):
         flaky = servers[1]

@@ -13,7 +13,7 @@ import threading
 
 import pytest
 
-from helpers.ros import TEST_MODEL, TEST_SEED, TestNode, domain_id, image_msg, small_photos, use_domain
+from helpers.ros import TEST_MODEL, TEST_SEED, TestNode, new_domain, image_msg, small_photos, use_domain
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -51,7 +51,7 @@ def node_under_test():
 
     from ped_sam_ros.ros.edge_node import EdgeNode, make_executor
 
-    dom = domain_id(offset=23)
+    dom = new_domain()
     use_domain(dom)
     ctx = rclpy.Context()
     rclpy.init(context=ctx, domain_id=dom)
