@@ -431,16 +431,50 @@ def make_executor(node: EdgeNode) -> MultiThreadedExecutor:
 
 
 class RosLogHandler(logging.Handler):
-    """Python ``logging`` records (core, runtime, ZeroMQ client) into the node's ROS logger."""
+    """Python ``logging`` records (core, runtime, ZeroMQ client) into the node's ROS logger.
+
+    It also owns the level names: the node's ``--log-level`` (and the launch files'
+    ``log_level``) accept :attr:`LEVELS`, the ROS severities, with ``warning`` as an alias.
+    """
+
+    #: level name -> (rclpy severity, Python logging level)
+    LEVELS = {
+        "debug": (rclpy.logging.LoggingSeverity.DEBUG, logging.DEBUG),
+        "info": (rclpy.logging.LoggingSeverity.INFO, logging.INFO),
+        "warn": (rclpy.logging.LoggingSeverity.WARN, logging.WARNING),
+        "warning": (rclpy.logging.LoggingSeverity.WARN, logging.WARNING),
+        "error": (rclpy.logging.LoggingSeverity.ERROR, logging.ERROR),
+        "fatal": (rclpy.logging.LoggingSeverity.FATAL, logging.CRITICAL),
+    }
+    #: the Python loggers whose level follows the node's (third-party libraries keep INFO)
+    OWN_LOGGERS = ("ped_sam_ros", "remote_node")
 
     def __init__(self, logger):
         super().__init__()
         self.ros_logger = logger
 
+    @classmethod
+    def python_level(cls, severity) -> int:
+        """The Python ``logging`` level that lets through what a ROS severity lets through."""
+        sev = int(severity)
+        for ros_sev, py_level in cls.LEVELS.values():
+            if int(ros_sev) >= sev:
+                return py_level
+        return logging.CRITICAL
+
+    @classmethod
+    def apply_level(cls, py_level: int) -> None:
+        """Our packages' Python loggers at ``py_level``; the root (other libraries) at INFO or above."""
+        for name in cls.OWN_LOGGERS:
+            logging.getLogger(name).setLevel(py_level)
+        logging.getLogger().setLevel(max(py_level, logging.INFO))
+
     def emit(self, record: logging.LogRecord) -> None:
         try:
             text = f"[{record.name}] {self.format(record)}"
-            if record.levelno >= logging.ERROR:
+            if record.levelno >= logging.CRITICAL:
+                self.ros_logger.fatal(text)
+            elif record.levelno >= logging.ERROR:
                 self.ros_logger.error(text)
             elif record.levelno >= logging.WARNING:
                 self.ros_logger.warning(text)
@@ -453,43 +487,112 @@ class RosLogHandler(logging.Handler):
 
 
 def main(args: Optional[List[str]] = None) -> int:
+    """Run the edge node until SIGINT/SIGTERM (``args``: the command line, default ``sys.argv``).
+
+    ``--log-level LEVEL`` (before ``--ros-args``; see :attr:`RosLogHandler.LEVELS`) sets this
+    node's logger and the pipeline's Python loggers only: rcl and rmw keep theirs (a global
+    ``--ros-args --log-level debug`` turns them all on). Without it, the Python loggers follow
+    the node logger's effective level, so ``--ros-args --log-level edge_node:=debug`` works too.
+    A ``--params-file`` that does not exist stops the node with the file's name (rcl ignores it).
+
+    Shutdown: the worker gets what is left of a 1 s budget to finish its frame; then the node
+    is destroyed and rclpy shut down. Started as a program (``args`` is None: the console script,
+    ``python -m``), the process then ends with ``os._exit``: the interpreter's own teardown (a
+    garbage collection over every torch/numpy object) took 4-6 s on a loaded 2-core machine, past
+    launch's 5 s SIGINT timeout, and a worker still inside a torch call made it abort
+    ("terminate called without an active exception"). Logs are flushed first; nothing else of
+    ours needs the interpreter's teardown (sockets, DDS entities and the pipeline are closed).
+    """
+    import argparse
+    import os
+    import signal
+
+    from rclpy.utilities import remove_ros_args
+
+    argv = list(args if args is not None else sys.argv)
+    params_files, in_ros_args = [], False
+    for i, a in enumerate(argv):
+        if a == "--ros-args":
+            in_ros_args = True
+        elif a == "--":
+            in_ros_args = False
+        elif in_ros_args and a == "--params-file" and i + 1 < len(argv):
+            params_files.append(argv[i + 1])
+    missing = [p for p in params_files if not os.path.isfile(p)]
+    if missing:
+        print(f"edge_node: params file {missing[0]!r} does not exist or is not a file", file=sys.stderr)
+        return 2
+    ap = argparse.ArgumentParser(prog="edge_node", description="PED-SAM edge node (ROS arguments after --ros-args)")
+    ap.add_argument("--log-level", type=str.lower, choices=list(RosLogHandler.LEVELS),
+                    help="this node's log level, also for its Python logging (rcl/rmw unchanged)")
     try:
-        rclpy.init(args=args if args is not None else sys.argv)
+        own, _unknown = ap.parse_known_args(remove_ros_args(argv)[1:])
+        rclpy.init(args=argv)
     except Exception as e:  # noqa: BLE001 - e.g. a malformed --ros-args rule
         print(f"edge_node: cannot parse the ROS arguments: {e}", file=sys.stderr)
         return 2
-    handler = RosLogHandler(rclpy.logging.get_logger(NODE_NAME))
+    boot_logger = rclpy.logging.get_logger(NODE_NAME)
+    if own.log_level:
+        boot_logger.set_level(RosLogHandler.LEVELS[own.log_level][0])
+    handler = RosLogHandler(boot_logger)
     logging.getLogger().addHandler(handler)
-    logging.getLogger().setLevel(logging.INFO)
+    RosLogHandler.apply_level(RosLogHandler.python_level(boot_logger.get_effective_level()))
     node = None
+    code = 0
+    stop_by = None
     try:
         try:
             node = EdgeNode()
-            handler.ros_logger = node.get_logger()
+            log = node.get_logger()
+            if own.log_level:
+                log.set_level(RosLogHandler.LEVELS[own.log_level][0])
+            handler.ros_logger = log
+            RosLogHandler.apply_level(RosLogHandler.python_level(log.get_effective_level()))
         except Exception as e:  # configuration, checkpoint, keys: one clear line and a non-zero exit
-            from ped_sam_ros.core.model import CheckpointError
             from ped_sam_ros.core.geometry import PartitionError
+            from ped_sam_ros.core.model import CheckpointError
 
             expected = (ConfigError, CheckpointError, PartitionError, FileNotFoundError, ValueError)
-            rclpy.logging.get_logger(NODE_NAME).fatal(f"cannot start: {type(e).__name__}: {e}")
+            boot_logger.fatal(f"cannot start: {type(e).__name__}: {e}")
             if not isinstance(e, expected):
                 raise
-            return 2
-        executor = make_executor(node)
-        executor.add_node(node)
-        try:
-            executor.spin()
-        except (KeyboardInterrupt, ExternalShutdownException):
-            pass
-        finally:
-            node.begin_shutdown()
-            executor.shutdown(timeout_sec=1.0)
+            code = 2
+        if node is not None:
+            executor = make_executor(node)
+            executor.add_node(node)
+            try:
+                executor.spin()
+            except (KeyboardInterrupt, ExternalShutdownException):
+                pass
+            finally:
+                stop_by = time.monotonic() + 1.0
+                if threading.current_thread() is threading.main_thread():
+                    signal.signal(signal.SIGINT, signal.SIG_IGN)  # launch and the terminal both send one
+                # rclpy's signal handler already shut the context down: ROS loggers would fail
+                # to publish to /rosout from here on, so Python records go to stderr directly.
+                logging.getLogger().removeHandler(handler)
+                fallback = logging.StreamHandler(sys.stderr)
+                fallback.setFormatter(logging.Formatter(f"[%(levelname)s] [{node.get_logger().name}]: "
+                                                        "[%(name)s] %(message)s"))
+                logging.getLogger().addHandler(fallback)
+                node.begin_shutdown()
+                executor.shutdown(timeout_sec=0.25, wait_for_threads=False)
     finally:
         if node is not None:
-            node.shutdown()
+            node.runtime.stop(timeout_s=max(0.05, (stop_by or time.monotonic()) - time.monotonic()))
+            if node.runtime.state in ("stopped", "failed", "crashed"):
+                node.shutdown()
+            else:
+                logging.getLogger("ped_sam_ros.ros.edge_node").warning(
+                    "exiting while the worker is still computing a frame")
             node.destroy_node()
         rclpy.try_shutdown()
-    return 0
+    if args is None:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":
