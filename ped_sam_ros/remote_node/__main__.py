@@ -45,6 +45,37 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _random_stage(model: str, seed: int):
+    """The remote stage with random weights, announced loudly (its outputs mean nothing)."""
+    from ped_sam_ros.core.model import RemoteStage
+
+    bar = "!" * 78
+    log.warning("%s", bar)
+    log.warning("RANDOM WEIGHTS (seed %d): this server's outputs are MEANINGLESS. For demos and tests only;", seed)
+    log.warning("the edge must build its model with random_sam(%r, seed=%d) to match.", model, seed)
+    log.warning("%s", bar)
+    return RemoteStage(model).load_random(seed)
+
+
+def _serve(server, ready_file: Optional[str]) -> None:
+    """Serve until SIGINT or SIGTERM, then release the server."""
+    stop = threading.Event()
+
+    def _stop(signum, _frame):
+        log.info("signal %s: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        if ready_file:
+            write_ready_file(ready_file, server.endpoint)
+        server.serve_forever(stop)
+    finally:
+        server.close()
+        log.info("stopped after %d requests served (%d refused)", server.requests_served, server.errors)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=getattr(logging, args.log_level.upper()), stream=sys.stderr,
@@ -74,39 +105,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                 authorized_keys_dir=args.authorized_keys,
                                 allow_insecure_remote=args.allow_insecure_remote,
                                 checkpoint_label=f"random(seed={args.seed})" if args.random_weights else None)
-        stage = None
-        if args.random_weights:
-            bar = "!" * 78
-            log.warning("%s", bar)
-            log.warning("RANDOM WEIGHTS (seed %d): this server's outputs are MEANINGLESS. For demos and tests "
-                        "only;", args.seed)
-            log.warning("the edge must build its model with random_sam(%r, seed=%d) to match.", args.model,
-                        args.seed)
-            log.warning("%s", bar)
-            from ped_sam_ros.core.model import RemoteStage
-
-            stage = RemoteStage(args.model).load_random(args.seed)
+        stage = _random_stage(args.model, args.seed) if args.random_weights else None
         server = EncoderServer(args.bind, args.model, args.checkpoint, options, stage=stage)
     except Exception as e:  # config, keys, checkpoint, bind errors: one clear line, non-zero exit
         log.debug("startup failed", exc_info=True)
         print(f"ped-sam-remote: error: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
-
-    stop = threading.Event()
-
-    def _stop(signum, _frame):
-        log.info("signal %s: stopping", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGINT, _stop)
-    signal.signal(signal.SIGTERM, _stop)
-    try:
-        if args.ready_file:
-            write_ready_file(args.ready_file, server.endpoint)
-        server.serve_forever(stop)
-    finally:
-        server.close()
-        log.info("stopped after %d requests served (%d refused)", server.requests_served, server.errors)
+    _serve(server, args.ready_file)
     return 0
 
 

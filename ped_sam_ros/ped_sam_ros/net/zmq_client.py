@@ -384,9 +384,27 @@ class ZmqTransport(Transport):
         down = [self._servers[i] for i in used if not self._servers[i].connected]
         if down:
             self._raise_not_connected(down)
+        rnd = self._send_tiles(jobs, mode, deadline)
+        self._collect(rnd, deadline, self._take_encoded, self._encode_unreadable)
+        if rnd.pending and not rnd.failures:  # deadline
+            late = collections.Counter(s.server for s in rnd.pending.values())
+            for i, n in late.items():
+                rnd.failures[i] = f"no reply for {n} tile(s) within {timeout_s:.3f} s"
+                self._fail(self._servers[i], "timeout", rnd.failures[i])
+        if rnd.failures:
+            self._abandon((r, s.server) for r, s in rnd.pending.items())
+            self._poll_monitors()
+            bad = [self._servers[i] for i in sorted(rnd.failures)]
+            detail = "; ".join(f"{c.label}: {rnd.failures[c.index]}" for c in bad)
+            raise RemoteEncodeError(f"remote encoding failed for {len(bad)} of {len(used)} server(s): {detail}",
+                                    [c.name for c in bad])
+        return rnd.results
 
+    def _send_tiles(self, jobs: Sequence[TileJob], mode: str, deadline: float) -> _Round:
+        """Send every tile at once, each with the time left to ``deadline``; a server whose socket
+        refuses one fails the frame (the requests already sent are abandoned)."""
         rnd = _Round([None] * len(jobs))
-        for k, job in enumerate(jobs):  # every tile at once
+        for k, job in enumerate(jobs):
             conn = self._servers[job.server]
             rid = wire.new_request_id()
             budget_ms = max(1, math.ceil((deadline - time.monotonic()) * 1000))
@@ -405,22 +423,7 @@ class ZmqTransport(Transport):
             rnd.pending[rid] = _Sent(k, job.server, t_sent, frames_nbytes(frames), job)
             with self._stats_lock:
                 conn.health.requests += 1
-
-        self._collect(rnd, deadline, self._take_encoded, self._encode_unreadable)
-
-        if rnd.pending and not rnd.failures:  # deadline
-            late = collections.Counter(s.server for s in rnd.pending.values())
-            for i, n in late.items():
-                rnd.failures[i] = f"no reply for {n} tile(s) within {timeout_s:.3f} s"
-                self._fail(self._servers[i], "timeout", rnd.failures[i])
-        if rnd.failures:
-            self._abandon((r, s.server) for r, s in rnd.pending.items())
-            self._poll_monitors()
-            bad = [self._servers[i] for i in sorted(rnd.failures)]
-            detail = "; ".join(f"{c.label}: {rnd.failures[c.index]}" for c in bad)
-            raise RemoteEncodeError(f"remote encoding failed for {len(bad)} of {len(used)} server(s): {detail}",
-                                    [c.name for c in bad])
-        return rnd.results
+        return rnd
 
     def _encode_failed(self, rnd: _Round, conn: _Connection, reason: str) -> None:
         rnd.failures.setdefault(conn.index, reason)

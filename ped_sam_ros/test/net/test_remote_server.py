@@ -109,7 +109,7 @@ def _malformed():
         "far_too_many_frames": ([ok[0]] + [b"x"] * 40, "frame_count", "m-1"),
         "huge_declared_shape": (_replace(ok, tensors=[{"name": "pixels", "dtype": "uint8",
                                                        "shape": [1 << 20, 1 << 20, 3]}]), "bad_length", "m-1"),
-        "shape_too_big": (_replace(ok, tensors=[{"name": "pixels", "dtype": "uint8", "shape": [1 << 22, 1, 3]}]),
+        "shape_too_big": (_replace(ok, tensors=[{"name": "pixels", "dtype": "uint8", "shape": [wire.MAX_DIM + 1, 1, 3]}]),
                           "bad_shape", "m-1"),
         "shape_byte_mismatch": (_replace(ok, tensors=[{"name": "pixels", "dtype": "uint8", "shape": [32, 16, 3]}]),
                                 "bad_length", "m-1"),
