@@ -280,10 +280,6 @@ class ZmqTransport(Transport):
     def server_names(self) -> List[str]:
         return [c.name for c in self._servers]
 
-    @property
-    def endpoints(self) -> List[str]:
-        return [c.endpoint for c in self._servers]
-
     def health(self) -> List[ServerHealth]:
         """Each server's health record (a copy): state ok / error / timeout / disconnected,
         last round trip, last compute and queue time reported by the server, counts, last error."""
