@@ -205,7 +205,7 @@ def ros_environment(domain: int) -> Dict[str, str]:
     return {"ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST", "ROS_DOMAIN_ID": str(domain),
             "FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA", "PYTHONUNBUFFERED": "1",
             # whole frames through shared memory (best effort loses large images otherwise; see the file)
-            "FASTDDS_DEFAULT_PROFILES_FILE": str(REPO / "config" / "fastdds_large_images.xml")}
+            "FASTDDS_DEFAULT_PROFILES_FILE": str(REPO / "config" / "fastdds_large_images_loopback.xml")}
 
 
 def make_keys(demo: Demo) -> Keys:

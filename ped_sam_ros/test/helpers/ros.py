@@ -30,7 +30,7 @@ NODE_STARTUP_S = 120.0
 #: remote_node arguments for a server of the test model with random weights
 RANDOM_SERVER_ARGS = ("--model", TEST_MODEL, "--random-weights", "--seed", str(TEST_SEED))
 #: shared memory big enough for whole images, UDP on loopback only (see the file's comment)
-FASTDDS_PROFILE = REPO / "config" / "fastdds_large_images.xml"
+FASTDDS_PROFILE = REPO / "config" / "fastdds_large_images_loopback.xml"
 
 
 def domain_range() -> range:

@@ -1,10 +1,12 @@
 """The launch files, without ``launch``/``launch_ros`` (not installable here).
 
-Always: they parse, declare the documented arguments, and name executables and
-config files that exist. Then they are evaluated against small recording
-stand-ins of the launch API (what the Node and the server processes would get).
-Where ``launch_ros`` is importable (a real ROS install) ``generate_launch_description()``
-is also evaluated for real.
+Always: they parse, declare the documented arguments with the same level names, use no
+deprecated condition and set no environment for the whole launch, and name executables
+and config files that exist. Then they are evaluated against small recording stand-ins of
+the launch API (what the Node and the server processes would get), including their
+``OpaqueFunction`` parts. Where ``launch_ros`` is importable (a real ROS install)
+``generate_launch_description()`` is also evaluated for real. Whether the files and
+executables are found in built install trees is ``test_install_layouts.py``'s job.
 """
 
 from __future__ import annotations
@@ -14,13 +16,18 @@ import importlib.util
 import re
 import sys
 import types
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
-from helpers import PKG_DIR as REPO
-LAUNCH = REPO / "launch"
+from helpers import PKG_DIR
+
+LAUNCH = PKG_DIR / "launch"
+CONFIG = PKG_DIR / "config"
 EDGE, REMOTES = LAUNCH / "edge.launch.py", LAUNCH / "remotes.launch.py"
+#: launch API names that are deprecated upstream (launch 3.x warns on every launch)
+DEPRECATED = {"LaunchConfigurationEquals", "LaunchConfigurationNotEquals"}
 
 
 def _tree(path: Path) -> ast.Module:
@@ -28,26 +35,36 @@ def _tree(path: Path) -> ast.Module:
 
 
 def _calls(tree, name):
-    return [n for n in ast.walk(tree) if isinstance(n, ast.Call)
-            and ((isinstance(n.func, ast.Name) and n.func.id == name)
-                 or (isinstance(n.func, ast.Attribute) and n.func.attr == name))]
+    return [
+        n
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Call)
+        and (
+            (isinstance(n.func, ast.Name) and n.func.id == name)
+            or (isinstance(n.func, ast.Attribute) and n.func.attr == name)
+        )
+    ]
 
 
 def _declared(tree):
     return [c.args[0].value for c in _calls(tree, "DeclareLaunchArgument")]
 
 
+def _constant(tree, name):
+    node = next(n for n in tree.body if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", None) == name)
+    return ast.literal_eval(node.value)
+
+
 def _console_scripts():
-    tree = _tree(REPO / "setup.py")
-    scripts = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Constant) and isinstance(node.value, str) and "=" in node.value and ":" in node.value:
-            scripts.add(node.value.split("=")[0].strip())
-    return scripts
+    return {e.split("=")[0].strip() for e in _constant(_tree(PKG_DIR / "setup.py"), "CONSOLE_SCRIPTS")}
 
 
 def _strings(tree):
     return {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+
+
+def _imported_names(tree):
+    return {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
 
 
 def test_launch_files_parse_and_define_generate_launch_description():
@@ -57,35 +74,79 @@ def test_launch_files_parse_and_define_generate_launch_description():
         assert "generate_launch_description" in funcs, path.name
 
 
+def test_no_deprecated_conditions_and_no_launch_wide_environment():
+    for path in (EDGE, REMOTES):
+        tree = _tree(path)
+        names = _imported_names(tree) | {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+        assert not names & DEPRECATED, f"{path.name} uses {names & DEPRECATED}"
+        # an environment set for the launch leaks into every process of a parent launch
+        assert not _calls(tree, "SetEnvironmentVariable"), path.name
+    # the servers speak ZeroMQ only: no DDS settings at all
+    assert not [s for s in _strings(_tree(REMOTES)) if "FASTDDS" in s]
+
+
+def test_both_files_accept_the_same_log_levels():
+    edge, remotes = _constant(_tree(EDGE), "LOG_LEVELS"), _constant(_tree(REMOTES), "LOG_LEVELS")
+    assert edge == remotes == ["debug", "info", "warn", "error", "fatal"]
+    for path in (EDGE, REMOTES):
+        (decl,) = [c for c in _calls(_tree(path), "DeclareLaunchArgument") if c.args[0].value == "log_level"]
+        kw = {k.arg: k.value for k in decl.keywords}
+        assert isinstance(kw["choices"], ast.Name) and kw["choices"].id == "LOG_LEVELS", path.name
+
+
 def test_edge_launch_arguments_executable_and_config():
     tree = _tree(EDGE)
     declared = _declared(tree)
-    assert {"namespace", "image_topic", "params_file", "log_level"} <= set(declared)
+    assert {"namespace", "image_topic", "params_file", "log_level", "fastdds_profile"} <= set(declared)
     assert len(declared) == len(set(declared))
     nodes = _calls(tree, "Node")
     assert len(nodes) == 1
     kw = {k.arg: k.value for k in nodes[0].keywords}
-    assert kw["package"].value == "ped_sam_ros"
     assert kw["executable"].value in _console_scripts()
     assert kw["name"].value == "edge_node"
     assert isinstance(kw["parameters"], ast.List) and "remappings" in kw and "namespace" in kw
-    # every LaunchConfiguration used is declared
+    assert "additional_env" in kw  # the DDS profile: this process only
     used = {c.args[0].value for c in _calls(tree, "LaunchConfiguration")}
     assert used <= set(declared)
-    # the config file it defaults to exists and is installed by setup.py
-    assert "edge.yaml" in _strings(tree) and (REPO / "config" / "edge.yaml").is_file()
-    assert "config/*.yaml" in (REPO / "setup.py").read_text()
+    assert "edge.yaml" in _strings(tree) and (CONFIG / "edge.yaml").is_file()
+    for name in _constant(tree, "FASTDDS_PROFILES").values():
+        assert (CONFIG / name).is_file(), name
+    assert (
+        "config/*.yaml" in (PKG_DIR / "setup.py").read_text() and "config/*.xml" in (PKG_DIR / "setup.py").read_text()
+    )
 
 
 def test_remotes_launch_arguments_executable_and_config():
     tree = _tree(REMOTES)
     declared = set(_declared(tree))
     assert {"remotes_file", "count", "base_port", "model", "checkpoint", "seed", "log_level"} <= declared
-    assert "ped-sam-remote" in _strings(tree) and "ped-sam-remote" in _console_scripts()
-    assert "remotes.yaml" in _strings(tree) and (REPO / "config" / "remotes.yaml").is_file()
+    (exe,) = _calls(tree, "ExecutableInPackage")  # found where `ros2 run` looks, not on PATH
+    kw = {k.arg: k.value for k in exe.keywords}
+    assert kw["executable"].value in _console_scripts()
+    assert "remotes.yaml" in _strings(tree) and (CONFIG / "remotes.yaml").is_file()
     assert _calls(tree, "ExecuteProcess") and _calls(tree, "OpaqueFunction")
-    overrides = next(n for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "OVERRIDES")
-    assert {e.value for e in overrides.value.elts} <= declared
+    assert set(_constant(tree, "OVERRIDES")) <= declared
+
+
+def _profile(path: Path):
+    ns = {"d": "http://www.eprosima.com"}
+    root = ET.parse(path).getroot()
+    shm = [t for t in root.iterfind(".//d:transport_descriptor", ns) if t.findtext("d:type", namespaces=ns) == "SHM"]
+    udp = [t for t in root.iterfind(".//d:transport_descriptor", ns) if t.findtext("d:type", namespaces=ns) == "UDPv4"]
+    allow = [i.get("name") for t in udp for i in t.iterfind(".//d:allowlist/d:interface", ns)]
+    builtin = root.findtext(".//d:participant/d:rtps/d:useBuiltinTransports", namespaces=ns)
+    return shm, udp, allow, builtin
+
+
+def test_fastdds_profiles_large_shm_and_who_can_see_the_node():
+    # default: reachable from other hosts (UDP on every interface)
+    shm, udp, allow, builtin = _profile(CONFIG / "fastdds_large_images.xml")
+    assert int(shm[0].findtext("{http://www.eprosima.com}segment_size")) >= 3 * 1024 * 1024  # a 1024x1024 rgb8
+    assert udp and allow == [] and builtin == "false"
+    # the explicit loopback option: UDP on 127.0.0.1 only and the built-ins off, so invisible elsewhere
+    shm, udp, allow, builtin = _profile(CONFIG / "fastdds_large_images_loopback.xml")
+    assert int(shm[0].findtext("{http://www.eprosima.com}segment_size")) >= 3 * 1024 * 1024
+    assert allow == ["127.0.0.1"] and builtin == "false"
 
 
 # ------------------------------------------------------------------ recording stand-ins of the launch API
@@ -103,6 +164,13 @@ class _LaunchConfiguration(_Rec):
         return context[self.args[0]]
 
 
+class _ExecutableInPackage(_Rec):
+    """Resolves like launch_ros: ``<prefix>/lib/<package>/<executable>`` (here a fake prefix)."""
+
+    def perform(self, context):
+        return f"/fake/prefix/lib/{self.kwargs['package']}/{self.kwargs['executable']}"
+
+
 def _stub_modules(share: Path):
     mods = {}
 
@@ -112,73 +180,109 @@ def _stub_modules(share: Path):
         mods[name] = m
         return m
 
-    classes = {n: type(n, (_Rec,), {}) for n in ("LaunchDescription", "DeclareLaunchArgument", "ExecuteProcess",
-                                                   "OpaqueFunction", "SetEnvironmentVariable", "LaunchConfigurationNotEquals",
-                                                   "Node")}
+    classes = {
+        n: type(n, (_Rec,), {})
+        for n in ("LaunchDescription", "DeclareLaunchArgument", "ExecuteProcess", "OpaqueFunction", "LogInfo", "Node")
+    }
     mod("launch", LaunchDescription=classes["LaunchDescription"])
-    mod("launch.actions", **{n: classes[n] for n in ("DeclareLaunchArgument", "ExecuteProcess", "OpaqueFunction",
-                                                    "SetEnvironmentVariable")})
-    mod("launch.conditions", LaunchConfigurationNotEquals=classes["LaunchConfigurationNotEquals"])
+    mod(
+        "launch.actions",
+        **{n: classes[n] for n in ("DeclareLaunchArgument", "ExecuteProcess", "OpaqueFunction", "LogInfo")},
+    )
     mod("launch.substitutions", LaunchConfiguration=_LaunchConfiguration)
     mod("launch_ros")
     mod("launch_ros.actions", Node=classes["Node"])
+    mod("launch_ros.substitutions", ExecutableInPackage=_ExecutableInPackage)
     mod("ament_index_python")
     mod("ament_index_python.packages", get_package_share_directory=lambda pkg: str(share))
     return mods
 
 
 def _evaluate_with_stubs(path: Path, monkeypatch):
-    for name, m in _stub_modules(REPO).items():
+    for name, m in _stub_modules(PKG_DIR).items():
         monkeypatch.setitem(sys.modules, name, m)
     spec = importlib.util.spec_from_file_location(f"launch_under_test_{path.stem.replace('.', '_')}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     ld = module.generate_launch_description()
     entities = ld.args[0]
-    defaults = {e.args[0]: e.kwargs.get("default_value", "") for e in entities
-                if type(e).__name__ == "DeclareLaunchArgument"}
-    return entities, defaults
+    defaults = {
+        e.args[0]: e.kwargs.get("default_value", "") for e in entities if type(e).__name__ == "DeclareLaunchArgument"
+    }
+    opaque = next(e for e in entities if type(e).__name__ == "OpaqueFunction")
+    return opaque.kwargs["function"], defaults
 
 
-def test_edge_launch_evaluates_to_a_node_with_params_file_and_remaps(monkeypatch):
-    entities, defaults = _evaluate_with_stubs(EDGE, monkeypatch)
-    node = next(e for e in entities if type(e).__name__ == "Node")
-    assert defaults["params_file"] == str(REPO / "config" / "edge.yaml")  # share dir -> config/edge.yaml
-    assert Path(defaults["params_file"]).is_file()
-    (param,) = node.kwargs["parameters"]
-    assert param.args == ("params_file",)
-    remaps = dict((src, dst) for src, dst in node.kwargs["remappings"])
+def _edge_node(function, ctx):
+    entities = function(ctx)
+    (node,) = [e for e in entities if type(e).__name__ == "Node"]
+    return node
+
+
+def test_edge_launch_evaluates_to_a_node_with_params_file_remaps_and_its_own_profile(monkeypatch):
+    function, defaults = _evaluate_with_stubs(EDGE, monkeypatch)
+    assert defaults["params_file"] == str(CONFIG / "edge.yaml")  # share dir -> config/edge.yaml
+    node = _edge_node(function, dict(defaults))
+    assert node.kwargs["parameters"] == [str(CONFIG / "edge.yaml")]
+    remaps = dict(node.kwargs["remappings"])
     assert remaps["~/image"].args == ("image_topic",)
     assert node.kwargs["namespace"].args == ("namespace",)
-    assert node.kwargs["arguments"][:2] == ["--ros-args", "--log-level"]
-    assert Path(defaults["fastdds_profile"]).is_file()  # config/fastdds_large_images.xml
-    env = next(e for e in entities if type(e).__name__ == "SetEnvironmentVariable")
-    assert env.args[0] == "FASTDDS_DEFAULT_PROFILES_FILE"
+    flag, level = node.kwargs["arguments"]
+    assert flag == "--log-level" and level.args == ("log_level",)
+    # default: the reachable large-image profile, for this process only
+    assert defaults["fastdds_profile"] == "large_images"
+    assert node.kwargs["additional_env"] == {"FASTDDS_DEFAULT_PROFILES_FILE": str(CONFIG / "fastdds_large_images.xml")}
+    loop = _edge_node(function, dict(defaults, fastdds_profile="large_images_loopback"))
+    assert loop.kwargs["additional_env"]["FASTDDS_DEFAULT_PROFILES_FILE"].endswith("fastdds_large_images_loopback.xml")
+    assert _edge_node(function, dict(defaults, fastdds_profile="none")).kwargs["additional_env"] == {}
+    own = CONFIG / "fastdds_large_images_loopback.xml"
+    assert _edge_node(function, dict(defaults, fastdds_profile=str(own))).kwargs["additional_env"] == {
+        "FASTDDS_DEFAULT_PROFILES_FILE": str(own)
+    }
+    with pytest.raises(RuntimeError, match="fastdds_profile: 'tcp_only'"):
+        function(dict(defaults, fastdds_profile="tcp_only"))
+
+
+def test_edge_launch_names_a_missing_params_file(monkeypatch, tmp_path):
+    function, defaults = _evaluate_with_stubs(EDGE, monkeypatch)
+    missing = tmp_path / "no_such_edge.yaml"
+    with pytest.raises(RuntimeError, match=re.escape(str(missing))):
+        function(dict(defaults, params_file=str(missing)))
 
 
 def test_remotes_launch_evaluates_to_server_processes(monkeypatch):
-    entities, defaults = _evaluate_with_stubs(REMOTES, monkeypatch)
-    opaque = next(e for e in entities if type(e).__name__ == "OpaqueFunction")
+    function, defaults = _evaluate_with_stubs(REMOTES, monkeypatch)
     ctx = dict(defaults)
-    procs = opaque.kwargs["function"](ctx)
+    procs = function(ctx)
     assert [p.kwargs["name"] for p in procs] == ["remote-a", "remote-b", "remote-c", "remote-d"]
     cmd = procs[0].kwargs["cmd"]
-    assert cmd[0] == "ped-sam-remote" and cmd[cmd.index("--bind") + 1] == "tcp://127.0.0.1:5601"
+    assert cmd[0] == "/fake/prefix/lib/ped_sam_ros/ped-sam-remote"  # ExecutableInPackage, not PATH
+    assert cmd[cmd.index("--bind") + 1] == "tcp://127.0.0.1:5601"
     ctx.update(count="2", base_port="6000", checkpoint="/models/sam_vit_b_01ec64.pth")
-    procs = opaque.kwargs["function"](ctx)
-    cmds = [p.kwargs["cmd"] for p in procs]
+    cmds = [p.kwargs["cmd"] for p in function(ctx)]
     assert len(cmds) == 2 and cmds[1][cmds[1].index("--bind") + 1] == "tcp://127.0.0.1:6001"
     assert all("--checkpoint" in c and "--random-weights" not in c for c in cmds)
-    # the command lines parse with the real server's argument parser
+    # every level name both files accept reaches the server as one its parser takes
     from remote_node.__main__ import build_parser
 
-    for c in cmds:
-        build_parser().parse_args(c[1:])
+    for level in ("debug", "info", "warn", "error", "fatal"):
+        for c in [p.kwargs["cmd"] for p in function(dict(ctx, log_level=level))]:
+            parsed = build_parser().parse_args(c[1:])
+            assert parsed.log_level == {"warn": "warning", "fatal": "error"}.get(level, level)
+
+
+def test_remotes_launch_names_a_missing_remotes_file(monkeypatch, tmp_path):
+    function, defaults = _evaluate_with_stubs(REMOTES, monkeypatch)
+    with pytest.raises(RuntimeError, match="remotes_file .*nope.yaml"):
+        function(dict(defaults, remotes_file=str(tmp_path / "nope.yaml")))
 
 
 def test_launch_files_evaluate_with_real_launch_ros():
-    pytest.importorskip("launch_ros", reason="launch_ros is not installable from PyPI here; this check runs on a "
-                                             "real ROS 2 install (the ast and stand-in checks above always run)")
+    pytest.importorskip(
+        "launch_ros",
+        reason="launch_ros is not installable from PyPI here; this check runs on a "
+        "real ROS 2 install (the ast and stand-in checks above always run)",
+    )
     from launch import LaunchDescription
 
     for path in (EDGE, REMOTES):
