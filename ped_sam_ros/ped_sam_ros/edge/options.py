@@ -23,10 +23,14 @@ class OptionChanges:
         if self.deadline_s is not None and not self.deadline_s > 0:
             raise ValueError("deadline must be positive")
 
-    def then(self, later: "OptionChanges") -> "OptionChanges":
+    def then(self, later: OptionChanges) -> OptionChanges:
         """These changes followed by ``later`` (its set values win)."""
-        return OptionChanges(**{f.name: getattr(later, f.name) if getattr(later, f.name) is not None
-                                else getattr(self, f.name) for f in fields(self)})
+        return OptionChanges(
+            **{
+                f.name: getattr(later, f.name) if getattr(later, f.name) is not None else getattr(self, f.name)
+                for f in fields(self)
+            }
+        )
 
     def apply(self, pipeline: EdgePipeline) -> None:
         """Set the live objects that use each option (the worker's thread only)."""

@@ -50,83 +50,212 @@ class ParamSpec:
         if self.choices:
             parts.append("one of " + ", ".join(self.choices))
         if self.min is not None or self.max is not None:
-            parts.append(f"range [{self.min if self.min is not None else '-inf'}, "
-                         f"{self.max if self.max is not None else 'inf'}]")
+            parts.append(
+                f"range [{self.min if self.min is not None else '-inf'}, {self.max if self.max is not None else 'inf'}]"
+            )
         return "; ".join(parts)
 
 
-_DEFAULT_SERVERS = ["remote-a=tcp://127.0.0.1:5601", "remote-b=tcp://127.0.0.1:5602",
-                    "remote-c=tcp://127.0.0.1:5603", "remote-d=tcp://127.0.0.1:5604"]
+_DEFAULT_SERVERS = [
+    "remote-a=tcp://127.0.0.1:5601",
+    "remote-b=tcp://127.0.0.1:5602",
+    "remote-c=tcp://127.0.0.1:5603",
+    "remote-d=tcp://127.0.0.1:5604",
+]
 _AMG = AmgOptions()  # SAM's own defaults: the one source of the amg.* defaults
 
 PARAMS: List[ParamSpec] = [
     # --- model and split (start-up only)
-    ParamSpec("model", "vit_b", "SAM variant: vit_b, vit_l, vit_h, or a narrow random-weight variant such as "
-              "vit_b/w64h2 (width 64, 2 heads; for CPU demos and tests). Must match the remote servers."),
-    ParamSpec("checkpoint", "", "Path of the official SAM checkpoint (e.g. sam_vit_b_01ec64.pth); the edge loads "
-              "only the tensors it runs. Empty only with random_weights."),
-    ParamSpec("random_weights", False, "Use a randomly initialised model (seed below) instead of a checkpoint: "
-              "masks are MEANINGLESS; for demos and tests. The servers must use the same seed."),
+    ParamSpec(
+        "model",
+        "vit_b",
+        "SAM variant: vit_b, vit_l, vit_h, or a narrow random-weight variant such as "
+        "vit_b/w64h2 (width 64, 2 heads; for CPU demos and tests). Must match the remote servers.",
+    ),
+    ParamSpec(
+        "checkpoint",
+        "",
+        "Path of the official SAM checkpoint (e.g. sam_vit_b_01ec64.pth); the edge loads "
+        "only the tensors it runs. Empty only with random_weights.",
+    ),
+    ParamSpec(
+        "random_weights",
+        False,
+        "Use a randomly initialised model (seed below) instead of a checkpoint: "
+        "masks are MEANINGLESS; for demos and tests. The servers must use the same seed.",
+    ),
     ParamSpec("seed", 0, "Seed of the random weights (random_weights only).", min=0, max=2**31 - 1),
-    ParamSpec("mode", "paper", "Encoder split: 'paper' (all window blocks remote, global blocks at the edge: an "
-              "approximation of SAM) or 'exact' (only the blocks before the first global block remote: SAM's "
-              "exact output, more edge compute).", choices=MODES),
-    ParamSpec("grid", "2x2", "Partition of SAM's 64x64 token grid into ROWSxCOLS tiles, one remote job each "
-              "(1..5 per axis with token-aligned cuts)."),
-    ParamSpec("aligned_cuts", True, "Cut only on SAM's 14-token attention windows (exact window blocks). False "
-              "allows even cuts that change the result."),
+    ParamSpec(
+        "mode",
+        "paper",
+        "Encoder split: 'paper' (all window blocks remote, global blocks at the edge: an "
+        "approximation of SAM) or 'exact' (only the blocks before the first global block remote: SAM's "
+        "exact output, more edge compute).",
+        choices=MODES,
+    ),
+    ParamSpec(
+        "grid",
+        "2x2",
+        "Partition of SAM's 64x64 token grid into ROWSxCOLS tiles, one remote job each "
+        "(1..5 per axis with token-aligned cuts).",
+    ),
+    ParamSpec(
+        "aligned_cuts",
+        True,
+        "Cut only on SAM's 14-token attention windows (exact window blocks). False "
+        "allows even cuts that change the result.",
+    ),
     # --- remotes
-    ParamSpec("remotes.servers", _DEFAULT_SERVERS, "Remote encoder servers as NAME=ENDPOINT "
-              "(tcp://HOST:PORT or ipc://PATH). NAME appears in diagnostics and names the server's key file."),
-    ParamSpec("remotes.assignment", "auto", "Which server encodes each tile, in row-major tile order, by "
-              "index or name (e.g. '0,1,2,3'); 'auto' spreads tiles so that neighbours go to different servers."),
+    ParamSpec(
+        "remotes.servers",
+        _DEFAULT_SERVERS,
+        "Remote encoder servers as NAME=ENDPOINT "
+        "(tcp://HOST:PORT or ipc://PATH). NAME appears in diagnostics and names the server's key file.",
+    ),
+    ParamSpec(
+        "remotes.assignment",
+        "auto",
+        "Which server encodes each tile, in row-major tile order, by "
+        "index or name (e.g. '0,1,2,3'); 'auto' spreads tiles so that neighbours go to different servers.",
+    ),
     ParamSpec("remotes.allow_adjacent", False, "Allow one server to receive two adjacent tiles (privacy policy)."),
-    ParamSpec("remotes.max_share", 1.0, "Largest share of a frame's content one server may see (privacy policy); "
-              "checked for every frame, whose aspect ratio changes the shares: a frame over it is refused.",
-              min=0.01, max=1.0),
-    ParamSpec("remotes.connect_timeout", 10.0, "Seconds to wait at start-up for every server's connection "
-              "(the node starts anyway and reports unreachable servers).", min=0.0, max=600.0),
-    ParamSpec("keys.client_secret", "", "This edge's CurveZMQ secret key file (NAME.key_secret, made with "
-              "ped-sam-keys). Empty: no encryption (allowed for loopback endpoints only)."),
+    ParamSpec(
+        "remotes.max_share",
+        1.0,
+        "Largest share of a frame's content one server may see (privacy policy); "
+        "checked for every frame, whose aspect ratio changes the shares: a frame over it is refused.",
+        min=0.01,
+        max=1.0,
+    ),
+    ParamSpec(
+        "remotes.connect_timeout",
+        10.0,
+        "Seconds to wait at start-up for every server's connection "
+        "(the node starts anyway and reports unreachable servers).",
+        min=0.0,
+        max=600.0,
+    ),
+    ParamSpec(
+        "keys.client_secret",
+        "",
+        "This edge's CurveZMQ secret key file (NAME.key_secret, made with "
+        "ped-sam-keys). Empty: no encryption (allowed for loopback endpoints only).",
+    ),
     ParamSpec("keys.server_public_dir", "", "Directory holding each server's public key as SERVER_NAME.key."),
     ParamSpec("wire_precision", "float16", "Precision of the tokens the servers send back.", choices=TOKEN_DTYPES),
     ParamSpec("torch_threads", 0, "Torch CPU threads of the edge (0: torch's default).", min=0, max=256),
     # --- ROS interface (start-up only)
-    ParamSpec("image_qos.reliability", "best_effort", "Reliability of the image subscriptions (best_effort "
-              "matches both best-effort and reliable cameras).", choices=RELIABILITY),
-    ParamSpec("image_qos.depth", 5, "Queue depth of the image subscriptions (as ROS's sensor-data profile). The "
-              "node itself keeps only the latest frame and counts the ones it drops; frames that overflow this "
-              "queue before the callback runs are lost uncounted, so keep it above the burst size.",
-              min=1, max=100),
-    ParamSpec("use_compressed", False, "Also subscribe to ~/image/compressed (sensor_msgs/CompressedImage, "
-              "decoded with OpenCV)."),
+    ParamSpec(
+        "image_qos.reliability",
+        "best_effort",
+        "Reliability of the image subscriptions (best_effort matches both best-effort and reliable cameras).",
+        choices=RELIABILITY,
+    ),
+    ParamSpec(
+        "image_qos.depth",
+        5,
+        "Queue depth of the image subscriptions (as ROS's sensor-data profile). The "
+        "node itself keeps only the latest frame and counts the ones it drops; frames that overflow this "
+        "queue before the callback runs are lost uncounted, so keep it above the burst size.",
+        min=1,
+        max=100,
+    ),
+    ParamSpec(
+        "use_compressed",
+        False,
+        "Also subscribe to ~/image/compressed (sensor_msgs/CompressedImage, decoded with OpenCV).",
+    ),
     ParamSpec("diagnostics_period", 1.0, "Seconds between /diagnostics messages.", min=0.1, max=60.0),
     # --- runtime-changeable
-    ParamSpec("deadline", 30.0, "Seconds a frame's remote encoding may take before the frame fails (names the "
-              "late servers).", read_only=False, min=0.05, max=3600.0),
-    ParamSpec("multimask", True, "Let SAM propose 3 masks per prompt and keep the best-scored one.",
-              read_only=False),
-    ParamSpec("automatic", False, "Segment everything (SAM's automatic mask generator) instead of the held "
-              "prompts. A Prompts message also switches this.", read_only=False),
-    ParamSpec("max_prompts", 64, "Most objects one Prompts message or service call may ask for.",
-              read_only=False, min=1, max=1024),
+    ParamSpec(
+        "deadline",
+        30.0,
+        "Seconds a frame's remote encoding may take before the frame fails (names the late servers).",
+        read_only=False,
+        min=0.05,
+        max=3600.0,
+    ),
+    ParamSpec("multimask", True, "Let SAM propose 3 masks per prompt and keep the best-scored one.", read_only=False),
+    ParamSpec(
+        "automatic",
+        False,
+        "Segment everything (SAM's automatic mask generator) instead of the held "
+        "prompts. A Prompts message also switches this.",
+        read_only=False,
+    ),
+    ParamSpec(
+        "max_prompts",
+        64,
+        "Most objects one Prompts message or service call may ask for.",
+        read_only=False,
+        min=1,
+        max=1024,
+    ),
     ParamSpec("overlay_alpha", 0.5, "Opacity of the masks on ~/overlay.", read_only=False, min=0.0, max=1.0),
-    ParamSpec("service_timeout", 120.0, "Seconds the ~/segment service waits for its result.", read_only=False,
-              min=0.1, max=3600.0),
-    ParamSpec("amg.points_per_side", _AMG.points_per_side, "Automatic mode: grid of point prompts per side.",
-              read_only=False, min=1, max=128),
-    ParamSpec("amg.points_per_batch", _AMG.points_per_batch, "Automatic mode: point prompts decoded together.",
-              read_only=False, min=1, max=4096),
-    ParamSpec("amg.pred_iou_thresh", _AMG.pred_iou_thresh, "Automatic mode: keep masks whose predicted IoU "
-              "is at least this.", read_only=False, min=0.0, max=1.0),
-    ParamSpec("amg.stability_score_thresh", _AMG.stability_score_thresh, "Automatic mode: keep masks whose "
-              "stability score is at least this.", read_only=False, min=0.0, max=1.0),
-    ParamSpec("amg.stability_score_offset", _AMG.stability_score_offset, "Automatic mode: logit offset of the "
-              "stability score.", read_only=False, min=0.0, max=100.0),
-    ParamSpec("amg.box_nms_thresh", _AMG.box_nms_thresh, "Automatic mode: box IoU above which duplicate masks "
-              "are suppressed.", read_only=False, min=0.0, max=1.0),
-    ParamSpec("amg.min_mask_region_area", _AMG.min_mask_region_area, "Automatic mode: remove holes and islands "
-              "smaller than this many pixels (0: off).", read_only=False, min=0, max=10**7),
+    ParamSpec(
+        "service_timeout",
+        120.0,
+        "Seconds the ~/segment service waits for its result.",
+        read_only=False,
+        min=0.1,
+        max=3600.0,
+    ),
+    ParamSpec(
+        "amg.points_per_side",
+        _AMG.points_per_side,
+        "Automatic mode: grid of point prompts per side.",
+        read_only=False,
+        min=1,
+        max=128,
+    ),
+    ParamSpec(
+        "amg.points_per_batch",
+        _AMG.points_per_batch,
+        "Automatic mode: point prompts decoded together.",
+        read_only=False,
+        min=1,
+        max=4096,
+    ),
+    ParamSpec(
+        "amg.pred_iou_thresh",
+        _AMG.pred_iou_thresh,
+        "Automatic mode: keep masks whose predicted IoU is at least this.",
+        read_only=False,
+        min=0.0,
+        max=1.0,
+    ),
+    ParamSpec(
+        "amg.stability_score_thresh",
+        _AMG.stability_score_thresh,
+        "Automatic mode: keep masks whose stability score is at least this.",
+        read_only=False,
+        min=0.0,
+        max=1.0,
+    ),
+    ParamSpec(
+        "amg.stability_score_offset",
+        _AMG.stability_score_offset,
+        "Automatic mode: logit offset of the stability score.",
+        read_only=False,
+        min=0.0,
+        max=100.0,
+    ),
+    ParamSpec(
+        "amg.box_nms_thresh",
+        _AMG.box_nms_thresh,
+        "Automatic mode: box IoU above which duplicate masks are suppressed.",
+        read_only=False,
+        min=0.0,
+        max=1.0,
+    ),
+    ParamSpec(
+        "amg.min_mask_region_area",
+        _AMG.min_mask_region_area,
+        "Automatic mode: remove holes and islands smaller than this many pixels (0: off).",
+        read_only=False,
+        min=0,
+        max=10**7,
+    ),
 ]
 
 SPECS: Dict[str, ParamSpec] = {p.name: p for p in PARAMS}
@@ -251,12 +380,13 @@ def amg_from_params(values: Mapping[str, Any]) -> AmgOptions:
 
 def markdown_table(specs: Sequence[ParamSpec] = PARAMS) -> str:
     """The parameter table of docs/ros.md (kept in sync by a test)."""
-    rows = ["| name | type | default | runtime | constraints | description |",
-            "|---|---|---|---|---|---|"]
+    rows = ["| name | type | default | runtime | constraints | description |", "|---|---|---|---|---|---|"]
     for p in specs:
         default = ", ".join(p.default) if isinstance(p.default, list) else repr(p.default)
         if isinstance(p.default, list):
             default = "[" + default + "]"
-        rows.append(f"| `{p.name}` | {p.kind} | `{default}` | {'no' if p.read_only else 'yes'} | "
-                    f"{p.constraints()} | {p.description} |")
+        rows.append(
+            f"| `{p.name}` | {p.kind} | `{default}` | {'no' if p.read_only else 'yes'} | "
+            f"{p.constraints()} | {p.description} |"
+        )
     return "\n".join(rows)

@@ -17,8 +17,18 @@ from ped_sam_ros.core.pipeline import EncodeStats, Instance, ObjectPrompt
 from ped_sam_ros.core.transport import ServerHealth
 
 #: stage names, in pipeline order (the ones a frame went through appear in its timings)
-STAGES = ("queue", "convert", "preprocess", "partition", "remote", "merge", "edge_encoder", "decoder",
-          "postprocess", "total")
+STAGES = (
+    "queue",
+    "convert",
+    "preprocess",
+    "partition",
+    "remote",
+    "merge",
+    "edge_encoder",
+    "decoder",
+    "postprocess",
+    "total",
+)
 
 
 @dataclass

@@ -21,8 +21,18 @@ from typing import Any, Dict, List, Mapping, Sequence, Tuple, Union
 
 from .config import SERVER_NAME_RE, ConfigError
 
-SERVER_KEYS = ("model", "checkpoint", "random_weights", "seed", "server_keys_dir", "authorized_keys",
-               "torch_threads", "name", "bind", "log_level")
+SERVER_KEYS = (
+    "model",
+    "checkpoint",
+    "random_weights",
+    "seed",
+    "server_keys_dir",
+    "authorized_keys",
+    "torch_threads",
+    "name",
+    "bind",
+    "log_level",
+)
 
 
 def load_remotes_file(path: Union[str, Path]) -> Dict[str, Any]:
@@ -61,7 +71,9 @@ def _truthy(v) -> bool:
     return v if isinstance(v, bool) else str(v).strip().lower() in ("1", "true", "yes", "on")
 
 
-def remote_commands(cfg: Mapping[str, Any], executable: Sequence[str] = ("ped-sam-remote",)) -> List[Tuple[str, List[str]]]:
+def remote_commands(
+    cfg: Mapping[str, Any], executable: Sequence[str] = ("ped-sam-remote",)
+) -> List[Tuple[str, List[str]]]:
     """(name, argv) for each server of a remotes config."""
     servers = cfg.get("servers") or []
     if not isinstance(servers, list) or not servers:
@@ -102,4 +114,3 @@ def remote_commands(cfg: Mapping[str, Any], executable: Sequence[str] = ("ped-sa
     if len(set(names)) != len(names):
         raise ConfigError(f"server names repeat: {names}")
     return out
-

@@ -102,7 +102,7 @@ class EdgeRuntime:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self, timeout_s: Optional[float] = None) -> "EdgeRuntime":
+    def start(self, timeout_s: Optional[float] = None) -> EdgeRuntime:
         """Start the worker and wait until the pipeline is built (and the servers were
         waited for); re-raises a build failure."""
         if self._thread is not None:
@@ -140,8 +140,9 @@ class EdgeRuntime:
         self.stats.frame_in(replaced_pending=dropped)
         return dropped
 
-    def request(self, frame: Optional[Frame], prompts: Optional[Sequence[ObjectPrompt]] = None,
-                automatic: Optional[bool] = None) -> concurrent.futures.Future:
+    def request(
+        self, frame: Optional[Frame], prompts: Optional[Sequence[ObjectPrompt]] = None, automatic: Optional[bool] = None
+    ) -> concurrent.futures.Future:
         """Queue a one-off job that stream frames never drop (runs before them).
 
         ``frame`` None: the latest stream frame. ``prompts``/``automatic`` None: the held
@@ -169,8 +170,9 @@ class EdgeRuntime:
     def automatic(self) -> bool:
         return self._scheduler.automatic
 
-    def update(self, *, deadline_s: Optional[float] = None, multimask: Optional[bool] = None,
-               amg: Optional[AmgOptions] = None) -> None:
+    def update(
+        self, *, deadline_s: Optional[float] = None, multimask: Optional[bool] = None, amg: Optional[AmgOptions] = None
+    ) -> None:
         """Change run-time options; the worker applies them before its next frame."""
         self._options.add(OptionChanges(deadline_s=deadline_s, multimask=multimask, amg=amg))
         self._scheduler.wake()
@@ -232,13 +234,16 @@ class EdgeRuntime:
         """Wait (bounded) for every server's connection, then check that they serve our model;
         problems are logged, not raised: frames fail, naming the server, until it is fixed."""
         tr = self.pipeline.transport
-        timeout = self._connect_timeout_s if self._connect_timeout_s is not None else self.pipeline.config.connect_timeout_s
+        timeout = (
+            self._connect_timeout_s if self._connect_timeout_s is not None else self.pipeline.config.connect_timeout_s
+        )
         if timeout <= 0:
             return
         if not tr.wait_connected(timeout):
             down = [h.name for h in tr.health() if not h.connected]
-            log.warning("after %.1f s, not connected to %s; frames fail until they are reachable",
-                        timeout, ", ".join(down))
+            log.warning(
+                "after %.1f s, not connected to %s; frames fail until they are reachable", timeout, ", ".join(down)
+            )
             return
         try:
             self.server_info = tr.info(timeout_s=min(5.0, timeout))
@@ -247,8 +252,12 @@ class EdgeRuntime:
         want = self.pipeline.config.model
         for reply in self.server_info:
             if reply.info is not None and reply.info.model != want:
-                log.error("server %s serves model %s but this edge runs %s: every frame will fail",
-                          reply.name, reply.info.model, want)
+                log.error(
+                    "server %s serves model %s but this edge runs %s: every frame will fail",
+                    reply.name,
+                    reply.info.model,
+                    want,
+                )
 
     def _poll_connections(self) -> None:
         """Refresh connection states while idle (the transport only notices reconnections
@@ -266,8 +275,9 @@ class EdgeRuntime:
             result = self._process(job)
         except Exception as e:  # noqa: BLE001 - reported, the worker keeps going
             self._set_busy(False)
-            report = ErrorReport(job.frame.meta, f"{type(e).__name__}: {e}", list(getattr(e, "servers", []) or []),
-                                 e, job.from_request)
+            report = ErrorReport(
+                job.frame.meta, f"{type(e).__name__}: {e}", list(getattr(e, "servers", []) or []), e, job.from_request
+            )
             self.stats.failed(report)
             if job.future is not None:
                 job.future.set_exception(e)
@@ -328,8 +338,17 @@ class EdgeRuntime:
             instances = []
         timings["total"] = time.monotonic() - frame.received
         self.stats.record(timings, stats)
-        return FrameResult(frame, instances, job.automatic, list(prompts), timings, stats, 0,
-                           encoded=bool(job.automatic or prompts), from_request=job.from_request)
+        return FrameResult(
+            frame,
+            instances,
+            job.automatic,
+            list(prompts),
+            timings,
+            stats,
+            0,
+            encoded=bool(job.automatic or prompts),
+            from_request=job.from_request,
+        )
 
     # --------------------------------------------------------------- status
 
@@ -344,7 +363,14 @@ class EdgeRuntime:
                 health = [ServerHealth(n, state="unknown", last_error=str(e)) for n in tr.server_names]
         with self._state_lock:
             state, busy = self._state, self._busy
-        return RuntimeSnapshot(state=state, busy=busy, pending=self._scheduler.pending, counts=self.stats.counts,
-                               automatic=self._scheduler.automatic, prompts=len(self._scheduler.prompts),
-                               last_error=self.stats.last_error, stages=self.stats.stages(),
-                               remotes=self.stats.remotes(health))
+        return RuntimeSnapshot(
+            state=state,
+            busy=busy,
+            pending=self._scheduler.pending,
+            counts=self.stats.counts,
+            automatic=self._scheduler.automatic,
+            prompts=len(self._scheduler.prompts),
+            last_error=self.stats.last_error,
+            stages=self.stats.stages(),
+            remotes=self.stats.remotes(health),
+        )

@@ -62,8 +62,9 @@ class FrameScheduler:
             self._cond.notify()
         return replaced
 
-    def request(self, frame: Optional[Frame], prompts: Optional[Sequence[ObjectPrompt]],
-                automatic: Optional[bool]) -> concurrent.futures.Future:
+    def request(
+        self, frame: Optional[Frame], prompts: Optional[Sequence[ObjectPrompt]], automatic: Optional[bool]
+    ) -> concurrent.futures.Future:
         """Queue a one-off job (``frame`` None: the latest stream frame). The returned future
         has already failed when it cannot be queued (no frame yet, stopping, full)."""
         fut: concurrent.futures.Future = concurrent.futures.Future()

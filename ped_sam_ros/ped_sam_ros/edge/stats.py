@@ -32,8 +32,13 @@ class StageTimes:
         for stage in order:
             vals = list(self._values.get(stage, ()))
             if vals:
-                out[stage] = StageSummary(last=vals[-1], mean=statistics.fmean(vals), p50=statistics.median(vals),
-                                          max=max(vals), count=len(vals))
+                out[stage] = StageSummary(
+                    last=vals[-1],
+                    mean=statistics.fmean(vals),
+                    p50=statistics.median(vals),
+                    max=max(vals),
+                    count=len(vals),
+                )
         return out
 
 
@@ -47,8 +52,14 @@ class _RemoteTally:
 
     def add_frame(self, part: ServerFrameStats) -> None:
         a = self.activity
-        self.activity = replace(a, frames=a.frames + 1, bytes_up=a.bytes_up + part.bytes_up,
-                                bytes_down=a.bytes_down + part.bytes_down, share=part.share, tiles=tuple(part.tiles))
+        self.activity = replace(
+            a,
+            frames=a.frames + 1,
+            bytes_up=a.bytes_up + part.bytes_up,
+            bytes_down=a.bytes_down + part.bytes_down,
+            share=part.share,
+            tiles=tuple(part.tiles),
+        )
         self.round_trips.append(part.round_trip_s)
         self.compute.append(part.compute_s)
 
@@ -58,8 +69,11 @@ class _RemoteTally:
     def snapshot(self) -> RemoteActivity:
         if not self.round_trips:
             return self.activity
-        return replace(self.activity, mean_round_trip_s=statistics.fmean(self.round_trips),
-                       mean_compute_s=statistics.fmean(self.compute))
+        return replace(
+            self.activity,
+            mean_round_trip_s=statistics.fmean(self.round_trips),
+            mean_compute_s=statistics.fmean(self.compute),
+        )
 
 
 class RuntimeStats:
@@ -107,7 +121,7 @@ class RuntimeStats:
         """A computed frame: its stage times and, when it was encoded, each server's part."""
         with self._lock:
             self._stages.add(timings)
-            for part in (stats.per_server if stats is not None else ()):
+            for part in stats.per_server if stats is not None else ():
                 self._tally(part.name).add_frame(part)
 
     def record_stage(self, name: str, seconds: float) -> None:
@@ -134,6 +148,9 @@ class RuntimeStats:
     def remotes(self, health: Sequence[ServerHealth]) -> List[RemoteSnapshot]:
         """One snapshot per server (in the transport's order), with its ``health``."""
         with self._lock:
-            return [RemoteSnapshot(h.name, h, self._remotes[h.name].snapshot() if h.name in self._remotes
-                                   else RemoteActivity())
-                    for h in health]
+            return [
+                RemoteSnapshot(
+                    h.name, h, self._remotes[h.name].snapshot() if h.name in self._remotes else RemoteActivity()
+                )
+                for h in health
+            ]

@@ -85,4 +85,3 @@ def bag_topics(path) -> dict:
             t, n = counts.get(c.topic, (c.msgtype, 0))
             counts[c.topic] = (t, n + c.msgcount)
         return counts
-

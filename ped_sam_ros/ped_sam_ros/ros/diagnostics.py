@@ -82,11 +82,11 @@ class PipelineStatus:
         return pairs
 
     @classmethod
-    def from_key_values(cls, values: Mapping[str, str]) -> "PipelineStatus":
+    def from_key_values(cls, values: Mapping[str, str]) -> PipelineStatus:
         stages: Dict[str, Dict[str, str]] = {}
         for key, value in values.items():
             if key.startswith("stage."):
-                stage, _, name = key[len("stage."):].rpartition(".")
+                stage, _, name = key[len("stage.") :].rpartition(".")
                 stages.setdefault(stage, {})[name] = value
         return _from_key_values(cls, values, stages={s: _from_key_values(StageLatency, v) for s, v in stages.items()})
 
@@ -126,7 +126,7 @@ class RemoteStatus:
         return _key_values(self)
 
     @classmethod
-    def from_key_values(cls, values: Mapping[str, str]) -> "RemoteStatus":
+    def from_key_values(cls, values: Mapping[str, str]) -> RemoteStatus:
         return _from_key_values(cls, values)
 
 
@@ -141,23 +141,54 @@ def pipeline_status(snap: RuntimeSnapshot, config: EdgeConfig, refused_images: i
     c = snap.counts
     stages = {name: StageLatency(1000.0 * s.last, 1000.0 * s.mean, 1000.0 * s.max) for name, s in snap.stages.items()}
     return PipelineStatus(
-        state=snap.state, frames_in=c.frames_in, frames_out=c.frames_out, frames_dropped=c.frames_dropped,
-        frames_failed=c.frames_failed, requests=c.requests, requests_failed=c.requests_failed,
-        callback_errors=c.callback_errors, automatic=snap.automatic, prompts=snap.prompts, bytes_up=snap.bytes_up,
-        bytes_down=snap.bytes_down, last_error=snap.last_error.message if snap.last_error else "",
-        refused_images=refused_images, model=config.model, mode=config.mode, grid=config.grid,
-        random_weights=config.random_weights, wire_precision=config.wire_precision, stages=stages)
+        state=snap.state,
+        frames_in=c.frames_in,
+        frames_out=c.frames_out,
+        frames_dropped=c.frames_dropped,
+        frames_failed=c.frames_failed,
+        requests=c.requests,
+        requests_failed=c.requests_failed,
+        callback_errors=c.callback_errors,
+        automatic=snap.automatic,
+        prompts=snap.prompts,
+        bytes_up=snap.bytes_up,
+        bytes_down=snap.bytes_down,
+        last_error=snap.last_error.message if snap.last_error else "",
+        refused_images=refused_images,
+        model=config.model,
+        mode=config.mode,
+        grid=config.grid,
+        random_weights=config.random_weights,
+        wire_precision=config.wire_precision,
+        stages=stages,
+    )
 
 
 def remote_status(remote: RemoteSnapshot) -> RemoteStatus:
     h, a = remote.health, remote.activity
     return RemoteStatus(
-        name=remote.name, endpoint=h.endpoint, state=h.state, connected=h.connected,
-        last_latency_ms=_ms(h.last_latency_s), mean_latency_ms=_ms(a.mean_round_trip_s),
-        last_compute_ms=_ms(h.last_compute_s), mean_compute_ms=_ms(a.mean_compute_s), share=a.share,
-        tiles=a.tiles, frames=a.frames, failed_frames=a.failed_frames, bytes_up=a.bytes_up, bytes_down=a.bytes_down,
-        requests=h.requests, replies=h.replies, errors=h.errors, timeouts=h.timeouts, late_replies=h.late_replies,
-        consecutive_failures=h.consecutive_failures, last_error=h.last_error)
+        name=remote.name,
+        endpoint=h.endpoint,
+        state=h.state,
+        connected=h.connected,
+        last_latency_ms=_ms(h.last_latency_s),
+        mean_latency_ms=_ms(a.mean_round_trip_s),
+        last_compute_ms=_ms(h.last_compute_s),
+        mean_compute_ms=_ms(a.mean_compute_s),
+        share=a.share,
+        tiles=a.tiles,
+        frames=a.frames,
+        failed_frames=a.failed_frames,
+        bytes_up=a.bytes_up,
+        bytes_down=a.bytes_down,
+        requests=h.requests,
+        replies=h.replies,
+        errors=h.errors,
+        timeouts=h.timeouts,
+        late_replies=h.late_replies,
+        consecutive_failures=h.consecutive_failures,
+        last_error=h.last_error,
+    )
 
 
 def pipeline_message(snap: RuntimeSnapshot, now: float) -> Tuple[bool, str]:
@@ -172,8 +203,9 @@ def pipeline_message(snap: RuntimeSnapshot, now: float) -> Tuple[bool, str]:
     else:
         ok, message = True, "running"
     c = snap.counts
-    return ok, message + (f"; frames in {c.frames_in}, out {c.frames_out}, dropped {c.frames_dropped}, "
-                          f"failed {c.frames_failed}")
+    return ok, message + (
+        f"; frames in {c.frames_in}, out {c.frames_out}, dropped {c.frames_dropped}, failed {c.frames_failed}"
+    )
 
 
 def remote_message(status: RemoteStatus) -> Tuple[bool, str]:
@@ -188,23 +220,43 @@ def remote_message(status: RemoteStatus) -> Tuple[bool, str]:
     return True, f"{status.name} {status.state}"
 
 
-def diagnostic_statuses(node_fqn: str, snap: RuntimeSnapshot, config: EdgeConfig, refused_images: int,
-                        now: float) -> List[DiagnosticStatus]:
+def diagnostic_statuses(
+    node_fqn: str, snap: RuntimeSnapshot, config: EdgeConfig, refused_images: int, now: float
+) -> List[DiagnosticStatus]:
     """The node's DiagnosticStatus messages: the pipeline, then one per remote server."""
     ok, message = pipeline_message(snap, now)
-    out = [_msg(ok, pipeline_status_name(node_fqn), message, PIPELINE_HARDWARE_ID,
-                pipeline_status(snap, config, refused_images).key_values())]
+    out = [
+        _msg(
+            ok,
+            pipeline_status_name(node_fqn),
+            message,
+            PIPELINE_HARDWARE_ID,
+            pipeline_status(snap, config, refused_images).key_values(),
+        )
+    ]
     for remote in snap.remotes:
         status = remote_status(remote)
         ok, message = remote_message(status)
-        out.append(_msg(ok, remote_status_name(node_fqn, remote.name), message, status.endpoint or status.name,
-                        status.key_values()))
+        out.append(
+            _msg(
+                ok,
+                remote_status_name(node_fqn, remote.name),
+                message,
+                status.endpoint or status.name,
+                status.key_values(),
+            )
+        )
     return out
 
 
 def _msg(ok: bool, name: str, message: str, hardware_id: str, pairs) -> DiagnosticStatus:
-    return DiagnosticStatus(level=DiagnosticStatus.OK if ok else DiagnosticStatus.ERROR, name=name, message=message,
-                            hardware_id=hardware_id, values=[KeyValue(key=k, value=v) for k, v in pairs])
+    return DiagnosticStatus(
+        level=DiagnosticStatus.OK if ok else DiagnosticStatus.ERROR,
+        name=name,
+        message=message,
+        hardware_id=hardware_id,
+        values=[KeyValue(key=k, value=v) for k, v in pairs],
+    )
 
 
 # ------------------------------------------------------------------ for clients
@@ -222,8 +274,9 @@ def read_remote(diag_arrays: Sequence, node_fqn: str, server: str) -> Optional[R
     return None if values is None else RemoteStatus.from_key_values(values)
 
 
-def wait_for_pipeline(diag_arrays: Sequence, node_fqn: str, timeout_s: float,
-                      alive: Callable[[], bool] = lambda: True) -> PipelineStatus:
+def wait_for_pipeline(
+    diag_arrays: Sequence, node_fqn: str, timeout_s: float, alive: Callable[[], bool] = lambda: True
+) -> PipelineStatus:
     """Wait (polling, bounded) until ``diag_arrays`` (a list a subscription appends to) holds a
     pipeline status of ``node_fqn`` saying ``running``: the node is ready (it publishes
     diagnostics only once its pipeline is built and every topic and service exists).
@@ -237,8 +290,9 @@ def wait_for_pipeline(diag_arrays: Sequence, node_fqn: str, timeout_s: float,
         if not alive():
             raise RuntimeError(f"{node_fqn} is gone (last pipeline status: {status})")
         if time.monotonic() > end:
-            raise TimeoutError(f"no running pipeline status from {node_fqn} on /diagnostics after {timeout_s:g} s "
-                               f"(last: {status})")
+            raise TimeoutError(
+                f"no running pipeline status from {node_fqn} on /diagnostics after {timeout_s:g} s (last: {status})"
+            )
         time.sleep(0.1)
 
 
@@ -255,8 +309,11 @@ def _format(value: Any) -> str:
 
 def _key_values(record: Any, skip: Sequence[str] = ()) -> List[Tuple[str, str]]:
     """A record's fields as (key, text) pairs, in field order; None fields are left out."""
-    return [(f.name, _format(getattr(record, f.name))) for f in dataclasses.fields(record)
-            if f.name not in skip and getattr(record, f.name) is not None]
+    return [
+        (f.name, _format(getattr(record, f.name)))
+        for f in dataclasses.fields(record)
+        if f.name not in skip and getattr(record, f.name) is not None
+    ]
 
 
 def _parse(text: str, hint: Any) -> Any:

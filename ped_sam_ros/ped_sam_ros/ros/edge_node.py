@@ -33,21 +33,18 @@ import time
 from typing import Callable, Dict, List, Optional
 
 import rclpy
-from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType,
-                                SetParametersResult)
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
-                       qos_policy_name_from_kind)
-
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from ped_sam_msgs.msg import Prompts, SegmentationResult
-from ped_sam_msgs.srv import SegmentImage
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_policy_name_from_kind
 from sensor_msgs.msg import CompressedImage, Image
 
+from ped_sam_msgs.msg import Prompts, SegmentationResult
+from ped_sam_msgs.srv import SegmentImage
 from ped_sam_ros.core.masks import label_image
 from ped_sam_ros.edge.builder import build_pipeline
 from ped_sam_ros.edge.config import ConfigError, EdgeConfig
@@ -56,29 +53,53 @@ from ped_sam_ros.edge.records import ErrorReport, Frame, FrameResult
 from ped_sam_ros.edge.runtime import EdgeRuntime, validate_prompts
 from ped_sam_ros.viz import overlay
 
-from .convert import (UnsupportedImage, compressed_to_rgb, image_to_rgb, label_to_image, prompts_from_msgs,
-                      result_to_msg, rgb_to_image)
+from .convert import (
+    UnsupportedImage,
+    compressed_to_rgb,
+    image_to_rgb,
+    label_to_image,
+    prompts_from_msgs,
+    result_to_msg,
+    rgb_to_image,
+)
 from .diagnostics import diagnostic_statuses
 
 NODE_NAME = "edge_node"
-OUTPUT_QOS = QoSProfile(reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE,
-                        history=HistoryPolicy.KEEP_LAST, depth=5)
-PROMPTS_QOS = QoSProfile(reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE,
-                         history=HistoryPolicy.KEEP_LAST, depth=10)
+OUTPUT_QOS = QoSProfile(
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.VOLATILE,
+    history=HistoryPolicy.KEEP_LAST,
+    depth=5,
+)
+PROMPTS_QOS = QoSProfile(
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.VOLATILE,
+    history=HistoryPolicy.KEEP_LAST,
+    depth=10,
+)
 DIAGNOSTICS_QOS = QoSProfile(reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST, depth=10)
 RANDOM_BANNER = "RANDOM WEIGHTS: masks are meaningless"
 #: executor threads besides the ones service calls may hold: the inputs group, the
 #: diagnostics timer's group and the default group (parameter services)
 OTHER_CALLBACK_THREADS = 3
 
-_PTYPE = {"bool": ParameterType.PARAMETER_BOOL, "int": ParameterType.PARAMETER_INTEGER,
-          "float": ParameterType.PARAMETER_DOUBLE, "str": ParameterType.PARAMETER_STRING,
-          "str_list": ParameterType.PARAMETER_STRING_ARRAY}
+_PTYPE = {
+    "bool": ParameterType.PARAMETER_BOOL,
+    "int": ParameterType.PARAMETER_INTEGER,
+    "float": ParameterType.PARAMETER_DOUBLE,
+    "str": ParameterType.PARAMETER_STRING,
+    "str_list": ParameterType.PARAMETER_STRING_ARRAY,
+}
 
 
 def descriptor(spec) -> ParameterDescriptor:
-    d = ParameterDescriptor(name=spec.name, type=_PTYPE[spec.kind], description=spec.description,
-                            read_only=spec.read_only, additional_constraints=spec.constraints())
+    d = ParameterDescriptor(
+        name=spec.name,
+        type=_PTYPE[spec.kind],
+        description=spec.description,
+        read_only=spec.read_only,
+        additional_constraints=spec.constraints(),
+    )
     if spec.kind == "int" and spec.min is not None and spec.max is not None:
         d.integer_range = [IntegerRange(from_value=int(spec.min), to_value=int(spec.max), step=1)]
     elif spec.kind == "float" and spec.min is not None and spec.max is not None:
@@ -89,9 +110,12 @@ def descriptor(spec) -> ParameterDescriptor:
 def image_qos(reliability: str, depth: int) -> QoSProfile:
     """Sensor-data style by default: best effort (matches reliable and best-effort
     cameras), volatile, shallow."""
-    return QoSProfile(reliability=ReliabilityPolicy.RELIABLE if reliability == "reliable"
-                      else ReliabilityPolicy.BEST_EFFORT,
-                      durability=DurabilityPolicy.VOLATILE, history=HistoryPolicy.KEEP_LAST, depth=depth)
+    return QoSProfile(
+        reliability=ReliabilityPolicy.RELIABLE if reliability == "reliable" else ReliabilityPolicy.BEST_EFFORT,
+        durability=DurabilityPolicy.VOLATILE,
+        history=HistoryPolicy.KEEP_LAST,
+        depth=depth,
+    )
 
 
 class EdgeNode(Node):
@@ -112,14 +136,21 @@ class EdgeNode(Node):
         log = self.get_logger()
         if self.config.random_weights:
             bar = "!" * 72
-            for line in (bar, f"{RANDOM_BANNER} (model {self.config.model}, seed {self.config.seed}).",
-                         "Demo/test only. Set checkpoint to a SAM .pth file for real segmentation.", bar):
+            for line in (
+                bar,
+                f"{RANDOM_BANNER} (model {self.config.model}, seed {self.config.seed}).",
+                "Demo/test only. Set checkpoint to a SAM .pth file for real segmentation.",
+                bar,
+            ):
                 log.warning(line)
         log.info(f"building the edge pipeline: {self.config.describe()}")
 
         config = self.config
-        self.runtime = EdgeRuntime(lambda: build_pipeline(config, transport_factory=transport_factory),
-                                   on_result=self._on_result, on_error=self._on_error)
+        self.runtime = EdgeRuntime(
+            lambda: build_pipeline(config, transport_factory=transport_factory),
+            on_result=self._on_result,
+            on_error=self._on_error,
+        )
         t0 = time.monotonic()
         self.runtime.start()
         log.info(f"pipeline ready in {time.monotonic() - t0:.1f} s")
@@ -141,24 +172,35 @@ class EdgeNode(Node):
         inputs = MutuallyExclusiveCallbackGroup()
         sub_events = SubscriptionEventCallbacks(incompatible_qos=self._on_requested_incompatible_qos)
         qos = image_qos(values["image_qos.reliability"], int(values["image_qos.depth"]))
-        self.image_sub = self.create_subscription(Image, "~/image", self._on_image, qos, callback_group=inputs,
-                                                  event_callbacks=sub_events)
+        self.image_sub = self.create_subscription(
+            Image, "~/image", self._on_image, qos, callback_group=inputs, event_callbacks=sub_events
+        )
         self.compressed_sub = None
         if values["use_compressed"]:
-            self.compressed_sub = self.create_subscription(CompressedImage, "~/image/compressed",
-                                                           self._on_compressed, qos, callback_group=inputs,
-                                                           event_callbacks=sub_events)
-        self.prompts_sub = self.create_subscription(Prompts, "~/prompts", self._on_prompts, PROMPTS_QOS,
-                                                    callback_group=inputs, event_callbacks=sub_events)
-        self.segment_srv = self.create_service(SegmentImage, "~/segment", self._on_segment,
-                                               callback_group=ReentrantCallbackGroup())
-        self.diag_timer = self.create_timer(float(values["diagnostics_period"]), self._on_diag_timer,
-                                            callback_group=MutuallyExclusiveCallbackGroup())
+            self.compressed_sub = self.create_subscription(
+                CompressedImage,
+                "~/image/compressed",
+                self._on_compressed,
+                qos,
+                callback_group=inputs,
+                event_callbacks=sub_events,
+            )
+        self.prompts_sub = self.create_subscription(
+            Prompts, "~/prompts", self._on_prompts, PROMPTS_QOS, callback_group=inputs, event_callbacks=sub_events
+        )
+        self.segment_srv = self.create_service(
+            SegmentImage, "~/segment", self._on_segment, callback_group=ReentrantCallbackGroup()
+        )
+        self.diag_timer = self.create_timer(
+            float(values["diagnostics_period"]), self._on_diag_timer, callback_group=MutuallyExclusiveCallbackGroup()
+        )
         self.add_on_set_parameters_callback(self._validate_parameters)
         self.add_post_set_parameters_callback(self._apply_parameters)
-        log.info(f"ready: image {self.image_sub.topic_name} ({values['image_qos.reliability']}, depth "
-                 f"{values['image_qos.depth']}), prompts {self.prompts_sub.topic_name}, "
-                 f"results {self.masks_pub.topic_name}, service {self.segment_srv.service_name}")
+        log.info(
+            f"ready: image {self.image_sub.topic_name} ({values['image_qos.reliability']}, depth "
+            f"{values['image_qos.depth']}), prompts {self.prompts_sub.topic_name}, "
+            f"results {self.masks_pub.topic_name}, service {self.segment_srv.service_name}"
+        )
 
     # ------------------------------------------------------------------ parameters
 
@@ -188,8 +230,10 @@ class EdgeNode(Node):
         if not reason and "max_prompts" in changes:
             held = len(self.runtime.prompts)
             if held > int(changes["max_prompts"]):
-                reason = (f"max_prompts={changes['max_prompts']} is below the {held} prompts held now; publish a "
-                          f"Prompts message with at most {changes['max_prompts']} objects first")
+                reason = (
+                    f"max_prompts={changes['max_prompts']} is below the {held} prompts held now; publish a "
+                    f"Prompts message with at most {changes['max_prompts']} objects first"
+                )
         if reason:
             self.get_logger().warning(f"parameter change refused: {reason}")
             return SetParametersResult(successful=False, reason=reason)
@@ -215,7 +259,9 @@ class EdgeNode(Node):
         self._refused_images += 1
         self.get_logger().warning(
             f"refusing {what} (frame_id {header.frame_id!r}, stamp {header.stamp.sec}.{header.stamp.nanosec:09d}): "
-            f"{reason} [{self._refused_images} refused so far]", throttle_duration_sec=5.0)
+            f"{reason} [{self._refused_images} refused so far]",
+            throttle_duration_sec=5.0,
+        )
 
     @staticmethod
     def _to_frame(msg, convert: Callable) -> Frame:
@@ -337,8 +383,17 @@ class EdgeNode(Node):
         timings = dict(result.timings)
         timings["postprocess"] = 0.0  # set below, once the RLE is done
         cfg = self.config
-        msg = result_to_msg(result.meta, result.frame.size, result.instances, list(timings.items()), cfg.model,
-                            cfg.mode, cfg.partition.shape, cfg.random_weights, result.frames_dropped)
+        msg = result_to_msg(
+            result.meta,
+            result.frame.size,
+            result.instances,
+            list(timings.items()),
+            cfg.model,
+            cfg.mode,
+            cfg.partition.shape,
+            cfg.random_weights,
+            result.frames_dropped,
+        )
         post = time.perf_counter() - t0
         msg.timings[-1].seconds = post
         return msg, post
@@ -349,8 +404,10 @@ class EdgeNode(Node):
             return  # shutting down
         if not result.encoded and not self._warned_no_prompts:
             self._warned_no_prompts = True
-            self.get_logger().warning("no prompts held and automatic is false: publishing empty results. Publish "
-                                      "ped_sam_msgs/Prompts on ~/prompts or set automatic:=true")
+            self.get_logger().warning(
+                "no prompts held and automatic is false: publishing empty results. Publish "
+                "ped_sam_msgs/Prompts on ~/prompts or set automatic:=true"
+            )
         t0 = time.perf_counter()
         label = label_image([i.mask for i in result.instances], [i.id for i in result.instances], result.frame.size)
         msg, post = self._result_msg(result, t0)
@@ -366,8 +423,14 @@ class EdgeNode(Node):
         caption = f"{len(result.instances)} object(s)"
         if self.config.random_weights:
             caption = f"{RANDOM_BANNER} | " + caption
-        return overlay(result.frame.rgb, [i.mask for i in result.instances], alpha=float(self._param("overlay_alpha")),
-                       points=points, boxes=boxes, caption=caption)
+        return overlay(
+            result.frame.rgb,
+            [i.mask for i in result.instances],
+            alpha=float(self._param("overlay_alpha")),
+            points=points,
+            boxes=boxes,
+            caption=caption,
+        )
 
     def _on_error(self, report: ErrorReport) -> None:
         if not self.context.ok():
@@ -383,26 +446,30 @@ class EdgeNode(Node):
             f"incompatible QoS on a subscription: a publisher offers an incompatible "
             f"{qos_policy_name_from_kind(info.last_policy_kind)} policy ({info.total_count} so far); nothing is "
             f"received from it. For images, image_qos.reliability=best_effort matches every camera.",
-            throttle_duration_sec=5.0)
+            throttle_duration_sec=5.0,
+        )
 
     def _on_offered_incompatible_qos(self, info) -> None:
         self.get_logger().error(
             f"incompatible QoS on an output: a subscriber requests an incompatible "
             f"{qos_policy_name_from_kind(info.last_policy_kind)} policy ({info.total_count} so far)",
-            throttle_duration_sec=5.0)
+            throttle_duration_sec=5.0,
+        )
 
     # ----------------------------------------------------------------- diagnostics
 
     def diagnostic_statuses(self) -> List[DiagnosticStatus]:
-        return diagnostic_statuses(self.get_fully_qualified_name(), self.runtime.snapshot(), self.config,
-                                   self._refused_images, time.time())
+        return diagnostic_statuses(
+            self.get_fully_qualified_name(), self.runtime.snapshot(), self.config, self._refused_images, time.time()
+        )
 
     def _on_diag_timer(self) -> None:
         try:
             self.publish_diagnostics()
         except Exception as e:  # noqa: BLE001 - diagnostics must never take the node down
-            self.get_logger().error(f"publishing diagnostics failed: {type(e).__name__}: {e}",
-                                    throttle_duration_sec=10.0)
+            self.get_logger().error(
+                f"publishing diagnostics failed: {type(e).__name__}: {e}", throttle_duration_sec=10.0
+            )
 
     def publish_diagnostics(self) -> None:
         with self._diag_lock:
@@ -523,8 +590,12 @@ def main(args: Optional[List[str]] = None) -> int:
         print(f"edge_node: params file {missing[0]!r} does not exist or is not a file", file=sys.stderr)
         return 2
     ap = argparse.ArgumentParser(prog="edge_node", description="PED-SAM edge node (ROS arguments after --ros-args)")
-    ap.add_argument("--log-level", type=str.lower, choices=list(RosLogHandler.LEVELS),
-                    help="this node's log level, also for its Python logging (rcl/rmw unchanged)")
+    ap.add_argument(
+        "--log-level",
+        type=str.lower,
+        choices=list(RosLogHandler.LEVELS),
+        help="this node's log level, also for its Python logging (rcl/rmw unchanged)",
+    )
     try:
         own, _unknown = ap.parse_known_args(remove_ros_args(argv)[1:])
         rclpy.init(args=argv)
@@ -572,8 +643,9 @@ def main(args: Optional[List[str]] = None) -> int:
                 # to publish to /rosout from here on, so Python records go to stderr directly.
                 logging.getLogger().removeHandler(handler)
                 fallback = logging.StreamHandler(sys.stderr)
-                fallback.setFormatter(logging.Formatter(f"[%(levelname)s] [{node.get_logger().name}]: "
-                                                        "[%(name)s] %(message)s"))
+                fallback.setFormatter(
+                    logging.Formatter(f"[%(levelname)s] [{node.get_logger().name}]: [%(name)s] %(message)s")
+                )
                 logging.getLogger().addHandler(fallback)
                 node.begin_shutdown()
                 executor.shutdown(timeout_sec=0.25, wait_for_threads=False)
@@ -584,7 +656,8 @@ def main(args: Optional[List[str]] = None) -> int:
                 node.shutdown()
             else:
                 logging.getLogger("ped_sam_ros.ros.edge_node").warning(
-                    "exiting while the worker is still computing a frame")
+                    "exiting while the worker is still computing a frame"
+                )
             node.destroy_node()
         rclpy.try_shutdown()
     if args is None:

@@ -15,7 +15,7 @@ def split_ros_args(argv: List[str]) -> Tuple[List[str], List[str]]:
         return argv[1:], argv[:1]
     i = argv.index("--ros-args")
     j = argv.index("--", i) if "--" in argv[i:] else len(argv)
-    return argv[1:i] + argv[j + 1:], argv[:1] + argv[i:j + 1]
+    return argv[1:i] + argv[j + 1 :], argv[:1] + argv[i : j + 1]
 
 
 def latest_status(diag_arrays: Sequence, name: str):

@@ -45,27 +45,47 @@ def parse_remaps(items: Sequence[str]) -> Dict[str, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="ped-sam-bag-play", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="ped-sam-bag-play",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("bag", help="rosbag2 directory (sqlite3 or mcap)")
-    ap.add_argument("--topic-remap", action="append", default=[], metavar="FROM:=TO",
-                    help="publish the bag's topic FROM on TO (repeatable)")
+    ap.add_argument(
+        "--topic-remap",
+        action="append",
+        default=[],
+        metavar="FROM:=TO",
+        help="publish the bag's topic FROM on TO (repeatable)",
+    )
     ap.add_argument("--topics", nargs="*", help="only these bag topics (default: all)")
     pace = ap.add_mutually_exclusive_group()
     pace.add_argument("--rate", type=float, default=1.0, help="speed factor of the recorded timing (default 1.0)")
-    pace.add_argument("--as-fast-as-consumed", action="store_true",
-                      help="publish each image once the previous one has an answer on --consumed-topic")
-    ap.add_argument("--consumed-topic", help="topic whose messages (with a header) answer the images, "
-                    "e.g. /robot/edge_node/masks")
+    pace.add_argument(
+        "--as-fast-as-consumed",
+        action="store_true",
+        help="publish each image once the previous one has an answer on --consumed-topic",
+    )
+    ap.add_argument(
+        "--consumed-topic", help="topic whose messages (with a header) answer the images, e.g. /robot/edge_node/masks"
+    )
     ap.add_argument("--consumed-type", default="ped_sam_msgs/msg/SegmentationResult")
     ap.add_argument("--consume-timeout", type=float, default=60.0, help="seconds to wait for each answer")
-    ap.add_argument("--wait-subscribers", type=float, default=30.0,
-                    help="seconds to wait for a subscriber on every topic before starting (0: do not wait)")
-    ap.add_argument("--settle", type=float, default=0.3,
-                    help="after a ped_sam_msgs/Prompts message, publish the next image no sooner than this many "
-                    "seconds later, so that the node holds the prompts before that image (DDS does not order "
-                    "messages across topics). With --rate only an image recorded closer than this to the prompts "
-                    "is delayed; other message types are never delayed. 0: off (default 0.3)")
+    ap.add_argument(
+        "--wait-subscribers",
+        type=float,
+        default=30.0,
+        help="seconds to wait for a subscriber on every topic before starting (0: do not wait)",
+    )
+    ap.add_argument(
+        "--settle",
+        type=float,
+        default=0.3,
+        help="after a ped_sam_msgs/Prompts message, publish the next image no sooner than this many "
+        "seconds later, so that the node holds the prompts before that image (DDS does not order "
+        "messages across topics). With --rate only an image recorded closer than this to the prompts "
+        "is delayed; other message types are never delayed. 0: off (default 0.3)",
+    )
     return ap
 
 
@@ -127,8 +147,12 @@ def play(args, node, log=lambda m: print(m, flush=True)) -> Dict[str, int]:
     from rosbags.rosbag2 import Reader
 
     remaps = parse_remaps(args.topic_remap)
-    qos = QoSProfile(reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE,
-                     history=HistoryPolicy.KEEP_LAST, depth=10)
+    qos = QoSProfile(
+        reliability=ReliabilityPolicy.RELIABLE,
+        durability=DurabilityPolicy.VOLATILE,
+        history=HistoryPolicy.KEEP_LAST,
+        depth=10,
+    )
     ts = typestore()
     consumed = None
     if args.as_fast_as_consumed:
@@ -140,14 +164,16 @@ def play(args, node, log=lambda m: print(m, flush=True)) -> Dict[str, int]:
     with Reader(Path(args.bag)) as reader:
         conns = [c for c in reader.connections if not args.topics or c.topic in args.topics]
         if not conns:
-            raise ValueError(f"no matching topics in {args.bag}: it has {sorted({c.topic for c in reader.connections})}")
+            raise ValueError(
+                f"no matching topics in {args.bag}: it has {sorted({c.topic for c in reader.connections})}"
+            )
         pubs = {}
         for c in conns:
             if c.topic not in pubs:
                 pubs[c.topic] = node.create_publisher(message_class(c.msgtype), remaps.get(c.topic, c.topic), qos)
         if args.wait_subscribers > 0:
             end = time.monotonic() + args.wait_subscribers
-            for topic, pub in pubs.items():
+            for pub in pubs.values():
                 while pub.get_subscription_count() < 1 and time.monotonic() < end:
                     time.sleep(0.05)
                 if pub.get_subscription_count() < 1:
@@ -173,23 +199,30 @@ def play(args, node, log=lambda m: print(m, flush=True)) -> Dict[str, int]:
                     t_pub = time.monotonic()
                     if not consumed.wait((hdr.stamp.sec, hdr.stamp.nanosec), args.consume_timeout):
                         stats["unanswered"] += 1
-                        log(f"[bag_play] no answer on {args.consumed_topic} for stamp "
-                            f"{hdr.stamp.sec}.{hdr.stamp.nanosec:09d} within {args.consume_timeout:g} s; going on")
+                        log(
+                            f"[bag_play] no answer on {args.consumed_topic} for stamp "
+                            f"{hdr.stamp.sec}.{hdr.stamp.nanosec:09d} within {args.consume_timeout:g} s; going on"
+                        )
                     else:
-                        log(f"[bag_play] image {stats['images']} (stamp {hdr.stamp.sec}.{hdr.stamp.nanosec:09d}) "
-                            f"answered after {time.monotonic() - t_pub:.2f} s")
+                        log(
+                            f"[bag_play] image {stats['images']} (stamp {hdr.stamp.sec}.{hdr.stamp.nanosec:09d}) "
+                            f"answered after {time.monotonic() - t_pub:.2f} s"
+                        )
         stats["seconds"] = round(time.monotonic() - start, 3)
         from rclpy.duration import Duration
 
         for pub in pubs.values():  # reliable delivery of the last messages before the process exits
             pub.wait_for_all_acked(Duration(seconds=5))
-    log(f"[bag_play] published {stats['published']} messages ({stats['images']} images) in {stats['seconds']} s"
-        + (f", {stats['unanswered']} unanswered" if consumed is not None else ""))
+    log(
+        f"[bag_play] published {stats['published']} messages ({stats['images']} images) in {stats['seconds']} s"
+        + (f", {stats['unanswered']} unanswered" if consumed is not None else "")
+    )
     return stats
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     import rclpy
+
     from ped_sam_ros.ros.util import BackgroundSpinner, split_ros_args
 
     tool_args, argv = split_ros_args(sys.argv if argv is None else argv)

@@ -27,9 +27,9 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from ped_sam_ros.processes import write_ready_file
 from ped_sam_ros.ros.bags import STORAGES, message_class, typestore, writer
 from ped_sam_ros.ros.util import status_values
-from ped_sam_ros.processes import write_ready_file
 
 DIAGNOSTICS_TYPE = "diagnostic_msgs/msg/DiagnosticArray"
 
@@ -43,8 +43,10 @@ def parse_condition(text: str) -> Tuple[List[str], float]:
     except ValueError:
         bound = None
     if not sep or not all(keys) or bound is None:
-        raise ValueError(f"--until-diagnostic {text!r} must look like KEY>=N or KEY+KEY>=N "
-                         f"(e.g. frames_out+frames_dropped+frames_failed>=6)")
+        raise ValueError(
+            f"--until-diagnostic {text!r} must look like KEY>=N or KEY+KEY>=N "
+            f"(e.g. frames_out+frames_dropped+frames_failed>=6)"
+        )
     return keys, bound
 
 
@@ -62,31 +64,57 @@ def diagnostic_reports(msg, keys: List[str], bound: float) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="ped-sam-bag-record", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="ped-sam-bag-record",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("out", help="bag directory to create")
     ap.add_argument("--topics", nargs="+", required=True, help="topics to record")
-    ap.add_argument("--type", action="append", default=[], metavar="TOPIC=TYPE",
-                    help="message type of a topic (skips discovery), e.g. /x/masks=ped_sam_msgs/msg/SegmentationResult")
+    ap.add_argument(
+        "--type",
+        action="append",
+        default=[],
+        metavar="TOPIC=TYPE",
+        help="message type of a topic (skips discovery), e.g. /x/masks=ped_sam_msgs/msg/SegmentationResult",
+    )
     ap.add_argument("--count", type=int, default=0, help="stop after this many messages on --count-topic (0: no limit)")
     ap.add_argument("--count-topic", help="topic whose messages --count counts (default: the first topic)")
-    ap.add_argument("--until-diagnostic", metavar="KEY[+KEY...]>=N",
-                    help="also wait (after --count, if given) for a recorded DiagnosticArray with a status whose "
-                    "values KEY (summed) reach N, e.g. frames_out+frames_dropped+frames_failed>=6; needs a "
-                    "diagnostic_msgs/DiagnosticArray topic among --topics")
-    ap.add_argument("--duration", type=float, default=0.0,
-                    help="stop after this many seconds of recording, counted once every subscription exists "
-                    "(after discovery) (0: no limit)")
+    ap.add_argument(
+        "--until-diagnostic",
+        metavar="KEY[+KEY...]>=N",
+        help="also wait (after --count, if given) for a recorded DiagnosticArray with a status whose "
+        "values KEY (summed) reach N, e.g. frames_out+frames_dropped+frames_failed>=6; needs a "
+        "diagnostic_msgs/DiagnosticArray topic among --topics",
+    )
+    ap.add_argument(
+        "--duration",
+        type=float,
+        default=0.0,
+        help="stop after this many seconds of recording, counted once every subscription exists "
+        "(after discovery) (0: no limit)",
+    )
     ap.add_argument("--storage", choices=STORAGES, default="sqlite3")
-    ap.add_argument("--discovery-timeout", type=float, default=30.0,
-                    help="seconds to wait for each topic to appear (its type and QoS)")
+    ap.add_argument(
+        "--discovery-timeout",
+        type=float,
+        default=30.0,
+        help="seconds to wait for each topic to appear (its type and QoS)",
+    )
     ap.add_argument("--ready-file", help="write 'ready' here once every subscription exists")
     return ap
 
 
 class Recorder:
-    def __init__(self, node, out: Path, storage: str, count_topic: str, count: int,
-                 until_diagnostic: Optional[Tuple[List[str], float]] = None):
+    def __init__(
+        self,
+        node,
+        out: Path,
+        storage: str,
+        count_topic: str,
+        count: int,
+        until_diagnostic: Optional[Tuple[List[str], float]] = None,
+    ):
         self.node = node
         self.ts = typestore()
         self.writer = writer(out, storage)
@@ -129,8 +157,9 @@ class Recorder:
                 if self.count and topic == self.count_topic and self.counts[topic] >= self.count:
                     self.count_reached = True
                 if watch and not self.diagnostic_seen:
-                    self.diagnostic_seen = diagnostic_reports(deserialize_message(raw, diag_cls),
-                                                              *self.until_diagnostic)
+                    self.diagnostic_seen = diagnostic_reports(
+                        deserialize_message(raw, diag_cls), *self.until_diagnostic
+                    )
                 if (self.count or self.until_diagnostic) and self.count_reached and self.diagnostic_seen:
                     self.done.set()
 
@@ -161,12 +190,17 @@ def _qos_for(publisher_qos):
     from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
     best_effort = any(q.reliability == ReliabilityPolicy.BEST_EFFORT for q in publisher_qos)
-    return QoSProfile(reliability=ReliabilityPolicy.BEST_EFFORT if best_effort else ReliabilityPolicy.RELIABLE,
-                      durability=DurabilityPolicy.VOLATILE, history=HistoryPolicy.KEEP_LAST, depth=100)
+    return QoSProfile(
+        reliability=ReliabilityPolicy.BEST_EFFORT if best_effort else ReliabilityPolicy.RELIABLE,
+        durability=DurabilityPolicy.VOLATILE,
+        history=HistoryPolicy.KEEP_LAST,
+        depth=100,
+    )
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     import rclpy
+
     from ped_sam_ros.ros.util import BackgroundSpinner, split_ros_args
 
     tool_args, argv = split_ros_args(sys.argv if argv is None else argv)
@@ -215,8 +249,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             found, pub_qos = _discover(node, topic, wait, stop)
             tname = tname or found
             if tname is None:
-                print(f"[bag_record] no publisher of {topic} after {args.discovery_timeout:g} s and no --type: "
-                      f"not recorded", file=sys.stderr)
+                print(
+                    f"[bag_record] no publisher of {topic} after {args.discovery_timeout:g} s and no --type: "
+                    f"not recorded",
+                    file=sys.stderr,
+                )
                 code = 1
                 continue
             recorder.add(topic, tname, _qos_for(pub_qos))
@@ -225,8 +262,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         if until is not None and DIAGNOSTICS_TYPE not in recorder.types.values():
             raise RuntimeError(f"--until-diagnostic needs a {DIAGNOSTICS_TYPE} topic among the recorded ones")
         start = time.monotonic()
-        print(f"[bag_record] recording {', '.join(recorder.connections)} into {out} (discovery took "
-              f"{start - t0:.1f} s)", flush=True)
+        print(
+            f"[bag_record] recording {', '.join(recorder.connections)} into {out} (discovery took {start - t0:.1f} s)",
+            flush=True,
+        )
         if args.ready_file:
             write_ready_file(args.ready_file, "ready")
         while not stop.is_set() and not recorder.done.is_set():

@@ -41,8 +41,16 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence
 from ped_sam_ros.core.geometry import Partition
 from ped_sam_ros.processes import stop_process
 
-from .demo_summary import (DemoSummary, FrameTally, WallTimes, read_results, server_summaries, stage_latency,
-                           summary_markdown, write_overlays)
+from .demo_summary import (
+    DemoSummary,
+    FrameTally,
+    WallTimes,
+    read_results,
+    server_summaries,
+    stage_latency,
+    summary_markdown,
+    write_overlays,
+)
 from .make_bag import BagInfo, make_bag
 
 REPO = Path(__file__).resolve().parents[2]
@@ -50,9 +58,11 @@ NS = "/demo"
 PREFIX = f"{NS}/edge_node"
 CAMERA = f"{NS}/camera/image_raw"
 RANDOM_MODEL = "vit_b/w64h2"
-BANNER = ("RANDOM WEIGHTS: no checkpoint was given, the model is randomly initialised and the MASKS ARE "
-          "MEANINGLESS. This run shows the distributed system (split, transport, ROS interfaces, timings), not "
-          "segmentation quality. Run with --checkpoint sam_vit_b_01ec64.pth --model vit_b for real masks.")
+BANNER = (
+    "RANDOM WEIGHTS: no checkpoint was given, the model is randomly initialised and the MASKS ARE "
+    "MEANINGLESS. This run shows the distributed system (split, transport, ROS interfaces, timings), not "
+    "segmentation quality. Run with --checkpoint sam_vit_b_01ec64.pth --model vit_b for real masks."
+)
 
 
 class DemoError(RuntimeError):
@@ -98,8 +108,15 @@ class Procs:
         log_path = self.log_dir / f"{name}.log"
         log = open(log_path, "wb")
         stdout = subprocess.PIPE if relay else log
-        proc = subprocess.Popen(list(argv), cwd=str(REPO), env=self.env, stdin=subprocess.DEVNULL, stdout=stdout,
-                                stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+        proc = subprocess.Popen(
+            list(argv),
+            cwd=str(REPO),
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
+        )
         self.items.append((name, proc, log))
         if relay:
             threading.Thread(target=self._relay, args=(proc, log, relay), daemon=True).start()
@@ -117,7 +134,7 @@ class Procs:
         stop_process(proc, timeout_s)
 
     def stop_all(self) -> None:
-        for name, proc, log in reversed(self.items):
+        for _name, proc, log in reversed(self.items):
             self.stop(proc)
             try:
                 log.close()
@@ -135,8 +152,10 @@ def _wait(pred, timeout_s: float, what: str, proc: Optional[subprocess.Popen] = 
     end = time.monotonic() + timeout_s
     while not pred():
         if proc is not None and proc.poll() is not None:
-            raise DemoError(f"{name or what} exited with {proc.returncode} while waiting for {what}:\n"
-                            f"{procs.log_tail(name) if procs else ''}")
+            raise DemoError(
+                f"{name or what} exited with {proc.returncode} while waiting for {what}:\n"
+                f"{procs.log_tail(name) if procs else ''}"
+            )
         if time.monotonic() > end:
             raise DemoError(f"timed out waiting for {what}" + (f":\n{procs.log_tail(name)}" if procs else ""))
         time.sleep(0.1)
@@ -202,18 +221,28 @@ def prepare_output(out: Path) -> None:
 
 def ros_environment(domain: int) -> Dict[str, str]:
     """The variables every process of the run gets (and the demo's own rclpy)."""
-    return {"ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST", "ROS_DOMAIN_ID": str(domain),
-            "FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA", "PYTHONUNBUFFERED": "1",
-            # whole frames through shared memory (best effort loses large images otherwise; see the file)
-            "FASTDDS_DEFAULT_PROFILES_FILE": str(REPO / "config" / "fastdds_large_images_loopback.xml")}
+    return {
+        "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
+        "ROS_DOMAIN_ID": str(domain),
+        "FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA",
+        "PYTHONUNBUFFERED": "1",
+        # whole frames through shared memory (best effort loses large images otherwise; see the file)
+        "FASTDDS_DEFAULT_PROFILES_FILE": str(REPO / "config" / "fastdds_large_images_loopback.xml"),
+    }
 
 
 def make_keys(demo: Demo) -> Keys:
     """Fresh CurveZMQ key pairs (ped-sam-keys) for the edge and each server, outside the repository."""
     root = demo.tmp / "keys"
     for sub, name in [("edge", "edge")] + [("servers", n) for n in demo.server_names]:
-        r = subprocess.run([demo.py, "-m", "remote_node.keys", "--dir", str(root / sub), "--name", name],
-                           cwd=str(REPO), env=demo.env, capture_output=True, text=True, timeout=demo.clock.left(60))
+        r = subprocess.run(
+            [demo.py, "-m", "remote_node.keys", "--dir", str(root / sub), "--name", name],
+            cwd=str(REPO),
+            env=demo.env,
+            capture_output=True,
+            text=True,
+            timeout=demo.clock.left(60),
+        )
         if r.returncode:
             raise DemoError(f"ped-sam-keys failed: {r.stderr}")
     keys = Keys(root / "edge" / "edge.key_secret", root / "servers", root / "server_public", root / "authorized")
@@ -231,21 +260,34 @@ def start_servers(demo: Demo, keys: Keys) -> Dict[str, str]:
     returns each one's endpoint once it is ready."""
     from ped_sam_ros.edge.remotes import remote_commands
 
-    cfg = {"model": demo.model, "seed": demo.args.seed, "server_keys_dir": str(keys.server_secrets),
-           "authorized_keys": str(keys.authorized), "torch_threads": 1,
-           "servers": [{"name": n, "bind": "tcp://127.0.0.1:*"} for n in demo.server_names]}
+    cfg = {
+        "model": demo.model,
+        "seed": demo.args.seed,
+        "server_keys_dir": str(keys.server_secrets),
+        "authorized_keys": str(keys.authorized),
+        "torch_threads": 1,
+        "servers": [{"name": n, "bind": "tcp://127.0.0.1:*"} for n in demo.server_names],
+    }
     if demo.random_weights:
         cfg["random_weights"] = True
     else:
         cfg["checkpoint"] = str(Path(demo.args.checkpoint).resolve())
     ready = {}
     for name, argv in remote_commands(cfg, executable=[demo.py, "-m", "remote_node"]):
-        ready[name] = (demo.tmp / f"{name}.endpoint", demo.procs.start(name, argv + ["--ready-file",
-                                                                                    str(demo.tmp / f"{name}.endpoint")]))
+        ready[name] = (
+            demo.tmp / f"{name}.endpoint",
+            demo.procs.start(name, argv + ["--ready-file", str(demo.tmp / f"{name}.endpoint")]),
+        )
     demo.say(f"starting {len(ready)} remote servers ({', '.join(ready)}) ...")
     for name, (path, proc) in ready.items():
-        _wait(lambda: path.exists() and path.read_text().strip(), demo.clock.left(180), f"server {name}", proc,
-              demo.procs, name)
+        _wait(
+            lambda path=path: path.exists() and path.read_text().strip(),
+            demo.clock.left(180),
+            f"server {name}",
+            proc,
+            demo.procs,
+            name,
+        )
     endpoints = {n: path.read_text().strip() for n, (path, _) in ready.items()}
     demo.say("servers ready: " + ", ".join(f"{n} {e}" for n, e in endpoints.items()))
     return endpoints
@@ -284,17 +326,34 @@ def start_edge_node(demo: Demo, keys: Keys, endpoints: Dict[str, str]) -> subpro
 
     checkpoint = "" if demo.random_weights else str(Path(demo.args.checkpoint).resolve())
     servers_yaml = "[" + ", ".join(f"'{n}={e}'" for n, e in endpoints.items()) + "]"
-    node_params = [f"model:={demo.model}", f"random_weights:={'true' if demo.random_weights else 'false'}",
-                   f"checkpoint:='{checkpoint}'", f"seed:={demo.args.seed}", f"grid:={demo.args.grid}",
-                   f"remotes.servers:={servers_yaml}", f"keys.client_secret:={keys.edge_secret}",
-                   f"keys.server_public_dir:={keys.server_publics}", f"deadline:={demo.args.deadline:.1f}",
-                   "torch_threads:=2", "diagnostics_period:=1.0"]
-    argv = [demo.py, "-m", "ped_sam_ros.ros.edge_node", "--ros-args", "--params-file", str(REPO / "config" / "edge.yaml")]
+    node_params = [
+        f"model:={demo.model}",
+        f"random_weights:={'true' if demo.random_weights else 'false'}",
+        f"checkpoint:='{checkpoint}'",
+        f"seed:={demo.args.seed}",
+        f"grid:={demo.args.grid}",
+        f"remotes.servers:={servers_yaml}",
+        f"keys.client_secret:={keys.edge_secret}",
+        f"keys.server_public_dir:={keys.server_publics}",
+        f"deadline:={demo.args.deadline:.1f}",
+        "torch_threads:=2",
+        "diagnostics_period:=1.0",
+    ]
+    argv = [
+        demo.py,
+        "-m",
+        "ped_sam_ros.ros.edge_node",
+        "--ros-args",
+        "--params-file",
+        str(REPO / "config" / "edge.yaml"),
+    ]
     for p in node_params:
         argv += ["-p", p]
     argv += ["-r", f"__ns:={NS}", "-r", f"~/image:={CAMERA}"]
-    demo.say("starting the edge node: python -m ped_sam_ros.ros.edge_node --ros-args --params-file "
-             f"config/edge.yaml -r __ns:={NS} -r ~/image:={CAMERA} (+ -p overrides)")
+    demo.say(
+        "starting the edge node: python -m ped_sam_ros.ros.edge_node --ros-args --params-file "
+        f"config/edge.yaml -r __ns:={NS} -r ~/image:={CAMERA} (+ -p overrides)"
+    )
     node = demo.procs.start("edge_node", argv)
     with diagnostics_subscription(demo.domain) as diags:
         try:
@@ -314,21 +373,51 @@ def record_and_replay(demo: Demo, bag: BagInfo) -> Timeline:
     n = len(bag.frames)
     topics = [f"{PREFIX}/masks", f"{PREFIX}/label_mask", f"{PREFIX}/overlay", "/diagnostics"]
     rec_ready = demo.tmp / "record.ready"
-    rec = demo.procs.start("bag_record", [demo.py, "-m", "ped_sam_ros.tools.bag_record", str(demo.out / "results_bag"),
-                                          "--topics", *topics, "--count", str(n), "--count-topic", f"{PREFIX}/overlay",
-                                          "--until-diagnostic", f"frames_out+frames_dropped+frames_failed>={n}",
-                                          "--duration", f"{demo.clock.left():.0f}", "--ready-file", str(rec_ready)],
-                           relay="[bag_record]")
+    rec = demo.procs.start(
+        "bag_record",
+        [
+            demo.py,
+            "-m",
+            "ped_sam_ros.tools.bag_record",
+            str(demo.out / "results_bag"),
+            "--topics",
+            *topics,
+            "--count",
+            str(n),
+            "--count-topic",
+            f"{PREFIX}/overlay",
+            "--until-diagnostic",
+            f"frames_out+frames_dropped+frames_failed>={n}",
+            "--duration",
+            f"{demo.clock.left():.0f}",
+            "--ready-file",
+            str(rec_ready),
+        ],
+        relay="[bag_record]",
+    )
     _wait(rec_ready.exists, demo.clock.left(60), "the recorder", rec, demo.procs, "bag_record")
     demo.say(f"recording {', '.join(topics)}")
     demo.say(f"replaying {n} frames, each after the previous one's result ...")
     timeline.replay_start = demo.clock.elapsed
-    play = demo.procs.start("bag_play", [demo.py, "-m", "ped_sam_ros.tools.bag_play", str(demo.out / "input_bag"),
-                                         "--topic-remap", f"/camera/image_raw:={CAMERA}",
-                                         "--topic-remap", f"/edge_node/prompts:={PREFIX}/prompts",
-                                         "--as-fast-as-consumed", "--consumed-topic", f"{PREFIX}/masks",
-                                         "--consume-timeout", f"{min(120.0, demo.args.deadline + 30):.0f}"],
-                            relay="[bag_play]")
+    play = demo.procs.start(
+        "bag_play",
+        [
+            demo.py,
+            "-m",
+            "ped_sam_ros.tools.bag_play",
+            str(demo.out / "input_bag"),
+            "--topic-remap",
+            f"/camera/image_raw:={CAMERA}",
+            "--topic-remap",
+            f"/edge_node/prompts:={PREFIX}/prompts",
+            "--as-fast-as-consumed",
+            "--consumed-topic",
+            f"{PREFIX}/masks",
+            "--consume-timeout",
+            f"{min(120.0, demo.args.deadline + 30):.0f}",
+        ],
+        relay="[bag_play]",
+    )
     _wait(lambda: play.poll() is not None, demo.clock.left(), "the replay", None)
     if play.returncode:
         raise DemoError(f"bag_play failed ({play.returncode}):\n{demo.procs.log_tail('bag_play')}")
@@ -336,8 +425,10 @@ def record_and_replay(demo: Demo, bag: BagInfo) -> Timeline:
     try:
         _wait(lambda: rec.poll() is not None, demo.clock.left(30), "the recorder's last messages", None)
     except DemoError:
-        demo.say("warning: the recorder did not see every result and the final diagnostics within 30 s; "
-                 "the summary uses what it recorded")
+        demo.say(
+            "warning: the recorder did not see every result and the final diagnostics within 30 s; "
+            "the summary uses what it recorded"
+        )
     demo.procs.stop(rec)
     return timeline
 
@@ -357,17 +448,29 @@ def run(args) -> int:
     env = dict(os.environ, **ros_environment(domain))
     env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.setdefault("AMENT_PREFIX_PATH", sys.prefix)
-    demo = Demo(args, out, Path(tempfile.mkdtemp(prefix="ped_sam_demo_")),
-                args.model or (RANDOM_MODEL if random_weights else "vit_b"), random_weights,
-                Partition.parse(args.grid), domain, env, clock, say, Procs(out / "logs", env, say))
+    demo = Demo(
+        args,
+        out,
+        Path(tempfile.mkdtemp(prefix="ped_sam_demo_")),
+        args.model or (RANDOM_MODEL if random_weights else "vit_b"),
+        random_weights,
+        Partition.parse(args.grid),
+        domain,
+        env,
+        clock,
+        say,
+        Procs(out / "logs", env, say),
+    )
     if random_weights:
         for line in ("!" * 100, BANNER, "!" * 100):
             say(line)
     else:
         say(f"model {demo.model} from checkpoint {args.checkpoint}")
     try:
-        say(f"ROS_DOMAIN_ID={domain}, discovery LOCALHOST only; grid {demo.grid.name} -> "
-            f"{len(demo.server_names)} remote servers")
+        say(
+            f"ROS_DOMAIN_ID={domain}, discovery LOCALHOST only; grid {demo.grid.name} -> "
+            f"{len(demo.server_names)} remote servers"
+        )
         bag = make_bag(out / "input_bag", n_frames=args.frames, rate_hz=2.0, scale=args.scale)
         say(f"wrote {len(bag.frames)} real frames to {out / 'input_bag'}: {', '.join(bag.frames)}")
         keys = make_keys(demo)
@@ -400,15 +503,31 @@ def summarize(demo: Demo, bag: BagInfo, endpoints: Dict[str, str], timeline: Tim
         counts = ", ".join(f"{n} {k}" for n, k in sorted(stale.items()))
         demo.say(f"warning: the last recorded diagnostics count {counts} frame(s) for {len(rec.results)} results")
     summary = DemoSummary(
-        warning=BANNER if demo.random_weights else None, random_weights=demo.random_weights, model=demo.model,
-        checkpoint=demo.args.checkpoint, seed=demo.args.seed if demo.random_weights else None,
-        mode=rec.results[0].mode if rec.results else "paper", grid=demo.grid.name, curve=True,
+        warning=BANNER if demo.random_weights else None,
+        random_weights=demo.random_weights,
+        model=demo.model,
+        checkpoint=demo.args.checkpoint,
+        seed=demo.args.seed if demo.random_weights else None,
+        mode=rec.results[0].mode if rec.results else "paper",
+        grid=demo.grid.name,
+        curve=True,
         ros_domain_id=demo.domain,
-        frames=FrameTally(len(bag.frames), len(rec.results), pipeline.frames_dropped if pipeline else 0,
-                           pipeline.frames_failed if pipeline else 0, list(bag.frames)),
-        stage_latency_ms=stages, remotes=remotes, overlays=pngs,
-        wall_s=WallTimes(round(demo.clock.elapsed, 1), round(timeline.ready, 1),
-                         round(timeline.replay_end - timeline.replay_start, 1)))
+        frames=FrameTally(
+            len(bag.frames),
+            len(rec.results),
+            pipeline.frames_dropped if pipeline else 0,
+            pipeline.frames_failed if pipeline else 0,
+            list(bag.frames),
+        ),
+        stage_latency_ms=stages,
+        remotes=remotes,
+        overlays=pngs,
+        wall_s=WallTimes(
+            round(demo.clock.elapsed, 1),
+            round(timeline.ready, 1),
+            round(timeline.replay_end - timeline.replay_start, 1),
+        ),
+    )
     (demo.out / "summary.json").write_text(json.dumps(summary.to_json(), indent=2))
     (demo.out / "summary.md").write_text(summary_markdown(summary))
     tell_summary(demo, summary)
@@ -423,16 +542,22 @@ def tell_summary(demo: Demo, summary: DemoSummary) -> None:
         if k in stages:
             s = stages[k]
             demo.say(f"  {k:13s} mean {s.mean_ms:8.1f} ms  p50 {s.p50_ms:8.1f}  max {s.max_ms:8.1f}")
-    demo.say(f"wrote {len(summary.overlays)} overlays to {demo.out / 'overlays'}, summary in "
-             f"{demo.out / 'summary.md'} and summary.json")
+    demo.say(
+        f"wrote {len(summary.overlays)} overlays to {demo.out / 'overlays'}, summary in "
+        f"{demo.out / 'summary.md'} and summary.json"
+    )
     if demo.random_weights:
         demo.say("!!! " + BANNER)
     demo.say(f"done in {demo.clock.elapsed:.1f} s")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="ped-sam-demo", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 2)[2])
+    ap = argparse.ArgumentParser(
+        prog="ped-sam-demo",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 2)[2],
+    )
     ap.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
     ap.add_argument("--checkpoint", help="official SAM checkpoint (.pth); without it: random weights")
     ap.add_argument("--model", help=f"vit_b | vit_l | vit_h (default: vit_b with a checkpoint, {RANDOM_MODEL} without)")

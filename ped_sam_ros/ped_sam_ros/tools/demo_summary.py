@@ -91,10 +91,15 @@ class DemoSummary:
         """The record, with each server's per-frame figures (properties) spelled out."""
         d = dataclasses.asdict(self)
         for name, r in self.remotes.items():
-            d["remotes"][name].update(bytes_up_per_frame=r.bytes_up_per_frame,
-                                      bytes_down_per_frame=r.bytes_down_per_frame, mean_share=r.mean_share)
-        d["bytes_per_frame"] = {"up": sum(r.bytes_up_per_frame for r in self.remotes.values()),
-                                "down": sum(r.bytes_down_per_frame for r in self.remotes.values())}
+            d["remotes"][name].update(
+                bytes_up_per_frame=r.bytes_up_per_frame,
+                bytes_down_per_frame=r.bytes_down_per_frame,
+                mean_share=r.mean_share,
+            )
+        d["bytes_per_frame"] = {
+            "up": sum(r.bytes_up_per_frame for r in self.remotes.values()),
+            "down": sum(r.bytes_down_per_frame for r in self.remotes.values()),
+        }
         return d
 
 
@@ -158,8 +163,9 @@ def stage_latency(results) -> Dict[str, StageLatencyMs]:
     return {k: StageLatencyMs(statistics.fmean(v), statistics.median(v), max(v), len(v)) for k, v in per.items()}
 
 
-def server_summaries(node_fqn: str, grid: Partition, bag: BagInfo, endpoints: Dict[str, str],
-                     diagnostics: List) -> Dict[str, ServerSummary]:
+def server_summaries(
+    node_fqn: str, grid: Partition, bag: BagInfo, endpoints: Dict[str, str], diagnostics: List
+) -> Dict[str, ServerSummary]:
     """Each server from the last recorded /diagnostics of ``node_fqn``, with its share of each
     frame's content (its tiles' content pixels over the frame's, for each frame size in the bag)."""
     from ped_sam_ros.ros.diagnostics import read_remote
@@ -171,9 +177,16 @@ def server_summaries(node_fqn: str, grid: Partition, bag: BagInfo, endpoints: Di
             out[name] = ServerSummary(endpoint, [], 0, "?", 0, 0, float("nan"), float("nan"))
             continue
         nan = float("nan")
-        out[name] = ServerSummary(endpoint, list(st.tiles), st.frames, st.state, st.bytes_up, st.bytes_down,
-                                  nan if st.mean_latency_ms is None else st.mean_latency_ms,
-                                  nan if st.mean_compute_ms is None else st.mean_compute_ms)
+        out[name] = ServerSummary(
+            endpoint,
+            list(st.tiles),
+            st.frames,
+            st.state,
+            st.bytes_up,
+            st.bytes_down,
+            nan if st.mean_latency_ms is None else st.mean_latency_ms,
+            nan if st.mean_compute_ms is None else st.mean_compute_ms,
+        )
     names = list(endpoints)
     assignment = [0] * len(grid)
     for i, name in enumerate(names):
@@ -190,29 +203,45 @@ def summary_markdown(s: DemoSummary) -> str:
     if s.random_weights:
         lines += [f"> **WARNING: {s.warning}**", ""]
     f, t = s.frames, s.wall_s
-    lines += [f"- model: `{s.model}`" + (f" (random weights, seed {s.seed})" if s.random_weights
-                                         else f" from `{s.checkpoint}`"),
-              f"- mode: {s.mode}, grid {s.grid} ({len(s.remotes)} remote servers on loopback, CurveZMQ on)",
-              f"- frames in: {f.received}, results out: {f.results}, dropped: {f.dropped}, failed: {f.failed} "
-              "(replay paced by the node's results)",
-              f"- wall time: {t.total} s (start-up {t.startup} s, replay {t.replay} s)", "",
-              "## Per-stage latency (ms per frame, from each result's StageTiming)", "",
-              "| stage | mean | p50 | max |", "|---|---:|---:|---:|"]
+    lines += [
+        f"- model: `{s.model}`"
+        + (f" (random weights, seed {s.seed})" if s.random_weights else f" from `{s.checkpoint}`"),
+        f"- mode: {s.mode}, grid {s.grid} ({len(s.remotes)} remote servers on loopback, CurveZMQ on)",
+        f"- frames in: {f.received}, results out: {f.results}, dropped: {f.dropped}, failed: {f.failed} "
+        "(replay paced by the node's results)",
+        f"- wall time: {t.total} s (start-up {t.startup} s, replay {t.replay} s)",
+        "",
+        "## Per-stage latency (ms per frame, from each result's StageTiming)",
+        "",
+        "| stage | mean | p50 | max |",
+        "|---|---:|---:|---:|",
+    ]
     for k, v in s.stage_latency_ms.items():
         lines.append(f"| {k} | {v.mean_ms:.1f} | {v.p50_ms:.1f} | {v.max_ms:.1f} |")
-    lines += ["", "`remote` is the wall time of the parallel round trip to all servers; `total` runs from the "
-              "image's arrival to the result (including waiting while busy).", "",
-              "## Remote servers (from the last /diagnostics)", "",
-              "| server | tiles | mean share of frame | frames | bytes up | bytes down | mean latency ms | "
-              "mean compute ms |",
-              "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        "`remote` is the wall time of the parallel round trip to all servers; `total` runs from the "
+        "image's arrival to the result (including waiting while busy).",
+        "",
+        "## Remote servers (from the last /diagnostics)",
+        "",
+        "| server | tiles | mean share of frame | frames | bytes up | bytes down | mean latency ms | mean compute ms |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for name, r in s.remotes.items():
-        lines.append(f"| {name} | {r.tiles} | {100 * r.mean_share:.1f} % | {r.frames} | {r.bytes_up:,} | "
-                     f"{r.bytes_down:,} | {r.mean_latency_ms:.1f} | {r.mean_compute_ms:.1f} |")
+        lines.append(
+            f"| {name} | {r.tiles} | {100 * r.mean_share:.1f} % | {r.frames} | {r.bytes_up:,} | "
+            f"{r.bytes_down:,} | {r.mean_latency_ms:.1f} | {r.mean_compute_ms:.1f} |"
+        )
     up = sum(r.bytes_up_per_frame for r in s.remotes.values())
     down = sum(r.bytes_down_per_frame for r in s.remotes.values())
-    lines += ["", f"Bytes per frame: {up:,.0f} up (uint8 tile pixels), {down:,.0f} "
-              "down (tokens in the wire precision): each server's bytes over the frames it encoded, summed.", "",
-              "## Overlays", ""]
+    lines += [
+        "",
+        f"Bytes per frame: {up:,.0f} up (uint8 tile pixels), {down:,.0f} "
+        "down (tokens in the wire precision): each server's bytes over the frames it encoded, summed.",
+        "",
+        "## Overlays",
+        "",
+    ]
     lines += [f"- [{p}]({p})" for p in s.overlays]
     return "\n".join(lines) + "\n"

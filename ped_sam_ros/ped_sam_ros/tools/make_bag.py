@@ -28,14 +28,19 @@ def photos() -> List[Tuple[str, np.ndarray]]:
     import skimage.data as d
 
     left, right, _ = d.stereo_motorcycle()
-    return [("astronaut", d.astronaut()), ("coffee", d.coffee()), ("chelsea", d.chelsea()),
-            ("rocket", d.rocket()), ("motorcycle_left", left), ("motorcycle_right", right)]
+    return [
+        ("astronaut", d.astronaut()),
+        ("coffee", d.coffee()),
+        ("chelsea", d.chelsea()),
+        ("rocket", d.rocket()),
+        ("motorcycle_left", left),
+        ("motorcycle_right", right),
+    ]
 
 
 def frames(n: int, scale: int = 1) -> List[Tuple[str, np.ndarray]]:
     src = photos()
-    return [(src[k % len(src)][0], np.ascontiguousarray(src[k % len(src)][1][::scale, ::scale, :3]))
-            for k in range(n)]
+    return [(src[k % len(src)][0], np.ascontiguousarray(src[k % len(src)][1][::scale, ::scale, :3])) for k in range(n)]
 
 
 def default_prompts(frames_: Sequence[np.ndarray]) -> List[Points]:
@@ -71,9 +76,16 @@ class BagInfo:
         return [(sec, nanosec, self.frame_id) for sec, nanosec in self.stamps]
 
 
-def make_bag(out: Path, n_frames: int = 6, rate_hz: float = 2.0, scale: int = 1, storage: str = "sqlite3",
-             image_topic: str = IMAGE_TOPIC, prompts_topic: Optional[str] = PROMPTS_TOPIC,
-             frame_id: str = FRAME_ID) -> BagInfo:
+def make_bag(
+    out: Path,
+    n_frames: int = 6,
+    rate_hz: float = 2.0,
+    scale: int = 1,
+    storage: str = "sqlite3",
+    image_topic: str = IMAGE_TOPIC,
+    prompts_topic: Optional[str] = PROMPTS_TOPIC,
+    frame_id: str = FRAME_ID,
+) -> BagInfo:
     """Write the bag; returns what was written."""
     from ped_sam_ros.ros.bags import typestore, writer
 
@@ -96,23 +108,43 @@ def make_bag(out: Path, n_frames: int = 6, rate_hz: float = 2.0, scale: int = 1,
             pt = t0 - period_ns // 2
             msg = Prompts(
                 header=Header(stamp=Time(sec=pt // 10**9, nanosec=pt % 10**9), frame_id=frame_id),
-                prompts=[Prompt(points=[Point(x=float(x), y=float(y), label=int(lab)) for x, y, lab in obj],
-                                has_box=False, box=Box(x_min=0.0, y_min=0.0, x_max=0.0, y_max=0.0))
-                         for obj in objects],
-                automatic=False)
+                prompts=[
+                    Prompt(
+                        points=[Point(x=float(x), y=float(y), label=int(lab)) for x, y, lab in obj],
+                        has_box=False,
+                        box=Box(x_min=0.0, y_min=0.0, x_max=0.0, y_max=0.0),
+                    )
+                    for obj in objects
+                ],
+                automatic=False,
+            )
             conn = w.add_connection(prompts_topic, "ped_sam_msgs/msg/Prompts", typestore=ts)
             w.write(conn, pt, ts.serialize_cdr(msg, "ped_sam_msgs/msg/Prompts"))
         conn = w.add_connection(image_topic, "sensor_msgs/msg/Image", typestore=ts)
-        for k, (name, rgb) in enumerate(fr):
+        for k, (_name, rgb) in enumerate(fr):
             t = t0 + k * period_ns
             h, wd = rgb.shape[:2]
-            msg = Image(header=Header(stamp=Time(sec=t // 10**9, nanosec=t % 10**9), frame_id=frame_id),
-                        height=h, width=wd, encoding="rgb8", is_bigendian=0, step=wd * 3,
-                        data=np.ascontiguousarray(rgb, dtype=np.uint8).reshape(-1))
+            msg = Image(
+                header=Header(stamp=Time(sec=t // 10**9, nanosec=t % 10**9), frame_id=frame_id),
+                height=h,
+                width=wd,
+                encoding="rgb8",
+                is_bigendian=0,
+                step=wd * 3,
+                data=np.ascontiguousarray(rgb, dtype=np.uint8).reshape(-1),
+            )
             w.write(conn, t, ts.serialize_cdr(msg, "sensor_msgs/msg/Image"))
             stamps.append((t // 10**9, t % 10**9))
-    return BagInfo(path=str(out), frames=[n for n, _ in fr], stamps=stamps, sizes=[f.shape[:2] for _, f in fr],
-                   frame_id=frame_id, image_topic=image_topic, prompts_topic=prompts_topic, prompts=objects)
+    return BagInfo(
+        path=str(out),
+        frames=[n for n, _ in fr],
+        stamps=stamps,
+        sizes=[f.shape[:2] for _, f in fr],
+        frame_id=frame_id,
+        image_topic=image_topic,
+        prompts_topic=prompts_topic,
+        prompts=objects,
+    )
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -129,13 +161,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if a.frames < 1 or a.rate <= 0 or a.scale < 1:
         ap.error("--frames and --scale must be >= 1 and --rate > 0")
     try:
-        info = make_bag(Path(a.out), a.frames, a.rate, a.scale, a.storage, a.image_topic, a.prompts_topic or None,
-                        a.frame_id)
+        info = make_bag(
+            Path(a.out), a.frames, a.rate, a.scale, a.storage, a.image_topic, a.prompts_topic or None, a.frame_id
+        )
     except FileExistsError as e:
         print(f"ped-sam-make-bag: error: {e}", file=sys.stderr)
         return 1
-    print(f"wrote {info.path}: {len(info.frames)} frames on {a.image_topic} ({', '.join(info.frames)})"
-          + (f", prompts on {a.prompts_topic}" if a.prompts_topic else ""))
+    print(
+        f"wrote {info.path}: {len(info.frames)} frames on {a.image_topic} ({', '.join(info.frames)})"
+        + (f", prompts on {a.prompts_topic}" if a.prompts_topic else "")
+    )
     return 0
 
 

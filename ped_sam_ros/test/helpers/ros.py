@@ -21,10 +21,10 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ped_sam_ros.processes import stop_process
-
 from helpers import PKG_DIR as REPO
 from helpers import TINY_B as TEST_MODEL
+from ped_sam_ros.processes import stop_process
+
 TEST_SEED = 5
 NODE_STARTUP_S = 120.0
 #: remote_node arguments for a server of the test model with random weights
@@ -78,8 +78,10 @@ class DomainAllocator:
                 continue
             self._held[domain] = fd
             return domain
-        raise RuntimeError(f"every DDS domain in {self.domains.start}..{self.domains.stop - 1} is taken by other "
-                           f"test processes (locks in {self.lock_dir}); set PED_SAM_TEST_DOMAINS=LO-HI")
+        raise RuntimeError(
+            f"every DDS domain in {self.domains.start}..{self.domains.stop - 1} is taken by other "
+            f"test processes (locks in {self.lock_dir}); set PED_SAM_TEST_DOMAINS=LO-HI"
+        )
 
     def release(self, domain: int) -> None:
         fd = self._held.pop(domain, None)
@@ -102,14 +104,16 @@ def new_domain() -> int:
 
 def ros_env(domain: int) -> Dict[str, str]:
     env = dict(os.environ)
-    env.update({
-        "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
-        "ROS_DOMAIN_ID": str(domain),
-        "FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA",
-        "FASTDDS_DEFAULT_PROFILES_FILE": str(FASTDDS_PROFILE),
-        "PYTHONPATH": str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""),
-        "PYTHONUNBUFFERED": "1",
-    })
+    env.update(
+        {
+            "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
+            "ROS_DOMAIN_ID": str(domain),
+            "FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA",
+            "FASTDDS_DEFAULT_PROFILES_FILE": str(FASTDDS_PROFILE),
+            "PYTHONPATH": str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     env.setdefault("AMENT_PREFIX_PATH", sys.prefix)
     env.setdefault("OMP_NUM_THREADS", "2")
     return env
@@ -126,9 +130,19 @@ def use_domain(domain: int) -> None:
 class EdgeProcess:
     """``python -m ped_sam_ros.ros.edge_node`` as a child process."""
 
-    def __init__(self, workdir: Path, domain: int, servers: Sequence[str], grid: str, namespace: str = "/t",
-                 extra_params: Sequence[str] = (), remaps: Sequence[str] = (), model: str = TEST_MODEL,
-                 seed: int = TEST_SEED, params_file: Optional[Path] = None):
+    def __init__(
+        self,
+        workdir: Path,
+        domain: int,
+        servers: Sequence[str],
+        grid: str,
+        namespace: str = "/t",
+        extra_params: Sequence[str] = (),
+        remaps: Sequence[str] = (),
+        model: str = TEST_MODEL,
+        seed: int = TEST_SEED,
+        params_file: Optional[Path] = None,
+    ):
         self.workdir = Path(workdir)
         self.domain = domain
         self.namespace = namespace
@@ -136,9 +150,17 @@ class EdgeProcess:
         self.argv = [sys.executable, "-m", "ped_sam_ros.ros.edge_node", "--ros-args"]
         if params_file is not None:
             self.argv += ["--params-file", str(params_file)]
-        for p in (f"model:={model}", "random_weights:=true", "checkpoint:=''", f"seed:={seed}", f"grid:={grid}",
-                  f"remotes.servers:={servers_yaml}", "torch_threads:=2", "diagnostics_period:=0.5",
-                  *extra_params):
+        for p in (
+            f"model:={model}",
+            "random_weights:=true",
+            "checkpoint:=''",
+            f"seed:={seed}",
+            f"grid:={grid}",
+            f"remotes.servers:={servers_yaml}",
+            "torch_threads:=2",
+            "diagnostics_period:=0.5",
+            *extra_params,
+        ):
             self.argv += ["-p", p]
         self.argv += ["-r", f"__ns:={namespace}"]
         for r in remaps:
@@ -151,11 +173,17 @@ class EdgeProcess:
     def prefix(self) -> str:
         return f"{self.namespace.rstrip('/')}/edge_node"
 
-    def start(self) -> "EdgeProcess":
+    def start(self) -> EdgeProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(self.argv, cwd=str(REPO), env=ros_env(self.domain), stdin=subprocess.DEVNULL,
-                                     stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            self.argv,
+            cwd=str(REPO),
+            env=ros_env(self.domain),
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
         return self
 
     def log_text(self, tail: int = 6000) -> str:
@@ -168,7 +196,7 @@ class EdgeProcess:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def wait_ready(self, node: "TestNode", timeout_s: float = NODE_STARTUP_S):
+    def wait_ready(self, node: TestNode, timeout_s: float = NODE_STARTUP_S):
         """Wait until the node says on ``/diagnostics`` (seen by ``node``, on the same domain)
         that its pipeline is running, as any ROS client would; returns that PipelineStatus."""
         from diagnostic_msgs.msg import DiagnosticArray
@@ -272,29 +300,51 @@ def image_msg(rgb: np.ndarray, sec: int, nanosec: int, frame_id: str = "camera",
     arr = np.ascontiguousarray(arr)
     h, w = arr.shape[:2]
     ch = 1 if arr.ndim == 2 else arr.shape[2]
-    return Image(header=Header(stamp=Time(sec=sec, nanosec=nanosec), frame_id=frame_id), height=h, width=w,
-                 encoding=encoding, is_bigendian=0, step=w * ch * arr.itemsize, data=arr.tobytes())
+    return Image(
+        header=Header(stamp=Time(sec=sec, nanosec=nanosec), frame_id=frame_id),
+        height=h,
+        width=w,
+        encoding=encoding,
+        is_bigendian=0,
+        step=w * ch * arr.itemsize,
+        data=arr.tobytes(),
+    )
 
 
 def small_photos(scale: int = 4):
     """A few real photos (scikit-image), downscaled to keep DDS traffic small."""
     import skimage.data
 
-    return [np.ascontiguousarray(f()[::scale, ::scale]) for f in (skimage.data.astronaut, skimage.data.coffee,
-                                                                   skimage.data.chelsea, skimage.data.rocket)]
+    return [
+        np.ascontiguousarray(f()[::scale, ::scale])
+        for f in (skimage.data.astronaut, skimage.data.coffee, skimage.data.chelsea, skimage.data.rocket)
+    ]
 
 
 @contextlib.contextmanager
-def edge_stack(workdir: Path, domain: int, server_names: Sequence[str], node_name: str, grid: str = "1x2",
-               namespace: str = "/t", extra_params: Sequence[str] = ()) -> Iterator[Tuple[List, EdgeProcess, TestNode]]:
+def edge_stack(
+    workdir: Path,
+    domain: int,
+    server_names: Sequence[str],
+    node_name: str,
+    grid: str = "1x2",
+    namespace: str = "/t",
+    extra_params: Sequence[str] = (),
+) -> Iterator[Tuple[List, EdgeProcess, TestNode]]:
     """Random-weight remote servers (one per name), the edge node as a process connected to
     them in that order, and a :class:`TestNode` on the same domain: ``(servers, edge, node)``.
     Everything is stopped on exit, whatever happened."""
     from helpers.net import start_servers, stop_all
 
     servers = start_servers(workdir, [(name, RANDOM_SERVER_ARGS) for name in server_names])
-    edge = EdgeProcess(workdir / "edge", domain, [f"{s.name}={s.endpoint}" for s in servers], grid,
-                       namespace=namespace, extra_params=extra_params)
+    edge = EdgeProcess(
+        workdir / "edge",
+        domain,
+        [f"{s.name}={s.endpoint}" for s in servers],
+        grid,
+        namespace=namespace,
+        extra_params=extra_params,
+    )
     node = None
     try:
         edge.start()
@@ -306,4 +356,3 @@ def edge_stack(workdir: Path, domain: int, server_names: Sequence[str], node_nam
             node.close()
         edge.stop()
         stop_all(servers)
-

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers.ros import REPO, TEST_MODEL, edge_stack, new_domain, ros_env, stop_process
 from ped_sam_ros.ros.diagnostics import read_pipeline
-from helpers.ros import REPO, TEST_MODEL, new_domain, edge_stack, ros_env, stop_process
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -26,8 +26,14 @@ PREFIX = f"{NS}/edge_node"
 
 
 def _tool(module: str, args, env, log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", f"ped_sam_ros.tools.{module}", *map(str, args)], cwd=str(REPO),
-                            env=env, stdin=subprocess.DEVNULL, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "-m", f"ped_sam_ros.tools.{module}", *map(str, args)],
+        cwd=str(REPO),
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=open(log, "wb"),
+        stderr=subprocess.STDOUT,
+    )
 
 
 def _wait_file(path: Path, proc: subprocess.Popen, timeout_s: float, log: Path) -> None:
@@ -44,18 +50,20 @@ def _wait_file(path: Path, proc: subprocess.Popen, timeout_s: float, log: Path) 
 def test_made_bag_reads_back_with_rosbags_and_rclpy(tmp_path):
     from rclpy.serialization import deserialize_message
     from rosbags.rosbag2 import Reader
+    from sensor_msgs.msg import Image
 
     from ped_sam_msgs.msg import Prompts
     from ped_sam_ros.ros.bags import bag_topics, read_messages
     from ped_sam_ros.ros.convert import image_to_rgb, prompts_from_msgs
     from ped_sam_ros.tools.make_bag import frames, make_bag
-    from sensor_msgs.msg import Image
 
     for storage in ("sqlite3", "mcap"):
         out = tmp_path / f"bag_{storage}"
         info = make_bag(out, n_frames=7, rate_hz=5.0, scale=4, storage=storage)
-        assert bag_topics(out) == {"/edge_node/prompts": ("ped_sam_msgs/msg/Prompts", 1),
-                                   "/camera/image_raw": ("sensor_msgs/msg/Image", 7)}
+        assert bag_topics(out) == {
+            "/edge_node/prompts": ("ped_sam_msgs/msg/Prompts", 1),
+            "/camera/image_raw": ("sensor_msgs/msg/Image", 7),
+        }
         msgs = list(read_messages(out))
         assert msgs[0][0] == "/edge_node/prompts"  # before every frame
         stamps = [(m.header.stamp.sec, m.header.stamp.nanosec) for t, _, _, m in msgs if t == "/camera/image_raw"]
@@ -63,8 +71,9 @@ def test_made_bag_reads_back_with_rosbags_and_rclpy(tmp_path):
         expected = frames(7, 4)
         with Reader(out) as reader:
             images = [deserialize_message(raw, Image) for c, _, raw in reader.messages() if c.msgtype.endswith("Image")]
-            prompts = [deserialize_message(raw, Prompts) for c, _, raw in reader.messages()
-                       if c.msgtype.endswith("Prompts")]
+            prompts = [
+                deserialize_message(raw, Prompts) for c, _, raw in reader.messages() if c.msgtype.endswith("Prompts")
+            ]
         assert [m.header.frame_id for m in images] == [info.frame_id] * 7
         for m, (_, rgb) in zip(images, expected):
             assert m.encoding == "rgb8"
@@ -105,23 +114,46 @@ def _pace(rate, settle, messages):
     return sent, clock.sleeps
 
 
-PROMPTS, IMAGE, INFO, TF = ("ped_sam_msgs/msg/Prompts", "sensor_msgs/msg/Image", "sensor_msgs/msg/CameraInfo",
-                            "tf2_msgs/msg/TFMessage")
+PROMPTS, IMAGE, INFO, TF = (
+    "ped_sam_msgs/msg/Prompts",
+    "sensor_msgs/msg/Image",
+    "sensor_msgs/msg/CameraInfo",
+    "tf2_msgs/msg/TFMessage",
+)
 
 
 def test_bag_play_settles_only_images_after_prompts():
     # Recorded pace (--rate 1): CameraInfo and tf keep their times; only an image recorded closer than
     # --settle to the prompts waits for it, and later ones keep the recorded pace.
-    msgs = [(PROMPTS, 0.0, 0.0), (INFO, 0.05, 0.0), (TF, 0.06, 0.0), (IMAGE, 0.1, 0.0), (INFO, 0.5, 0.0),
-            (TF, 0.55, 0.0), (IMAGE, 0.6, 0.0), (IMAGE, 1.1, 0.0)]
+    msgs = [
+        (PROMPTS, 0.0, 0.0),
+        (INFO, 0.05, 0.0),
+        (TF, 0.06, 0.0),
+        (IMAGE, 0.1, 0.0),
+        (INFO, 0.5, 0.0),
+        (TF, 0.55, 0.0),
+        (IMAGE, 0.6, 0.0),
+        (IMAGE, 1.1, 0.0),
+    ]
     sent, _ = _pace(1.0, 0.3, msgs)
     assert sent == [0.0, 0.05, 0.06, 0.3, 0.5, 0.55, 0.6, 1.1]
     # at --rate 2 the recorded gaps halve; an image 1 s after the prompts needs no settling
     sent, _ = _pace(2.0, 0.3, [(PROMPTS, 0.0, 0.0), (INFO, 0.2, 0.0), (IMAGE, 1.0, 0.0), (IMAGE, 2.0, 0.0)])
     assert sent == [0.0, 0.1, 0.5, 1.0]
     # as fast as consumed (no rate): nothing waits except the image right after the prompts
-    sent, sleeps = _pace(None, 0.3, [(INFO, 0.0, 0.0), (PROMPTS, 1.0, 0.0), (INFO, 2.0, 0.0), (TF, 2.5, 0.0),
-                                     (IMAGE, 3.0, 0.0), (INFO, 4.0, 0.0), (IMAGE, 5.0, 0.0)])
+    sent, sleeps = _pace(
+        None,
+        0.3,
+        [
+            (INFO, 0.0, 0.0),
+            (PROMPTS, 1.0, 0.0),
+            (INFO, 2.0, 0.0),
+            (TF, 2.5, 0.0),
+            (IMAGE, 3.0, 0.0),
+            (INFO, 4.0, 0.0),
+            (IMAGE, 5.0, 0.0),
+        ],
+    )
     assert sent == [0.0, 0.0, 0.0, 0.0, 0.3, 0.3, 0.3] and sleeps == [0.3]
     # time already spent after the prompts counts towards the settling; --settle 0 is off
     sent, _ = _pace(None, 0.3, [(PROMPTS, 0.0, 0.0), (INFO, 0.1, 0.2), (IMAGE, 0.2, 0.0)])
@@ -159,9 +191,25 @@ def test_bag_record_duration_counts_from_when_recording_starts(tmp_path):
     env = ros_env(new_domain())
     ready, log = tmp_path / "rec.ready", tmp_path / "rec.log"
     duration = 3.0
-    rec = _tool("bag_record", [tmp_path / "bag", "--topics", "/nobody/a", "/nobody/b",
-                               "--type", "/nobody/a=std_msgs/msg/String", "--type", "/nobody/b=std_msgs/msg/String",
-                               "--duration", duration, "--ready-file", ready], env, log)
+    rec = _tool(
+        "bag_record",
+        [
+            tmp_path / "bag",
+            "--topics",
+            "/nobody/a",
+            "/nobody/b",
+            "--type",
+            "/nobody/a=std_msgs/msg/String",
+            "--type",
+            "/nobody/b=std_msgs/msg/String",
+            "--duration",
+            duration,
+            "--ready-file",
+            ready,
+        ],
+        env,
+        log,
+    )
     try:
         _wait_file(ready, rec, 60, log)
         assert rec.wait(60) == 0, log.read_text()
@@ -216,14 +264,41 @@ def _replay(stack, name: str, n: int, play_args, record_count: int):
     ready = work / f"{name}.ready"
     rec_log, play_log = work / f"{name}_record.log", work / f"{name}_play.log"
     before = _pipeline(diags)
-    rec = _tool("bag_record", [bag_out, "--topics", f"{PREFIX}/masks", f"{PREFIX}/label_mask",
-                               "--count", record_count, "--count-topic", f"{PREFIX}/label_mask", "--duration", 150, "--ready-file", ready], env, rec_log)
+    rec = _tool(
+        "bag_record",
+        [
+            bag_out,
+            "--topics",
+            f"{PREFIX}/masks",
+            f"{PREFIX}/label_mask",
+            "--count",
+            record_count,
+            "--count-topic",
+            f"{PREFIX}/label_mask",
+            "--duration",
+            150,
+            "--ready-file",
+            ready,
+        ],
+        env,
+        rec_log,
+    )
     play = None
     try:
         _wait_file(ready, rec, 60, rec_log)
-        play = _tool("bag_play", [bag_in, "--topic-remap", f"/camera/image_raw:={PREFIX}/image",
-                                  "--topic-remap", f"/edge_node/prompts:={PREFIX}/prompts", *play_args],
-                     env, play_log)
+        play = _tool(
+            "bag_play",
+            [
+                bag_in,
+                "--topic-remap",
+                f"/camera/image_raw:={PREFIX}/image",
+                "--topic-remap",
+                f"/edge_node/prompts:={PREFIX}/prompts",
+                *play_args,
+            ],
+            env,
+            play_log,
+        )
         assert play.wait(150) == 0, play_log.read_text()
         # The node has seen every frame and finished (a result or a counted drop for each).
         want_in = _count(before, "frames_in") + n
@@ -283,8 +358,12 @@ def test_replay_faster_than_the_node_counts_drops(stack):
 def test_replay_paced_by_the_node_gives_one_result_per_frame(stack):
     n = 3
     info, before, after, results, labels = _replay(
-        stack, "paced", n, ["--as-fast-as-consumed", "--consumed-topic", f"{PREFIX}/masks", "--consume-timeout", "60"],
-        record_count=n)
+        stack,
+        "paced",
+        n,
+        ["--as-fast-as-consumed", "--consumed-topic", f"{PREFIX}/masks", "--consume-timeout", "60"],
+        record_count=n,
+    )
     assert after.frames_dropped == _count(before, "frames_dropped")
     assert len(results) == n
     _check_results(info, results, labels)

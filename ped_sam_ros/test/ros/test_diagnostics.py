@@ -10,37 +10,69 @@ import pytest
 
 from ped_sam_ros.core.transport import ServerAddress, ServerHealth
 from ped_sam_ros.edge.config import EdgeConfig
-from ped_sam_ros.edge.records import (ErrorReport, FrameCounts, RemoteActivity, RemoteSnapshot, RuntimeSnapshot,
-                                      StageSummary)
+from ped_sam_ros.edge.records import (
+    ErrorReport,
+    FrameCounts,
+    RemoteActivity,
+    RemoteSnapshot,
+    RuntimeSnapshot,
+    StageSummary,
+)
 
 FQN = "/robot/edge_node"
 
 
 def _snapshot(state="running", last_error=None, b_health=None) -> RuntimeSnapshot:
-    a = RemoteSnapshot("a", ServerHealth("a", "tcp://127.0.0.1:5601", "ok", last_latency_s=0.25, requests=3,
-                                         replies=3), RemoteActivity(frames=3, bytes_up=3000, bytes_down=1200,
-                                                                    share=0.5, tiles=(0, 3), mean_round_trip_s=0.2,
-                                                                    mean_compute_s=0.125))
-    b = RemoteSnapshot("b", b_health or ServerHealth("b", "tcp://127.0.0.1:5602", "ok"),
-                       RemoteActivity(frames=2, failed_frames=1, bytes_up=100, bytes_down=40, share=0.5, tiles=(1, 2)))
-    return RuntimeSnapshot(state=state, busy=False, pending=False,
-                           counts=FrameCounts(frames_in=8, frames_out=3, frames_dropped=3, frames_failed=1, requests=2),
-                           automatic=True, prompts=2, last_error=last_error,
-                           stages={"remote": StageSummary(0.5, 0.25, 0.2, 0.75, 3),
-                                   "total": StageSummary(1.0, 0.5, 0.5, 2.0, 3)},
-                           remotes=[a, b])
+    a = RemoteSnapshot(
+        "a",
+        ServerHealth("a", "tcp://127.0.0.1:5601", "ok", last_latency_s=0.25, requests=3, replies=3),
+        RemoteActivity(
+            frames=3,
+            bytes_up=3000,
+            bytes_down=1200,
+            share=0.5,
+            tiles=(0, 3),
+            mean_round_trip_s=0.2,
+            mean_compute_s=0.125,
+        ),
+    )
+    b = RemoteSnapshot(
+        "b",
+        b_health or ServerHealth("b", "tcp://127.0.0.1:5602", "ok"),
+        RemoteActivity(frames=2, failed_frames=1, bytes_up=100, bytes_down=40, share=0.5, tiles=(1, 2)),
+    )
+    return RuntimeSnapshot(
+        state=state,
+        busy=False,
+        pending=False,
+        counts=FrameCounts(frames_in=8, frames_out=3, frames_dropped=3, frames_failed=1, requests=2),
+        automatic=True,
+        prompts=2,
+        last_error=last_error,
+        stages={"remote": StageSummary(0.5, 0.25, 0.2, 0.75, 3), "total": StageSummary(1.0, 0.5, 0.5, 2.0, 3)},
+        remotes=[a, b],
+    )
 
 
 def _config() -> EdgeConfig:
-    return EdgeConfig(model="vit_b/w32h2", random_weights=True, grid="2x2",
-                      servers=[ServerAddress("a", "tcp://127.0.0.1:5601"), ServerAddress("b", "tcp://127.0.0.1:5602")])
+    return EdgeConfig(
+        model="vit_b/w32h2",
+        random_weights=True,
+        grid="2x2",
+        servers=[ServerAddress("a", "tcp://127.0.0.1:5601"), ServerAddress("b", "tcp://127.0.0.1:5602")],
+    )
 
 
 def test_statuses_read_back_into_the_same_records():
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 
-    from ped_sam_ros.ros.diagnostics import (diagnostic_statuses, pipeline_status, read_pipeline, read_remote,
-                                             remote_status)
+    from ped_sam_ros.ros.diagnostics import (
+        diagnostic_statuses,
+        pipeline_status,
+        read_pipeline,
+        read_remote,
+        remote_status,
+    )
 
     snap = _snapshot()
     statuses = diagnostic_statuses(FQN, snap, _config(), refused_images=4, now=time.time())

@@ -25,8 +25,9 @@ def test_each_domain_is_held_by_one_allocation_at_a_time(tmp_path):
     mine = DomainAllocator(range(40, 43), tmp_path)
     first = mine.allocate()
     # another process (another pytest run) gets the other two, never the one held here
-    out = subprocess.run([sys.executable, "-c", _CHILD, str(PKG_DIR / "test"), str(tmp_path)], capture_output=True,
-                         text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(PKG_DIR / "test"), str(tmp_path)], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     theirs = [int(v) for v in out.stdout.split()]
     assert first not in theirs and sorted(theirs + [first]) == [40, 41, 42]

@@ -18,8 +18,8 @@ import time
 import numpy as np
 import pytest
 
+from helpers.ros import TEST_MODEL, edge_stack, image_msg, new_domain, small_photos
 from ped_sam_ros.ros.diagnostics import read_pipeline, read_remote
-from helpers.ros import TEST_MODEL, new_domain, edge_stack, image_msg, small_photos
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -31,17 +31,27 @@ RESULT_TIMEOUT_S = 90.0
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     from diagnostic_msgs.msg import DiagnosticArray
-    from ped_sam_msgs.msg import Prompts, SegmentationResult
     from sensor_msgs.msg import CompressedImage, Image
+
+    from ped_sam_msgs.msg import Prompts, SegmentationResult
 
     work = tmp_path_factory.mktemp("ros_integration")
     dom = new_domain()
-    extra = ["use_compressed:=true", "amg.points_per_side:=2", "amg.pred_iou_thresh:=0.0",
-             "amg.stability_score_thresh:=0.0"]
-    with edge_stack(work, dom, ["left", "right"], "integration_test", namespace=NS,
-                    extra_params=extra) as (servers, edge, t):
+    extra = [
+        "use_compressed:=true",
+        "amg.points_per_side:=2",
+        "amg.pred_iou_thresh:=0.0",
+        "amg.stability_score_thresh:=0.0",
+    ]
+    with edge_stack(work, dom, ["left", "right"], "integration_test", namespace=NS, extra_params=extra) as (
+        servers,
+        edge,
+        t,
+    ):
         s = {
-            "edge": edge, "node": t, "servers": servers,
+            "edge": edge,
+            "node": t,
+            "servers": servers,
             "masks": t.collect(SegmentationResult, f"{PREFIX}/masks"),
             "labels": t.collect(Image, f"{PREFIX}/label_mask"),
             "overlays": t.collect(Image, f"{PREFIX}/overlay"),
@@ -65,8 +75,11 @@ def _by_stamp(msgs, header):
 def _wait_result(stack, header, timeout_s=RESULT_TIMEOUT_S):
     t = stack["node"]
     try:
-        t.wait_until(lambda: _by_stamp(stack["masks"], header) and _by_stamp(stack["labels"], header), timeout_s,
-                     f"a result for stamp {header.stamp.sec}")
+        t.wait_until(
+            lambda: _by_stamp(stack["masks"], header) and _by_stamp(stack["labels"], header),
+            timeout_s,
+            f"a result for stamp {header.stamp.sec}",
+        )
     except TimeoutError:
         raise AssertionError(f"no result for {header}:\n{stack['edge'].log_text()}") from None
     return _by_stamp(stack["masks"], header)[0], _by_stamp(stack["labels"], header)[0]
@@ -99,8 +112,12 @@ def _hold_prompts(stack, msg, n_prompts, automatic=False):
     """Publish a Prompts message and wait until the node holds it (its diagnostics say so)."""
     since = len(stack["diags"])
     stack["prompts_pub"].publish(msg)
-    return _wait_pipeline(stack, lambda v: v.prompts == n_prompts and v.automatic == automatic,
-                          f"the node to hold {n_prompts} prompt(s), automatic {automatic}", since=since)
+    return _wait_pipeline(
+        stack,
+        lambda v: v.prompts == n_prompts and v.automatic == automatic,
+        f"the node to hold {n_prompts} prompt(s), automatic {automatic}",
+        since=since,
+    )
 
 
 def _get_param(stack, name):
@@ -147,13 +164,17 @@ def _check_result(result, label_msg, rgb, header, n_instances):
     label = image_to_label(label_msg)
     assert label_msg.encoding == "mono8" and label.shape == rgb.shape[:2]
     assert np.array_equal(label_from_result(result), label), "RLE masks decode to the label image"
-    for inst, (iid, mask) in zip(result.instances, masks_from_result(result)):
+    for inst, (_iid, mask) in zip(result.instances, masks_from_result(result)):
         assert mask.shape == rgb.shape[:2] and inst.area == int(mask.sum())
         assert 0.0 <= inst.stability_score <= 1.0
         if inst.area:
             ys, xs = np.nonzero(mask)
             assert (inst.bbox.x_offset, inst.bbox.y_offset, inst.bbox.width, inst.bbox.height) == (
-                xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1)
+                xs.min(),
+                ys.min(),
+                xs.max() - xs.min() + 1,
+                ys.max() - ys.min() + 1,
+            )
     stages = [s.stage for s in result.timings]
     for stage in ("remote", "edge_encoder", "decoder", "total", "postprocess"):
         assert stage in stages
@@ -169,21 +190,22 @@ def test_prompts_topic_results_carry_input_headers(stack):
         result, label = _wait_result(stack, msg.header)
         _check_result(result, label, rgb, msg.header, n_instances=2)
         # someone (this test) subscribes to ~/overlay, so the node draws it, same header
-        stack["node"].wait_until(lambda: _by_stamp(stack["overlays"], msg.header), 10, "overlay")
+        stack["node"].wait_until(lambda msg=msg: _by_stamp(stack["overlays"], msg.header), 10, "overlay")
         ov = _by_stamp(stack["overlays"], msg.header)[0]
         assert ov.encoding == "rgb8" and (ov.height, ov.width) == rgb.shape[:2]
 
 
 def test_segment_service_with_prompts_and_automatic(stack):
     from ped_sam_msgs.srv import SegmentImage
-    from ped_sam_ros.ros.convert import image_to_label, label_from_result
+    from ped_sam_ros.ros.convert import label_from_result
 
     t = stack["node"]
     client = t.node.create_client(SegmentImage, f"{PREFIX}/segment")
     rgb = small_photos()[2]
     img = image_msg(rgb, 2_000, 1, frame_id="service_cam", encoding="bgr8")
-    req = SegmentImage.Request(image=img, use_latest_frame=False,
-                               prompts=_prompts_msg([([(50.0, 30.0, 1)], None)]).prompts, automatic=False)
+    req = SegmentImage.Request(
+        image=img, use_latest_frame=False, prompts=_prompts_msg([([(50.0, 30.0, 1)], None)]).prompts, automatic=False
+    )
     resp = t.call(client, req, RESULT_TIMEOUT_S)
     assert resp.success, resp.message
     assert resp.result.header == img.header
@@ -223,8 +245,9 @@ def test_unsupported_encoding_is_refused_and_node_keeps_answering(stack):
     rgb = small_photos()[3]
     ok, jpeg = cv2.imencode(".jpg", rgb[:, :, ::-1])
     assert ok
-    msg = CompressedImage(header=image_msg(rgb, 3_001, 0, frame_id="jpeg_cam").header, format="jpeg",
-                          data=jpeg.tobytes())
+    msg = CompressedImage(
+        header=image_msg(rgb, 3_001, 0, frame_id="jpeg_cam").header, format="jpeg", data=jpeg.tobytes()
+    )
     stack["compressed_pub"].publish(msg)
     result, _ = _wait_result(stack, msg.header)
     assert (result.image_height, result.image_width) == rgb.shape[:2]
@@ -295,12 +318,14 @@ def test_prompts_are_validated_in_automatic_mode_and_switch_the_parameter(stack)
     assert _get_param(stack, "automatic") is False
     # automatic=true with an invalid prompt (a box with x_max < x_min): refused as a whole, so no invalid
     # prompt is held for when automatic is switched off again
-    bad = Prompts(automatic=True, prompts=[Prompt(has_box=True, box=BoxPrompt(x_min=50.0, y_min=5.0, x_max=10.0,
-                                                                             y_max=40.0))])
+    bad = Prompts(
+        automatic=True, prompts=[Prompt(has_box=True, box=BoxPrompt(x_min=50.0, y_min=5.0, x_max=10.0, y_max=40.0))]
+    )
     stack["prompts_pub"].publish(bad)
     # the next (valid) message on the same reliable topic arrives after it
-    v = _hold_prompts(stack, _prompts_msg([([(5.0, 5.0, 1)], None), ([(9.0, 9.0, 1)], None)], automatic=True), 2,
-                      automatic=True)
+    v = _hold_prompts(
+        stack, _prompts_msg([([(5.0, 5.0, 1)], None), ([(9.0, 9.0, 1)], None)], automatic=True), 2, automatic=True
+    )
     assert v.automatic is True
     log = stack["edge"].log_text(200_000)
     assert "Prompts message refused, keeping the previous prompts and mode: prompt 1:" in log, log[-3000:]

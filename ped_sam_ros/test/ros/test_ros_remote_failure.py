@@ -9,9 +9,9 @@ import time
 
 import pytest
 
+from helpers.ros import edge_stack, image_msg, new_domain, small_photos
 from ped_sam_ros.ros.diagnostics import read_pipeline
 from ped_sam_ros.ros.util import latest_status
-from helpers.ros import new_domain, edge_stack, image_msg, small_photos
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -77,14 +77,18 @@ def _settled(status) -> bool:
 
 def test_stopped_remote_is_reported_and_recovered(tmp_path):
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+    from sensor_msgs.msg import Image
+
     from ped_sam_msgs.msg import Prompts, SegmentationResult
     from ped_sam_ros.core.pipeline import ObjectPrompt
     from ped_sam_ros.ros.convert import prompts_to_msgs
-    from sensor_msgs.msg import Image
 
     dom = new_domain()
-    with edge_stack(tmp_path, dom, ["steady", "flaky"], "fault_test", namespace=NS,
-                    extra_params=["deadline:=3.0"]) as (servers, edge, t):
+    with edge_stack(tmp_path, dom, ["steady", "flaky"], "fault_test", namespace=NS, extra_params=["deadline:=3.0"]) as (
+        servers,
+        edge,
+        t,
+    ):
         flaky = servers[1]
         results = t.collect(SegmentationResult, f"{PREFIX}/masks")
         diags = t.collect(DiagnosticArray, "/diagnostics")
@@ -93,8 +97,7 @@ def test_stopped_remote_is_reported_and_recovered(tmp_path):
         t.wait_for_subscribers(prompts_pub)
         t.wait_for_subscribers(image_pub)
         prompts_pub.publish(Prompts(prompts=prompts_to_msgs([ObjectPrompt(points=[(30.0, 30.0, 1)])])))
-        t.wait_until(lambda: (v := _pipeline(diags)) is not None and v.prompts == 1, 30,
-                     "the node to hold the prompt")
+        t.wait_until(lambda: (v := _pipeline(diags)) is not None and v.prompts == 1, 30, "the node to hold the prompt")
 
         with Streamer(image_pub, rate_hz=2.0) as stream:
             t.wait_until(lambda: len(results) >= 1, 90, "a first result")
@@ -105,8 +108,13 @@ def test_stopped_remote_is_reported_and_recovered(tmp_path):
             flaky.stop()
             stopped_at = len(stream.sent)
             try:
-                t.wait_until(lambda: (s := _remote_status(diags[-3:], "flaky")) is not None
-                             and s.level == DiagnosticStatus.ERROR, 60, "an ERROR diagnostic for 'flaky'")
+                t.wait_until(
+                    lambda: (
+                        (s := _remote_status(diags[-3:], "flaky")) is not None and s.level == DiagnosticStatus.ERROR
+                    ),
+                    60,
+                    "an ERROR diagnostic for 'flaky'",
+                )
             except TimeoutError:
                 raise AssertionError(edge.log_text()) from None
             st = _remote_status(diags, "flaky")
@@ -126,9 +134,16 @@ def test_stopped_remote_is_reported_and_recovered(tmp_path):
             failed_before = values.frames_failed
             n_diag = len(diags)
             try:
-                t.wait_until(lambda: len(diags) > n_diag + 2 and _settled(_pipeline(diags))
-                             and _settled(_pipeline(diags[:-1])) and _pipeline(diags) == _pipeline(diags[:-1]),
-                             60, "the node to finish the frames it received (two equal settled diagnostics)")
+                t.wait_until(
+                    lambda: (
+                        len(diags) > n_diag + 2
+                        and _settled(_pipeline(diags))
+                        and _settled(_pipeline(diags[:-1]))
+                        and _pipeline(diags) == _pipeline(diags[:-1])
+                    ),
+                    60,
+                    "the node to finish the frames it received (two equal settled diagnostics)",
+                )
             except TimeoutError:
                 raise AssertionError(f"{_pipeline(diags)}\n{edge.log_text()}") from None
             assert _pipeline(diags).frames_failed > failed_before, "frames failed while it was down"
@@ -138,16 +153,22 @@ def test_stopped_remote_is_reported_and_recovered(tmp_path):
             flaky.restart_same_endpoint()
             restarted_at = stream.resume()
             try:
-                t.wait_until(lambda: any(r.header.stamp.sec >= 5_000 + restarted_at for r in results[n_before:]),
-                             90, "results after the restart")
+                t.wait_until(
+                    lambda: any(r.header.stamp.sec >= 5_000 + restarted_at for r in results[n_before:]),
+                    90,
+                    "results after the restart",
+                )
             except TimeoutError:
                 raise AssertionError(edge.log_text()) from None
-            t.wait_until(lambda: (s := _remote_status(diags[-3:], "flaky")) is not None
-                         and s.level == DiagnosticStatus.OK, 30, "an OK diagnostic for 'flaky'")
+            t.wait_until(
+                lambda: (s := _remote_status(diags[-3:], "flaky")) is not None and s.level == DiagnosticStatus.OK,
+                30,
+                "an OK diagnostic for 'flaky'",
+            )
         # Frames sent while the server was down got no result, then or after the restart: they failed
         # (or were dropped for a newer frame), they were not queued for later. (+1: a frame published
         # while flaky.stop() ran may be appended to `sent` after stopped_at was read.)
-        down = {h.stamp.sec for h in stream.sent[stopped_at + 1:paused_at]}
+        down = {h.stamp.sec for h in stream.sent[stopped_at + 1 : paused_at]}
         assert down
         got = {r.header.stamp.sec for r in results}
         assert not down & got, sorted(down & got)

@@ -13,7 +13,7 @@ import threading
 
 import pytest
 
-from helpers.ros import TEST_MODEL, TEST_SEED, TestNode, new_domain, image_msg, small_photos, use_domain
+from helpers.ros import TEST_MODEL, TEST_SEED, TestNode, image_msg, new_domain, small_photos, use_domain
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -40,8 +40,7 @@ class _Held:
                     raise RuntimeError("the test never released the encoder")
                 return super().encode(jobs, mode, timeout_s)
 
-        return HeldTransport(build_remote_stage(config), token_dtype=config.wire_precision,
-                             names=config.server_names)
+        return HeldTransport(build_remote_stage(config), token_dtype=config.wire_precision, names=config.server_names)
 
 
 @pytest.fixture
@@ -56,10 +55,15 @@ def node_under_test():
     ctx = rclpy.Context()
     rclpy.init(context=ctx, domain_id=dom)
     held = _Held()
-    overrides = [Parameter("model", value=TEST_MODEL), Parameter("random_weights", value=True),
-                 Parameter("seed", value=TEST_SEED), Parameter("grid", value="1x2"),
-                 Parameter("remotes.servers", value=["left=tcp://127.0.0.1:1", "right=tcp://127.0.0.1:2"]),
-                 Parameter("torch_threads", value=1), Parameter("diagnostics_period", value=0.2)]
+    overrides = [
+        Parameter("model", value=TEST_MODEL),
+        Parameter("random_weights", value=True),
+        Parameter("seed", value=TEST_SEED),
+        Parameter("grid", value="1x2"),
+        Parameter("remotes.servers", value=["left=tcp://127.0.0.1:1", "right=tcp://127.0.0.1:2"]),
+        Parameter("torch_threads", value=1),
+        Parameter("diagnostics_period", value=0.2),
+    ]
     node = executor = spin = client = None
     try:
         node = EdgeNode(transport_factory=held, context=ctx, namespace="/busy", parameter_overrides=overrides)
@@ -87,10 +91,11 @@ def node_under_test():
 
 def test_waiting_service_calls_leave_threads_for_images_diagnostics_and_parameters(node_under_test):
     from diagnostic_msgs.msg import DiagnosticArray
-    from ped_sam_msgs.msg import Prompt, PointPrompt
-    from ped_sam_msgs.srv import SegmentImage
     from rcl_interfaces.srv import GetParameters
     from sensor_msgs.msg import Image
+
+    from ped_sam_msgs.msg import PointPrompt, Prompt
+    from ped_sam_msgs.srv import SegmentImage
 
     node, held, t = node_under_test
     prefix = "/busy/edge_node"
@@ -101,8 +106,10 @@ def test_waiting_service_calls_leave_threads_for_images_diagnostics_and_paramete
     rgb = small_photos()[0]
     prompts = [Prompt(points=[PointPrompt(x=20.0, y=20.0, label=1)])]
     extra = 2
-    futures = [seg.call_async(SegmentImage.Request(image=image_msg(rgb, 7_000 + k, 0, frame_id="busy"),
-                                                   prompts=prompts)) for k in range(limit + extra)]
+    futures = [
+        seg.call_async(SegmentImage.Request(image=image_msg(rgb, 7_000 + k, 0, frame_id="busy"), prompts=prompts))
+        for k in range(limit + extra)
+    ]
     assert held.entered.wait(WAIT_S), "the worker started the first call"
 
     # The calls beyond the limit are answered at once, while the others wait for the held worker.

@@ -11,31 +11,59 @@ from __future__ import annotations
 
 import threading
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
+from helpers import PKG_DIR as REPO
 from ped_sam_ros.core.pipeline import EncodeStats, Instance, ObjectPrompt
-from ped_sam_ros.core.transport import (RemoteEncodeError, ServerAddress, ServerFrameStats, ServerHealth,
-                                       ServerInfoReply, Transport)
-from ped_sam_ros.edge import (AmgOptions, ConfigError, EdgeConfig, EdgeRuntime, Frame,
-                              build_pipeline, local_transport, parse_assignment, parse_servers, validate_prompts)
+from ped_sam_ros.core.transport import (
+    RemoteEncodeError,
+    ServerAddress,
+    ServerFrameStats,
+    ServerHealth,
+    ServerInfoReply,
+    Transport,
+)
+from ped_sam_ros.edge import (
+    AmgOptions,
+    ConfigError,
+    EdgeConfig,
+    EdgeRuntime,
+    Frame,
+    build_pipeline,
+    local_transport,
+    parse_assignment,
+    parse_servers,
+    validate_prompts,
+)
 from ped_sam_ros.edge.builder import EdgePipeline
-from ped_sam_ros.edge.params import (PARAMS, RUNTIME_PARAMS, SPECS, config_from_params, defaults,
-                                     markdown_table, validate_changes, validate_parameter)
+from ped_sam_ros.edge.params import (
+    PARAMS,
+    RUNTIME_PARAMS,
+    SPECS,
+    config_from_params,
+    defaults,
+    markdown_table,
+    validate_changes,
+    validate_parameter,
+)
 from ped_sam_ros.edge.remotes import apply_overrides, load_remotes_file, remote_commands
 
-from helpers import PKG_DIR as REPO
 TINY = "vit_b/w16h1"
 pytestmark = pytest.mark.timeout(120)
 
 
 def _config(**kw) -> EdgeConfig:
-    base = dict(model=TINY, random_weights=True, seed=3, grid="1x2",
-                servers=[ServerAddress("left", "tcp://127.0.0.1:1"), ServerAddress("right", "tcp://127.0.0.1:2")])
+    base = dict(
+        model=TINY,
+        random_weights=True,
+        seed=3,
+        grid="1x2",
+        servers=[ServerAddress("left", "tcp://127.0.0.1:1"), ServerAddress("right", "tcp://127.0.0.1:2")],
+    )
     base.update(kw)
     return EdgeConfig(**base)
 
@@ -53,24 +81,27 @@ def test_parameter_defaults_make_a_valid_config_with_weights():
     assert any("checkpoint" in e and "random_weights" in e for e in errs)
 
 
-@pytest.mark.parametrize("name,value,needle", [
-    ("deadline", -1.0, ">= 0.05"),
-    ("deadline", "fast", "type float"),
-    ("mode", "fast", "one of paper, exact"),
-    ("grid", "6x6", "impossible"),
-    ("grid", "two", "ROWSxCOLS"),
-    ("model", "vit_x", "unknown model"),
-    ("wire_precision", "bfloat16", "one of"),
-    ("amg.pred_iou_thresh", 1.5, "<= 1.0"),
-    ("image_qos.reliability", "sometimes", "best_effort"),
-    ("remotes.servers", ["a=http://x"], "tcp://HOST:PORT"),
-    ("remotes.servers", ["a=tcp://h:1", "a=tcp://h:2"], "unique"),
-    ("remotes.servers", [], "at least one"),
-    ("remotes.assignment", "0,1,9", "only 4 servers"),
-    ("remotes.assignment", "0,x", "neither a server index"),
-    ("max_prompts", 0, ">= 1"),
-    ("nonsense", 1, "unknown parameter"),
-])
+@pytest.mark.parametrize(
+    "name,value,needle",
+    [
+        ("deadline", -1.0, ">= 0.05"),
+        ("deadline", "fast", "type float"),
+        ("mode", "fast", "one of paper, exact"),
+        ("grid", "6x6", "impossible"),
+        ("grid", "two", "ROWSxCOLS"),
+        ("model", "vit_x", "unknown model"),
+        ("wire_precision", "bfloat16", "one of"),
+        ("amg.pred_iou_thresh", 1.5, "<= 1.0"),
+        ("image_qos.reliability", "sometimes", "best_effort"),
+        ("remotes.servers", ["a=http://x"], "tcp://HOST:PORT"),
+        ("remotes.servers", ["a=tcp://h:1", "a=tcp://h:2"], "unique"),
+        ("remotes.servers", [], "at least one"),
+        ("remotes.assignment", "0,1,9", "only 4 servers"),
+        ("remotes.assignment", "0,x", "neither a server index"),
+        ("max_prompts", 0, ">= 1"),
+        ("nonsense", 1, "unknown parameter"),
+    ],
+)
 def test_validate_parameter_gives_reasons(name, value, needle):
     reason = validate_parameter(name, value)
     assert reason and needle in reason, reason
@@ -105,16 +136,28 @@ def test_on_set_validation_refuses_read_only_and_bad_values():
     assert validate_changes({"model": cur["model"]}, cur) is None  # unchanged is fine
     assert "overlay_alpha" in validate_changes({"overlay_alpha": 2.0}, cur)
     assert validate_changes({"deadline": 5.0, "amg.box_nms_thresh": 0.5, "automatic": True}, cur) is None
-    assert set(RUNTIME_PARAMS) >= {"deadline", "overlay_alpha", "automatic", "max_prompts", "amg.pred_iou_thresh",
-                                   "amg.stability_score_thresh", "multimask"}
-    assert all(SPECS[n].read_only for n in ("model", "checkpoint", "mode", "grid", "remotes.servers",
-                                            "keys.client_secret", "wire_precision"))
+    assert set(RUNTIME_PARAMS) >= {
+        "deadline",
+        "overlay_alpha",
+        "automatic",
+        "max_prompts",
+        "amg.pred_iou_thresh",
+        "amg.stability_score_thresh",
+        "multimask",
+    }
+    assert all(
+        SPECS[n].read_only
+        for n in ("model", "checkpoint", "mode", "grid", "remotes.servers", "keys.client_secret", "wire_precision")
+    )
 
 
 def test_servers_and_assignment_parsing():
     s = parse_servers(["a=tcp://127.0.0.1:5601", "tcp://10.0.0.2:5602", "c=ipc:///tmp/c.sock"])
-    assert s == [ServerAddress("a", "tcp://127.0.0.1:5601"), ServerAddress("remote1", "tcp://10.0.0.2:5602"),
-                 ServerAddress("c", "ipc:///tmp/c.sock")]
+    assert s == [
+        ServerAddress("a", "tcp://127.0.0.1:5601"),
+        ServerAddress("remote1", "tcp://10.0.0.2:5602"),
+        ServerAddress("c", "ipc:///tmp/c.sock"),
+    ]
     assert parse_assignment("auto", ["a", "b"]) is None
     assert parse_assignment("0, 1;b a", ["a", "b"]) == [0, 1, 1, 0]
     with pytest.raises(ConfigError):
@@ -150,7 +193,7 @@ def test_edge_yaml_sets_only_declared_parameters_with_their_types():
     import yaml
 
     data = yaml.safe_load((REPO / "config" / "edge.yaml").read_text())
-    (key, body), = data.items()
+    ((key, body),) = data.items()
     assert key == "/**/edge_node", "matches the node in any namespace (-r __ns:=/x)"
     params = body["ros__parameters"]
 
@@ -221,8 +264,10 @@ def test_builder_loads_an_official_format_checkpoint(tiny_b_checkpoint):
     assert torch.equal(p.edge.mask_decoder.iou_token.weight, state["mask_decoder.iou_token.weight"])
     p.close()
     with pytest.raises(Exception, match="shape|lacks"):
-        build_pipeline(_config(model="vit_b/w64h2", random_weights=False, checkpoint=str(tiny_b_checkpoint)),
-                       transport_factory=local_transport)
+        build_pipeline(
+            _config(model="vit_b/w64h2", random_weights=False, checkpoint=str(tiny_b_checkpoint)),
+            transport_factory=local_transport,
+        )
 
 
 # ---------------------------------------------------------------- the worker, with a stand-in segmenter
@@ -272,10 +317,12 @@ class FakeSegmenter:
         self.encoded.append(rgb)
         if self.failures:
             raise self.failures.pop(0)
-        self.stats = EncodeStats(timings={"partition": 0.001, "remote": 0.01, "merge": 0.001, "edge_encoder": 0.002},
-                                 bytes_up=300, bytes_down=100,
-                                 per_server=[ServerFrameStats(n, [i], 0.5, 150, 50, 0.01, 0.005)
-                                             for i, n in enumerate(self.names)])
+        self.stats = EncodeStats(
+            timings={"partition": 0.001, "remote": 0.01, "merge": 0.001, "edge_encoder": 0.002},
+            bytes_up=300,
+            bytes_down=100,
+            per_server=[ServerFrameStats(n, [i], 0.5, 150, 50, 0.01, 0.005) for i, n in enumerate(self.names)],
+        )
         self._size = rgb.shape[:2]
         return self.stats
 
@@ -287,22 +334,31 @@ class FakeSegmenter:
         for k, p in enumerate(prompts, start=1):
             m = np.zeros(self._size, bool)
             x, y, _ = p.points[0]
-            m[int(y):int(y) + 3, int(x):int(x) + 4] = True
+            m[int(y) : int(y) + 3, int(x) : int(x) + 4] = True
             out.append(Instance(k, m, 0.9, 0.95, (int(x), int(y), 4, 3), int(m.sum())))
         return out
 
     def segment_everything(self, rgb):
         self._encode(rgb)
-        return [Instance(1, np.ones(rgb.shape[:2], bool), 0.5, 0.5, (0, 0, rgb.shape[1], rgb.shape[0]),
-                         rgb.shape[0] * rgb.shape[1])]
+        return [
+            Instance(
+                1,
+                np.ones(rgb.shape[:2], bool),
+                0.5,
+                0.5,
+                (0, 0, rgb.shape[1], rgb.shape[0]),
+                rgb.shape[0] * rgb.shape[1],
+            )
+        ]
 
 
 @pytest.fixture
 def fake():
     names = ["left", "right"]
     seg = FakeSegmenter(names)
-    pipe = EdgePipeline(_config(), edge=None, transport=FakeTransport(names),
-                        encoder=SimpleNamespace(timeout_s=30.0), segmenter=seg)
+    pipe = EdgePipeline(
+        _config(), edge=None, transport=FakeTransport(names), encoder=SimpleNamespace(timeout_s=30.0), segmenter=seg
+    )
     results, errors = [], []
     done = threading.Condition()
 
@@ -405,8 +461,13 @@ def test_remote_errors_are_reported_with_server_names_and_the_worker_goes_on(fak
 
 def test_a_frame_whose_result_callback_raises_is_not_counted_as_output():
     names = ["left", "right"]
-    pipe = EdgePipeline(_config(), edge=None, transport=FakeTransport(names),
-                        encoder=SimpleNamespace(timeout_s=30.0), segmenter=FakeSegmenter(names))
+    pipe = EdgePipeline(
+        _config(),
+        edge=None,
+        transport=FakeTransport(names),
+        encoder=SimpleNamespace(timeout_s=30.0),
+        segmenter=FakeSegmenter(names),
+    )
     calls = []
 
     def on_result(r):  # publishing the first frame fails
@@ -503,8 +564,7 @@ def test_worker_owns_the_pipeline_and_build_errors_surface():
 
     def build():
         built_in.append(threading.current_thread().name)
-        return EdgePipeline(_config(), None, FakeTransport(names), SimpleNamespace(timeout_s=1.0),
-                            FakeSegmenter(names))
+        return EdgePipeline(_config(), None, FakeTransport(names), SimpleNamespace(timeout_s=1.0), FakeSegmenter(names))
 
     rt = EdgeRuntime(build).start()
     tr = rt.pipeline.transport
@@ -525,12 +585,14 @@ def test_worker_owns_the_pipeline_and_build_errors_surface():
 def test_real_pipeline_prompted_and_automatic(astronaut):
     cfg = _config(amg=AmgOptions(points_per_side=2, pred_iou_thresh=0.0, stability_score_thresh=0.0))
     results, errors = [], []
-    rt = EdgeRuntime(lambda: build_pipeline(cfg, transport_factory=local_transport), on_result=results.append,
-                     on_error=errors.append).start()
+    rt = EdgeRuntime(
+        lambda: build_pipeline(cfg, transport_factory=local_transport), on_result=results.append, on_error=errors.append
+    ).start()
     try:
         rgb = np.ascontiguousarray(astronaut[::4, ::4])
-        fut = rt.request(Frame(rgb, meta="a"), [ObjectPrompt(points=[(60.0, 40.0, 1)]),
-                                                 ObjectPrompt(box=(10.0, 10.0, 100.0, 120.0))])
+        fut = rt.request(
+            Frame(rgb, meta="a"), [ObjectPrompt(points=[(60.0, 40.0, 1)]), ObjectPrompt(box=(10.0, 10.0, 100.0, 120.0))]
+        )
         r = fut.result(timeout=90)
         assert [i.id for i in r.instances] == [1, 2] and r.instances[0].mask.shape == rgb.shape[:2]
         assert r.stats.bytes_up > 0 and [s.name for s in r.stats.per_server] == ["left", "right"]
@@ -538,8 +600,10 @@ def test_real_pipeline_prompted_and_automatic(astronaut):
         assert [s.tiles for s in r.stats.per_server] == [[0], [1]]
         assert sum(s.share for s in r.stats.per_server) == pytest.approx(1.0)
         remotes = rt.snapshot().remotes
-        assert [(x.name, x.activity.frames, x.activity.tiles) for x in remotes] == [("left", 1, (0,)),
-                                                                                   ("right", 1, (1,))]
+        assert [(x.name, x.activity.frames, x.activity.tiles) for x in remotes] == [
+            ("left", 1, (0,)),
+            ("right", 1, (1,)),
+        ]
         auto = rt.request(Frame(rgb, meta="b"), automatic=True).result(timeout=90)
         assert auto.automatic and auto.meta == "b"
         assert all(i.mask.shape == rgb.shape[:2] for i in auto.instances)
