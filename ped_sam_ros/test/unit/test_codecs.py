@@ -335,7 +335,7 @@ def test_more_bits_more_fidelity_fewer_bits_fewer_bytes():
     assert cos["q8g32"] > 0.99999 and cos["q3g32"] < 0.999
 
 
-@pytest.mark.parametrize("fmt", ["e4", "e8", "e16"])
+@pytest.mark.parametrize("fmt", ["e4", "e8", "e16", "p4", "p8", "p16"])
 def test_entropy_format_error_is_a_fraction_of_a_step(fmt):
     t = _gauss((16, 16, 64))
     arrays = dict(codecs.pack_tokens(t, fmt))
@@ -357,12 +357,44 @@ def test_entropy_format_is_smaller_than_its_fixed_rate_neighbour_at_equal_or_bet
     assert _cos(t, codecs.unpack_tokens(e, t.shape)) > _cos(t, codecs.unpack_tokens(q, t.shape))
 
 
-def test_outlier_token_is_not_clipped_in_entropy_format():
+def _field(shape=(24, 20, 32), rho=0.8, seed=5):
+    """Gaussian tokens correlated with their neighbours (as an image's tokens are)."""
+    rng = np.random.default_rng(seed)
+    h, w, c = shape
+    x = rng.normal(0, 1, (h, w, c)).astype(np.float32)
+    for i in range(1, h):
+        x[i] = rho * x[i - 1] + np.sqrt(1 - rho ** 2) * x[i]
+    for j in range(1, w):
+        x[:, j] = rho * x[:, j - 1] + np.sqrt(1 - rho ** 2) * x[:, j]
+    return x * rng.uniform(0.5, 2.0, c).astype(np.float32) + rng.normal(0, 1, c).astype(np.float32)
+
+
+def test_prediction_makes_correlated_tokens_smaller_at_the_same_error():
+    t = _field()
+    e, p = dict(codecs.pack_tokens(t, "e8")), dict(codecs.pack_tokens(t, "p8"))
+    assert p["tokens:p8"].nbytes < 0.85 * e["tokens:e8"].nbytes
+    err_e = np.mean((codecs.unpack_tokens(e, t.shape) - t) ** 2)
+    err_p = np.mean((codecs.unpack_tokens(p, t.shape) - t) ** 2)
+    assert 0.8 < err_p / err_e < 1.25  # closed loop: the same error as without prediction
+    w = p["predictor"].astype(np.float32)
+    assert w.shape == (2, 32) and 0.3 < w.mean() < 0.7  # left and up weights of a rho=0.8 field
+
+
+def test_prediction_on_tiny_replies():
+    for shape in ((1, 1, 16), (1, 7, 16), (5, 1, 16), (2, 2, 8)):
+        t = _gauss(shape)
+        assert np.allclose(_roundtrip(t, "p16"), t, atol=0.05 * np.abs(t).max() + 0.1), shape
+
+
+@pytest.mark.parametrize("fmt", ["e8", "p8"])
+def test_outlier_token_is_not_clipped_in_entropy_format(fmt):
     t = _gauss((8, 8, 32))
     t[3, 4, 5] = 5e3  # a massive activation in one token
-    arrays = dict(codecs.pack_tokens(t, "e8"))
+    arrays = dict(codecs.pack_tokens(t, fmt))
     out = codecs.unpack_tokens(arrays, t.shape)
-    assert arrays["shifts"][3, 4] > 0 and arrays["shifts"].sum() == arrays["shifts"][3, 4]
+    assert arrays["shifts"][3, 4] > 0
+    if fmt == "e8":
+        assert arrays["shifts"].sum() == arrays["shifts"][3, 4]
     assert abs(out[3, 4, 5] - 5e3) / 5e3 < 0.01
     others = np.ones(t.shape[:2], bool)
     others[3, 4] = False
@@ -372,7 +404,7 @@ def test_outlier_token_is_not_clipped_in_entropy_format():
 def test_outlier_channel_keeps_other_channels_accurate():
     t = _gauss((8, 8, 64))
     t[..., 7] *= 1000.0  # an outlier channel, as real ViTs have
-    for fmt in ("q5g64", "e8"):
+    for fmt in ("q5g64", "e8", "p8"):
         out = _roundtrip(t, fmt)
         rest = np.ones(64, bool)
         rest[7] = False
@@ -381,10 +413,10 @@ def test_outlier_channel_keeps_other_channels_accurate():
 
 def test_constant_and_empty_inputs():
     flat = np.full((4, 4, 16), 2.5, np.float32)
-    for fmt in ("q4g16", "e8", "int8"):
+    for fmt in ("q4g16", "e8", "p8", "int8"):
         assert np.allclose(_roundtrip(flat, fmt), flat, atol=1e-3), fmt
     empty = np.zeros((0, 5, 16), np.float32)
-    for fmt in ("q4g16", "e8", "float16"):
+    for fmt in ("q4g16", "e8", "p8", "float16"):
         assert _roundtrip(empty, fmt).shape == (0, 5, 16)
 
 
@@ -401,13 +433,14 @@ def test_payload_bytes_are_exact_for_fixed_rate_and_a_bound_for_entropy():
     for fmt in codecs.TOKEN_FORMATS:
         f = codecs.token_format(fmt)
         got = sum(a.nbytes for _, a in codecs.pack_tokens(t, fmt))
-        if f.base == "e":
+        if f.base in ("e", "p"):
             assert got < f.payload_bytes(63, 64), fmt
         else:
             assert got == f.payload_bytes(63, 64), fmt
 
 
-@pytest.mark.parametrize("name", ["q9g64", "q1g64", "q4g63", "q4g512", "e0", "e65", "e07", "float64", "q4g64+zstd",
+@pytest.mark.parametrize("name", ["q9g64", "q1g64", "q4g63", "q4g512", "e0", "e65", "e07", "p0", "p99", "d8",
+                                  "float64", "q4g64+zstd",
                                   "int4", "", None, 8])
 def test_unknown_token_formats(name):
     assert _code(codecs.token_format, name) == "bad_dtype"
@@ -416,7 +449,7 @@ def test_unknown_token_formats(name):
 def test_tokens_must_be_finite_to_pack():
     t = _gauss((2, 2, 16))
     t[0, 0, 0] = np.nan
-    for fmt in ("int8", "q4g16", "e8"):
+    for fmt in ("int8", "q4g16", "e8", "p8"):
         with pytest.raises(ValueError):
             codecs.pack_tokens(t, fmt)
 
@@ -435,7 +468,7 @@ def test_reply_format_must_match_the_request():
     assert codecs.unpack_tokens(arrays, t.shape, "q4g64").shape == t.shape
 
 
-@pytest.mark.parametrize("fmt", ["q4g64", "e8"])
+@pytest.mark.parametrize("fmt", ["q4g64", "e8", "p8"])
 def test_bad_side_tensors(fmt):
     t = _gauss()
     good = dict(codecs.pack_tokens(t, fmt))
@@ -458,6 +491,11 @@ def test_bad_side_tensors(fmt):
     zero = good["channel_scales"].copy()
     zero[3] = 0
     assert _bad({**good, "channel_scales": zero}) == "bad_reply"
+    if fmt == "p8":
+        for value in (np.nan, 2.5, -2.5):
+            w = good["predictor"].copy()
+            w[1, 7] = value
+            assert _bad({**good, "predictor": w}) == "bad_reply", value
 
 
 def test_negative_group_scale_is_refused():
