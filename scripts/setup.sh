@@ -77,7 +77,8 @@ done
 # Top-level packages are part of the key: the editable finder maps them at install time.
 TOPPKGS="$(cd "$PKG" && { ls -d -- */__init__.py 2>/dev/null || true; } | LC_ALL=C sort | tr '\n' ' ')"
 PKG_HASH="$(hash_files ped_sam_ros/setup.py ped_sam_ros/setup.cfg ped_sam_ros/package.xml)-$(printf '%s' "$TOPPKGS" | sha256sum | cut -c1-16)"
-if ! stamp_ok pkg "$PKG_HASH"; then
+# (the console script too: a `pip install --prefix` elsewhere without --ignore-installed uninstalls it)
+if ! stamp_ok pkg "$PKG_HASH" || [ ! -x "$VENV/bin/edge_node" ]; then
     log "installing ped_sam_ros (editable)"
     # quiet unless it fails (setuptools always warns about editable installs)
     if ! out="$("$VPY" -m pip install --quiet --no-deps --no-build-isolation -e "$PKG" 2>&1)"; then
