@@ -14,14 +14,13 @@ from __future__ import annotations
 import ast
 import importlib.util
 import re
-import sys
-import types
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
 from helpers import PKG_DIR
+from helpers.launch import evaluate_launch_file
 
 LAUNCH = PKG_DIR / "launch"
 CONFIG = PKG_DIR / "config"
@@ -151,66 +150,15 @@ def test_fastdds_profiles_large_shm_and_who_can_see_the_node():
 
 # ------------------------------------------------------------------ recording stand-ins of the launch API
 
-
-class _Rec:
-    """Records its constructor arguments."""
-
-    def __init__(self, *args, **kwargs):
-        self.args, self.kwargs = args, kwargs
+FAKE_LIBEXEC = "/fake/prefix/lib"
 
 
-class _LaunchConfiguration(_Rec):
-    def perform(self, context):
-        return context[self.args[0]]
-
-
-class _ExecutableInPackage(_Rec):
-    """Resolves like launch_ros: ``<prefix>/lib/<package>/<executable>`` (here a fake prefix)."""
-
-    def perform(self, context):
-        return f"/fake/prefix/lib/{self.kwargs['package']}/{self.kwargs['executable']}"
-
-
-def _stub_modules(share: Path):
-    mods = {}
-
-    def mod(name, **attrs):
-        m = types.ModuleType(name)
-        m.__dict__.update(attrs)
-        mods[name] = m
-        return m
-
-    classes = {
-        n: type(n, (_Rec,), {})
-        for n in ("LaunchDescription", "DeclareLaunchArgument", "ExecuteProcess", "OpaqueFunction", "LogInfo", "Node")
-    }
-    mod("launch", LaunchDescription=classes["LaunchDescription"])
-    mod(
-        "launch.actions",
-        **{n: classes[n] for n in ("DeclareLaunchArgument", "ExecuteProcess", "OpaqueFunction", "LogInfo")},
-    )
-    mod("launch.substitutions", LaunchConfiguration=_LaunchConfiguration)
-    mod("launch_ros")
-    mod("launch_ros.actions", Node=classes["Node"])
-    mod("launch_ros.substitutions", ExecutableInPackage=_ExecutableInPackage)
-    mod("ament_index_python")
-    mod("ament_index_python.packages", get_package_share_directory=lambda pkg: str(share))
-    return mods
-
-
-def _evaluate_with_stubs(path: Path, monkeypatch):
-    for name, m in _stub_modules(PKG_DIR).items():
-        monkeypatch.setitem(sys.modules, name, m)
-    spec = importlib.util.spec_from_file_location(f"launch_under_test_{path.stem.replace('.', '_')}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    ld = module.generate_launch_description()
-    entities = ld.args[0]
-    defaults = {
-        e.args[0]: e.kwargs.get("default_value", "") for e in entities if type(e).__name__ == "DeclareLaunchArgument"
-    }
-    opaque = next(e for e in entities if type(e).__name__ == "OpaqueFunction")
-    return opaque.kwargs["function"], defaults
+def _evaluate_with_stubs(path: Path):
+    """(the launch file's OpaqueFunction, its arguments' defaults), the package's share dir
+    being this source tree and ``ExecutableInPackage`` giving ``/fake/prefix/lib/<pkg>/<exe>``."""
+    ev = evaluate_launch_file(path, lambda pkg: str(PKG_DIR), lambda exe, pkg: f"{FAKE_LIBEXEC}/{pkg}/{exe}")
+    (function,) = ev.opaque
+    return function, ev.defaults
 
 
 def _edge_node(function, ctx):
@@ -219,8 +167,8 @@ def _edge_node(function, ctx):
     return node
 
 
-def test_edge_launch_evaluates_to_a_node_with_params_file_remaps_and_its_own_profile(monkeypatch):
-    function, defaults = _evaluate_with_stubs(EDGE, monkeypatch)
+def test_edge_launch_evaluates_to_a_node_with_params_file_remaps_and_its_own_profile():
+    function, defaults = _evaluate_with_stubs(EDGE)
     assert defaults["params_file"] == str(CONFIG / "edge.yaml")  # share dir -> config/edge.yaml
     node = _edge_node(function, dict(defaults))
     assert node.kwargs["parameters"] == [str(CONFIG / "edge.yaml")]
@@ -243,20 +191,20 @@ def test_edge_launch_evaluates_to_a_node_with_params_file_remaps_and_its_own_pro
         function(dict(defaults, fastdds_profile="tcp_only"))
 
 
-def test_edge_launch_names_a_missing_params_file(monkeypatch, tmp_path):
-    function, defaults = _evaluate_with_stubs(EDGE, monkeypatch)
+def test_edge_launch_names_a_missing_params_file(tmp_path):
+    function, defaults = _evaluate_with_stubs(EDGE)
     missing = tmp_path / "no_such_edge.yaml"
     with pytest.raises(RuntimeError, match=re.escape(str(missing))):
         function(dict(defaults, params_file=str(missing)))
 
 
-def test_remotes_launch_evaluates_to_server_processes(monkeypatch):
-    function, defaults = _evaluate_with_stubs(REMOTES, monkeypatch)
+def test_remotes_launch_evaluates_to_server_processes():
+    function, defaults = _evaluate_with_stubs(REMOTES)
     ctx = dict(defaults)
     procs = function(ctx)
     assert [p.kwargs["name"] for p in procs] == ["remote-a", "remote-b", "remote-c", "remote-d"]
     cmd = procs[0].kwargs["cmd"]
-    assert cmd[0] == "/fake/prefix/lib/ped_sam_ros/ped-sam-remote"  # ExecutableInPackage, not PATH
+    assert cmd[0] == f"{FAKE_LIBEXEC}/ped_sam_ros/ped-sam-remote"  # ExecutableInPackage, not PATH
     assert cmd[cmd.index("--bind") + 1] == "tcp://127.0.0.1:5601"
     ctx.update(count="2", base_port="6000", checkpoint="/models/sam_vit_b_01ec64.pth")
     cmds = [p.kwargs["cmd"] for p in function(ctx)]
@@ -271,8 +219,8 @@ def test_remotes_launch_evaluates_to_server_processes(monkeypatch):
             assert parsed.log_level == {"warn": "warning", "fatal": "error"}.get(level, level)
 
 
-def test_remotes_launch_names_a_missing_remotes_file(monkeypatch, tmp_path):
-    function, defaults = _evaluate_with_stubs(REMOTES, monkeypatch)
+def test_remotes_launch_names_a_missing_remotes_file(tmp_path):
+    function, defaults = _evaluate_with_stubs(REMOTES)
     with pytest.raises(RuntimeError, match="remotes_file .*nope.yaml"):
         function(dict(defaults, remotes_file=str(tmp_path / "nope.yaml")))
 
