@@ -374,3 +374,22 @@ def test_obfuscated_and_dropped_tiles_change_the_embedding(tiny):
 def test_default_detector_is_mtcnn_or_haar_where_facenet_is_missing():
     det = make_detector("default")
     assert det.name in ("mtcnn", "haar") and det.classes == ("face",)
+
+
+def test_exposure_bench_registers_a_known_pan_and_counts_only_what_leaves_the_edge():
+    from ped_sam_ros.bench.exposure import FRAME_HW, _tile_masks, pan_path, panorama, register
+
+    scene, faces = panorama()
+    path = pan_path(scene.shape[1])[:3]
+    frames = [np.ascontiguousarray(scene[y:y + FRAME_HW[0], x:x + FRAME_HW[1]]) for y, x in path]
+    hs = register(frames)
+    for (y, x), h in zip(path, hs):
+        # frame pixel (0, 0) lies at the frame's offset from the first frame
+        assert h[0, 2] == pytest.approx(x - path[0][1], abs=1.5) and h[1, 2] == pytest.approx(y - path[0][0], abs=1.5)
+    lay = best_layout(CONTENT, 4)
+    face = [_face(20, 20, 60, 60)]
+    sent = _tile_masks(plan_frame(lay.partition, lay.assignment, ORIG, CONTENT, face, PolicyConfig()), ORIG)
+    allsent = _tile_masks(plan_frame(lay.partition, lay.assignment, ORIG, CONTENT, face,
+                                     PolicyConfig(actions={"face": "send"})), ORIG)
+    assert len(allsent) == len(lay.partition) and len(sent) == len(lay.partition) - 1
+    assert sum(m.sum() for m in allsent.values()) == ORIG[0] * ORIG[1]  # tiles cover the frame once
