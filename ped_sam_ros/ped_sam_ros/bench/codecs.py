@@ -58,7 +58,8 @@ from ..core.wire import (EncodeRequest, decode_message, encode_message, frames_n
 log = logging.getLogger("ped_sam_ros.bench.codecs")
 
 DEFAULT_TOKEN_FORMATS = ("float16", "int8", "q6g64", "q5g64", "q5g128", "q4g64", "q4g32", "q3g32",
-                         "e16", "e12", "e10", "e8", "e6", "e5", "e4", "e3")
+                         "e16", "e12", "e10", "e8", "e6", "e5", "e4", "e3",
+                         "p16", "p12", "p10", "p8", "p6", "p5", "p4", "p3")
 DEFAULT_PIXEL_CODECS = ("png", "webp:100", "webp:95", "webp:90", "webp:80", "jpeg:98", "jpeg:95", "jpeg:90",
                         "jpeg:85", "jpeg:75")
 #: the issue's rule for defaults (against the uncompressed run, random weights)
@@ -383,13 +384,16 @@ def run_tokens(models: Sequence[str], image: Tuple[str, np.ndarray], formats: Se
         for fmt in dict.fromkeys(list(formats) + list(edge_formats)):
             tr = TokenReplayTransport(get_geometry(model), tiles, fmt)
             jobs = [TileJob(t, 0, np.zeros((0, 0, 3), np.uint8)) for t in partition.tiles]
-            tr.encode(jobs, "paper")  # warm-up; the second run is timed
-            results = tr.encode(jobs, "paper")
+            tr.encode(jobs, "paper")  # warm-up; then the fastest of three runs (the CPU is shared)
+            runs = [(tr.encode(jobs, "paper"), tr.times) for _ in range(3)]
+            results = runs[0][0]
             cos = _cosine(np.concatenate([tiles[r.tile.index].ravel() for r in results]),
                           np.concatenate([r.tokens.ravel() for r in results]))
+            nbytes = runs[0][1].bytes
             row = {"model": model, "channels": int(grid_tokens.shape[-1]), "image": name, "format": fmt,
-                   "bytes": tr.times.bytes, "bits_per_value": 8 * tr.times.bytes / grid_tokens.size,
-                   "encode_ms": 1e3 * tr.times.encode_s, "decode_ms": 1e3 * tr.times.decode_s, "token_cosine": cos}
+                   "bytes": nbytes, "bits_per_value": 8 * nbytes / grid_tokens.size,
+                   "encode_ms": 1e3 * min(t.encode_s for _, t in runs),
+                   "decode_ms": 1e3 * min(t.decode_s for _, t in runs), "token_cosine": cos}
             row.update(fidelity.get(fmt, {}))
             rows.append(row)
         echo(f"  tokens {model}: {len(rows)} rows so far")

@@ -63,6 +63,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 #: with anything on the host)
 SERVER_PORT = 5600
 PROXY_PORT = 6600
+#: the proxy's throughput probe (a sink and a source of bytes, behind the same delay)
+PROBE_PORT = 6599
 STARTUP_TIMEOUT_S = 180.0
 #: the delay proxy's chunk size
 CHUNK = 1 << 20
@@ -318,6 +320,67 @@ def _pump(src: socket.socket, dst: socket.socket, delay_s: float, log: _Log, con
     w.join()
 
 
+def _probe_session(conn: socket.socket, delay_s: float) -> None:
+    """One throughput probe: ``U`` + 8-byte size + that many bytes -> ``K`` once all arrived;
+    ``D`` + 8-byte size -> that many bytes.  Each answer leaves after the one-way delay (the
+    request's own delay is that of the edge -> proxy direction, added here too)."""
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    with conn:
+        head = b""
+        while len(head) < 9:
+            part = conn.recv(9 - len(head))
+            if not part:
+                return
+            head += part
+        size = int.from_bytes(head[1:], "big")
+        if head[:1] == b"U":
+            left = size
+            while left > 0:
+                part = conn.recv(min(CHUNK, left))
+                if not part:
+                    return
+                left -= len(part)
+            time.sleep(2 * delay_s)  # the last byte's delay on the way here, the ack's on the way back
+            conn.sendall(b"K")
+        elif head[:1] == b"D":
+            time.sleep(2 * delay_s)  # the request's delay here, the first reply byte's back
+            block = bytes(min(CHUNK, size))
+            left = size
+            while left > 0:
+                n = min(len(block), left)
+                conn.sendall(block[:n])
+                left -= n
+
+
+def probe_throughput(host: str, nbytes: int, timeout_s: float = 60.0) -> Tuple[float, float]:
+    """Seconds to push ``nbytes`` up to the proxy and to pull them down (each including the
+    delays of one round trip), from the edge namespace."""
+    out = []
+    for kind in (b"U", b"D"):
+        with socket.create_connection((host, PROBE_PORT), timeout=timeout_s) as s:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            t0 = time.monotonic()
+            s.sendall(kind + nbytes.to_bytes(8, "big"))
+            if kind == b"U":
+                block = bytes(min(CHUNK, nbytes))
+                left = nbytes
+                while left > 0:
+                    n = min(len(block), left)
+                    s.sendall(block[:n])
+                    left -= n
+                if s.recv(1) != b"K":
+                    raise RuntimeError("throughput probe: no acknowledgement")
+            else:
+                left = nbytes
+                while left > 0:
+                    part = s.recv(CHUNK)
+                    if not part:
+                        raise RuntimeError("throughput probe: short download")
+                    left -= len(part)
+            out.append(time.monotonic() - t0)
+    return out[0], out[1]
+
+
 def run_proxy(listen_host: str, pairs: Sequence[Tuple[int, int]], delay_ms: float, log_path: str,
               ready_file: str) -> None:
     """Forward ``listen_host:listen_port`` -> ``127.0.0.1:target_port`` for each pair, adding
@@ -348,6 +411,16 @@ def run_proxy(listen_host: str, pairs: Sequence[Tuple[int, int]], delay_ms: floa
             threading.Thread(target=_pump, args=(server, client, delay_s, log, conn, listen_port, "down"),
                              daemon=True).start()
 
+    def probes(lsock: socket.socket):
+        while True:
+            conn, _ = lsock.accept()
+            threading.Thread(target=_probe_session, args=(conn, delay_s), daemon=True).start()
+
+    ps = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    ps.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ps.bind((listen_host, PROBE_PORT))
+    ps.listen(4)
+    threading.Thread(target=probes, args=(ps,), daemon=True).start()
     for listen_port, target_port in pairs:
         ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -380,6 +453,8 @@ class EdgeJob:
     out: str
     threads: int = 1
     timeout_s: float = 120.0
+    probe_host: str = ""
+    probe_bytes: int = 0
 
 
 def _edge_codec_times(jobs, token_format: str, pixel_codec: str, channels: int) -> Tuple[float, float]:
@@ -449,6 +524,10 @@ def run_edge(job: EdgeJob) -> None:
         def info(self, timeout_s=2.0):
             return self.inner.info(timeout_s)
 
+    probe = {}
+    if job.probe_host and job.probe_bytes:
+        up_s, down_s = probe_throughput(job.probe_host, job.probe_bytes)
+        probe = {"probe_bytes": job.probe_bytes, "probe_up_s": up_s, "probe_down_s": down_s}
     for token_format, pixel_codec in job.combos:
         zt = ZmqTransport(addresses, job.model, token_format, pixel_codec=pixel_codec)
         try:
@@ -467,7 +546,7 @@ def run_edge(job: EdgeJob) -> None:
                     enc_s, dec_s = sorted(t[0] for t in times)[1], sorted(t[1] for t in times)[1]
                     continue
                 results.append({
-                    "token_format": token_format, "pixel_codec": pixel_codec, "frame": k,
+                    **probe, "token_format": token_format, "pixel_codec": pixel_codec, "frame": k,
                     "t_start": t_start, "t_end": t_end, "t_remote0": tr.t0, "t_remote1": tr.t1,
                     "timings": dict(stats.timings), "edge_pixel_encode_s": enc_s, "edge_token_decode_s": dec_s,
                     "bytes_up": stats.bytes_up, "bytes_down": stats.bytes_down,
@@ -632,7 +711,8 @@ def run_link_benchmark(run: LinkRun, workdir: Optional[Path] = None, echo=print,
             _wait_file(pready, proxy, "delay proxy", pout, 30.0)
             job = EdgeJob([f"tcp://{link.server_ip}:{a}" for a, _ in pairs], run.model, run.seed, run.image, run.grid,
                           run.frames, [list(c) for c in run.combos], str(workdir / f"edge{n}.json"), run.threads,
-                          run.frame_timeout_s)
+                          run.frame_timeout_s, link.server_ip,
+                          max(1 << 20, int(min(spec.up_mbit, spec.down_mbit) * 1e6 / 8 * 0.5)))
             jpath = workdir / f"edge{n}.job.json"
             jpath.write_text(json.dumps(asdict(job)))
             elog = workdir / f"edge{n}.log"
@@ -679,18 +759,29 @@ def summarize(results: Sequence[Dict]) -> List[Dict]:
                     "edge_s": mean("edge_s"),
                     "edge_codec_s": sum(r["edge_pixel_encode_s"] + r["edge_token_decode_s"] for r in rows) / len(rows),
                     "server_compute_s": sum(max(t["compute_s"] for t in r["tiles"]) for r in rows) / len(rows),
-                    "link_spec": rows[0]["link"]})
+                    "link_spec": rows[0]["link"], **_probe_rates(rows[0])})
     return out
+
+
+def _probe_rates(row: Dict) -> Dict:
+    """Measured Mbit/s each way from the throughput probe (one round trip of delay taken out)."""
+    if "probe_bytes" not in row:
+        return {}
+    rtt = 2 * row["link"]["delay_ms"] / 1000
+    bits = 8 * row["probe_bytes"]
+    return {"measured_up_mbit": bits / max(row["probe_up_s"] - rtt, 1e-6) / 1e6,
+            "measured_down_mbit": bits / max(row["probe_down_s"] - rtt, 1e-6) / 1e6}
 
 
 def table(summary: Sequence[Dict]) -> str:
     def ms(v):
         return "-" if v is None else f"{1e3 * v:.0f}"
 
-    lines = ["| link | tokens | pixels | MB up | MB down | total ms | upload | server (compute) | download | edge "
-             "| edge codec |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| link (measured up/down Mbit/s) | tokens | pixels | MB up | MB down | total ms | upload | server "
+             "(compute) | download | edge | edge codec |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for s in summary:
-        lines.append(f"| {s['link']} | {s['token_format']} | {s['pixel_codec']} | {s['bytes_up'] / 1e6:.3f} | "
+        rates = (f" ({s['measured_up_mbit']:.0f}/{s['measured_down_mbit']:.0f})" if "measured_up_mbit" in s else "")
+        lines.append(f"| {s['link']}{rates} | {s['token_format']} | {s['pixel_codec']} | {s['bytes_up'] / 1e6:.3f} | "
                      f"{s['bytes_down'] / 1e6:.3f} | {ms(s['total_s'])} | {ms(s['upload_s'])} | "
                      f"{ms(s['server_s'])} ({ms(s['server_compute_s'])}) | {ms(s['download_s'])} | "
                      f"{ms(s['edge_s'])} | {ms(s['edge_codec_s'])} |")
