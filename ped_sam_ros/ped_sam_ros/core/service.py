@@ -21,7 +21,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import wire
-from .model import MODES, SamGeometry
+from .model import MODES, SamGeometry, parse_mode
 from .wire import EncodeRequest, WireError, decode_message, encode_message, pack_tokens, parse_encode_request
 
 
@@ -32,8 +32,10 @@ def check_encode_request(header: dict, arrays, model: str) -> EncodeRequest:
     req = parse_encode_request(header, arrays)
     if req.model != model:
         raise WireError("wrong_model", f"this server runs {model}, the request is for {req.model}")
-    if req.mode not in MODES:
-        raise WireError("bad_mode", f"unknown mode {req.mode!r} (servers run {list(MODES)})")
+    try:  # exact, paper or k<N> (N groups offloaded) for this model
+        parse_mode(req.mode, model)
+    except ValueError as e:
+        raise WireError("bad_mode", f"unknown mode {req.mode!r}: {e}") from None
     return req
 
 
