@@ -271,11 +271,11 @@ def test_colcon_build_layout(tmp_path, symlink):
             "colcon is not installed here (colcon-core requires setuptools<80; the project pins 84.2.1 "
             "for torch): the colcon-like layout above runs setup.py exactly as colcon does"
         )
-    ws = tmp_path / "ws"
-    _source_copy(ws / "src" / "ped_sam_ros")
-    shutil.copytree(WORKSPACE / "ped_sam_msgs", ws / "src" / "ped_sam_msgs")
     listed = _run([colcon, "list", "--names-only", "--base-paths", str(WORKSPACE)], cwd=tmp_path).stdout.split()
     assert sorted(listed) == ["ped_sam_msgs", "ped_sam_ros"]  # both found from the workspace root
+    # ped_sam_ros alone: ped_sam_msgs comes from the underlay (AMENT_PREFIX_PATH), so no cmake build here
+    ws = tmp_path / "ws"
+    _source_copy(ws / "src" / "ped_sam_ros")
     cmd = [
         colcon,
         "build",
@@ -285,8 +285,6 @@ def test_colcon_build_layout(tmp_path, symlink):
         str(ws / "build"),
         "--install-base",
         str(ws / "install"),
-        "--packages-select",
-        PACKAGE,
     ]
     _run(cmd + (["--symlink-install"] if symlink else []), cwd=ws)
     prefix = ws / "install" / PACKAGE
