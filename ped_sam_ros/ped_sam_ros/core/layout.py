@@ -297,3 +297,70 @@ def fixed_grid_layout(content_hw: Tuple[int, int], num_servers: int) -> Optional
     part = Partition.grid(side, side)
     return _make_layout(part, round_robin_assignment(part, num_servers), num_servers,
                         tuple(int(v) for v in content_hw), True)
+
+
+# ---------------------------------------------------------------------------
+# The share table (``python -m ped_sam_ros.core.layout``)
+
+#: frame shapes (original h, w) the share table covers
+TABLE_SHAPES = {"4:3": (480, 640), "16:9": (720, 1280), "1:1": (512, 512), "3:4": (640, 480), "9:16": (1280, 720)}
+TABLE_SERVERS = (2, 3, 4, 5, 6, 8, 9, 12, 16)
+
+
+def share_table(shapes: Dict[str, Tuple[int, int]] = TABLE_SHAPES, servers: Sequence[int] = TABLE_SERVERS,
+                node_limit: int = DEFAULT_NODE_LIMIT) -> List[dict]:
+    """One row per frame shape and server count: the best layout's largest share, the same
+    search with adjacency allowed (the floor of aligned layouts), and the fixed square grid."""
+    import time
+
+    rows = []
+    for name, orig in shapes.items():
+        content = content_shape(orig)
+        for k in servers:
+            t0 = time.perf_counter()
+            lay = best_layout(content, k, node_limit=node_limit)
+            dt = time.perf_counter() - t0
+            free = best_layout(content, k, allow_adjacent=True, node_limit=node_limit)
+            fixed = fixed_grid_layout(content, k)
+            rows.append({"shape": name, "orig_hw": list(orig), "content_hw": list(content), "servers": k,
+                         "layout": lay.to_dict(), "max_share": lay.max_share, "times_k": lay.max_share * k,
+                         "adjacent_allowed_max_share": free.max_share,
+                         "ratio_to_adjacent_allowed": lay.max_share / free.max_share,
+                         "fixed_grid_max_share": fixed.max_share if fixed else None,
+                         "optimal": lay.optimal, "adjacent_allowed_optimal": free.optimal, "search_s": dt})
+    return rows
+
+
+def _format_row(r: dict) -> str:
+    p = r["layout"]["partition"]
+    fixed = "-" if r["fixed_grid_max_share"] is None else f"{r['fixed_grid_max_share']:.1%}"
+    return (f"| {r['shape']} | {r['servers']} | {p['rows']}x{p['cols']} rows{tuple(p['row_cuts'])} "
+            f"cols{tuple(p['col_cuts'])} | {r['max_share']:.1%} | {r['times_k']:.3f} | "
+            f"{r['adjacent_allowed_max_share']:.1%} | {r['ratio_to_adjacent_allowed']:.3f} | {fixed} | "
+            f"{'yes' if r['optimal'] else 'no'} | {'yes' if r['adjacent_allowed_optimal'] else 'no'} | "
+            f"{r['search_s']:.1f} |")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    import argparse
+    import json
+
+    ap = argparse.ArgumentParser(description="Largest single-server share of the best aligned layout per frame "
+                                             "shape and server count.")
+    ap.add_argument("--servers", type=int, nargs="+", default=list(TABLE_SERVERS))
+    ap.add_argument("--json", default=None, help="also write the rows as JSON here")
+    args = ap.parse_args(argv)
+    rows = share_table(servers=args.servers)
+    print("| frame | K | layout (token cuts) | largest share | x K | adjacency allowed | ratio | fixed grid |"
+          " proven best | floor proven | search s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(_format_row(r))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

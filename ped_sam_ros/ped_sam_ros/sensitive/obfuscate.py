@@ -40,8 +40,12 @@ def obfuscate_region(crop: np.ndarray, op: str, region: tuple, whole: Box, y_off
     patch = crop[y0:y1, x0:x1]
     if op == "blur":
         sigma = max(1.0, config.blur_strength * side)
-        crop[y0:y1, x0:x1] = cv2.GaussianBlur(patch, (0, 0), sigmaX=sigma, sigmaY=sigma,
-                                              borderType=cv2.BORDER_REFLECT)
+        # a wide Gaussian is slow at full resolution: blur a copy shrunk by sigma/3 and enlarge it
+        f = max(1.0, sigma / 3.0)
+        ph, pw = patch.shape[:2]
+        small = cv2.resize(patch, (max(1, round(pw / f)), max(1, round(ph / f))), interpolation=cv2.INTER_AREA)
+        small = cv2.GaussianBlur(small, (0, 0), sigmaX=sigma / f, sigmaY=sigma / f, borderType=cv2.BORDER_REFLECT)
+        crop[y0:y1, x0:x1] = cv2.resize(small, (pw, ph), interpolation=cv2.INTER_LINEAR)
     elif op == "pixelate":
         cell = max(2.0, side / config.pixelate_cells)
         # cell index of every pixel, counted from the object's top-left corner (same in every tile)
