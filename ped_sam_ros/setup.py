@@ -30,6 +30,7 @@ CONSOLE_SCRIPTS = [
     "ped-sam-keys = remote_node.keys:main",
     "ped-sam-demo = ped_sam_ros.tools.demo:main",
     "ped-sam-eval = ped_sam_ros.tools.evaluate:main",
+    "ped-sam-bench = ped_sam_ros.tools.bench:main",
     "ped-sam-bag-play = ped_sam_ros.tools.bag_play:main",
     "ped-sam-bag-record = ped_sam_ros.tools.bag_record:main",
     "ped-sam-make-bag = ped_sam_ros.tools.make_bag:main",
