@@ -74,3 +74,30 @@ def test_frames_over_a_shaped_delayed_link(tmp_path):
     assert small["bytes_up"] < raw["bytes_up"] / 4 and small["bytes_down"] < raw["bytes_down"] / 2
     assert small["upload_s"] < raw["upload_s"]
     assert time.monotonic() - t0 < 470
+
+
+def test_split_follows_the_reply_that_completes_last():
+    """The latency split from a synthetic proxy log (no namespaces needed): two servers,
+    the second one's reply completes last; the four parts add up to the frame."""
+    frame = {"t_start": 9.0, "t_end": 12.0, "t_remote0": 10.0, "t_remote1": 11.0,
+             "tiles": [{"server": 0, "bytes_down": 1000}, {"server": 1, "bytes_down": 3000}]}
+    ev = [  # (connection, port, direction, in/out, time, bytes)
+        (1, 6600, "up", "out", 10.20, 5000), (2, 6601, "up", "out", 10.30, 4000), (2, 6601, "up", "out", 10.40, 4000),
+        (2, 6601, "up", "out", 10.60, 20),  # a heartbeat after the request: not part of the upload
+        (1, 6600, "down", "in", 10.50, 1000), (1, 6600, "down", "out", 10.55, 1000),
+        (2, 6601, "down", "in", 10.80, 3000), (2, 6601, "down", "out", 10.95, 3000),
+    ]
+    got = L.split_frame(frame, ev, [6600, 6601])
+    assert got["upload_s"] == pytest.approx(0.40) and got["download_s"] == pytest.approx(0.20)
+    assert got["server_s"] == pytest.approx(0.40) and got["edge_s"] == pytest.approx(2.0)
+    assert sum(got[k] for k in ("upload_s", "server_s", "download_s", "edge_s")) == pytest.approx(got["total_s"])
+    # no proxy events: only the edge part is known
+    assert L.split_frame(frame, [], [6600, 6601])["upload_s"] is None
+
+
+def test_link_specs():
+    assert L.LinkSpec.parse("100:20") == L.LinkSpec(100, 100, 20)
+    assert L.LinkSpec.parse("20/100:50") == L.LinkSpec(20, 100, 50)
+    for bad in ("0:5", "10:-1", "x:1"):
+        with pytest.raises(ValueError):
+            L.LinkSpec.parse(bad)

@@ -543,3 +543,16 @@ def test_payload_under_the_wrong_name_is_refused():
     assert _bad(renamed) == "bad_reply"
     two = {**good, "tokens": np.zeros((6, 10, 64), np.float16)}
     assert _bad(two) == "bad_reply"
+
+
+def test_the_rule_for_defaults_picks_the_smallest_format_that_passes():
+    from ped_sam_ros.bench.codecs import choose
+
+    summary = [{"format": "float16", "embedding_cosine_min": 1.0, "point_iou": 1.0},
+               {"format": "e8", "embedding_cosine_min": 0.9995, "point_iou": 0.99},
+               {"format": "p6", "embedding_cosine_min": 0.9991, "point_iou": 0.985},
+               {"format": "p3", "embedding_cosine_min": 0.998, "point_iou": 0.99},  # cosine too low
+               {"format": "p4", "embedding_cosine_min": 0.9992, "point_iou": 0.97}]  # IoU too low
+    sizes = {"float16": 10.0, "e8": 3.4, "p6": 2.5, "p3": 2.0, "p4": 2.2}
+    assert choose(summary, "format", sizes)["format"] == "p6"
+    assert choose(summary[3:], "format", sizes) is None
