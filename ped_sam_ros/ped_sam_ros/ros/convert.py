@@ -15,49 +15,15 @@ import numpy as np
 from ped_sam_ros.core.masks import label_image, mask_to_rle, rle_to_bool
 from ped_sam_ros.core.pipeline import Instance, ObjectPrompt
 
-#: encoding -> (channels, index order that gives RGB)
-ENCODINGS = {
-    "rgb8": (3, (0, 1, 2)),
-    "bgr8": (3, (2, 1, 0)),
-    "rgba8": (4, (0, 1, 2)),
-    "bgra8": (4, (2, 1, 0)),
-    "mono8": (1, (0, 0, 0)),
-}
-SUPPORTED_ENCODINGS = tuple(ENCODINGS)
+# raw camera images (8/16-bit, Bayer, YUV 4:2:2): their own module, re-exported here
+from .image_encodings import SUPPORTED_ENCODINGS, UnsupportedImage, image_to_rgb  # noqa: F401
 
-
-class UnsupportedImage(ValueError):
-    """An image the node cannot use (encoding, size or data length)."""
 
 
 def _bytes_of(data) -> np.ndarray:
     if isinstance(data, np.ndarray):
         return data.view(np.uint8).reshape(-1)
     return np.frombuffer(memoryview(data).cast("B"), dtype=np.uint8)
-
-
-def image_to_rgb(msg) -> np.ndarray:
-    """``sensor_msgs/Image`` (rgb8, bgr8, rgba8, bgra8, mono8) -> uint8 HxWx3 RGB.
-
-    Honours ``step`` (row padding); raises :class:`UnsupportedImage` with the
-    reason otherwise.
-    """
-    enc = msg.encoding
-    if enc not in ENCODINGS:
-        raise UnsupportedImage(f"encoding {enc!r} is not supported (use one of {', '.join(SUPPORTED_ENCODINGS)})")
-    ch, order = ENCODINGS[enc]
-    h, w, step = int(msg.height), int(msg.width), int(msg.step)
-    if h == 0 or w == 0:
-        raise UnsupportedImage(f"empty image ({w}x{h})")
-    if step < w * ch:
-        raise UnsupportedImage(f"step {step} is smaller than width x channels = {w * ch}")
-    data = _bytes_of(msg.data)
-    if data.size < h * step:
-        raise UnsupportedImage(f"{data.size} data bytes, expected height x step = {h * step}")
-    img = data[: h * step].reshape(h, step)[:, : w * ch].reshape(h, w, ch)
-    if ch == 1:
-        return np.ascontiguousarray(np.repeat(img, 3, axis=2))
-    return np.ascontiguousarray(img[:, :, list(order)])
 
 
 def compressed_to_rgb(msg) -> np.ndarray:
