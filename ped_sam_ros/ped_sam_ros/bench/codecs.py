@@ -39,7 +39,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -47,21 +47,61 @@ import numpy as np
 import torch
 
 from ..core import codecs
-from ..core.geometry import Partition, Tile, TOKEN_GRID
+from ..core.geometry import TOKEN_GRID, Partition, Tile
 from ..core.model import EdgeStage, RemoteStage, SamGeometry, get_geometry
 from ..core.pipeline import DistributedEncoder, PedSamPredictor
 from ..core.service import read_encode_request, run_encode
 from ..core.transport import ServerHealth, ServerInfoReply, TileJob, TileResult, Transport
-from ..core.wire import (EncodeRequest, decode_message, encode_message, frames_nbytes, make_encode_request,
-                         new_request_id, unpack_tokens)
+from ..core.wire import (
+    EncodeRequest,
+    decode_message,
+    encode_message,
+    frames_nbytes,
+    make_encode_request,
+    new_request_id,
+    unpack_tokens,
+)
 
 log = logging.getLogger("ped_sam_ros.bench.codecs")
 
-DEFAULT_TOKEN_FORMATS = ("float16", "int8", "q6g64", "q5g64", "q5g128", "q4g64", "q4g32", "q3g32",
-                         "e16", "e12", "e10", "e8", "e6", "e5", "e4", "e3",
-                         "p16", "p12", "p10", "p8", "p6", "p5", "p4", "p3")
-DEFAULT_PIXEL_CODECS = ("png", "webp:100", "webp:95", "webp:90", "webp:80", "jpeg:98", "jpeg:95", "jpeg:90",
-                        "jpeg:85", "jpeg:75")
+DEFAULT_TOKEN_FORMATS = (
+    "float16",
+    "int8",
+    "q6g64",
+    "q5g64",
+    "q5g128",
+    "q4g64",
+    "q4g32",
+    "q3g32",
+    "e16",
+    "e12",
+    "e10",
+    "e8",
+    "e6",
+    "e5",
+    "e4",
+    "e3",
+    "p16",
+    "p12",
+    "p10",
+    "p8",
+    "p6",
+    "p5",
+    "p4",
+    "p3",
+)
+DEFAULT_PIXEL_CODECS = (
+    "png",
+    "webp:100",
+    "webp:95",
+    "webp:90",
+    "webp:80",
+    "jpeg:98",
+    "jpeg:95",
+    "jpeg:90",
+    "jpeg:85",
+    "jpeg:75",
+)
 #: the issue's rule for defaults (against the uncompressed run, random weights)
 MIN_EMBEDDING_COSINE = 0.999
 MIN_POINT_IOU = 0.98
@@ -85,9 +125,9 @@ def native_mosaic() -> np.ndarray:
         img = skimage_image(name)
         h, w = img.shape[:2]
         y, x = max(0, (h - 512) // 2), max(0, (w - 512) // 2)
-        crop = img[y:y + 512, x:x + 512]
+        crop = img[y : y + 512, x : x + 512]
         pad = np.zeros((512, 512, 3), np.uint8)
-        pad[:crop.shape[0], :crop.shape[1]] = crop
+        pad[: crop.shape[0], : crop.shape[1]] = crop
         tiles.append(pad)
     return np.concatenate([np.concatenate(tiles[:2], 1), np.concatenate(tiles[2:], 1)], 0)
 
@@ -144,8 +184,9 @@ class TokenReplayTransport(_BenchTransport):
     """Sends cached float32 tile tokens back in ``token_format`` through the wire codec
     (what a server's reply and the edge's decoding do), without recomputing them."""
 
-    def __init__(self, geometry: SamGeometry, tile_tokens: Dict[int, np.ndarray], token_format: str,
-                 num_servers: int = 1):
+    def __init__(
+        self, geometry: SamGeometry, tile_tokens: Dict[int, np.ndarray], token_format: str, num_servers: int = 1
+    ):
         super().__init__(geometry, num_servers, "replay")
         self.tile_tokens = tile_tokens
         self.token_dtype = token_format
@@ -156,8 +197,10 @@ class TokenReplayTransport(_BenchTransport):
         for job in jobs:
             tokens = self.tile_tokens[job.tile.index]
             t0 = time.perf_counter()
-            frames = encode_message({"type": "encoded", "id": new_request_id(), "timing": {"compute_s": 0.0}},
-                                    codecs.pack_tokens(tokens, self.token_dtype))
+            frames = encode_message(
+                {"type": "encoded", "id": new_request_id(), "timing": {"compute_s": 0.0}},
+                codecs.pack_tokens(tokens, self.token_dtype),
+            )
             t1 = time.perf_counter()
             wire_frames = [bytes(f) for f in frames]
             t2 = time.perf_counter()
@@ -190,8 +233,9 @@ class PixelCodecTransport(_BenchTransport):
         self.last_tokens = {}
         for job in jobs:
             t0 = time.perf_counter()
-            req = EncodeRequest(new_request_id(), model, mode, job.tile, job.pixels, int(timeout_s * 1000),
-                                "float32", self.pixel_codec)
+            req = EncodeRequest(
+                new_request_id(), model, mode, job.tile, job.pixels, int(timeout_s * 1000), "float32", self.pixel_codec
+            )
             frames = [bytes(f) for f in make_encode_request(req)]
             t1 = time.perf_counter()
             parsed = read_encode_request(frames, model)
@@ -204,8 +248,11 @@ class PixelCodecTransport(_BenchTransport):
             self.times.decode_s += t2 - t1
             self.times.bytes += frames_nbytes(frames)
             self.last_tokens[job.tile.index] = tokens
-            out.append(TileResult(job.tile, job.server, tokens, frames_nbytes(frames), frames_nbytes(reply),
-                                  time.perf_counter() - t0))
+            out.append(
+                TileResult(
+                    job.tile, job.server, tokens, frames_nbytes(frames), frames_nbytes(reply), time.perf_counter() - t0
+                )
+            )
         return out
 
 
@@ -269,11 +316,15 @@ def _fidelity(ref: Reference, predictor: PedSamPredictor) -> Dict:
 
     point = [mask_iou(a, b) for a, b in zip(ref.point_masks, fid.point_masks(predictor, ref.points))]
     box = [mask_iou(a, b) for a, b in zip(ref.box_masks, fid.box_masks(predictor, ref.boxes))]
-    return {"embedding_cosine": _cosine(predictor.features.numpy(), ref.features.numpy()),
-            "point_iou_mean": float(np.mean(point)) if point else None,
-            "point_iou_min": float(np.min(point)) if point else None, "point_prompts": len(point),
-            "box_iou_mean": float(np.mean(box)) if box else None,
-            "box_iou_min": float(np.min(box)) if box else None, "box_prompts": len(box)}
+    return {
+        "embedding_cosine": _cosine(predictor.features.numpy(), ref.features.numpy()),
+        "point_iou_mean": float(np.mean(point)) if point else None,
+        "point_iou_min": float(np.min(point)) if point else None,
+        "point_prompts": len(point),
+        "box_iou_mean": float(np.mean(box)) if box else None,
+        "box_iou_min": float(np.min(box)) if box else None,
+        "box_prompts": len(box),
+    }
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -281,28 +332,37 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a64 @ b64 / (np.linalg.norm(a64) * np.linalg.norm(b64)))
 
 
+def _mean(rows: List[Dict], k: str) -> Optional[float]:
+    vals = [r[k] for r in rows if r.get(k) is not None]
+    return float(np.mean(vals)) if vals else None
+
+
+def _pooled(rows: List[Dict], k: str, n: str) -> Optional[float]:
+    """The mean over all prompts of all images (each image's mean weighted by its prompt count)."""
+    num = sum(r[k] * r[n] for r in rows if r.get(k) is not None)
+    den = sum(r[n] for r in rows if r.get(k) is not None)
+    return num / den if den else None
+
+
 def _summarise(rows: List[Dict], key: str) -> List[Dict]:
     """Per ``key`` (format or codec): means over images, worst image cosine, pooled IoUs."""
     out = []
     for name in dict.fromkeys(r[key] for r in rows):
         mine = [r for r in rows if r[key] == name]
-
-        def mean(k):
-            vals = [r[k] for r in mine if r.get(k) is not None]
-            return float(np.mean(vals)) if vals else None
-
-        def pooled(k, n):
-            num = sum(r[k] * r[n] for r in mine if r.get(k) is not None)
-            den = sum(r[n] for r in mine if r.get(k) is not None)
-            return num / den if den else None
-
-        s = {key: name, "images": len(mine), "bytes_per_frame": mean("bytes"), "encode_ms": mean("encode_ms"),
-             "decode_ms": mean("decode_ms"), "embedding_cosine_mean": mean("embedding_cosine"),
-             "embedding_cosine_min": min((r["embedding_cosine"] for r in mine), default=None),
-             "point_iou": pooled("point_iou_mean", "point_prompts"),
-             "point_iou_min": min((r["point_iou_min"] for r in mine if r.get("point_iou_min") is not None),
-                                  default=None),
-             "box_iou": pooled("box_iou_mean", "box_prompts")}
+        s = {
+            key: name,
+            "images": len(mine),
+            "bytes_per_frame": _mean(mine, "bytes"),
+            "encode_ms": _mean(mine, "encode_ms"),
+            "decode_ms": _mean(mine, "decode_ms"),
+            "embedding_cosine_mean": _mean(mine, "embedding_cosine"),
+            "embedding_cosine_min": min((r["embedding_cosine"] for r in mine), default=None),
+            "point_iou": _pooled(mine, "point_iou_mean", "point_prompts"),
+            "point_iou_min": min(
+                (r["point_iou_min"] for r in mine if r.get("point_iou_min") is not None), default=None
+            ),
+            "box_iou": _pooled(mine, "box_iou_mean", "box_prompts"),
+        }
         if "token_cosine" in mine[0]:
             s["token_cosine_min"] = min(r["token_cosine"] for r in mine)
         out.append(s)
@@ -313,9 +373,16 @@ def _summarise(rows: List[Dict], key: str) -> List[Dict]:
 # Part 1: token formats on a narrow model over the photos
 
 
-def run_fidelity(model: str, images: Sequence[Tuple[str, np.ndarray]], formats: Sequence[str],
-                 partition: Partition, seed: int, grid: int, checkpoint: Optional[str] = None,
-                 echo: Callable[[str], None] = print) -> List[Dict]:
+def run_fidelity(
+    model: str,
+    images: Sequence[Tuple[str, np.ndarray]],
+    formats: Sequence[str],
+    partition: Partition,
+    seed: int,
+    grid: int,
+    checkpoint: Optional[str] = None,
+    echo: Callable[[str], None] = print,
+) -> List[Dict]:
     remote, edge = load_stages(model, seed, checkpoint)
     rows = []
     for name, rgb in images:
@@ -328,8 +395,14 @@ def run_fidelity(model: str, images: Sequence[Tuple[str, np.ndarray]], formats: 
             tr = TokenReplayTransport(edge.geometry, tiles, fmt)
             pred = predictor_for(edge, tr, partition)
             pred.set_image(rgb)
-            row = {"model": model, "image": name, "format": fmt, "bytes": tr.times.bytes,
-                   "encode_ms": 1e3 * tr.times.encode_s, "decode_ms": 1e3 * tr.times.decode_s}
+            row = {
+                "model": model,
+                "image": name,
+                "format": fmt,
+                "bytes": tr.times.bytes,
+                "encode_ms": 1e3 * tr.times.encode_s,
+                "decode_ms": 1e3 * tr.times.decode_s,
+            }
             row.update(_fidelity(ref, pred))
             rows.append(row)
         echo(f"  fidelity {model} {name}: {len(formats)} formats in {time.perf_counter() - t0:.0f} s")
@@ -340,8 +413,14 @@ def run_fidelity(model: str, images: Sequence[Tuple[str, np.ndarray]], formats: 
 # Part 2: token formats at the real channel counts
 
 
-def real_tokens(model: str, image: Tuple[str, np.ndarray], seed: int, cache: Path,
-                checkpoint: Optional[str] = None, echo: Callable[[str], None] = print) -> np.ndarray:
+def real_tokens(
+    model: str,
+    image: Tuple[str, np.ndarray],
+    seed: int,
+    cache: Path,
+    checkpoint: Optional[str] = None,
+    echo: Callable[[str], None] = print,
+) -> np.ndarray:
     """The 64x64xC tokens after the remote stage (paper mode) for one image, cached."""
     name, rgb = image
     tag = Path(checkpoint).stem if checkpoint else f"random{seed}"
@@ -358,17 +437,25 @@ def real_tokens(model: str, image: Tuple[str, np.ndarray], seed: int, cache: Pat
     return tokens
 
 
-def run_tokens(models: Sequence[str], image: Tuple[str, np.ndarray], formats: Sequence[str], partition: Partition,
-               seed: int, cache: Path, edge_formats: Sequence[str] = (), grid: int = 4,
-               checkpoint: Optional[str] = None, echo: Callable[[str], None] = print) -> List[Dict]:
+def run_tokens(
+    models: Sequence[str],
+    image: Tuple[str, np.ndarray],
+    formats: Sequence[str],
+    partition: Partition,
+    seed: int,
+    cache: Path,
+    edge_formats: Sequence[str] = (),
+    grid: int = 4,
+    checkpoint: Optional[str] = None,
+    echo: Callable[[str], None] = print,
+) -> List[Dict]:
     """Bytes, codec times and token cosine per format at real widths; with ``edge_formats``
     also the embedding cosine and mask IoUs (the edge stage at real width: slow on a CPU)."""
     rows = []
     name, rgb = image
     for model in models:
         grid_tokens = real_tokens(model, image, seed, cache, checkpoint, echo)
-        tiles = {t.index: np.ascontiguousarray(grid_tokens[t.row0:t.row1, t.col0:t.col1])
-                 for t in partition.tiles}
+        tiles = {t.index: np.ascontiguousarray(grid_tokens[t.row0 : t.row1, t.col0 : t.col1]) for t in partition.tiles}
         fidelity = {}
         if edge_formats:
             t0 = time.perf_counter()
@@ -387,13 +474,22 @@ def run_tokens(models: Sequence[str], image: Tuple[str, np.ndarray], formats: Se
             tr.encode(jobs, "paper")  # warm-up; then the fastest of three runs (the CPU is shared)
             runs = [(tr.encode(jobs, "paper"), tr.times) for _ in range(3)]
             results = runs[0][0]
-            cos = _cosine(np.concatenate([tiles[r.tile.index].ravel() for r in results]),
-                          np.concatenate([r.tokens.ravel() for r in results]))
+            cos = _cosine(
+                np.concatenate([tiles[r.tile.index].ravel() for r in results]),
+                np.concatenate([r.tokens.ravel() for r in results]),
+            )
             nbytes = runs[0][1].bytes
-            row = {"model": model, "channels": int(grid_tokens.shape[-1]), "image": name, "format": fmt,
-                   "bytes": nbytes, "bits_per_value": 8 * nbytes / grid_tokens.size,
-                   "encode_ms": 1e3 * min(t.encode_s for _, t in runs),
-                   "decode_ms": 1e3 * min(t.decode_s for _, t in runs), "token_cosine": cos}
+            row = {
+                "model": model,
+                "channels": int(grid_tokens.shape[-1]),
+                "image": name,
+                "format": fmt,
+                "bytes": nbytes,
+                "bits_per_value": 8 * nbytes / grid_tokens.size,
+                "encode_ms": 1e3 * min(t.encode_s for _, t in runs),
+                "decode_ms": 1e3 * min(t.decode_s for _, t in runs),
+                "token_cosine": cos,
+            }
             row.update(fidelity.get(fmt, {}))
             rows.append(row)
         echo(f"  tokens {model}: {len(rows)} rows so far")
@@ -404,9 +500,16 @@ def run_tokens(models: Sequence[str], image: Tuple[str, np.ndarray], formats: Se
 # Part 3: pixel codecs
 
 
-def run_pixels(model: str, images: Sequence[Tuple[str, np.ndarray]], pixel_codecs: Sequence[str],
-               partition: Partition, seed: int, grid: int, checkpoint: Optional[str] = None,
-               echo: Callable[[str], None] = print) -> List[Dict]:
+def run_pixels(
+    model: str,
+    images: Sequence[Tuple[str, np.ndarray]],
+    pixel_codecs: Sequence[str],
+    partition: Partition,
+    seed: int,
+    grid: int,
+    checkpoint: Optional[str] = None,
+    echo: Callable[[str], None] = print,
+) -> List[Dict]:
     remote, edge = load_stages(model, seed, checkpoint)
     rows = []
     for name, rgb in images:
@@ -416,17 +519,37 @@ def run_pixels(model: str, images: Sequence[Tuple[str, np.ndarray]], pixel_codec
         ref = _reference(ref_pred, rgb, grid)
         raw_bytes = raw.times.bytes
         content = resize_for_sam(rgb).shape[:2]
-        rows.append({"model": model, "image": name, "codec": "raw", "bytes": raw_bytes, "encode_ms": 0.0,
-                     "decode_ms": 1e3 * raw.times.decode_s, "frame_hw": list(content), "embedding_cosine": 1.0,
-                     "point_iou_mean": 1.0, "point_iou_min": 1.0, "point_prompts": len(ref.point_masks),
-                     "box_iou_mean": 1.0, "box_iou_min": 1.0, "box_prompts": len(ref.box_masks)})
+        rows.append(
+            {
+                "model": model,
+                "image": name,
+                "codec": "raw",
+                "bytes": raw_bytes,
+                "encode_ms": 0.0,
+                "decode_ms": 1e3 * raw.times.decode_s,
+                "frame_hw": list(content),
+                "embedding_cosine": 1.0,
+                "point_iou_mean": 1.0,
+                "point_iou_min": 1.0,
+                "point_prompts": len(ref.point_masks),
+                "box_iou_mean": 1.0,
+                "box_iou_min": 1.0,
+                "box_prompts": len(ref.box_masks),
+            }
+        )
         for spec in pixel_codecs:
             tr = PixelCodecTransport(remote, spec)
             pred = predictor_for(edge, tr, partition)
             pred.set_image(rgb)
-            row = {"model": model, "image": name, "codec": spec, "bytes": tr.times.bytes,
-                   "encode_ms": 1e3 * tr.times.encode_s, "decode_ms": 1e3 * tr.times.decode_s,
-                   "frame_hw": list(content)}
+            row = {
+                "model": model,
+                "image": name,
+                "codec": spec,
+                "bytes": tr.times.bytes,
+                "encode_ms": 1e3 * tr.times.encode_s,
+                "decode_ms": 1e3 * tr.times.decode_s,
+                "frame_hw": list(content),
+            }
             row.update(_fidelity(ref, pred))
             rows.append(row)
         echo(f"  pixels {name}: {len(pixel_codecs)} codecs in {time.perf_counter() - t0:.0f} s")
@@ -440,9 +563,13 @@ def run_pixels(model: str, images: Sequence[Tuple[str, np.ndarray]], pixel_codec
 def choose(summary: List[Dict], key: str, size_of: Dict[str, float]) -> Optional[Dict]:
     """The smallest entry (by ``size_of``) whose worst-image embedding cosine and mean point
     IoU meet :data:`MIN_EMBEDDING_COSINE` / :data:`MIN_POINT_IOU`."""
-    ok = [s for s in summary
-          if s[key] in size_of and (s["embedding_cosine_min"] or 0) >= MIN_EMBEDDING_COSINE
-          and (s["point_iou"] or 0) >= MIN_POINT_IOU]
+    ok = [
+        s
+        for s in summary
+        if s[key] in size_of
+        and (s["embedding_cosine_min"] or 0) >= MIN_EMBEDDING_COSINE
+        and (s["point_iou"] or 0) >= MIN_POINT_IOU
+    ]
     return min(ok, key=lambda s: size_of[s[key]], default=None)
 
 
@@ -455,24 +582,34 @@ def _fmt(v, spec: str) -> str:
 
 
 def token_table(rows: List[Dict]) -> str:
-    lines = ["| model | format | MB/frame | bits/value | encode ms | decode ms | token cos | emb cos | point IoU | box IoU |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| model | format | MB/frame | bits/value | encode ms | decode ms | token cos | emb cos | point IoU "
+        "| box IoU |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['format']} | {r['bytes'] / 1e6:.3f} | {r['bits_per_value']:.2f} | "
-                     f"{r['encode_ms']:.0f} | {r['decode_ms']:.0f} | {r['token_cosine']:.6f} | "
-                     f"{_fmt(r.get('embedding_cosine'), '.6f')} | {_fmt(r.get('point_iou_mean'), '.4f')} | "
-                     f"{_fmt(r.get('box_iou_mean'), '.4f')} |")
+        lines.append(
+            f"| {r['model']} | {r['format']} | {r['bytes'] / 1e6:.3f} | {r['bits_per_value']:.2f} | "
+            f"{r['encode_ms']:.0f} | {r['decode_ms']:.0f} | {r['token_cosine']:.6f} | "
+            f"{_fmt(r.get('embedding_cosine'), '.6f')} | {_fmt(r.get('point_iou_mean'), '.4f')} | "
+            f"{_fmt(r.get('box_iou_mean'), '.4f')} |"
+        )
     return "\n".join(lines)
 
 
 def summary_table(summary: List[Dict], key: str) -> str:
-    lines = [f"| {key} | MB/frame | encode ms | decode ms | emb cos mean | emb cos min | point IoU | point IoU min "
-             f"| box IoU |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"| {key} | MB/frame | encode ms | decode ms | emb cos mean | emb cos min | point IoU | point IoU min "
+        f"| box IoU |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for s in summary:
-        lines.append(f"| {s[key]} | {s['bytes_per_frame'] / 1e6:.3f} | {s['encode_ms']:.1f} | {s['decode_ms']:.1f} | "
-                     f"{_fmt(s['embedding_cosine_mean'], '.6f')} | {_fmt(s['embedding_cosine_min'], '.6f')} | "
-                     f"{_fmt(s['point_iou'], '.4f')} | {_fmt(s['point_iou_min'], '.4f')} | "
-                     f"{_fmt(s['box_iou'], '.4f')} |")
+        lines.append(
+            f"| {s[key]} | {s['bytes_per_frame'] / 1e6:.3f} | {s['encode_ms']:.1f} | {s['decode_ms']:.1f} | "
+            f"{_fmt(s['embedding_cosine_mean'], '.6f')} | {_fmt(s['embedding_cosine_min'], '.6f')} | "
+            f"{_fmt(s['point_iou'], '.4f')} | {_fmt(s['point_iou_min'], '.4f')} | "
+            f"{_fmt(s['box_iou'], '.4f')} |"
+        )
     return "\n".join(lines)
 
 
@@ -484,8 +621,11 @@ def machine() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m ped_sam_ros.bench.codecs", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m ped_sam_ros.bench.codecs",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("part", choices=["tokens", "fidelity", "pixels", "all"])
     ap.add_argument("--models", nargs="+", default=["vit_b", "vit_l", "vit_h"], help="real-width models (tokens)")
     ap.add_argument("--model", default=FIDELITY_MODEL, help="narrow model of the fidelity and pixel parts")
@@ -493,14 +633,21 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--images", nargs="+", default=list(DEFAULT_IMAGES))
     ap.add_argument("--token-image", default="astronaut", help="the image of the real-width token part")
     ap.add_argument("--formats", nargs="+", default=list(DEFAULT_TOKEN_FORMATS))
-    ap.add_argument("--edge-formats", nargs="*", default=[],
-                    help="formats whose embedding cosine and mask IoU are also measured at real width (slow)")
+    ap.add_argument(
+        "--edge-formats",
+        nargs="*",
+        default=[],
+        help="formats whose embedding cosine and mask IoU are also measured at real width (slow)",
+    )
     ap.add_argument("--pixel-codecs", nargs="+", default=list(DEFAULT_PIXEL_CODECS))
     ap.add_argument("--grid", type=int, default=2, help="partition: grid x grid aligned tiles")
     ap.add_argument("--points", type=int, default=4, help="point prompts: points x points grid per image")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--cache", default=os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")),
-                                                    "ped_sam_bench"), help="real-width token cache")
+    ap.add_argument(
+        "--cache",
+        default=os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "ped_sam_bench"),
+        help="real-width token cache",
+    )
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2") or 2))
     ap.add_argument("--json", help="write every row and summary here")
     return ap
@@ -511,10 +658,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     torch.set_num_threads(max(1, args.threads))
     logging.basicConfig(level=logging.WARNING)
     partition = Partition.grid(args.grid, args.grid)
-    result: Dict = {"date": time.strftime("%Y-%m-%d"), "machine": machine(),
-                    "weights": f"checkpoint {args.checkpoint}" if args.checkpoint else f"RANDOM (seed {args.seed})",
-                    "partition": f"{args.grid}x{args.grid}", "thresholds": {"embedding_cosine_min": MIN_EMBEDDING_COSINE,
-                                                                           "point_iou": MIN_POINT_IOU}}
+    result: Dict = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": machine(),
+        "weights": f"checkpoint {args.checkpoint}" if args.checkpoint else f"RANDOM (seed {args.seed})",
+        "partition": f"{args.grid}x{args.grid}",
+        "thresholds": {"embedding_cosine_min": MIN_EMBEDDING_COSINE, "point_iou": MIN_POINT_IOU},
+    }
     print(f"# wire codecs benchmark, {result['date']}, {result['machine']}, weights: {result['weights']}")
     if not args.checkpoint:
         print("# RANDOM WEIGHTS: fidelity = agreement with the uncompressed run, not segmentation quality")
@@ -523,8 +673,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     images = load_bench_images(args.images) if need_images else []
     if "tokens" in parts:
         image = load_bench_images([args.token_image])[0]
-        rows = run_tokens(args.models, image, args.formats, partition, args.seed, Path(args.cache),
-                          args.edge_formats, args.points, args.checkpoint)
+        rows = run_tokens(
+            args.models,
+            image,
+            args.formats,
+            partition,
+            args.seed,
+            Path(args.cache),
+            args.edge_formats,
+            args.points,
+            args.checkpoint,
+        )
         result["tokens"] = rows
         print(f"\n## Tokens at real widths ({args.token_image}, {args.grid}x{args.grid} tiles)\n")
         print(token_table(rows))

@@ -56,6 +56,7 @@ import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -107,8 +108,26 @@ def unavailable_reason() -> Optional[str]:
         r = _run(["ip", "-n", probe, "link", "add", "pslp0", "type", "veth", "peer", "name", "pslp1"], check=False)
         if r.returncode != 0:
             return f"veth pairs cannot be created here: {r.stderr.strip()}"
-        r = _run(["tc", "-n", probe, "qdisc", "add", "dev", "pslp0", "root", "tbf", "rate", "100mbit", "burst",
-                  "64kb", "limit", "1mb"], check=False)
+        r = _run(
+            [
+                "tc",
+                "-n",
+                probe,
+                "qdisc",
+                "add",
+                "dev",
+                "pslp0",
+                "root",
+                "tbf",
+                "rate",
+                "100mbit",
+                "burst",
+                "64kb",
+                "limit",
+                "1mb",
+            ],
+            check=False,
+        )
         if r.returncode != 0:
             return f"tc tbf is not available: {r.stderr.strip()}"
     finally:
@@ -129,7 +148,7 @@ class LinkSpec:
     delay_ms: float
 
     @classmethod
-    def parse(cls, text: str) -> "LinkSpec":
+    def parse(cls, text: str) -> LinkSpec:
         """``"100:20"`` (100 Mbit/s both ways, 20 ms) or ``"20/100:50"`` (20 up, 100 down)."""
         rates, _, delay = text.partition(":")
         up, _, down = rates.partition("/")
@@ -161,12 +180,14 @@ class EmulatedLink:
         reason = unavailable_reason()
         if reason:
             raise LinkUnavailable(reason)
-        self.prefix = prefix or f"psl{os.getpid() % 100000:05d}{random.randrange(16 ** 3):03x}"
+        self.prefix = prefix or f"psl{os.getpid() % 100000:05d}{random.randrange(16**3):03x}"
         if len(self.prefix) > 13:
             raise ValueError("prefix too long for interface names (at most 13 characters)")
         self.edge_ns, self.server_ns = f"{self.prefix}-edge", f"{self.prefix}-srv"
         self.edge_if, self.server_if = f"{self.prefix}e", f"{self.prefix}s"
-        base = (10 << 24) | (random.randrange(200, 255) << 16) | (random.randrange(256) << 8) | (random.randrange(64) << 2)
+        base = (
+            (10 << 24) | (random.randrange(200, 255) << 16) | (random.randrange(256) << 8) | (random.randrange(64) << 2)
+        )
         self.edge_ip = _ip(base + 1)
         self.server_ip = _ip(base + 2)
         self.processes: List[subprocess.Popen] = []
@@ -185,8 +206,7 @@ class EmulatedLink:
             self._made.append(ns)
             _run(["ip", "-n", ns, "link", "set", "lo", "up"])
         # created inside the edge namespace, one end moved: the root namespace never holds it
-        _run(["ip", "-n", self.edge_ns, "link", "add", self.edge_if, "type", "veth", "peer", "name",
-              self.server_if])
+        _run(["ip", "-n", self.edge_ns, "link", "add", self.edge_if, "type", "veth", "peer", "name", self.server_if])
         _run(["ip", "-n", self.edge_ns, "link", "set", self.server_if, "netns", self.server_ns])
         _run(["ip", "-n", self.edge_ns, "addr", "add", f"{self.edge_ip}/30", "dev", self.edge_if])
         _run(["ip", "-n", self.server_ns, "addr", "add", f"{self.server_ip}/30", "dev", self.server_if])
@@ -196,20 +216,30 @@ class EmulatedLink:
     def shape(self, spec: LinkSpec) -> None:
         """Set (or change) the rates: the edge end's egress is the uplink, the server end's the downlink."""
         _run(["tc", "-n", self.edge_ns, "qdisc", "replace", "dev", self.edge_if, "root", *_tbf_args(spec.up_mbit)])
-        _run(["tc", "-n", self.server_ns, "qdisc", "replace", "dev", self.server_if, "root",
-              *_tbf_args(spec.down_mbit)])
+        _run(
+            ["tc", "-n", self.server_ns, "qdisc", "replace", "dev", self.server_if, "root", *_tbf_args(spec.down_mbit)]
+        )
 
     def qdiscs(self) -> str:
-        return "\n".join(_run(["tc", "-n", ns, "qdisc", "show", "dev", dev]).stdout.strip()
-                         for ns, dev in ((self.edge_ns, self.edge_if), (self.server_ns, self.server_if)))
+        return "\n".join(
+            _run(["tc", "-n", ns, "qdisc", "show", "dev", dev]).stdout.strip()
+            for ns, dev in ((self.edge_ns, self.edge_if), (self.server_ns, self.server_if))
+        )
 
-    def spawn(self, ns: str, argv: Sequence[str], log_path: Path, env: Optional[Dict[str, str]] = None
-              ) -> subprocess.Popen:
+    def spawn(
+        self, ns: str, argv: Sequence[str], log_path: Path, env: Optional[Dict[str, str]] = None
+    ) -> subprocess.Popen:
         """Start ``argv`` inside namespace ``ns`` (``ip netns exec``); it is ended by :meth:`close`."""
         log = open(log_path, "ab")
         try:
-            p = subprocess.Popen(["ip", "netns", "exec", ns, *argv], stdin=subprocess.DEVNULL, stdout=log,
-                                 stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent)
+            p = subprocess.Popen(
+                ["ip", "netns", "exec", ns, *argv],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                preexec_fn=_die_with_parent,
+            )
         finally:
             log.close()
         self.processes.append(p)
@@ -256,7 +286,7 @@ class EmulatedLink:
         names = _run(["ip", "netns", "list"], check=False).stdout.split()
         return [n for n in names if n.startswith(self.prefix + "-")]
 
-    def __enter__(self) -> "EmulatedLink":
+    def __enter__(self) -> EmulatedLink:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -281,10 +311,11 @@ class _Log:
             self._f.write(json.dumps([conn, port, direction, kind, t, nbytes]) + "\n")
 
 
-def _pump(src: socket.socket, dst: socket.socket, delay_s: float, log: _Log, conn: int, port: int,
-          direction: str) -> None:
+def _pump(
+    src: socket.socket, dst: socket.socket, delay_s: float, log: _Log, conn: int, port: int, direction: str
+) -> None:
     """Read chunks from ``src``; write each to ``dst`` ``delay_s`` after it arrived, in order."""
-    q: "queue.Queue[Tuple[float, Optional[bytes]]]" = queue.Queue()
+    q: queue.Queue[Tuple[float, Optional[bytes]]] = queue.Queue()
 
     def writer():
         while True:
@@ -381,8 +412,9 @@ def probe_throughput(host: str, nbytes: int, timeout_s: float = 60.0) -> Tuple[f
     return out[0], out[1]
 
 
-def run_proxy(listen_host: str, pairs: Sequence[Tuple[int, int]], delay_ms: float, log_path: str,
-              ready_file: str) -> None:
+def run_proxy(
+    listen_host: str, pairs: Sequence[Tuple[int, int]], delay_ms: float, log_path: str, ready_file: str
+) -> None:
     """Forward ``listen_host:listen_port`` -> ``127.0.0.1:target_port`` for each pair, adding
     ``delay_ms`` each way; every chunk is logged (connection, port, up/down, in/out, time, bytes)."""
     from ..processes import write_ready_file
@@ -406,10 +438,12 @@ def run_proxy(listen_host: str, pairs: Sequence[Tuple[int, int]], delay_ms: floa
             server.settimeout(None)
             for s in (client, server):
                 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            threading.Thread(target=_pump, args=(client, server, delay_s, log, conn, listen_port, "up"),
-                             daemon=True).start()
-            threading.Thread(target=_pump, args=(server, client, delay_s, log, conn, listen_port, "down"),
-                             daemon=True).start()
+            threading.Thread(
+                target=_pump, args=(client, server, delay_s, log, conn, listen_port, "up"), daemon=True
+            ).start()
+            threading.Thread(
+                target=_pump, args=(server, client, delay_s, log, conn, listen_port, "down"), daemon=True
+            ).start()
 
     def probes(lsock: socket.socket):
         while True:
@@ -473,8 +507,12 @@ def _edge_codec_times(jobs, token_format: str, pixel_codec: str, channels: int) 
     packed = []
     for j in jobs:
         h, w = j.tile.token_shape
-        packed.append((dict(codecs.pack_tokens(rng.normal(0, 1, (h, w, channels)).astype(np.float32), token_format)),
-                       (h, w, channels)))
+        packed.append(
+            (
+                dict(codecs.pack_tokens(rng.normal(0, 1, (h, w, channels)).astype(np.float32), token_format)),
+                (h, w, channels),
+            )
+        )
     t2 = time.perf_counter()
     for arrays, shape in packed:
         wire.unpack_tokens(arrays, shape)
@@ -534,25 +572,52 @@ def run_edge(job: EdgeJob) -> None:
             if not zt.wait_connected(30.0):
                 raise RuntimeError(f"servers not reachable: {[h.last_error for h in zt.health()]}")
             tr = Timed(zt)
-            enc = DistributedEncoder(edge, tr, partition, [i % len(addresses) for i in range(len(partition))],
-                                     timeout_s=job.timeout_s, allow_adjacent=True)
+            enc = DistributedEncoder(
+                edge,
+                tr,
+                partition,
+                [i % len(addresses) for i in range(len(partition))],
+                timeout_s=job.timeout_s,
+                allow_adjacent=True,
+            )
             for k in range(job.frames + 1):  # frame 0 warms up (connections, caches, imports)
                 t_start = time.monotonic()
                 _, stats = enc.encode_resized(resized)
                 t_end = time.monotonic()
                 if k == 0:
-                    times = [_edge_codec_times(enc.jobs_for(resized), token_format, pixel_codec,
-                                               edge.geometry.embed_dim) for _ in range(3)]
+                    times = [
+                        _edge_codec_times(enc.jobs_for(resized), token_format, pixel_codec, edge.geometry.embed_dim)
+                        for _ in range(3)
+                    ]
                     enc_s, dec_s = sorted(t[0] for t in times)[1], sorted(t[1] for t in times)[1]
                     continue
-                results.append({
-                    **probe, "token_format": token_format, "pixel_codec": pixel_codec, "frame": k,
-                    "t_start": t_start, "t_end": t_end, "t_remote0": tr.t0, "t_remote1": tr.t1,
-                    "timings": dict(stats.timings), "edge_pixel_encode_s": enc_s, "edge_token_decode_s": dec_s,
-                    "bytes_up": stats.bytes_up, "bytes_down": stats.bytes_down,
-                    "tiles": [{"server": r.server, "bytes_up": r.bytes_up, "bytes_down": r.bytes_down,
-                               "round_trip_s": r.round_trip_s, "compute_s": r.compute_s} for r in tr.results],
-                })
+                results.append(
+                    {
+                        **probe,
+                        "token_format": token_format,
+                        "pixel_codec": pixel_codec,
+                        "frame": k,
+                        "t_start": t_start,
+                        "t_end": t_end,
+                        "t_remote0": tr.t0,
+                        "t_remote1": tr.t1,
+                        "timings": dict(stats.timings),
+                        "edge_pixel_encode_s": enc_s,
+                        "edge_token_decode_s": dec_s,
+                        "bytes_up": stats.bytes_up,
+                        "bytes_down": stats.bytes_down,
+                        "tiles": [
+                            {
+                                "server": r.server,
+                                "bytes_up": r.bytes_up,
+                                "bytes_down": r.bytes_down,
+                                "round_trip_s": r.round_trip_s,
+                                "compute_s": r.compute_s,
+                            }
+                            for r in tr.results
+                        ],
+                    }
+                )
                 time.sleep(0.3)  # frames apart in the proxy log
         finally:
             zt.close()
@@ -625,8 +690,7 @@ def split_frame(frame: Dict, events: Sequence[Tuple], ports: Sequence[int]) -> D
     upload = up_done - t0
     download = t1 - max(last[1], up_done)  # a reply that started during another's upload
     server = remote - upload - download
-    return {"total_s": total, "upload_s": upload, "server_s": server, "download_s": download,
-            "edge_s": total - remote}
+    return {"total_s": total, "upload_s": upload, "server_s": server, "download_s": download, "edge_s": total - remote}
 
 
 # ---------------------------------------------------------------------------
@@ -675,28 +739,58 @@ def _tail(path: Path, n: int = 3000) -> str:
         return ""
 
 
-def run_link_benchmark(run: LinkRun, workdir: Optional[Path] = None, echo=print,
-                       link: Optional[EmulatedLink] = None) -> Dict:
+def run_link_benchmark(
+    run: LinkRun, workdir: Optional[Path] = None, echo=print, link: Optional[EmulatedLink] = None
+) -> Dict:
     """Create the link, start the servers, measure every link setting; always cleans up."""
     own_tmp = workdir is None
     workdir = Path(workdir or tempfile.mkdtemp(prefix="ped_sam_link_"))
     workdir.mkdir(parents=True, exist_ok=True)
     env = _child_env()
     py = sys.executable
-    out: Dict = {"model": run.model, "servers": run.servers, "grid": run.grid, "image": run.image,
-                 "frames_per_setting": run.frames, "results": []}
+    out: Dict = {
+        "model": run.model,
+        "servers": run.servers,
+        "grid": run.grid,
+        "image": run.image,
+        "frames_per_setting": run.frames,
+        "results": [],
+    }
     link = link or EmulatedLink()
     try:
         out.update(prefix=link.prefix, edge_ip=link.edge_ip, server_ip=link.server_ip)
-        echo(f"# namespaces {link.edge_ns} / {link.server_ns}, veth {link.edge_if}={link.edge_ip} <-> "
-             f"{link.server_if}={link.server_ip}")
+        echo(
+            f"# namespaces {link.edge_ns} / {link.server_ns}, veth {link.edge_if}={link.edge_ip} <-> "
+            f"{link.server_if}={link.server_ip}"
+        )
         servers = []
         for i in range(run.servers):
             ready, log = workdir / f"srv{i}.endpoint", workdir / f"srv{i}.log"
-            p = link.spawn(link.server_ns, [py, "-m", "remote_node", "--bind", f"tcp://127.0.0.1:{SERVER_PORT + i}",
-                                            "--model", run.model, "--random-weights", "--seed", str(run.seed),
-                                            "--name", f"srv{i}", "--ready-file", str(ready), "--torch-threads",
-                                            str(run.threads), "--log-level", "warning"], log, env)
+            p = link.spawn(
+                link.server_ns,
+                [
+                    py,
+                    "-m",
+                    "remote_node",
+                    "--bind",
+                    f"tcp://127.0.0.1:{SERVER_PORT + i}",
+                    "--model",
+                    run.model,
+                    "--random-weights",
+                    "--seed",
+                    str(run.seed),
+                    "--name",
+                    f"srv{i}",
+                    "--ready-file",
+                    str(ready),
+                    "--torch-threads",
+                    str(run.threads),
+                    "--log-level",
+                    "warning",
+                ],
+                log,
+                env,
+            )
             servers.append((p, ready, log))
         for i, (p, ready, log) in enumerate(servers):
             _wait_file(ready, p, f"server srv{i}", log, STARTUP_TIMEOUT_S)
@@ -704,25 +798,54 @@ def run_link_benchmark(run: LinkRun, workdir: Optional[Path] = None, echo=print,
         for n, spec in enumerate(run.links):
             link.shape(spec)
             plog, pready, pout = workdir / f"proxy{n}.events", workdir / f"proxy{n}.ready", workdir / f"proxy{n}.log"
-            proxy = link.spawn(link.server_ns, [py, "-m", "ped_sam_ros.bench.link", "proxy", "--host", link.server_ip,
-                                                "--pairs", ",".join(f"{a}:{b}" for a, b in pairs), "--delay-ms",
-                                                str(spec.delay_ms), "--log", str(plog), "--ready-file", str(pready)],
-                               pout, env)
+            proxy = link.spawn(
+                link.server_ns,
+                [
+                    py,
+                    "-m",
+                    "ped_sam_ros.bench.link",
+                    "proxy",
+                    "--host",
+                    link.server_ip,
+                    "--pairs",
+                    ",".join(f"{a}:{b}" for a, b in pairs),
+                    "--delay-ms",
+                    str(spec.delay_ms),
+                    "--log",
+                    str(plog),
+                    "--ready-file",
+                    str(pready),
+                ],
+                pout,
+                env,
+            )
             _wait_file(pready, proxy, "delay proxy", pout, 30.0)
-            job = EdgeJob([f"tcp://{link.server_ip}:{a}" for a, _ in pairs], run.model, run.seed, run.image, run.grid,
-                          run.frames, [list(c) for c in run.combos], str(workdir / f"edge{n}.json"), run.threads,
-                          run.frame_timeout_s, link.server_ip,
-                          max(1 << 20, int(min(spec.up_mbit, spec.down_mbit) * 1e6 / 8 * 0.5)))
+            job = EdgeJob(
+                [f"tcp://{link.server_ip}:{a}" for a, _ in pairs],
+                run.model,
+                run.seed,
+                run.image,
+                run.grid,
+                run.frames,
+                [list(c) for c in run.combos],
+                str(workdir / f"edge{n}.json"),
+                run.threads,
+                run.frame_timeout_s,
+                link.server_ip,
+                max(1 << 20, int(min(spec.up_mbit, spec.down_mbit) * 1e6 / 8 * 0.5)),
+            )
             jpath = workdir / f"edge{n}.job.json"
             jpath.write_text(json.dumps(asdict(job)))
             elog = workdir / f"edge{n}.log"
-            edge = link.spawn(link.edge_ns, [py, "-m", "ped_sam_ros.bench.link", "edge", "--job", str(jpath)], elog, env)
+            edge = link.spawn(
+                link.edge_ns, [py, "-m", "ped_sam_ros.bench.link", "edge", "--job", str(jpath)], elog, env
+            )
             limit = STARTUP_TIMEOUT_S + (run.frames + 1) * len(run.combos) * run.frame_timeout_s
             try:
                 rc = edge.wait(limit)
             except subprocess.TimeoutExpired:
                 link.stop(edge)
-                raise RuntimeError(f"edge process did not finish within {limit:.0f} s:\n{_tail(elog)}")
+                raise RuntimeError(f"edge process did not finish within {limit:.0f} s:\n{_tail(elog)}") from None
             link.stop(edge)
             link.stop(proxy)
             if rc != 0:
@@ -742,24 +865,37 @@ def run_link_benchmark(run: LinkRun, workdir: Optional[Path] = None, echo=print,
     return out
 
 
+def _mean(rows: Sequence[Dict], k: str) -> Optional[float]:
+    vals = [r[k] for r in rows if r.get(k) is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
 def summarize(results: Sequence[Dict]) -> List[Dict]:
     """Mean per (link, token format, pixel codec)."""
     keys = list(dict.fromkeys((r["link_label"], r["token_format"], r["pixel_codec"]) for r in results))
     out = []
     for key in keys:
         rows = [r for r in results if (r["link_label"], r["token_format"], r["pixel_codec"]) == key]
-
-        def mean(k):
-            vals = [r[k] for r in rows if r.get(k) is not None]
-            return sum(vals) / len(vals) if vals else None
-
-        out.append({"link": key[0], "token_format": key[1], "pixel_codec": key[2], "frames": len(rows),
-                    "bytes_up": mean("bytes_up"), "bytes_down": mean("bytes_down"), "total_s": mean("total_s"),
-                    "upload_s": mean("upload_s"), "server_s": mean("server_s"), "download_s": mean("download_s"),
-                    "edge_s": mean("edge_s"),
-                    "edge_codec_s": sum(r["edge_pixel_encode_s"] + r["edge_token_decode_s"] for r in rows) / len(rows),
-                    "server_compute_s": sum(max(t["compute_s"] for t in r["tiles"]) for r in rows) / len(rows),
-                    "link_spec": rows[0]["link"], **_probe_rates(rows[0])})
+        mean = partial(_mean, rows)
+        out.append(
+            {
+                "link": key[0],
+                "token_format": key[1],
+                "pixel_codec": key[2],
+                "frames": len(rows),
+                "bytes_up": mean("bytes_up"),
+                "bytes_down": mean("bytes_down"),
+                "total_s": mean("total_s"),
+                "upload_s": mean("upload_s"),
+                "server_s": mean("server_s"),
+                "download_s": mean("download_s"),
+                "edge_s": mean("edge_s"),
+                "edge_codec_s": sum(r["edge_pixel_encode_s"] + r["edge_token_decode_s"] for r in rows) / len(rows),
+                "server_compute_s": sum(max(t["compute_s"] for t in r["tiles"]) for r in rows) / len(rows),
+                "link_spec": rows[0]["link"],
+                **_probe_rates(rows[0]),
+            }
+        )
     return out
 
 
@@ -769,22 +905,29 @@ def _probe_rates(row: Dict) -> Dict:
         return {}
     rtt = 2 * row["link"]["delay_ms"] / 1000
     bits = 8 * row["probe_bytes"]
-    return {"measured_up_mbit": bits / max(row["probe_up_s"] - rtt, 1e-6) / 1e6,
-            "measured_down_mbit": bits / max(row["probe_down_s"] - rtt, 1e-6) / 1e6}
+    return {
+        "measured_up_mbit": bits / max(row["probe_up_s"] - rtt, 1e-6) / 1e6,
+        "measured_down_mbit": bits / max(row["probe_down_s"] - rtt, 1e-6) / 1e6,
+    }
 
 
 def table(summary: Sequence[Dict]) -> str:
     def ms(v):
         return "-" if v is None else f"{1e3 * v:.0f}"
 
-    lines = ["| link (measured up/down Mbit/s) | tokens | pixels | MB up | MB down | total ms | upload | server "
-             "(compute) | download | edge | edge codec |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| link (measured up/down Mbit/s) | tokens | pixels | MB up | MB down | total ms | upload | server "
+        "(compute) | download | edge | edge codec |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for s in summary:
-        rates = (f" ({s['measured_up_mbit']:.0f}/{s['measured_down_mbit']:.0f})" if "measured_up_mbit" in s else "")
-        lines.append(f"| {s['link']}{rates} | {s['token_format']} | {s['pixel_codec']} | {s['bytes_up'] / 1e6:.3f} | "
-                     f"{s['bytes_down'] / 1e6:.3f} | {ms(s['total_s'])} | {ms(s['upload_s'])} | "
-                     f"{ms(s['server_s'])} ({ms(s['server_compute_s'])}) | {ms(s['download_s'])} | "
-                     f"{ms(s['edge_s'])} | {ms(s['edge_codec_s'])} |")
+        rates = f" ({s['measured_up_mbit']:.0f}/{s['measured_down_mbit']:.0f})" if "measured_up_mbit" in s else ""
+        lines.append(
+            f"| {s['link']}{rates} | {s['token_format']} | {s['pixel_codec']} | {s['bytes_up'] / 1e6:.3f} | "
+            f"{s['bytes_down'] / 1e6:.3f} | {ms(s['total_s'])} | {ms(s['upload_s'])} | "
+            f"{ms(s['server_s'])} ({ms(s['server_compute_s'])}) | {ms(s['download_s'])} | "
+            f"{ms(s['edge_s'])} | {ms(s['edge_codec_s'])} |"
+        )
     return "\n".join(lines)
 
 
@@ -792,13 +935,20 @@ def table(summary: Sequence[Dict]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m ped_sam_ros.bench.link", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m ped_sam_ros.bench.link",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = ap.add_subparsers(dest="cmd")
     b = sub.add_parser("run", help="the benchmark (the default)")
     for p in (ap, b):
-        p.add_argument("--links", nargs="+", default=list(DEFAULT_LINKS),
-                       help="RATE:DELAY_MS or UP/DOWN:DELAY_MS in Mbit/s, e.g. 100:20 20/100:50")
+        p.add_argument(
+            "--links",
+            nargs="+",
+            default=list(DEFAULT_LINKS),
+            help="RATE:DELAY_MS or UP/DOWN:DELAY_MS in Mbit/s, e.g. 100:20 20/100:50",
+        )
         p.add_argument("--model", default="vit_b/w32h2")
         p.add_argument("--servers", type=int, default=2)
         p.add_argument("--grid", type=int, default=2)
@@ -835,12 +985,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if reason:
         print(f"ped_sam_ros.bench.link: skipped: {reason}")
         return 0
-    run = LinkRun([LinkSpec.parse(s) for s in args.links], args.model, args.servers, args.grid, args.frames,
-                  [(t, p) for t in args.token_formats for p in args.pixel_codecs], args.image, threads=args.threads)
+    run = LinkRun(
+        [LinkSpec.parse(s) for s in args.links],
+        args.model,
+        args.servers,
+        args.grid,
+        args.frames,
+        [(t, p) for t in args.token_formats for p in args.pixel_codecs],
+        args.image,
+        threads=args.threads,
+    )
     from .codecs import machine
 
-    print(f"# emulated link benchmark, {time.strftime('%Y-%m-%d')}, {machine()}, model {run.model} "
-          f"(RANDOM weights), {run.servers} servers, {run.grid}x{run.grid} tiles, image {run.image}")
+    print(
+        f"# emulated link benchmark, {time.strftime('%Y-%m-%d')}, {machine()}, model {run.model} "
+        f"(RANDOM weights), {run.servers} servers, {run.grid}x{run.grid} tiles, image {run.image}"
+    )
     out = run_link_benchmark(run, Path(args.workdir) if args.workdir else None)
     out["summary"] = summarize(out["results"])
     out["date"], out["machine"] = time.strftime("%Y-%m-%d"), machine()

@@ -31,19 +31,19 @@ Token formats (``h x w`` tokens of ``C`` channels; bits per value in brackets)::
              + "predictor" f16 (2, C)                                          [measured]
   q, e and p also carry "channel_offsets", "channel_scales" f16 (C,).
 
-Both ``q`` and ``e`` first normalise every channel by its mean and standard deviation
+``q``, ``e`` and ``p`` first normalise every channel by its mean and standard deviation
 over the reply's tokens, outliers left out (channels of SAM's tokens differ in scale
-several-fold, and real ViTs have outlier channels and a few massive activations).  ``q{b}g{g}`` is then asymmetric group quantisation (fixed
-rate): each group of ``g`` consecutive channels of a token spans its own [min, max] in
-``2**b`` levels.  ``e{k}`` is uniform quantisation with step ``1/k`` of a channel's
-standard deviation (error variance ``1/(12 k**2)`` of it), entropy-coded by zstd; a token
-whose values would need codes beyond +-127 gets a coarser step ``2**shift / k`` instead
-of being clipped.  ``p{k}`` is ``e{k}`` on the residual of a spatial prediction (closed
-loop, so errors do not accumulate): each token is predicted from its reconstructed left and
-upper neighbours with per-channel weights fitted by the sender (neighbouring tokens of an
-image are strongly correlated: about 20 % fewer bytes than ``e{k}`` at the same error).
+several-fold, and real ViTs have outlier channels and a few massive activations).
+``q{b}g{g}`` is then asymmetric group quantisation (fixed rate): each group of ``g``
+consecutive channels of a token spans its own [min, max] in ``2**b`` levels. ``e{k}`` is
+uniform quantisation with step ``1/k`` of a channel's standard deviation (error variance
+``1/(12 k**2)`` of it), entropy-coded by zstd; a token whose values would need codes
+beyond +-127 gets a coarser step ``2**shift / k`` instead of being clipped. ``p{k}`` is
+``e{k}`` on the residual of a spatial prediction (closed loop, so errors do not
+accumulate): each token is predicted from its reconstructed left and upper neighbours with
+per-channel weights fitted by the sender (neighbouring tokens of an image are strongly
+correlated: about 20 % fewer bytes than ``e{k}`` at the same error).
 """
-
 
 from __future__ import annotations
 
@@ -102,8 +102,9 @@ def pixel_codec(spec: str) -> PixelCodec:
         raise CodecError("bad_pixel_codec", f"pixel codec must be a string, got {type(spec).__name__}")
     m = re.fullmatch(r"(raw|png|jpeg|webp)(?::(\d{1,3}))?", spec.strip())
     if not m:
-        raise CodecError("bad_pixel_codec", f"unknown pixel codec {spec!r}: use raw, png[:0-9], jpeg[:1-100] "
-                                            f"or webp[:1-100]")
+        raise CodecError(
+            "bad_pixel_codec", f"unknown pixel codec {spec!r}: use raw, png[:0-9], jpeg[:1-100] or webp[:1-100]"
+        )
     name = m.group(1)
     if name == "raw":
         if m.group(2):
@@ -124,9 +125,11 @@ def encode_pixels(rgb: np.ndarray, spec: str) -> bytes:
     rgb = np.asarray(rgb)
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3 or 0 in rgb.shape:
         raise ValueError(f"expected a non-empty uint8 HxWx3 image, got {rgb.dtype} {rgb.shape}")
-    params = {"png": [cv2.IMWRITE_PNG_COMPRESSION, codec.quality],
-              "jpeg": [cv2.IMWRITE_JPEG_QUALITY, codec.quality],
-              "webp": [cv2.IMWRITE_WEBP_QUALITY, codec.quality]}.get(codec.name)
+    params = {
+        "png": [cv2.IMWRITE_PNG_COMPRESSION, codec.quality],
+        "jpeg": [cv2.IMWRITE_JPEG_QUALITY, codec.quality],
+        "webp": [cv2.IMWRITE_WEBP_QUALITY, codec.quality],
+    }.get(codec.name)
     if params is None:
         raise ValueError(f"{codec.name} is not a compressed pixel codec")
     ext = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}[codec.name]
@@ -151,20 +154,22 @@ def _png_dimensions(data: bytes) -> Tuple[int, int]:
     while pos < n:
         if pos + 12 > n:
             raise CodecError("bad_pixels", "truncated PNG chunk")
-        length, ctype = _be32(data, pos), data[pos + 4:pos + 8]
+        length, ctype = _be32(data, pos), data[pos + 4 : pos + 8]
         end = pos + 12 + length
         if end > n:
             raise CodecError("bad_pixels", f"PNG chunk {ctype!r} runs past the end of the data")
         if ctype == b"IHDR":
             if state != "start" or length != 13:
                 raise CodecError("bad_pixels", "PNG IHDR must be the first chunk and 13 bytes long")
-            if zlib.crc32(data[pos + 4:pos + 8 + length]) != _be32(data, pos + 8 + length):
+            if zlib.crc32(data[pos + 4 : pos + 8 + length]) != _be32(data, pos + 8 + length):
                 raise CodecError("bad_pixels", "PNG IHDR checksum mismatch")
             w, h = _be32(data, pos + 8), _be32(data, pos + 12)
-            depth, color, comp, filt, interlace = data[pos + 16:pos + 21]
+            depth, color, comp, filt, interlace = data[pos + 16 : pos + 21]
             if not (w and h) or depth != 8 or color != 2 or comp != 0 or filt != 0 or interlace not in (0, 1):
-                raise CodecError("bad_pixels", f"PNG must be 8-bit RGB (depth {depth}, color type {color}), "
-                                               f"non-empty and standard-compressed")
+                raise CodecError(
+                    "bad_pixels",
+                    f"PNG must be 8-bit RGB (depth {depth}, color type {color}), non-empty and standard-compressed",
+                )
             dims, state = (w, h), "ihdr"
         elif ctype == b"IDAT":
             if state not in ("ihdr", "idat") or (state == "idat" and prev != b"IDAT"):
@@ -213,8 +218,10 @@ def _jpeg_dimensions(data: bytes) -> Tuple[int, int]:
         if seg_len < 2 or pos + 1 + seg_len > n:
             raise CodecError("bad_pixels", "JPEG marker segment runs past the end of the data")
         if marker in _JPEG_SOF_REFUSED:
-            raise CodecError("bad_pixels", f"JPEG coding process {marker:#04x} is not accepted "
-                                           f"(baseline, extended or progressive Huffman only)")
+            raise CodecError(
+                "bad_pixels",
+                f"JPEG coding process {marker:#04x} is not accepted (baseline, extended or progressive Huffman only)",
+            )
         if marker in _JPEG_SOF_OK:
             if dims is not None:
                 raise CodecError("bad_pixels", "JPEG has more than one frame header")
@@ -222,8 +229,9 @@ def _jpeg_dimensions(data: bytes) -> Tuple[int, int]:
                 raise CodecError("bad_pixels", "JPEG frame header too short")
             precision, h, w, comps = struct.unpack_from(">BHHB", data, pos + 3)
             if precision != 8 or comps != 3 or seg_len != 8 + 3 * comps:
-                raise CodecError("bad_pixels", f"JPEG must be 8-bit with 3 components (got {precision}-bit, "
-                                               f"{comps} components)")
+                raise CodecError(
+                    "bad_pixels", f"JPEG must be 8-bit with 3 components (got {precision}-bit, {comps} components)"
+                )
             if not (w and h):
                 raise CodecError("bad_pixels", "JPEG declares a zero (or DNL-defined) size")
             dims = (w, h)
@@ -236,7 +244,7 @@ def _jpeg_dimensions(data: bytes) -> Tuple[int, int]:
 
 
 def _le(b: bytes, i: int, size: int) -> int:
-    return int.from_bytes(b[i:i + size], "little")
+    return int.from_bytes(b[i : i + size], "little")
 
 
 def _webp_bitstream_dimensions(fourcc: bytes, payload: bytes) -> Tuple[int, int]:
@@ -278,7 +286,7 @@ def _webp_dimensions(data: bytes) -> Tuple[int, int]:
         end = pos + 8 + size + (size & 1)
         if end > n:
             raise CodecError("bad_pixels", "WebP chunk runs past the end of the data")
-        chunks.append((data[pos:pos + 4], data[pos + 8:pos + 8 + size]))
+        chunks.append((data[pos : pos + 4], data[pos + 8 : pos + 8 + size]))
         pos = end
         if len(chunks) > 4:
             raise CodecError("bad_pixels", "WebP has too many chunks")
@@ -325,8 +333,9 @@ def decode_pixels(codec: str, data, shape: Tuple[int, int], max_pixels: int = MA
         raise CodecError("pixels_too_large", f"{h}x{w} pixels exceed the limit of {max_pixels}")
     dw, dh = image_dimensions(codec, data)
     if dw * dh > max_pixels:
-        raise CodecError("pixels_too_large", f"the {codec} data declares {dw}x{dh} pixels, above the limit of "
-                                             f"{max_pixels}")
+        raise CodecError(
+            "pixels_too_large", f"the {codec} data declares {dw}x{dh} pixels, above the limit of {max_pixels}"
+        )
     if (dh, dw) != (h, w):
         raise CodecError("bad_pixels", f"the {codec} data declares {dh}x{dw} pixels, the request {h}x{w}")
     import cv2
@@ -335,8 +344,9 @@ def decode_pixels(codec: str, data, shape: Tuple[int, int], max_pixels: int = MA
     if img is None:
         raise CodecError("bad_pixels", f"the {codec} data does not decode")
     if img.dtype != np.uint8 or img.shape != (h, w, 3):
-        raise CodecError("bad_pixels", f"the {codec} data decoded to {img.dtype} {list(img.shape)}, "
-                                       f"not uint8 {[h, w, 3]}")
+        raise CodecError(
+            "bad_pixels", f"the {codec} data decoded to {img.dtype} {list(img.shape)}, not uint8 {[h, w, 3]}"
+        )
     return np.ascontiguousarray(img[:, :, ::-1])
 
 
@@ -344,11 +354,36 @@ def decode_pixels(codec: str, data, shape: Tuple[int, int], max_pixels: int = MA
 # Tokens
 
 #: the formats servers list in ``info`` and the edge config accepts; other members of
-#: the q{b}g{g} and e{k} families decode too
-TOKEN_FORMATS = ("float32", "float16", "int8",
-                 "q8g64", "q6g64", "q5g32", "q5g64", "q5g128", "q4g32", "q4g64", "q3g32",
-                 "e16", "e12", "e10", "e8", "e6", "e5", "e4", "e3",
-                 "p16", "p12", "p10", "p8", "p6", "p5", "p4", "p3")
+#: the q{b}g{g}, e{k} and p{k} families decode too
+TOKEN_FORMATS = (
+    "float32",
+    "float16",
+    "int8",
+    "q8g64",
+    "q6g64",
+    "q5g32",
+    "q5g64",
+    "q5g128",
+    "q4g32",
+    "q4g64",
+    "q3g32",
+    "e16",
+    "e12",
+    "e10",
+    "e8",
+    "e6",
+    "e5",
+    "e4",
+    "e3",
+    "p16",
+    "p12",
+    "p10",
+    "p8",
+    "p6",
+    "p5",
+    "p4",
+    "p3",
+)
 QUANT_BITS = range(2, 9)
 QUANT_GROUPS = (8, 16, 32, 64, 128, 256)
 ENTROPY_STEPS = range(1, 65)
@@ -387,8 +422,11 @@ class TokenFormat:
         narrower model (so one format name serves the narrow test models too)."""
         g = min(self.group, channels)
         if self.base != "q" or channels < 8 or channels % g or channels % 8:
-            raise CodecError("bad_dtype", f"token format {self.name} needs a channel count divisible by 8 and "
-                                          f"by its group {self.group} (or below it), the model has {channels}")
+            raise CodecError(
+                "bad_dtype",
+                f"token format {self.name} needs a channel count divisible by 8 and "
+                f"by its group {self.group} (or below it), the model has {channels}",
+            )
         return g
 
     def check_channels(self, channels: int) -> None:
@@ -417,8 +455,11 @@ def token_format(name: str) -> TokenFormat:
         raise CodecError("bad_dtype", f"token format must be a string, got {type(name).__name__}")
     m = re.fullmatch(r"float32|float16|int8|q(\d)g(\d{1,3})|([ep])(\d{1,2})", name)
     if not m:
-        raise CodecError("bad_dtype", f"unknown token format {name!r} (float32, float16, int8, q<bits>g<group> "
-                                      f"e<steps> or p<steps>, e.g. {', '.join(TOKEN_FORMATS[3:])})")
+        raise CodecError(
+            "bad_dtype",
+            f"unknown token format {name!r} (float32, float16, int8, q<bits>g<group> "
+            f"e<steps> or p<steps>, e.g. {', '.join(TOKEN_FORMATS[3:])})",
+        )
     if m.group(1) is not None:
         bits, group = int(m.group(1)), int(m.group(2))
         if bits not in QUANT_BITS or group not in QUANT_GROUPS:
@@ -444,7 +485,7 @@ def _format_of(arrays: Dict[str, np.ndarray]) -> TokenFormat:
             raise CodecError("bad_reply", f"tokens of dtype {dt} are not a token dtype")
         return TokenFormat(base, base)
     try:
-        fmt = token_format(key[len("tokens:"):])
+        fmt = token_format(key[len("tokens:") :])
     except CodecError as e:
         raise CodecError("bad_reply", f"reply payload {key!r}: {e.message}") from None
     if fmt.key != key:
@@ -453,6 +494,7 @@ def _format_of(arrays: Dict[str, np.ndarray]) -> TokenFormat:
 
 
 # -- bit packing: 8 codes of b bits <-> b bytes (little-endian bit order)
+
 
 def pack_bits(codes: np.ndarray, bits: int) -> np.ndarray:
     """uint8 codes (< 2**bits; size divisible by 8) -> uint8 bytes, ``bits`` bytes per 8 codes."""
@@ -483,6 +525,7 @@ def unpack_bits(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
 
 
 # -- zstd stage
+
 
 def _zstd():
     from backports import zstd  # the PEP 784 backport (compression.zstd of Python 3.14)
@@ -532,13 +575,13 @@ def channel_stats(tokens: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     s1 = flat.sum(axis=0, dtype=np.float64)
     s2 = np.einsum("ij,ij->j", flat, flat, dtype=np.float64)
     mean = s1 / count
-    std = np.sqrt(np.maximum(s2 / count - mean ** 2, 0.0))
+    std = np.sqrt(np.maximum(s2 / count - mean**2, 0.0))
     rows, cols = np.nonzero(np.abs(flat - mean.astype(np.float32)) > OUTLIER_SIGMAS * std.astype(np.float32))
     if len(cols):  # take the outliers' share out of the sums
         v = flat[rows, cols].astype(np.float64)
         n = count - np.bincount(cols, minlength=c)
         mean = (s1 - np.bincount(cols, v, minlength=c)) / n
-        std = np.sqrt(np.maximum((s2 - np.bincount(cols, v * v, minlength=c)) / n - mean ** 2, 0.0))
+        std = np.sqrt(np.maximum((s2 - np.bincount(cols, v * v, minlength=c)) / n - mean**2, 0.0))
     if max(float(np.abs(mean).max(initial=0)), float(std.max(initial=0))) > _F16_LIMIT:
         raise ValueError(f"token values beyond +-{_F16_LIMIT:g} do not fit the float16 channel statistics")
     mean16 = mean.astype(np.float16)
@@ -556,6 +599,7 @@ def _denormalize(z: np.ndarray, mean16: np.ndarray, std16: np.ndarray) -> np.nda
 
 
 # -- group quantisation (q formats)
+
 
 def quantize_groups(x: np.ndarray, bits: int, group: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(..., C) float32 -> codes uint8 (..., C), scales and offsets float16 (..., C/group):
@@ -586,6 +630,7 @@ def dequantize_groups(codes: np.ndarray, scale: np.ndarray, offset: np.ndarray, 
 
 
 # -- uniform quantisation for the entropy stage (e formats)
+
 
 def quantize_uniform(z: np.ndarray, steps: int) -> Tuple[np.ndarray, np.ndarray]:
     """Normalised (h, w, C) -> int8 codes ``round(z * steps / 2**shift)`` and the per-token
@@ -639,8 +684,9 @@ def _diagonals(h: int, w: int):
         yield i, j, np.flatnonzero((i == 0) | (j == 0))
 
 
-def _prediction(rec: np.ndarray, i: np.ndarray, j: np.ndarray, border: np.ndarray, wl: np.ndarray,
-                wu: np.ndarray) -> np.ndarray:
+def _prediction(
+    rec: np.ndarray, i: np.ndarray, j: np.ndarray, border: np.ndarray, wl: np.ndarray, wu: np.ndarray
+) -> np.ndarray:
     """Prediction of tokens (i, j) from the reconstruction ``rec``, padded with a zero first
     row and column; a token on the first row or column uses its one neighbour with both
     weights, the first token is predicted as 0."""
@@ -678,6 +724,7 @@ def dequantize_predicted(codes: np.ndarray, shift: np.ndarray, steps: int, weigh
 
 
 # -- pack / unpack
+
 
 def pack_tokens(tokens: np.ndarray, fmt: str) -> List[Tuple[str, np.ndarray]]:
     """(h, w, C) float tokens -> named arrays for the reply, in format ``fmt``."""
@@ -730,14 +777,19 @@ def _finite(a: np.ndarray, name: str, positive: bool = False) -> None:
         raise CodecError("bad_reply", f"{name!r} must be finite{' and > 0' if positive else ''}")
 
 
-_EXTRA = {"float32": (), "float16": (), "int8": ("scales",),
-          "q": ("scales", "offsets", "channel_offsets", "channel_scales"),
-          "e": ("shifts", "channel_offsets", "channel_scales"),
-          "p": ("shifts", "channel_offsets", "channel_scales", "predictor")}
+_EXTRA = {
+    "float32": (),
+    "float16": (),
+    "int8": ("scales",),
+    "q": ("scales", "offsets", "channel_offsets", "channel_scales"),
+    "e": ("shifts", "channel_offsets", "channel_scales"),
+    "p": ("shifts", "channel_offsets", "channel_scales", "predictor"),
+}
 
 
-def unpack_tokens(arrays: Dict[str, np.ndarray], expected_shape: Tuple[int, int, int],
-                  expected_format: Optional[str] = None) -> np.ndarray:
+def unpack_tokens(
+    arrays: Dict[str, np.ndarray], expected_shape: Tuple[int, int, int], expected_format: Optional[str] = None
+) -> np.ndarray:
     """Reply arrays -> (h, w, C) float32 tokens. The format is read from the tensors'
     names and dtypes; every tensor's shape must fit ``expected_shape``, no other tensor
     may be present, and when ``expected_format`` is given the reply must be in it."""

@@ -45,7 +45,7 @@ from __future__ import annotations
 import json
 import math
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -167,8 +167,11 @@ def decode_message(frames: Sequence, max_total_bytes: int = MAX_REQUEST_BYTES) -
             raise WireError("bad_header", f"bad or duplicate tensor name {name!r}")
         if not isinstance(dtype, str) or dtype not in DTYPES:
             raise WireError("bad_dtype", f"tensor {name!r}: dtype {dtype!r} is not one of {sorted(DTYPES)}")
-        if (not isinstance(shape, list) or len(shape) > 4
-                or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_DIM for d in shape)):
+        if (
+            not isinstance(shape, list)
+            or len(shape) > 4
+            or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_DIM for d in shape)
+        ):
             raise WireError("bad_shape", f"tensor {name!r}: shape {shape!r} must be a list of <= 4 non-negative ints")
         dt = DTYPES[dtype]
         expected = math.prod(shape) * dt.itemsize
@@ -201,8 +204,11 @@ class EncodeRequest:
 
 
 def _int_pair(value, name: str) -> Tuple[int, int]:
-    if (not isinstance(value, list) or len(value) != 2
-            or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+    if (
+        not isinstance(value, list)
+        or len(value) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    ):
         raise WireError("bad_tile", f"window {name} must be [start, end] integers")
     a, b = value
     if not 0 <= a < b <= TOKEN_GRID:
@@ -243,16 +249,24 @@ def _decode_pixels(desc, pixels: np.ndarray, window: Tile) -> Tuple[np.ndarray, 
     if codec not in PIXEL_CODECS[1:]:
         raise WireError("bad_pixel_codec", f"pixel codec {codec!r} is not one of {list(PIXEL_CODECS[1:])}")
     ph, pw = window.pixel_shape
-    if (not isinstance(shape, list) or len(shape) != 3
-            or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
-            or shape[2] != 3 or not 0 < shape[0] <= ph or not 0 < shape[1] <= pw):
-        raise WireError("bad_shape", f"compressed pixels of shape {shape!r} do not fit the tile's {ph}x{pw}x3 "
-                                     f"pixels (and must not be empty)")
+    if (
+        not isinstance(shape, list)
+        or len(shape) != 3
+        or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
+        or shape[2] != 3
+        or not 0 < shape[0] <= ph
+        or not 0 < shape[1] <= pw
+    ):
+        raise WireError(
+            "bad_shape",
+            f"compressed pixels of shape {shape!r} do not fit the tile's {ph}x{pw}x3 pixels (and must not be empty)",
+        )
     if pixels.dtype != DTYPES["uint8"] or pixels.ndim != 1:
         raise WireError("bad_shape", "compressed pixels travel as a 1-D uint8 tensor")
     try:
-        rgb = codecs.decode_pixels(codec, pixels, (shape[0], shape[1]),
-                                   max_pixels=min(codecs.MAX_DECODED_PIXELS, ph * pw))
+        rgb = codecs.decode_pixels(
+            codec, pixels, (shape[0], shape[1]), max_pixels=min(codecs.MAX_DECODED_PIXELS, ph * pw)
+        )
     except CodecError as e:
         raise WireError(e.code, e.message) from None
     return rgb, codec
@@ -274,12 +288,16 @@ def parse_encode_request(header: dict, arrays: Dict[str, np.ndarray]) -> EncodeR
     r0, r1 = _int_pair(win.get("rows"), "rows")
     c0, c1 = _int_pair(win.get("cols"), "cols")
     index = win.get("index", 0)
-    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < TOKEN_GRID ** 2:
+    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < TOKEN_GRID**2:
         raise WireError("bad_tile", "window index must be a small non-negative int")
     window = Tile(index, 0, 0, r0, r1, c0, c1)
     budget = header.get("budget_ms")
-    if (not isinstance(budget, (int, float)) or isinstance(budget, bool) or not math.isfinite(budget)
-            or not 0 < budget <= 3_600_000):
+    if (
+        not isinstance(budget, (int, float))
+        or isinstance(budget, bool)
+        or not math.isfinite(budget)
+        or not 0 < budget <= 3_600_000
+    ):
         raise WireError("bad_deadline", "budget_ms must be a positive number of milliseconds (<= 1 h)")
     reply_dtype = header.get("reply_dtype", "float16")
     try:
@@ -320,8 +338,9 @@ def pack_tokens(tokens: np.ndarray, dtype: str) -> List[Tuple[str, np.ndarray]]:
         raise WireError(e.code, e.message) from None
 
 
-def unpack_tokens(arrays: Dict[str, np.ndarray], expected_shape: Tuple[int, int, int],
-                  expected_format: Optional[str] = None) -> np.ndarray:
+def unpack_tokens(
+    arrays: Dict[str, np.ndarray], expected_shape: Tuple[int, int, int], expected_format: Optional[str] = None
+) -> np.ndarray:
     """Reply arrays -> (h, w, C) float32 tokens, checking the shape the edge expects (and
     the format, when ``expected_format`` is given); raises ``WireError("bad_reply")``."""
     try:

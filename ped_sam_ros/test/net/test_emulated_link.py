@@ -12,7 +12,6 @@ import time
 import pytest
 
 from helpers import TINY_B
-
 from ped_sam_ros.bench import link as L
 
 pytestmark = pytest.mark.timeout(480)
@@ -47,8 +46,15 @@ def test_cleanup_after_a_failure_removes_namespaces_and_processes(tmp_path):
 @needs_netns
 def test_frames_over_a_shaped_delayed_link(tmp_path):
     spec = L.LinkSpec(50.0, 50.0, 15.0)
-    run = L.LinkRun([spec], model=TINY_B, servers=1, grid=2, frames=1,
-                    combos=[("float16", "raw"), ("e8", "jpeg:90")], frame_timeout_s=120.0)
+    run = L.LinkRun(
+        [spec],
+        model=TINY_B,
+        servers=1,
+        grid=2,
+        frames=1,
+        combos=[("float16", "raw"), ("e8", "jpeg:90")],
+        frame_timeout_s=120.0,
+    )
     t0 = time.monotonic()
     link = L.EmulatedLink()
     out = L.run_link_benchmark(run, tmp_path / "run", echo=lambda *a: None, link=link)
@@ -79,13 +85,22 @@ def test_frames_over_a_shaped_delayed_link(tmp_path):
 def test_split_follows_the_reply_that_completes_last():
     """The latency split from a synthetic proxy log (no namespaces needed): two servers,
     the second one's reply completes last; the four parts add up to the frame."""
-    frame = {"t_start": 9.0, "t_end": 12.0, "t_remote0": 10.0, "t_remote1": 11.0,
-             "tiles": [{"server": 0, "bytes_down": 1000}, {"server": 1, "bytes_down": 3000}]}
+    frame = {
+        "t_start": 9.0,
+        "t_end": 12.0,
+        "t_remote0": 10.0,
+        "t_remote1": 11.0,
+        "tiles": [{"server": 0, "bytes_down": 1000}, {"server": 1, "bytes_down": 3000}],
+    }
     ev = [  # (connection, port, direction, in/out, time, bytes)
-        (1, 6600, "up", "out", 10.20, 5000), (2, 6601, "up", "out", 10.30, 4000), (2, 6601, "up", "out", 10.40, 4000),
+        (1, 6600, "up", "out", 10.20, 5000),
+        (2, 6601, "up", "out", 10.30, 4000),
+        (2, 6601, "up", "out", 10.40, 4000),
         (2, 6601, "up", "out", 10.60, 20),  # a heartbeat after the request: not part of the upload
-        (1, 6600, "down", "in", 10.50, 1000), (1, 6600, "down", "out", 10.55, 1000),
-        (2, 6601, "down", "in", 10.80, 3000), (2, 6601, "down", "out", 10.95, 3000),
+        (1, 6600, "down", "in", 10.50, 1000),
+        (1, 6600, "down", "out", 10.55, 1000),
+        (2, 6601, "down", "in", 10.80, 3000),
+        (2, 6601, "down", "out", 10.95, 3000),
     ]
     got = L.split_frame(frame, ev, [6600, 6601])
     assert got["upload_s"] == pytest.approx(0.40) and got["download_s"] == pytest.approx(0.20)

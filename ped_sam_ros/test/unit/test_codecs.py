@@ -50,9 +50,17 @@ def no_decoder(monkeypatch):
 # Pixel codec specs and round trips
 
 
-@pytest.mark.parametrize("spec,expected", [("raw", ("raw", None)), ("png", ("png", 1)), ("png:9", ("png", 9)),
-                                           ("jpeg", ("jpeg", 90)), ("jpeg:75", ("jpeg", 75)),
-                                           ("webp:100", ("webp", 100))])
+@pytest.mark.parametrize(
+    "spec,expected",
+    [
+        ("raw", ("raw", None)),
+        ("png", ("png", 1)),
+        ("png:9", ("png", 9)),
+        ("jpeg", ("jpeg", 90)),
+        ("jpeg:75", ("jpeg", 75)),
+        ("webp:100", ("webp", 100)),
+    ],
+)
 def test_pixel_codec_specs(spec, expected):
     c = codecs.pixel_codec(spec)
     assert (c.name, c.quality) == expected
@@ -130,14 +138,14 @@ def png_bomb(side: int = 16384) -> bytes:
 
 def _patch_jpeg_size(data: bytes, h: int, w: int) -> bytes:
     i = data.index(b"\xff\xc0")
-    return data[:i + 5] + struct.pack(">HH", h, w) + data[i + 9:]
+    return data[: i + 5] + struct.pack(">HH", h, w) + data[i + 9 :]
 
 
 def test_png_bomb_is_refused_before_decoding(no_decoder):
     bomb = png_bomb(16384)
     assert len(bomb) < 1_000_000  # tiny on the wire
     # it really is a complete zlib stream of 16384 rows (checked on its first megabyte)
-    idat = bomb[8 + 25 + 8:-12 - 4]
+    idat = bomb[8 + 25 + 8 : -12 - 4]
     assert len(zlib.decompressobj().decompress(idat, 1 << 20)) == 1 << 20
     assert codecs.image_dimensions("png", bomb) == (16384, 16384)
     t0 = time.perf_counter()
@@ -192,7 +200,7 @@ def _png_with(chunks):
 def test_png_structure_is_strict(no_decoder):
     good = codecs.encode_pixels(_photo(16, 16), "png")
     ihdr = struct.pack(">IIBBBBB", 16, 16, 8, 2, 0, 0, 0)
-    idat = good[good.index(b"IDAT") + 4:good.index(b"IEND") - 8]
+    idat = good[good.index(b"IDAT") + 4 : good.index(b"IEND") - 8]
     cases = {
         "signature": b"\x89PNX" + good[4:],
         "truncated": good[:-5],
@@ -201,12 +209,15 @@ def test_png_structure_is_strict(no_decoder):
         "no ihdr": _png_with([(b"IDAT", idat), (b"IEND", b"")]),
         "two ihdr": _png_with([(b"IHDR", ihdr), (b"IHDR", ihdr), (b"IDAT", idat), (b"IEND", b"")]),
         "no iend": _png_with([(b"IHDR", ihdr), (b"IDAT", idat)]),
-        "16-bit": _png_with([(b"IHDR", struct.pack(">IIBBBBB", 16, 16, 16, 2, 0, 0, 0)), (b"IDAT", idat),
-                             (b"IEND", b"")]),
-        "palette": _png_with([(b"IHDR", struct.pack(">IIBBBBB", 16, 16, 8, 3, 0, 0, 0)), (b"IDAT", idat),
-                              (b"IEND", b"")]),
-        "zero width": _png_with([(b"IHDR", struct.pack(">IIBBBBB", 0, 16, 8, 2, 0, 0, 0)), (b"IDAT", idat),
-                                 (b"IEND", b"")]),
+        "16-bit": _png_with(
+            [(b"IHDR", struct.pack(">IIBBBBB", 16, 16, 16, 2, 0, 0, 0)), (b"IDAT", idat), (b"IEND", b"")]
+        ),
+        "palette": _png_with(
+            [(b"IHDR", struct.pack(">IIBBBBB", 16, 16, 8, 3, 0, 0, 0)), (b"IDAT", idat), (b"IEND", b"")]
+        ),
+        "zero width": _png_with(
+            [(b"IHDR", struct.pack(">IIBBBBB", 0, 16, 8, 2, 0, 0, 0)), (b"IDAT", idat), (b"IEND", b"")]
+        ),
         "bad crc": good[:29] + bytes([good[29] ^ 1]) + good[30:],
         "chunk past end": good[:8] + struct.pack(">I", 1 << 30) + good[12:],
     }
@@ -220,16 +231,16 @@ def test_jpeg_structure_is_strict(no_decoder):
     cases = {
         "no soi": b"\0\0" + good[2:],
         "no eoi": good[:-2],
-        "lossless": good[:sof + 1] + b"\xc3" + good[sof + 2:],
-        "arithmetic": good[:sof + 1] + b"\xc9" + good[sof + 2:],
-        "12-bit": good[:sof + 4] + b"\x0c" + good[sof + 5:],
+        "lossless": good[: sof + 1] + b"\xc3" + good[sof + 2 :],
+        "arithmetic": good[: sof + 1] + b"\xc9" + good[sof + 2 :],
+        "12-bit": good[: sof + 4] + b"\x0c" + good[sof + 5 :],
         "zero height": _patch_jpeg_size(good, 0, 16),
-        "two frames": good[:sof] + good[sof:sof + 19] + good[sof:],
-        "no frame": good[:sof] + good[sof + 19:],
+        "two frames": good[:sof] + good[sof : sof + 19] + good[sof:],
+        "no frame": good[:sof] + good[sof + 19 :],
         "segment past end": good[:4] + b"\xff\xff" + good[6:],
         "too many scans": good[:-2] + b"\xff\xda" * (codecs.MAX_JPEG_SCANS + 1) + b"\xff\xd9",
     }
-    assert good[sof + 2:sof + 4] == b"\x00\x11"  # 17-byte SOF0 segment (+2 marker bytes = 19)
+    assert good[sof + 2 : sof + 4] == b"\x00\x11"  # 17-byte SOF0 segment (+2 marker bytes = 19)
     for name, data in cases.items():
         assert _code(codecs.image_dimensions, "jpeg", data) == "bad_pixels", name
 
@@ -267,9 +278,11 @@ def test_webp_lossless_dimensions():
 
 
 def test_core_imports_no_cv2_or_zstd():
-    code = ("import sys, ped_sam_ros.core.codecs, ped_sam_ros.core.wire, ped_sam_ros.core.transport; "
-            "bad = [m for m in ('cv2', 'backports.zstd', 'zmq') if m in sys.modules]; print(bad); "
-            "sys.exit(1 if bad else 0)")
+    code = (
+        "import sys, ped_sam_ros.core.codecs, ped_sam_ros.core.wire, ped_sam_ros.core.transport; "
+        "bad = [m for m in ('cv2', 'backports.zstd', 'zmq') if m in sys.modules]; print(bad); "
+        "sys.exit(1 if bad else 0)"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
 
@@ -321,7 +334,7 @@ def test_group_quantisation_error_within_half_a_step(fmt):
     z, zo = (t - mean) / std, (out - mean) / std
     step = np.repeat(arrays["scales"].astype(np.float32), f.group, axis=-1)
     off = np.repeat(np.abs(arrays["offsets"].astype(np.float32)), f.group, axis=-1)
-    assert np.all(np.abs(z - zo) <= 0.5 * step + off * 2 ** -10 + 1e-5)
+    assert np.all(np.abs(z - zo) <= 0.5 * step + off * 2**-10 + 1e-5)
     assert arrays[f.key].shape == (6, 10, 64 * f.bits // 8)
 
 
@@ -363,9 +376,9 @@ def _field(shape=(24, 20, 32), rho=0.8, seed=5):
     h, w, c = shape
     x = rng.normal(0, 1, (h, w, c)).astype(np.float32)
     for i in range(1, h):
-        x[i] = rho * x[i - 1] + np.sqrt(1 - rho ** 2) * x[i]
+        x[i] = rho * x[i - 1] + np.sqrt(1 - rho**2) * x[i]
     for j in range(1, w):
-        x[:, j] = rho * x[:, j - 1] + np.sqrt(1 - rho ** 2) * x[:, j]
+        x[:, j] = rho * x[:, j - 1] + np.sqrt(1 - rho**2) * x[:, j]
     return x * rng.uniform(0.5, 2.0, c).astype(np.float32) + rng.normal(0, 1, c).astype(np.float32)
 
 
@@ -439,9 +452,27 @@ def test_payload_bytes_are_exact_for_fixed_rate_and_a_bound_for_entropy():
             assert got == f.payload_bytes(63, 64), fmt
 
 
-@pytest.mark.parametrize("name", ["q9g64", "q1g64", "q4g63", "q4g512", "e0", "e65", "e07", "p0", "p99", "d8",
-                                  "float64", "q4g64+zstd",
-                                  "int4", "", None, 8])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "q9g64",
+        "q1g64",
+        "q4g63",
+        "q4g512",
+        "e0",
+        "e65",
+        "e07",
+        "p0",
+        "p99",
+        "d8",
+        "float64",
+        "q4g64+zstd",
+        "int4",
+        "",
+        None,
+        8,
+    ],
+)
 def test_unknown_token_formats(name):
     assert _code(codecs.token_format, name) == "bad_dtype"
 
@@ -455,6 +486,7 @@ def test_tokens_must_be_finite_to_pack():
 
 
 # -- strict decoding of hostile replies
+
 
 def _bad(arrays, shape=(6, 10, 64), fmt=None):
     return _code(codecs.unpack_tokens, arrays, shape, fmt)
@@ -548,11 +580,13 @@ def test_payload_under_the_wrong_name_is_refused():
 def test_the_rule_for_defaults_picks_the_smallest_format_that_passes():
     from ped_sam_ros.bench.codecs import choose
 
-    summary = [{"format": "float16", "embedding_cosine_min": 1.0, "point_iou": 1.0},
-               {"format": "e8", "embedding_cosine_min": 0.9995, "point_iou": 0.99},
-               {"format": "p6", "embedding_cosine_min": 0.9991, "point_iou": 0.985},
-               {"format": "p3", "embedding_cosine_min": 0.998, "point_iou": 0.99},  # cosine too low
-               {"format": "p4", "embedding_cosine_min": 0.9992, "point_iou": 0.97}]  # IoU too low
+    summary = [
+        {"format": "float16", "embedding_cosine_min": 1.0, "point_iou": 1.0},
+        {"format": "e8", "embedding_cosine_min": 0.9995, "point_iou": 0.99},
+        {"format": "p6", "embedding_cosine_min": 0.9991, "point_iou": 0.985},
+        {"format": "p3", "embedding_cosine_min": 0.998, "point_iou": 0.99},  # cosine too low
+        {"format": "p4", "embedding_cosine_min": 0.9992, "point_iou": 0.97},
+    ]  # IoU too low
     sizes = {"float16": 10.0, "e8": 3.4, "p6": 2.5, "p3": 2.0, "p4": 2.2}
     assert choose(summary, "format", sizes)["format"] == "p6"
     assert choose(summary[3:], "format", sizes) is None

@@ -12,9 +12,18 @@ import pytest
 
 from ped_sam_ros.core import wire
 from ped_sam_ros.core.geometry import Partition, Tile
-from ped_sam_ros.core.wire import (EncodeRequest, WireError, decode_message, encode_message, error_reply,
-                                   make_encode_request, pack_tokens, parse_encode_request, token_bytes,
-                                   unpack_tokens)
+from ped_sam_ros.core.wire import (
+    EncodeRequest,
+    WireError,
+    decode_message,
+    encode_message,
+    error_reply,
+    make_encode_request,
+    pack_tokens,
+    parse_encode_request,
+    token_bytes,
+    unpack_tokens,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -33,8 +42,15 @@ def _request(window=WIN, pixels=None, **over):
     if pixels is None:
         h, w = window.pixel_shape
         pixels = np.random.default_rng(1).integers(0, 256, (h, w, 3), dtype=np.uint8)
-    req = EncodeRequest(over.pop("id", "req-1"), over.pop("model", "vit_b"), over.pop("mode", "paper"), window,
-                        pixels, over.pop("budget_ms", 1500), over.pop("reply_dtype", "float16"))
+    req = EncodeRequest(
+        over.pop("id", "req-1"),
+        over.pop("model", "vit_b"),
+        over.pop("mode", "paper"),
+        window,
+        pixels,
+        over.pop("budget_ms", 1500),
+        over.pop("reply_dtype", "float16"),
+    )
     assert not over
     return req
 
@@ -101,7 +117,7 @@ def test_float32_tokens_exact():
 
 
 # float16 keeps 11 significant bits: relative error <= 2**-11 for normal numbers.
-FLOAT16_REL_TOL = 2.0 ** -11
+FLOAT16_REL_TOL = 2.0**-11
 
 
 def test_float16_tokens_within_half_ulp():
@@ -230,9 +246,8 @@ def _with_payload(frames, payload: bytes, **pixels_header):
 
 
 def test_png_bomb_in_a_request_is_refused_before_decoding(monkeypatch):
-    from test_codecs import png_bomb
-
     import cv2
+    from test_codecs import png_bomb
 
     monkeypatch.setattr(cv2, "imdecode", lambda *a: pytest.fail("decoder reached"))
     _, frames = _codec_request("png")
@@ -245,7 +260,6 @@ def test_png_bomb_in_a_request_is_refused_before_decoding(monkeypatch):
 
 def test_jpeg_declaring_a_huge_size_in_a_request(monkeypatch):
     import cv2
-
     from test_codecs import _patch_jpeg_size
 
     monkeypatch.setattr(cv2, "imdecode", lambda *a: pytest.fail("decoder reached"))
@@ -260,18 +274,21 @@ def test_compressed_pixels_must_match_the_declared_shape():
     assert _code(_with_payload(frames, bytes(frames[1]), shape=[h - 16, w, 3]), parse=True) == "bad_pixels"
 
 
-@pytest.mark.parametrize("change,code", [
-    ({"codec": "gif"}, "bad_pixel_codec"),
-    ({"codec": "raw"}, "bad_pixel_codec"),
-    ({"codec": None}, "bad_pixel_codec"),
-    ({"shape": [577, 576, 3]}, "bad_shape"),  # larger than the tile
-    ({"shape": [0, 576, 3]}, "bad_shape"),
-    ({"shape": [576, 576, 4]}, "bad_shape"),
-    ({"shape": [576, 576]}, "bad_shape"),
-    ({"shape": [576.0, 576, 3]}, "bad_shape"),
-    ({"shape": "576x576x3"}, "bad_shape"),
-    ({"quality": 90}, "bad_header"),
-])
+@pytest.mark.parametrize(
+    "change,code",
+    [
+        ({"codec": "gif"}, "bad_pixel_codec"),
+        ({"codec": "raw"}, "bad_pixel_codec"),
+        ({"codec": None}, "bad_pixel_codec"),
+        ({"shape": [577, 576, 3]}, "bad_shape"),  # larger than the tile
+        ({"shape": [0, 576, 3]}, "bad_shape"),
+        ({"shape": [576, 576, 4]}, "bad_shape"),
+        ({"shape": [576, 576]}, "bad_shape"),
+        ({"shape": [576.0, 576, 3]}, "bad_shape"),
+        ({"shape": "576x576x3"}, "bad_shape"),
+        ({"quality": 90}, "bad_header"),
+    ],
+)
 def test_bad_pixels_header(change, code):
     _, frames = _codec_request("png")
     assert _code(_with_payload(frames, bytes(frames[1]), **change), parse=True) == code
@@ -330,8 +347,7 @@ def test_header_too_large():
     assert ei.value.code == "header_too_large"
 
 
-@pytest.mark.parametrize("garbage", [b"", b"\xff\xfe\x00garbage", b"not json", b"{\"v\": 1,", b"[1, 2]",
-                                     b"42", b"null"])
+@pytest.mark.parametrize("garbage", [b"", b"\xff\xfe\x00garbage", b"not json", b'{"v": 1,', b"[1, 2]", b"42", b"null"])
 def test_garbage_header(garbage):
     assert _code([garbage]) == "bad_header"
 
@@ -409,18 +425,34 @@ def test_huge_declared_shape_is_refused_without_allocating():
         assert _code(_with_header(frames, tensors=spec)) == "bad_shape", shape
 
 
-@pytest.mark.parametrize("spec", [
-    "pixels", [["pixels", "uint8", [1]]], [{"name": "", "dtype": "uint8", "shape": [1]}],
-])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "pixels",
+        [["pixels", "uint8", [1]]],
+        [{"name": "", "dtype": "uint8", "shape": [1]}],
+    ],
+)
 def test_bad_tensor_specs(spec):
     frames = [json.dumps({"v": wire.PROTOCOL_VERSION, "type": "encode", "tensors": spec}).encode(), b"\0"]
     assert _code(frames) == "bad_header"
 
 
 def test_duplicate_tensor_name():
-    frames = [json.dumps({"v": wire.PROTOCOL_VERSION, "type": "encoded", "tensors": [
-        {"name": "t", "dtype": "uint8", "shape": [1]}, {"name": "t", "dtype": "uint8", "shape": [1]}]}).encode(),
-        b"\0", b"\0"]
+    frames = [
+        json.dumps(
+            {
+                "v": wire.PROTOCOL_VERSION,
+                "type": "encoded",
+                "tensors": [
+                    {"name": "t", "dtype": "uint8", "shape": [1]},
+                    {"name": "t", "dtype": "uint8", "shape": [1]},
+                ],
+            }
+        ).encode(),
+        b"\0",
+        b"\0",
+    ]
     assert _code(frames) == "bad_header"
 
 
@@ -435,9 +467,17 @@ def test_unknown_dtype(dtype):
 def test_wrong_pixel_dtype():
     """Well-formed float32 tensor, but pixels must be uint8."""
     px = np.zeros((224, 224, 3), np.float32)
-    frames = encode_message({"type": "encode", "id": "r", "model": "vit_b", "mode": "paper",
-                             "tile": {"rows": [0, 14], "cols": [0, 14]}, "budget_ms": 100},
-                            [("pixels", px)])
+    frames = encode_message(
+        {
+            "type": "encode",
+            "id": "r",
+            "model": "vit_b",
+            "mode": "paper",
+            "tile": {"rows": [0, 14], "cols": [0, 14]},
+            "budget_ms": 100,
+        },
+        [("pixels", px)],
+    )
     assert _code(frames, parse=True) == "bad_dtype"
 
 
@@ -446,18 +486,21 @@ def test_bad_reply_dtype():
     assert _code(frames, parse=True) == "bad_dtype"
 
 
-@pytest.mark.parametrize("window", [
-    {"rows": [0, 65], "cols": [0, 14]},  # past the 64-token grid
-    {"rows": [-1, 14], "cols": [0, 14]},
-    {"rows": [14, 14], "cols": [0, 14]},  # empty
-    {"rows": [20, 10], "cols": [0, 14]},  # reversed
-    {"rows": [0, 14]},  # cols missing
-    {"rows": [0, 14.0], "cols": [0, 14]},
-    {"rows": [0, 14, 28], "cols": [0, 14]},
-    {"rows": [0, 14], "cols": [0, 14], "index": -1},
-    {"rows": [0, 14], "cols": [0, 14], "index": 1 << 20},
-    "0:14,0:14",
-])
+@pytest.mark.parametrize(
+    "window",
+    [
+        {"rows": [0, 65], "cols": [0, 14]},  # past the 64-token grid
+        {"rows": [-1, 14], "cols": [0, 14]},
+        {"rows": [14, 14], "cols": [0, 14]},  # empty
+        {"rows": [20, 10], "cols": [0, 14]},  # reversed
+        {"rows": [0, 14]},  # cols missing
+        {"rows": [0, 14.0], "cols": [0, 14]},
+        {"rows": [0, 14, 28], "cols": [0, 14]},
+        {"rows": [0, 14], "cols": [0, 14], "index": -1},
+        {"rows": [0, 14], "cols": [0, 14], "index": 1 << 20},
+        "0:14,0:14",
+    ],
+)
 def test_window_out_of_grid(window):
     frames = _with_header(make_encode_request(_request()), tile=window)
     assert _code(frames, parse=True) == "bad_tile"
