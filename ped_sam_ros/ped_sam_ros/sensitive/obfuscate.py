@@ -51,13 +51,14 @@ def obfuscate_region(crop: np.ndarray, op: str, region: tuple, whole: Box, y_off
         # cell index of every pixel, counted from the object's top-left corner (same in every tile)
         gy = np.floor((np.arange(y0, y1) + y_off - whole[1]) / cell).astype(int)
         gx = np.floor((np.arange(x0, x1) + x_off - whole[0]) / cell).astype(int)
-        out = patch.astype(np.float32)
-        for cy in np.unique(gy):
-            rows = gy == cy
-            for cx in np.unique(gx):
-                cols = gx == cx
-                block = out[np.ix_(rows, cols)]
-                out[np.ix_(rows, cols)] = block.reshape(-1, 3).mean(axis=0)
+        gy, gx = gy - gy.min(), gx - gx.min()
+        nx = int(gx.max()) + 1
+        idx = (gy[:, None] * nx + gx[None, :]).ravel()
+        counts = np.bincount(idx)
+        out = np.empty(patch.shape, np.float32)
+        for c in range(3):
+            means = np.bincount(idx, weights=patch[..., c].ravel().astype(np.float64)) / np.maximum(counts, 1)
+            out[..., c] = means[idx].reshape(patch.shape[:2])
         crop[y0:y1, x0:x1] = np.clip(out + 0.5, 0, 255).astype(np.uint8)
     elif op == "noise":
         noisy = patch.astype(np.float32) + rng.normal(0.0, config.noise_sigma, patch.shape).astype(np.float32)
