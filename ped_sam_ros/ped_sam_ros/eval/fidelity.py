@@ -88,7 +88,7 @@ def amg_masks(predictor: SamPredictor, image: np.ndarray, points_per_side: int, 
 
 
 @dataclass
-class Reference:
+class ReferenceOutputs:
     """Plain SAM's outputs on one image: what every configuration is compared with."""
 
     features: torch.Tensor
@@ -101,14 +101,14 @@ class Reference:
 
 def reference_outputs(
     predictor: SamPredictor, image: np.ndarray, grid: int, amg_points: int, amg_options: Dict, run_amg: bool
-) -> Reference:
+) -> ReferenceOutputs:
     h, w = image.shape[:2]
     pts = point_grid(h, w, grid)
     pm = point_masks(predictor, pts)
     boxes = boxes_from_masks(pm)
     bm = box_masks(predictor, boxes)
     amg = amg_masks(predictor, image, amg_points, amg_options) if run_amg else None
-    return Reference(predictor.features.detach().clone(), pts, pm, boxes, bm, amg)
+    return ReferenceOutputs(predictor.features.detach().clone(), pts, pm, boxes, bm, amg)
 
 
 @dataclass(frozen=True)
@@ -165,7 +165,7 @@ class FidelityScores:
 
 
 def compare(
-    ref: Reference, predictor: SamPredictor, image: np.ndarray, amg_points: int, amg_options: Dict, run_amg: bool
+    ref: ReferenceOutputs, predictor: SamPredictor, image: np.ndarray, amg_points: int, amg_options: Dict, run_amg: bool
 ) -> FidelityScores:
     """Fidelity of ``predictor`` (image already set) against the reference."""
     f = predictor.features
@@ -184,7 +184,7 @@ def compare(
     )
 
 
-def reference_self_scores(ref: Reference, run_amg: bool) -> FidelityScores:
+def reference_self_scores(ref: ReferenceOutputs, run_amg: bool) -> FidelityScores:
     """The reference compared with itself (what cloud and edge-only SAM score by construction)."""
     amg = metrics.match_masks(ref.amg, ref.amg) if (run_amg and ref.amg is not None) else None
     return FidelityScores(

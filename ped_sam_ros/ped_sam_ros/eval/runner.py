@@ -299,7 +299,7 @@ class Evaluation:
         )
         return PedSamPredictor(enc)
 
-    def _run_baselines(self, ref_pred: SamPredictor, img: _Image, rows: _Rows) -> fid.Reference:
+    def _run_baselines(self, ref_pred: SamPredictor, img: _Image, rows: _Rows) -> fid.ReferenceOutputs:
         """Plain SAM on the image (the reference), and the rows of cloud and edge-only SAM."""
         s = self.s
         t0 = time.perf_counter()
@@ -357,7 +357,9 @@ class Evaluation:
                 )
         return ref
 
-    def _run_ped(self, c: EvalConfig, pred: PedSamPredictor, ref: fid.Reference, img: _Image, rows: _Rows) -> None:
+    def _run_ped(
+        self, c: EvalConfig, pred: PedSamPredictor, ref: fid.ReferenceOutputs, img: _Image, rows: _Rows
+    ) -> None:
         s = self.s
         pred.set_image(img.rgb)
         st = pred.last_stats
