@@ -8,20 +8,28 @@ replaced, by :class:`DistributedEncoder`.  No ROS, no network code here.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import inspect
+import math
+import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from segment_anything import SamAutomaticMaskGenerator, SamPredictor
 from segment_anything.utils.amg import batched_mask_to_box, calculate_stability_score
 
-from .geometry import Partition, check_max_share, round_robin_assignment, server_shares, validate_assignment
-from .model import EdgeStage, sam_head
-from .transport import ServerFrameStats, TileJob, Transport
+from .geometry import Partition, Tile, check_max_share, round_robin_assignment, server_shares, validate_assignment
+from .model import EdgeStage, RemoteStage, sam_head
+from .transport import RemoteEncodeError, ServerFrameStats, TileJob, TileResult, TokenCheck, Transport
+
+#: what the edge does with the tiles of a server that failed or is suspect (see :class:`FallbackPolicy`)
+FALLBACKS = ("fail", "spare", "reroute", "edge")
+#: placement of a tile computed by the edge itself
+EDGE = -1
 
 
 @dataclass
@@ -32,6 +40,60 @@ class EncodeStats:
     bytes_up: int = 0
     bytes_down: int = 0
     per_server: List[ServerFrameStats] = field(default_factory=list)
+    #: what the fallback policy did for this frame, one line per re-placed tile (empty: nothing)
+    fallback: List[str] = field(default_factory=list)
+    edge_tiles: List[int] = field(default_factory=list)  # tiles the edge computed itself
+    deadline_s: float = 0.0  # the remote deadline this frame had
+
+    @property
+    def degraded(self) -> bool:
+        return bool(self.fallback)
+
+
+@dataclass(frozen=True)
+class FallbackPolicy:
+    """What happens to the tiles of a server that failed (deadline, lost connection, error reply,
+    refused tokens) or is suspect, chosen by the operator:
+
+    * ``fail``: the frame fails, with the reason;
+    * ``spare``: the tiles go to one of the ``spares`` (servers that get no tiles otherwise);
+    * ``reroute``: the tiles go to another live server, spares first, then the least loaded;
+    * ``edge``: the edge computes them itself (it then holds the remote stage's weights).
+
+    ``spare`` and ``reroute`` place a tile on a server only where ``max_share`` and
+    ``allow_adjacent`` still hold for that frame; a tile no server may take fails the frame."""
+
+    mode: str = "fail"
+    spares: Tuple[int, ...] = ()
+
+    def __post_init__(self):
+        if self.mode not in FALLBACKS:
+            raise ValueError(f"fallback must be one of {FALLBACKS}, got {self.mode!r}")
+
+
+class DeadlinePolicy:
+    """Each frame's remote deadline: ``max(floor_s, factor x p95)`` of the recent frames' slowest
+    round trips, never above the configured ``ceiling_s`` (all of it until ``min_samples``
+    frames were measured).  A dead or hung server is thus noticed within a few healthy frame
+    times instead of at the configured deadline."""
+
+    def __init__(self, floor_s: float = 1.0, factor: float = 4.0, window: int = 50, min_samples: int = 5):
+        if not floor_s > 0 or not factor > 0:
+            raise ValueError("deadline floor and factor must be positive")
+        self.floor_s = floor_s
+        self.factor = factor
+        self.min_samples = min_samples
+        self._rtts: Deque[float] = collections.deque(maxlen=window)
+
+    def add(self, round_trip_s: float) -> None:
+        self._rtts.append(float(round_trip_s))
+
+    def deadline(self, ceiling_s: float) -> float:
+        if len(self._rtts) < self.min_samples:
+            return ceiling_s
+        ordered = sorted(self._rtts)
+        p95 = ordered[min(len(ordered) - 1, math.ceil(0.95 * len(ordered)) - 1)]
+        return min(ceiling_s, max(self.floor_s, self.factor * p95))
 
 
 class DistributedEncoder:
@@ -48,6 +110,11 @@ class DistributedEncoder:
         timeout_s: float = 30.0,
         allow_adjacent: bool = False,
         max_share: float = 1.0,
+        *,
+        fallback: Optional[FallbackPolicy] = None,
+        deadlines: Optional[DeadlinePolicy] = None,
+        token_check: Optional[TokenCheck] = None,
+        edge_remote: Optional[Callable[[], RemoteStage]] = None,
     ):
         if transport.geometry.spec != edge.geometry.spec:
             raise ValueError(f"the transport's servers run {transport.geometry.spec}, the edge {edge.geometry.spec}")
@@ -55,10 +122,36 @@ class DistributedEncoder:
         self.transport = transport
         self.partition = partition
         n = len(transport.server_names)
-        self.assignment = list(assignment) if assignment is not None else round_robin_assignment(partition, n)
+        self.fallback = fallback or FallbackPolicy()
+        spares = sorted(set(self.fallback.spares))
+        if any(not 0 <= s < n for s in spares):
+            raise ValueError(f"spare server indexes {spares} out of range for {n} servers")
+        primaries = [i for i in range(n) if i not in spares]
+        if not primaries:
+            raise ValueError("every server is a spare: at least one must serve tiles")
+        if assignment is not None:
+            self.assignment = list(assignment)
+        else:
+            self.assignment = [primaries[k] for k in round_robin_assignment(partition, len(primaries))]
+        if set(self.assignment) & set(spares):
+            raise ValueError(f"spare servers {sorted(set(self.assignment) & set(spares))} are also assigned tiles")
+        if self.fallback.mode == "spare" and not spares:
+            raise ValueError("fallback 'spare' needs at least one spare server")
+        if self.fallback.mode == "edge" and edge_remote is None:
+            raise ValueError("fallback 'edge' needs the remote stage at the edge (edge_remote)")
         validate_assignment(partition, self.assignment, n, allow_adjacent=allow_adjacent, max_share=max_share)
         self.max_share = max_share
-        self.timeout_s = timeout_s
+        self.allow_adjacent = allow_adjacent
+        self.timeout_s = timeout_s  # the ceiling of every frame's deadline
+        self.deadlines = deadlines or DeadlinePolicy()
+        self.token_check = token_check if token_check is not None else TokenCheck()
+        self._edge_remote_factory = edge_remote
+        self._edge_remote: Optional[RemoteStage] = None
+        self.edge_remote_build_s: Optional[float] = None
+        self._lock = threading.Lock()
+        self.frames_degraded = 0
+        self.tiles_rerouted = 0
+        self.tiles_at_edge = 0
 
     @property
     def mode(self) -> str:
@@ -68,20 +161,158 @@ class DistributedEncoder:
     def model_spec(self) -> str:
         return self.edge.geometry.spec
 
+    def frame_deadline(self) -> float:
+        """The remote deadline the next frame gets (:class:`DeadlinePolicy`, ceiling ``timeout_s``)."""
+        return self.deadlines.deadline(self.timeout_s)
+
+    def edge_remote_stage(self) -> RemoteStage:
+        """The remote stage at the edge (``edge`` fallback), built on first use."""
+        if self._edge_remote is None:
+            if self._edge_remote_factory is None:
+                raise RuntimeError("no remote stage at the edge: the fallback is not 'edge'")
+            t0 = time.perf_counter()
+            self._edge_remote = self._edge_remote_factory()
+            self.edge_remote_build_s = time.perf_counter() - t0
+        return self._edge_remote
+
+    def crop_for(self, tile: Tile, resized: np.ndarray) -> np.ndarray:
+        """The tile's :meth:`~.geometry.Tile.content_box` of the resized frame (empty when it is
+        all padding)."""
+        box = tile.content_box(resized.shape[:2])
+        if box is None:
+            return np.zeros((0, 0, 3), dtype=resized.dtype)
+        y0, y1, x0, x1 = box
+        return np.ascontiguousarray(resized[y0:y1, x0:x1])
+
     def jobs_for(self, resized: np.ndarray) -> List[TileJob]:
         """Cut the resized (unpadded) uint8 frame into per-tile crops: each tile's
         :meth:`~.geometry.Tile.content_box`, empty for a tile that is all padding."""
-        content_hw = resized.shape[:2]
-        jobs = []
-        for tile in self.partition:
-            box = tile.content_box(content_hw)
-            if box is None:
-                crop = np.zeros((0, 0, 3), dtype=resized.dtype)
+        return [TileJob(tile, self.assignment[tile.index], self.crop_for(tile, resized)) for tile in self.partition]
+
+    # ------------------------------------------------------------ degraded mode
+
+    def _fits(self, tile: Tile, server: int, placement: Mapping[int, int], content_hw) -> Optional[str]:
+        """Why ``server`` may not take ``tile`` in this frame (None: it may)."""
+        tiles = self.partition.tiles
+        mine = [t for t, s in placement.items() if s == server and t != tile.index]
+        if not self.allow_adjacent and len(self.transport.server_names) > 1:
+            for t in mine:
+                if tiles[t].is_adjacent(tile):
+                    return f"tile {t} of that server is adjacent (allow_adjacent is false)"
+        total = int(content_hw[0]) * int(content_hw[1])
+        share = sum(tiles[t].content_pixels(content_hw) for t in [*mine, tile.index]) / total
+        if share > self.max_share + 1e-9:
+            return f"it would see {share:.1%} of the frame (max_share {self.max_share:.1%})"
+        return None
+
+    def _replace(self, lost: Sequence[int], placement: Dict[int, int], excluded: set, reasons: Mapping[int, str],
+                 content_hw, notes: List[str]) -> None:
+        """Place the ``lost`` tiles by the fallback policy (updating ``placement``), or raise
+        :class:`RemoteEncodeError` naming the failed servers and why."""
+        names = self.transport.server_names
+        failed = sorted({placement[t] for t in lost} & excluded)
+        health = self.transport.health()
+        why = "; ".join(
+            f"{names[s]}{f' ({health[s].endpoint})' if health[s].endpoint else ''}: {reasons.get(s, 'failed')}"
+            for s in failed
+        )
+        policy = self.fallback.mode
+        if policy == "fail":
+            raise RemoteEncodeError(f"server(s) {', '.join(names[s] for s in failed)} failed and the fallback is "
+                                    f"'fail': {why}", [names[s] for s in failed])
+        usable = self.transport.usable()
+        if policy == "spare":
+            candidates = [s for s in self.fallback.spares if s not in excluded and usable[s]]
+        elif policy == "reroute":
+            spares = [s for s in self.fallback.spares if s not in excluded and usable[s]]
+            others = [s for s in range(len(names)) if s not in excluded and s not in spares and usable[s]]
+            candidates = spares + others
+        else:
+            candidates = []
+        for t in lost:
+            tile = self.partition.tiles[t]
+            src = names[placement[t]]
+            if policy == "edge":
+                placement[t] = EDGE
+                notes.append(f"tile {t}: {src} -> edge")
+                continue
+            refusals = []
+            if policy == "reroute":  # the least loaded first
+                candidates.sort(key=lambda s: (s not in self.fallback.spares, sum(v == s for v in placement.values())))
+            for s in candidates:
+                problem = self._fits(tile, s, placement, content_hw)
+                if problem is None:
+                    placement[t] = s
+                    notes.append(f"tile {t}: {src} -> {names[s]} ({policy})")
+                    break
+                refusals.append(f"{names[s]}: {problem}")
             else:
-                y0, y1, x0, x1 = box
-                crop = np.ascontiguousarray(resized[y0:y1, x0:x1])
-            jobs.append(TileJob(tile, self.assignment[tile.index], crop))
-        return jobs
+                detail = "; ".join(refusals) if refusals else f"no live {'spare' if policy == 'spare' else 'server'}"
+                raise RemoteEncodeError(f"tile {t} of failed server(s) {', '.join(names[s] for s in failed)} "
+                                        f"cannot be re-placed ({policy}: {detail}); {why}", [names[s] for s in failed])
+
+    def _suspect_reason(self, server: int) -> str:
+        h = self.transport.health()[server]
+        what = "not connected" if not h.connected else f"suspect after {h.state}"
+        return what + (f": {h.last_error}" if h.last_error else "")
+
+    def _encode_tiles(self, resized: np.ndarray, crops: Sequence[np.ndarray], stats: EncodeStats) -> List[TileResult]:
+        """Every tile's tokens: remote where its server is usable, re-placed by the fallback
+        policy where it is not or fails (each round gets the adaptive deadline)."""
+        content_hw = resized.shape[:2]
+        names = self.transport.server_names
+        usable = self.transport.usable()
+        placement: Dict[int, int] = {t.index: self.assignment[t.index] for t in self.partition}
+        excluded = {s for s in set(self.assignment) if not usable[s]}
+        reasons = {s: self._suspect_reason(s) for s in excluded}
+        results: Dict[int, TileResult] = {}
+        lost = [t for t, s in placement.items() if s in excluded]
+        for _ in range(len(names) + 1):  # each round excludes at least one more server
+            if lost:
+                self._replace(lost, placement, excluded, reasons, content_hw, stats.fallback)
+            todo = [t for t, s in placement.items() if t not in results and s != EDGE]
+            if not todo:
+                break
+            deadline = self.frame_deadline()
+            stats.deadline_s = max(stats.deadline_s, deadline)
+            jobs = [TileJob(self.partition.tiles[t], placement[t], crops[t]) for t in todo]
+            rnd = self.transport.encode_partial(jobs, self.mode, deadline)
+            failures = dict(rnd.failures)
+            for job, r in zip(jobs, rnd.results):
+                if r is None or job.server in failures:
+                    continue
+                problem = self.token_check.problem(r.tokens)
+                if problem:
+                    failures[job.server] = f"refused tokens for tile {job.tile.index}: {problem}"
+                    self.transport.mark_failed(job.server, failures[job.server])
+            good = [r for job, r in zip(jobs, rnd.results) if r is not None and job.server not in failures]
+            if good and not failures:
+                self.deadlines.add(max(r.round_trip_s for r in good))
+            for r in good:
+                results[r.tile.index] = r
+            if not failures:
+                break
+            excluded |= set(failures)
+            reasons.update(failures)
+            lost = [t for t in todo if placement[t] in failures]
+        edge_tiles = sorted(t for t, s in placement.items() if s == EDGE)
+        if edge_tiles:
+            stage = self.edge_remote_stage()
+            for t in edge_tiles:
+                tile = self.partition.tiles[t]
+                t0 = time.perf_counter()
+                tokens = stage.encode_tile(crops[t], tile, self.mode).numpy()
+                results[t] = TileResult(tile, EDGE, tokens, 0, 0, 0.0, time.perf_counter() - t0)
+        stats.edge_tiles = edge_tiles
+        missing = [t.index for t in self.partition if t.index not in results]
+        if missing:  # defensive: the loop above either places every tile or raises
+            raise RemoteEncodeError(f"tiles {missing} could not be encoded", [])
+        if stats.fallback:
+            with self._lock:
+                self.frames_degraded += 1
+                self.tiles_at_edge += len(edge_tiles)
+                self.tiles_rerouted += sum(1 for t, s in placement.items() if s not in (EDGE, self.assignment[t]))
+        return [results[t.index] for t in self.partition]
 
     def encode_resized(self, resized: np.ndarray) -> Tuple[torch.Tensor, EncodeStats]:
         """uint8 (h, w, 3) frame already resized to longest side 1024 -> 1x256x64x64 embedding."""
@@ -92,18 +323,19 @@ class DistributedEncoder:
             raise ValueError(f"the frame must be resized to longest side {geom.img_size}, got {resized.shape[:2]}")
         # The policy limits the share of *this* frame's content, and for a non-square frame
         # a tile's share differs from the square-frame figure checked at construction.
+        names = self.transport.server_names
         shares = server_shares(self.partition, self.assignment, resized.shape[:2])
         check_max_share(
             shares,
             self.max_share,
-            self.transport.server_names,
+            names,
             what=f"this {resized.shape[0]}x{resized.shape[1]} frame (after resizing)",
         )
         stats = EncodeStats()
         t0 = time.perf_counter()
-        jobs = self.jobs_for(resized)
+        crops = [self.crop_for(tile, resized) for tile in self.partition]
         t1 = time.perf_counter()
-        results = self.transport.encode(jobs, self.mode, self.timeout_s)
+        results = self._encode_tiles(resized, crops, stats)
         t2 = time.perf_counter()
         grid = geom.token_grid
         tokens = torch.zeros(1, grid, grid, geom.embed_dim)
@@ -113,15 +345,19 @@ class DistributedEncoder:
         t3 = time.perf_counter()
         features = self.edge(tokens)
         t4 = time.perf_counter()
-        stats.timings = {"partition": t1 - t0, "remote": t2 - t1, "merge": t3 - t2, "edge_encoder": t4 - t3}
-        names = self.transport.server_names
+        edge_s = sum(r.compute_s for r in results if r.server == EDGE)
+        stats.timings = {"partition": t1 - t0, "remote": t2 - t1 - edge_s, "merge": t3 - t2, "edge_encoder": t4 - t3}
+        if stats.edge_tiles:
+            stats.timings["edge_fallback"] = edge_s
+        content = resized.shape[:2]
+        total = content[0] * content[1]
         for s, name in enumerate(names):
             mine = [r for r in results if r.server == s]
             stats.per_server.append(
                 ServerFrameStats(
                     name=name,
                     tiles=[r.tile.index for r in mine],
-                    share=shares[s] if s < len(shares) else 0.0,
+                    share=sum(r.tile.content_pixels(content) for r in mine) / total,
                     bytes_up=sum(r.bytes_up for r in mine),
                     bytes_down=sum(r.bytes_down for r in mine),
                     round_trip_s=max((r.round_trip_s for r in mine), default=0.0),

@@ -14,10 +14,12 @@ wire-precision effects are the real ones.
 from __future__ import annotations
 
 import abc
+import collections
 import dataclasses
+import statistics
 import time
-from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Deque, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -76,6 +78,8 @@ class ServerHealth:
 
     ``state``: ``ok``, ``error``, ``timeout``, ``disconnected`` or ``unknown``.
     ``connected`` is False only when the transport knows the server cannot be reached.
+    ``suspect``: the server failed (missed a deadline, dropped its connection, sent an error
+    or tokens that failed :class:`TokenCheck`) and gets no tiles until it answers a probe.
     The ``last_*`` times are those of the last good reply (``None`` before the first);
     ``last_ok_time`` is its ``time.time()``."""
 
@@ -95,6 +99,8 @@ class ServerHealth:
     late_replies: int = 0
     last_error: str = ""
     last_ok_time: Optional[float] = None
+    suspect: bool = False
+    probes: int = 0  # info requests sent to it while it was suspect
 
 
 @dataclass(frozen=True)
@@ -114,6 +120,80 @@ class RemoteEncodeError(RuntimeError):
     def __init__(self, message: str, servers: Sequence[str] = ()):
         super().__init__(message)
         self.servers = list(servers)
+
+
+@dataclass
+class EncodeRound:
+    """What :meth:`Transport.encode_partial` got: a result per job (None where its server failed)
+    and, per failed server index, the first reason."""
+
+    results: List[Optional[TileResult]]
+    failures: Dict[int, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TokenLimits:
+    """Bounds on the tokens a server may return (see :class:`TokenCheck`); 0 turns one off.
+
+    ``max_abs``: the largest magnitude of any value.  SAM's remote blocks end on the residual
+    stream, the sum of the patch embedding and each block's attention/MLP outputs, whose
+    inputs are LayerNorm'd: it grows by a bounded amount per block and stays in the tens to
+    hundreds even in ViTs' few "massive activation" channels, far below ``1e4``, while float16
+    holds up to 65504 and a poisoned reply can carry anything.
+    ``rms_factor``: a tile whose root-mean-square exceeds this multiple of the reference (the
+    median RMS of the last accepted tiles, once ``warmup`` are known) is refused: a
+    model-relative bound that adapts to the checkpoint (random weights and real SAM differ).
+    """
+
+    max_abs: float = 1.0e4
+    rms_factor: float = 50.0
+    warmup: int = 8
+    window: int = 64
+
+
+class TokenCheck:
+    """Checks every tile's tokens before they are merged into the frame's embedding: finite,
+    no value above ``max_abs``, RMS within ``rms_factor`` of the reference statistic.
+
+    Used by one thread (the edge worker, which merges the tiles)."""
+
+    def __init__(self, limits: Optional[TokenLimits] = None):
+        self.limits = limits or TokenLimits()
+        self._rms: Deque[float] = collections.deque(maxlen=max(1, self.limits.window))
+        self.refused = 0
+
+    @property
+    def reference_rms(self) -> Optional[float]:
+        """The median RMS of the recent accepted tiles (None during warm-up)."""
+        if len(self._rms) < max(1, self.limits.warmup):
+            return None
+        return statistics.median(self._rms)
+
+    def problem(self, tokens: np.ndarray) -> Optional[str]:
+        """Why ``tokens`` may not be merged (None: they may; they then join the reference)."""
+        reason = self._problem(np.asarray(tokens))
+        if reason:
+            self.refused += 1
+        return reason
+
+    def _problem(self, tokens: np.ndarray) -> Optional[str]:
+        if tokens.size == 0:
+            return None
+        finite = np.isfinite(tokens)
+        if not finite.all():
+            bad = int(tokens.size - np.count_nonzero(finite))
+            return f"{bad} of {tokens.size} token values are not finite (NaN or inf)"
+        peak = float(np.max(np.abs(tokens)))
+        lim = self.limits
+        if lim.max_abs > 0 and peak > lim.max_abs:
+            return f"a token value of magnitude {peak:.4g} exceeds the bound {lim.max_abs:g}"
+        rms = float(np.sqrt(np.mean(np.square(tokens, dtype=np.float64))))
+        ref = self.reference_rms
+        if lim.rms_factor > 0 and ref is not None and ref > 0 and rms > lim.rms_factor * ref:
+            return (f"token RMS {rms:.4g} is {rms / ref:.1f}x the reference {ref:.4g} "
+                    f"(limit {lim.rms_factor:g}x)")
+        self._rms.append(rms)
+        return None
 
 
 class Transport(abc.ABC):
@@ -136,6 +216,35 @@ class Transport(abc.ABC):
         Raises :class:`RemoteEncodeError` naming the servers that failed or
         missed the deadline.
         """
+
+    def encode_partial(self, jobs: Sequence[TileJob], mode: str, timeout_s: float) -> EncodeRound:
+        """Like :meth:`encode`, but a failed server fails only its own jobs: the others' results
+        come back, with the failed servers' reasons (the degraded mode re-places those tiles).
+
+        This default runs :meth:`encode`: on an error every job of the servers it names (all
+        servers when it names none) counts as failed, and the other results are lost."""
+        try:
+            return EncodeRound(list(self.encode(jobs, mode, timeout_s)))
+        except RemoteEncodeError as e:
+            names = self.server_names
+            blamed = {names.index(n) for n in e.servers if n in names} or {j.server for j in jobs}
+            for s in blamed:
+                self.mark_failed(s, str(e))
+            return EncodeRound([None] * len(jobs), {s: str(e) for s in sorted(blamed)})
+
+    def usable(self) -> List[bool]:
+        """Per server: may it be given tiles now (connected and not suspect)."""
+        return [h.connected and not h.suspect for h in self.health()]
+
+    def mark_failed(self, server: int, reason: str) -> None:
+        """The edge refused what ``server`` sent (e.g. poisoned tokens): it becomes suspect.
+        In-process transports have nothing to probe and ignore this."""
+        return None
+
+    def maintain(self) -> None:
+        """Owner thread, between frames and while idle: apply connection events and probe
+        suspect servers (the ZeroMQ transport).  The default refreshes the connections."""
+        self.wait_connected(0)
 
     @abc.abstractmethod
     def health(self) -> List[ServerHealth]:

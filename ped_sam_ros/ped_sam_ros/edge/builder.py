@@ -9,8 +9,8 @@ from typing import Callable, Optional
 import torch
 
 from ped_sam_ros.core.model import EdgeStage, RemoteStage, get_geometry
-from ped_sam_ros.core.pipeline import DistributedEncoder, PedSamPredictor, Segmenter
-from ped_sam_ros.core.transport import LocalTransport, Transport
+from ped_sam_ros.core.pipeline import DeadlinePolicy, DistributedEncoder, FallbackPolicy, PedSamPredictor, Segmenter
+from ped_sam_ros.core.transport import LocalTransport, TokenCheck, TokenLimits, Transport
 
 from .config import EdgeConfig
 
@@ -72,9 +72,18 @@ def build_pipeline(config: EdgeConfig, transport: Optional[Transport] = None,
     if transport is None:
         transport = (transport_factory or zmq_transport)(config)
     try:
-        encoder = DistributedEncoder(edge, transport, config.partition, config.assignment,
-                                     timeout_s=config.deadline_s, allow_adjacent=config.allow_adjacent,
-                                     max_share=config.max_share)
+        encoder = DistributedEncoder(
+            edge, transport, config.partition, config.assignment, timeout_s=config.deadline_s,
+            allow_adjacent=config.allow_adjacent, max_share=config.max_share,
+            fallback=FallbackPolicy(config.fallback, tuple(config.spare_indexes)),
+            deadlines=DeadlinePolicy(config.deadline_floor_s, config.deadline_factor),
+            token_check=TokenCheck(TokenLimits(config.token_max_abs, config.token_rms_factor)),
+            edge_remote=(lambda: build_remote_stage(config)) if config.fallback == "edge" else None)
+        if config.fallback == "edge":
+            # only when configured: the servers' weights at the edge, loaded now so that the
+            # first fault does not wait for them
+            encoder.edge_remote_stage()
+            log.info("edge fallback: the remote stage is loaded at the edge (%.1f s)", encoder.edge_remote_build_s)
     except Exception:
         transport.close()
         raise

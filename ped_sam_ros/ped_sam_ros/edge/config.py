@@ -15,7 +15,7 @@ from typing import List, Optional, Sequence
 
 from ped_sam_ros.core.geometry import Partition, PartitionError
 from ped_sam_ros.core.model import MODES, get_geometry
-from ped_sam_ros.core.pipeline import AmgOptions
+from ped_sam_ros.core.pipeline import FALLBACKS, AmgOptions
 from ped_sam_ros.core.transport import ServerAddress
 from ped_sam_ros.core.wire import TOKEN_DTYPES
 from ped_sam_ros.net.curve import NAME_RE
@@ -49,6 +49,17 @@ def parse_servers(entries: Sequence[str]) -> List[ServerAddress]:
     if dup:
         raise ConfigError(f"server names must be unique, {dup} repeat")
     return out
+
+
+def parse_spares(text: str, server_names: Sequence[str]) -> List[str]:
+    """``"remote-e, remote-f"`` (names from the server list, comma or space separated) -> names."""
+    names = [tok for tok in re.split(r"[\s,;]+", str(text).strip()) if tok]
+    unknown = [n for n in names if n not in server_names]
+    if unknown:
+        raise ConfigError(f"spares {unknown} are not among the servers {list(server_names)}")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"spares repeat: {names}")
+    return names
 
 
 def format_servers(servers: Sequence[ServerAddress]) -> List[str]:
@@ -102,6 +113,16 @@ class EdgeConfig:
     max_prompts: int = 64
     amg: AmgOptions = field(default_factory=AmgOptions)
     torch_threads: int = 0
+    # degraded mode and the checks at the doors (see docs/faults.md)
+    fallback: str = "fail"  # core.pipeline.FALLBACKS
+    spares: List[str] = field(default_factory=list)  # server names that get tiles only as a fallback
+    deadline_floor_s: float = 1.0
+    deadline_factor: float = 4.0
+    token_max_abs: float = 1.0e4  # 0: off
+    token_rms_factor: float = 50.0  # 0: off
+    max_image_pixels: int = 25_000_000
+    max_points_per_prompt: int = 64
+    max_points: int = 1024
 
     # ------------------------------------------------------------------ derived
 
@@ -116,6 +137,18 @@ class EdgeConfig:
     @property
     def curve(self) -> bool:
         return bool(self.server_public_keys_dir)
+
+    @property
+    def spare_indexes(self) -> List[int]:
+        names = self.server_names
+        return [names.index(n) for n in self.spares if n in names]
+
+    def auto_assignment(self, part: Partition) -> List[int]:
+        """The automatic assignment: round robin over the servers that are not spares."""
+        from ped_sam_ros.core.geometry import round_robin_assignment
+
+        primaries = [i for i in range(len(self.servers)) if i not in self.spare_indexes]
+        return [primaries[k] for k in round_robin_assignment(part, len(primaries))]
 
     def server_public_key(self, name: str) -> Optional[Path]:
         if not self.server_public_keys_dir:
@@ -155,17 +188,23 @@ class EdgeConfig:
         except PartitionError as e:
             errs.append(str(e))
             part = None
-        if part is not None and self.servers:
-            from ped_sam_ros.core.geometry import round_robin_assignment, validate_assignment
+        spare_problem = self._spare_problem()
+        if spare_problem:
+            errs.append(spare_problem)
+        if part is not None and self.servers and not spare_problem:
+            from ped_sam_ros.core.geometry import validate_assignment
 
             n = len(self.servers)
-            assign = self.assignment if self.assignment is not None else round_robin_assignment(part, n)
+            assign = self.assignment if self.assignment is not None else self.auto_assignment(part)
             try:
                 validate_assignment(part, assign, n, allow_adjacent=self.allow_adjacent,
                                     max_share=self.max_share)
             except PartitionError as e:
                 errs.append(f"assignment: {e}")
-            unused = sorted(set(range(n)) - set(assign))
+            spares_used = sorted(set(assign) & set(self.spare_indexes))
+            if spares_used:
+                errs.append(f"spares {[self.servers[i].name for i in spares_used]} are also assigned tiles")
+            unused = sorted(set(range(n)) - set(assign) - set(self.spare_indexes))
             if unused and len(assign) == len(part):
                 errs.append(f"servers {[self.servers[i].name for i in unused]} serve no tile of the "
                             f"{part.name} grid: remove them or change the grid/assignment")
@@ -188,9 +227,28 @@ class EdgeConfig:
                     errs.append(f"server public key {p} (for server {s.name}) does not exist")
         if self.max_prompts < 1:
             errs.append("max_prompts must be at least 1")
+        if not self.deadline_floor_s > 0 or not self.deadline_factor > 0:
+            errs.append("remotes.deadline_floor and remotes.deadline_factor must be positive")
+        if self.token_max_abs < 0 or self.token_rms_factor < 0:
+            errs.append("remotes.token_max_abs and remotes.token_rms_factor must be >= 0 (0: off)")
+        for name in ("max_image_pixels", "max_points_per_prompt", "max_points"):
+            if getattr(self, name) < 1:
+                errs.append(f"{name} must be at least 1")
         return errs
 
-    def validate(self, check_files: bool = True) -> "EdgeConfig":
+    def _spare_problem(self) -> str:
+        if self.fallback not in FALLBACKS:
+            return f"remotes.fallback must be one of {FALLBACKS}, got {self.fallback!r}"
+        unknown = [n for n in self.spares if n not in self.server_names]
+        if unknown:
+            return f"remotes.spares {unknown} are not among the servers {self.server_names}"
+        if self.fallback == "spare" and not self.spares:
+            return "remotes.fallback is 'spare' but remotes.spares names no server"
+        if self.servers and len(set(self.spares)) >= len(self.servers):
+            return "every server is a spare: at least one must serve tiles"
+        return ""
+
+    def validate(self, check_files: bool = True) -> EdgeConfig:
         errs = self.problems(check_files)
         if errs:
             raise ConfigError("invalid edge configuration:\n  - " + "\n  - ".join(errs))
@@ -200,4 +258,5 @@ class EdgeConfig:
         weights = f"RANDOM weights (seed {self.seed})" if self.random_weights else f"checkpoint {self.checkpoint}"
         return (f"model {self.model} ({weights}), mode {self.mode}, grid {self.grid}, "
                 f"{len(self.servers)} servers [{', '.join(format_servers(self.servers))}], "
-                f"wire {self.wire_precision}, curve {'on' if self.curve else 'off'}")
+                f"wire {self.wire_precision}, curve {'on' if self.curve else 'off'}, fallback {self.fallback}"
+                + (f" (spares {', '.join(self.spares)})" if self.spares else ""))

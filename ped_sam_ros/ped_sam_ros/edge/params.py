@@ -14,9 +14,10 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ped_sam_ros.core.geometry import Partition, PartitionError
 from ped_sam_ros.core.model import MODES, get_geometry
+from ped_sam_ros.core.pipeline import FALLBACKS
 from ped_sam_ros.core.wire import TOKEN_DTYPES
 
-from .config import AmgOptions, ConfigError, EdgeConfig, parse_assignment, parse_servers
+from .config import AmgOptions, ConfigError, EdgeConfig, parse_assignment, parse_servers, parse_spares
 
 RELIABILITY = ("best_effort", "reliable")
 
@@ -136,6 +137,52 @@ PARAMS: List[ParamSpec] = [
         max=600.0,
     ),
     ParamSpec(
+        "remotes.fallback",
+        "fail",
+        "What happens to the tiles of a server that fails (deadline, lost connection, error reply, refused "
+        "tokens) or is suspect: 'fail' publishes the frame as failed with the reason; 'spare' sends them to "
+        "a server of remotes.spares; 'reroute' to another live server; 'edge' computes them here (loads the "
+        "servers' stage at start-up). spare/reroute only where max_share and allow_adjacent still hold.",
+        choices=FALLBACKS,
+    ),
+    ParamSpec(
+        "remotes.spares",
+        "",
+        "Servers (names from remotes.servers, comma-separated) that get no tiles unless another fails "
+        "(fallback spare or reroute).",
+    ),
+    ParamSpec(
+        "remotes.deadline_floor",
+        1.0,
+        "Seconds: the shortest per-frame remote deadline. Each frame's deadline is max(floor, "
+        "deadline_factor x p95 of the recent round trips), at most `deadline`.",
+        min=0.01,
+        max=3600.0,
+    ),
+    ParamSpec(
+        "remotes.deadline_factor",
+        4.0,
+        "Multiple of the recent p95 round trip that a frame's remote deadline allows.",
+        min=1.0,
+        max=1000.0,
+    ),
+    ParamSpec(
+        "remotes.token_max_abs",
+        1.0e4,
+        "Largest token magnitude accepted from a server (0: no bound); a reply above it, or with NaN/inf, "
+        "is refused like a missed deadline and the server is suspect.",
+        min=0.0,
+        max=1.0e30,
+    ),
+    ParamSpec(
+        "remotes.token_rms_factor",
+        50.0,
+        "A tile whose token RMS exceeds this multiple of the median RMS of recent accepted tiles is "
+        "refused (0: off).",
+        min=0.0,
+        max=1.0e6,
+    ),
+    ParamSpec(
         "keys.client_secret",
         "",
         "This edge's CurveZMQ secret key file (NAME.key_secret, made with "
@@ -190,6 +237,31 @@ PARAMS: List[ParamSpec] = [
         read_only=False,
         min=1,
         max=1024,
+    ),
+    ParamSpec(
+        "max_points_per_prompt",
+        64,
+        "Most points one object's prompt may have (decoder time grows with them).",
+        read_only=False,
+        min=1,
+        max=100000,
+    ),
+    ParamSpec(
+        "max_points",
+        1024,
+        "Most points all objects of one Prompts message or service call may have together.",
+        read_only=False,
+        min=1,
+        max=1000000,
+    ),
+    ParamSpec(
+        "max_image_pixels",
+        25_000_000,
+        "Largest image (height x width) accepted on ~/image, ~/image/compressed (read from the "
+        "compressed header before decoding) and the service; bigger ones are refused.",
+        read_only=False,
+        min=1,
+        max=2**31 - 1,
     ),
     ParamSpec("overlay_alpha", 0.5, "Opacity of the masks on ~/overlay.", read_only=False, min=0.0, max=1.0),
     ParamSpec(
@@ -311,6 +383,12 @@ def validate_parameter(name: str, value: Any, current: Optional[Mapping[str, Any
         elif name == "remotes.assignment":
             servers = (current or {}).get("remotes.servers", SPECS["remotes.servers"].default)
             parse_assignment(value, [s.name for s in parse_servers(servers)])
+        elif name == "remotes.spares":
+            servers = (current or {}).get("remotes.servers", SPECS["remotes.servers"].default)
+            parse_spares(value, [s.name for s in parse_servers(servers)])
+        elif name == "remotes.fallback" and value == "spare":
+            if not str((current or {}).get("remotes.spares", "")).strip():
+                return "remotes.fallback 'spare' needs remotes.spares (the servers kept in reserve)"
     except (ValueError, PartitionError) as e:  # ConfigError is a ValueError
         return f"{name}: {e}"
     return None
@@ -361,6 +439,15 @@ def config_from_params(values: Mapping[str, Any]) -> EdgeConfig:
         max_prompts=v["max_prompts"],
         amg=amg_from_params(v),
         torch_threads=v["torch_threads"],
+        fallback=v["remotes.fallback"],
+        spares=parse_spares(v["remotes.spares"], [s.name for s in servers]),
+        deadline_floor_s=float(v["remotes.deadline_floor"]),
+        deadline_factor=float(v["remotes.deadline_factor"]),
+        token_max_abs=float(v["remotes.token_max_abs"]),
+        token_rms_factor=float(v["remotes.token_rms_factor"]),
+        max_image_pixels=int(v["max_image_pixels"]),
+        max_points_per_prompt=int(v["max_points_per_prompt"]),
+        max_points=int(v["max_points"]),
     )
 
 

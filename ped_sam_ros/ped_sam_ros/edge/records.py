@@ -74,6 +74,7 @@ class ErrorReport:
     exception: BaseException
     from_request: bool = False
     time: float = field(default_factory=time.time)
+    size: Tuple[int, int] = (0, 0)  # the input image's (height, width)
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,19 @@ class RemoteSnapshot:
 
 
 @dataclass(frozen=True)
+class FallbackStatus:
+    """The degraded mode: the operator's policy and what it did so far."""
+
+    policy: str  # fail, spare, reroute, edge
+    spares: Tuple[str, ...]
+    frames_degraded: int  # frames finished with some tiles re-placed
+    tiles_rerouted: int  # tiles sent to another server than their own
+    tiles_at_edge: int  # tiles the edge computed itself
+    deadline_s: float  # the remote deadline the next frame gets
+    tokens_refused: int  # replies refused by the token check
+
+
+@dataclass(frozen=True)
 class RuntimeSnapshot:
     """The runtime at one moment, for status reporting."""
 
@@ -141,6 +155,7 @@ class RuntimeSnapshot:
     last_error: Optional[ErrorReport]
     stages: Dict[str, StageSummary]  # in pipeline order
     remotes: List[RemoteSnapshot]
+    fallback: Optional[FallbackStatus] = None
 
     @property
     def bytes_up(self) -> int:

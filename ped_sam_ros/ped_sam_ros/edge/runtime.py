@@ -26,28 +26,78 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Union
 
+from ped_sam_ros.core.geometry import content_shape
 from ped_sam_ros.core.pipeline import EncodeStats, ObjectPrompt
 from ped_sam_ros.core.transport import RemoteEncodeError, ServerHealth, ServerInfoReply
 
 from .builder import EdgePipeline
 from .config import AmgOptions
 from .options import OptionChanges, PendingOptions
-from .records import ErrorReport, Frame, FrameResult, RuntimeSnapshot
+from .records import ErrorReport, FallbackStatus, Frame, FrameResult, RuntimeSnapshot
 from .scheduler import FrameScheduler, Job
 from .stats import RuntimeStats
 
 log = logging.getLogger(__name__)
 
 
-def validate_prompts(prompts: Sequence[ObjectPrompt], max_prompts: int) -> None:
-    """Raise ValueError, with the reason, for prompts the pipeline would refuse."""
+def validate_prompts(
+    prompts: Sequence[ObjectPrompt],
+    max_prompts: int,
+    max_points_per_prompt: Optional[int] = None,
+    max_points: Optional[int] = None,
+) -> None:
+    """Raise ValueError, with the reason, for prompts the pipeline would refuse (too many
+    objects, too many points for one object or in all, or a prompt SAM cannot take)."""
     if len(prompts) > max_prompts:
         raise ValueError(f"{len(prompts)} prompts exceed max_prompts={max_prompts}")
+    total = sum(len(p.points) for p in prompts)
+    if max_points is not None and total > max_points:
+        raise ValueError(f"{total} points in all exceed max_points={max_points}")
     for k, p in enumerate(prompts, start=1):
+        if max_points_per_prompt is not None and len(p.points) > max_points_per_prompt:
+            raise ValueError(f"prompt {k}: {len(p.points)} points exceed max_points_per_prompt={max_points_per_prompt}")
         try:
             p.validate()
         except ValueError as e:
             raise ValueError(f"prompt {k}: {e}") from None
+
+
+def check_image_size(height: int, width: int, max_pixels: int, long_side: int = 1024) -> None:
+    """Raise ValueError, with the reason, for an image SAM cannot take or that is too large:
+    empty, more than ``max_pixels``, or so thin that a side rounds to 0 pixels after SAM's
+    resize to longest side ``long_side`` (e.g. 1x3000)."""
+    h, w = int(height), int(width)
+    if h <= 0 or w <= 0:
+        raise ValueError(f"empty image ({w}x{h})")
+    if h * w > max_pixels:
+        raise ValueError(f"{w}x{h} = {h * w} pixels exceed max_image_pixels={max_pixels}")
+    rh, rw = content_shape((h, w), long_side)
+    if rh < 1 or rw < 1:
+        raise ValueError(
+            f"a {w}x{h} image becomes {rw}x{rh} after SAM's resize to longest side {long_side}: "
+            f"the short side must be at least {long_side / (2 * max(h, w)):.3g} of the long one"
+        )
+
+
+class Throttle:
+    """At most one log line per ``key`` and ``period_s``; the lines left out are counted and
+    reported with the next one ("N more since")."""
+
+    def __init__(self, period_s: float = 5.0):
+        self.period_s = period_s
+        self._lock = threading.Lock()
+        self._last: Dict[str, float] = {}
+        self._skipped: Dict[str, int] = {}
+
+    def __call__(self, key: str) -> Optional[int]:
+        """None: stay quiet; else log now (the number of lines left out since the last one)."""
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last.get(key, -1e18) < self.period_s:
+                self._skipped[key] = self._skipped.get(key, 0) + 1
+                return None
+            self._last[key] = now
+            return self._skipped.pop(key, 0)
 
 
 class EdgeRuntime:
@@ -63,7 +113,7 @@ class EdgeRuntime:
         on_result: Optional[Callable[[FrameResult], None]] = None,
         on_error: Optional[Callable[[ErrorReport], None]] = None,
         max_requests: int = 4,
-        idle_poll_s: float = 0.5,
+        idle_poll_s: float = 0.2,
         connect_timeout_s: Optional[float] = None,
     ):
         self._build = pipeline if callable(pipeline) and not isinstance(pipeline, EdgePipeline) else (lambda: pipeline)
@@ -82,6 +132,7 @@ class EdgeRuntime:
         self._state_lock = threading.Lock()
         self._state = "created"
         self._busy = False
+        self._throttle = Throttle(5.0)
 
     @property
     def max_requests(self) -> int:
@@ -227,6 +278,7 @@ class EdgeRuntime:
                     self._poll_connections()
                     last_poll = time.monotonic()
                 continue
+            self._poll_connections()  # probes and connection events before every frame
             self._handle(job)
             last_poll = time.monotonic()
 
@@ -260,10 +312,10 @@ class EdgeRuntime:
                 )
 
     def _poll_connections(self) -> None:
-        """Refresh connection states while idle (the transport only notices reconnections
-        when its owner thread looks)."""
+        """Apply connection events and probe suspect servers (the transport's owner thread
+        does it: between frames and while idle)."""
         try:
-            self.pipeline.transport.wait_connected(0)
+            self.pipeline.transport.maintain()
         except Exception:  # noqa: BLE001
             log.debug("connection poll failed", exc_info=True)
 
@@ -276,13 +328,21 @@ class EdgeRuntime:
         except Exception as e:  # noqa: BLE001 - reported, the worker keeps going
             self._set_busy(False)
             report = ErrorReport(
-                job.frame.meta, f"{type(e).__name__}: {e}", list(getattr(e, "servers", []) or []), e, job.from_request
+                job.frame.meta,
+                f"{type(e).__name__}: {e}",
+                list(getattr(e, "servers", []) or []),
+                e,
+                job.from_request,
+                size=job.frame.size,
             )
             self.stats.failed(report)
             if job.future is not None:
                 job.future.set_exception(e)
             if not isinstance(e, RemoteEncodeError):
-                log.warning("frame failed: %s", report.message, exc_info=not isinstance(e, ValueError))
+                skipped = self._throttle(f"failed:{type(e).__name__}")
+                if skipped is not None:
+                    more = f" ({skipped} more since the last such line)" if skipped else ""
+                    log.warning("frame failed%s: %s", more, report.message, exc_info=not isinstance(e, ValueError))
             self._call(self.on_error, report)
             return
         self._set_busy(False)
@@ -373,4 +433,20 @@ class EdgeRuntime:
             last_error=self.stats.last_error,
             stages=self.stats.stages(),
             remotes=self.stats.remotes(health),
+            fallback=self._fallback_status(),
+        )
+
+    def _fallback_status(self) -> Optional[FallbackStatus]:
+        """What the degraded mode has done (None before the pipeline is built)."""
+        enc = getattr(self.pipeline, "encoder", None)
+        if enc is None or not hasattr(enc, "fallback"):  # not built yet, or a stand-in pipeline
+            return None
+        return FallbackStatus(
+            policy=enc.fallback.mode,
+            spares=tuple(self.pipeline.transport.server_names[i] for i in enc.fallback.spares),
+            frames_degraded=enc.frames_degraded,
+            tiles_rerouted=enc.tiles_rerouted,
+            tiles_at_edge=enc.tiles_at_edge,
+            deadline_s=enc.frame_deadline(),
+            tokens_refused=enc.token_check.refused,
         )

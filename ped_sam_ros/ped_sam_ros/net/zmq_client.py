@@ -4,24 +4,37 @@ One DEALER socket per remote server (each server is a ROUTER that binds, see
 ``remote_node``).  A frame's tiles all go out at once, each request with a
 fresh id and the time left of the frame's deadline (``budget_ms``); replies
 are matched by id, and replies to abandoned or unknown ids are dropped and
-counted.  Any error reply, deadline miss or unreachable server fails the frame
-with a :class:`RemoteEncodeError` naming the servers (name and endpoint) and the
-reason.  ``encode`` and ``info`` share one send-and-collect loop
-(:meth:`ZmqTransport._collect`) over a :class:`_Round` of requests in flight.
+counted.  :meth:`ZmqTransport.encode_partial` returns every tile it got and,
+per failed server, the reason (error reply, deadline miss, lost connection,
+unreachable); :meth:`ZmqTransport.encode` raises a :class:`RemoteEncodeError`
+naming the servers (name and endpoint) instead.  ``encode`` and ``info`` share
+one send-and-collect loop (:meth:`ZmqTransport._collect`) over a
+:class:`_Round` of requests in flight.
 
 Socket settings (:class:`ClientOptions`): ``LINGER=0`` (closing never blocks),
 ``IMMEDIATE=1`` (requests are only queued to completed connections, so a server
 that is down fails the frame at once instead of receiving stale work later),
 reconnect back-off, ZMTP heartbeats (a silent peer is dropped after
-``heartbeat_timeout_ms``), bounded high-water marks, and ``MAXMSGSIZE`` against
-oversized replies.  A socket monitor tracks each connection (handshake done,
-disconnected, Curve authentication refused).
+``heartbeat_timeout_ms``), a handshake timeout, bounded high-water marks, and
+``MAXMSGSIZE`` against oversized replies.
 
-Threading: pyzmq sockets are not thread-safe.  The sockets belong to the thread
-that calls :meth:`ZmqTransport.encode` / :meth:`~ZmqTransport.info` /
-:meth:`~ZmqTransport.wait_connected` (the edge runtime's single worker thread);
-concurrent calls raise ``RuntimeError``.  :meth:`ZmqTransport.health` only reads
-a snapshot and may be called from any thread.
+Failures and recovery: a monitor thread reads every socket's connection events
+as they happen (handshake done, disconnected, handshake refused or timed out),
+so :meth:`~ZmqTransport.health` is current within ~50 ms and a frame whose
+server drops its connection fails that server's tiles at once instead of at the
+deadline.  A server that failed in any way becomes *suspect*: it gets no tiles
+(:meth:`~ZmqTransport.usable`) until it answers an ``info`` probe correctly
+(same model).  Probes are sent by :meth:`~ZmqTransport.maintain`, which the
+socket owner calls between frames and while idle; answers are read there and
+during every frame's collect loop.  A server that fails again soon after being
+taken back is probed with a growing back-off.
+
+Threading: pyzmq sockets are not thread-safe.  The DEALER sockets belong to the
+thread that calls :meth:`ZmqTransport.encode` / :meth:`~ZmqTransport.info` /
+:meth:`~ZmqTransport.maintain` / :meth:`~ZmqTransport.wait_connected` (the edge
+runtime's single worker thread); concurrent calls raise ``RuntimeError``.  The
+monitor sockets belong to the monitor thread.  :meth:`ZmqTransport.health`
+only reads a snapshot and may be called from any thread.
 """
 
 from __future__ import annotations
@@ -42,8 +55,16 @@ from zmq.utils.monitor import recv_monitor_message
 from ped_sam_ros.core import wire
 from ped_sam_ros.core.model import SamGeometry, get_geometry
 from ped_sam_ros.core.service import ServerInfo, read_encoded_reply
-from ped_sam_ros.core.transport import (RemoteEncodeError, ServerAddress, ServerHealth, ServerInfoReply, TileJob,
-                                        TileResult, Transport)
+from ped_sam_ros.core.transport import (
+    EncodeRound,
+    RemoteEncodeError,
+    ServerAddress,
+    ServerHealth,
+    ServerInfoReply,
+    TileJob,
+    TileResult,
+    Transport,
+)
 from ped_sam_ros.core.wire import EncodeRequest, WireError, frames_nbytes
 
 from .curve import CurveKeyError, is_local_endpoint, load_public_key, load_secret_pair
@@ -57,6 +78,14 @@ _ABANDONED_MEMORY = 4096
 #: replies bigger than this (per frame) make libzmq drop the connection; vit_h float32 tokens
 #: of the whole 64x64 grid are 21 MB
 DEFAULT_MAX_REPLY_BYTES = 32 << 20
+#: probe answers remembered (ids of info requests sent to suspect servers)
+_PROBE_MEMORY = 256
+#: a server that fails again within this many seconds of being taken back is probed less often
+_RELAPSE_S = 10.0
+#: the longest back-off between probes of a relapsing server
+_MAX_PROBE_BACKOFF_S = 30.0
+#: "lost connection" warnings per server, at most one per this many seconds
+_WARN_EVERY_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -65,10 +94,13 @@ class ClientOptions:
 
     hwm: int = 100
     reconnect_ivl_ms: int = 100
-    reconnect_ivl_max_ms: int = 2000
+    reconnect_ivl_max_ms: int = 500  # a restarted server is reconnected to within half a second
     heartbeat_ivl_ms: int = 1000
     heartbeat_timeout_ms: int = 3000
+    handshake_ivl_ms: int = 5000  # a peer that accepts TCP but never completes ZMTP (hung) is dropped
     max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES
+    probe_interval_s: float = 0.5  # between info probes of a suspect server
+    poll_step_s: float = 0.05  # the collect loop looks at connection states this often
 
 
 class _Connection:
@@ -85,6 +117,15 @@ class _Connection:
         self.handshake_error = ""  # why the last handshake failed (cleared when one succeeds)
         self.health = ServerHealth(self.name, self.endpoint, state="disconnected", connected=False,
                                    curve=address.public_key is not None)
+        self.last_probe = -math.inf  # monotonic time of the last info probe
+        self.probe_backoff_s = 0.0  # between probes (0: the options' interval)
+        self.readmitted_at = -math.inf  # monotonic time it was last taken back
+        self.suspect_since = 0.0
+        self.last_warning = -math.inf
+
+    @property
+    def suspect(self) -> bool:
+        return self.health.suspect
 
     @property
     def label(self) -> str:
@@ -166,15 +207,20 @@ class ZmqTransport(Transport):
         self.context = context or zmq.Context()
         self._owner = threading.Lock()  # held while a thread uses the sockets
         self._stats_lock = threading.Lock()  # guards the health records (read from other threads)
-        self._abandoned: "collections.OrderedDict[str, int]" = collections.OrderedDict()
+        self._abandoned: collections.OrderedDict[str, int] = collections.OrderedDict()
+        self._probes: collections.OrderedDict[str, int] = collections.OrderedDict()  # probe id -> server
         self.stale_replies = 0  # replies whose id was never ours (or long forgotten)
         self.closed = False
+        self._watch_stop = threading.Event()
+        self._watcher: Optional[threading.Thread] = None
         try:
             for conn in self._servers:
                 self._open(conn)
         except Exception:
             self.close()
             raise
+        self._watcher = threading.Thread(target=self._watch, name="ped-sam-zmq-monitor", daemon=True)
+        self._watcher.start()
 
     # ---------------------------------------------------------------- sockets
 
@@ -200,6 +246,7 @@ class ZmqTransport(Transport):
         s.setsockopt(zmq.HEARTBEAT_IVL, o.heartbeat_ivl_ms)
         s.setsockopt(zmq.HEARTBEAT_TIMEOUT, o.heartbeat_timeout_ms)
         s.setsockopt(zmq.HEARTBEAT_TTL, 2 * o.heartbeat_timeout_ms)
+        s.setsockopt(zmq.HANDSHAKE_IVL, o.handshake_ivl_ms)
         s.setsockopt(zmq.MAXMSGSIZE, o.max_reply_bytes)
         if curve is not None:
             s.curve_publickey, s.curve_secretkey, s.curve_serverkey = curve
@@ -215,34 +262,57 @@ class ZmqTransport(Transport):
         if self.closed:
             raise RuntimeError("ZmqTransport is closed")
         if not self._owner.acquire(blocking=False):
-            raise RuntimeError("ZmqTransport is not thread-safe: encode/info/wait_connected called concurrently")
+            raise RuntimeError("ZmqTransport is not thread-safe: encode/info/maintain/wait_connected called "
+                               "concurrently")
         try:
             yield
         finally:
             self._owner.release()
 
-    def _poll_monitors(self) -> None:
-        """Apply pending connection events to each server's state."""
-        for conn in self._servers:
-            while conn.monitor is not None and conn.monitor.poll(0):
-                try:
-                    ev = recv_monitor_message(conn.monitor, zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                with self._stats_lock:
-                    self._apply_event(conn, ev)
+    # ------------------------------------------------------ connection events
 
-    @staticmethod
-    def _apply_event(conn: _Connection, ev: dict) -> None:
+    def _watch(self) -> None:
+        """The monitor thread: applies each connection event to its server as it happens."""
+        poller = zmq.Poller()
+        monitors = {}
+        for conn in self._servers:
+            if conn.monitor is not None:
+                poller.register(conn.monitor, zmq.POLLIN)
+                monitors[conn.monitor] = conn
+        while not self._watch_stop.is_set():
+            try:
+                ready = poller.poll(int(self.options.poll_step_s * 1000))
+            except zmq.ZMQError:
+                return  # the context is being destroyed
+            for sock, _ in ready:
+                conn = monitors[sock]
+                while True:
+                    try:
+                        ev = recv_monitor_message(sock, zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    except zmq.ZMQError:
+                        return
+                    with self._stats_lock:
+                        self._apply_event(conn, ev)
+
+    def _apply_event(self, conn: _Connection, ev: dict) -> None:
         h, e = conn.health, ev["event"]
         if e == zmq.EVENT_HANDSHAKE_SUCCEEDED:
             conn.connected = True
             conn.handshake_error = ""
-            if h.state == "disconnected":
+            if h.state == "disconnected" and not h.suspect:
                 h.state = "ok"
         elif e == zmq.EVENT_DISCONNECTED:
             if conn.connected:
-                log.warning("lost connection to %s", conn.label)
+                now = time.monotonic()
+                loud = now - conn.last_warning >= _WARN_EVERY_S
+                if loud:
+                    conn.last_warning = now
+                log.log(logging.WARNING if loud else logging.DEBUG, "lost connection to %s", conn.label)
+                h.last_error = (f"connection lost (the server closed it, or sent no heartbeat for "
+                                f"{self.options.heartbeat_timeout_ms / 1000:g} s)")
+                self._make_suspect(conn)
             conn.connected = False
             h.state = "disconnected"
         elif e == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
@@ -251,28 +321,52 @@ class ZmqTransport(Transport):
             conn.handshake_error = (f"Curve handshake refused by the server (status {ev['value']}): "
                                     f"this edge's public key is not in its authorized keys")
             h.last_error = conn.handshake_error
+            self._make_suspect(conn)
         elif e in (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL):
             conn.connected = False
             h.state = "disconnected"
-            conn.handshake_error = "ZMTP/Curve handshake failed (wrong server public key, or Curve on one side only?)"
+            conn.handshake_error = self._handshake_failure(conn, e)
             h.last_error = conn.handshake_error
+            self._make_suspect(conn)
         h.connected = conn.connected
+
+    def _handshake_failure(self, conn: _Connection, event: int) -> str:
+        """Why a handshake failed, naming Curve only when Curve is in use."""
+        timeout = self.options.handshake_ivl_ms / 1000
+        if conn.address.public_key:
+            if event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+                return (f"ZMTP/Curve handshake not completed within {timeout:g} s: the server is hung or "
+                        f"overloaded, or its public key is not the one configured")
+            return "Curve handshake failed: wrong server public key, or the server does not use Curve"
+        if event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+            return (f"ZMTP handshake not completed within {timeout:g} s: the server accepted the TCP "
+                    f"connection but does not answer (hung, stopped or overloaded)")
+        return "ZMTP handshake failed: the peer speaks another protocol, or requires Curve (this edge has no key)"
+
+    def _make_suspect(self, conn: _Connection) -> None:
+        """(stats lock held) No tiles for ``conn`` until it answers a probe."""
+        h = conn.health
+        now = time.monotonic()
+        if not h.suspect:
+            conn.suspect_since = now
+            relapse = now - conn.readmitted_at < _RELAPSE_S
+            base = self.options.probe_interval_s
+            conn.probe_backoff_s = min(_MAX_PROBE_BACKOFF_S, max(base, 2 * conn.probe_backoff_s)) if relapse else base
+            conn.last_probe = now if relapse else -math.inf
+        h.suspect = True
 
     def wait_connected(self, timeout_s: float = 10.0) -> bool:
         """Wait until every server has completed its handshake; False on timeout."""
         with self._owned():
             end = time.monotonic() + timeout_s
             while True:
-                self._poll_monitors()
-                if all(c.connected for c in self._servers):
-                    return True
+                with self._stats_lock:
+                    if all(c.connected for c in self._servers):
+                        return True
                 left = end - time.monotonic()
                 if left <= 0:
                     return False
-                poller = zmq.Poller()
-                for c in self._servers:
-                    poller.register(c.monitor, zmq.POLLIN)
-                poller.poll(min(left, 0.1) * 1000)
+                time.sleep(min(left, 0.02))
 
     # -------------------------------------------------------------- interface
 
@@ -282,9 +376,17 @@ class ZmqTransport(Transport):
 
     def health(self) -> List[ServerHealth]:
         """Each server's health record (a copy): state ok / error / timeout / disconnected,
-        last round trip, last compute and queue time reported by the server, counts, last error."""
+        suspect, last round trip, last compute and queue time reported by the server, counts,
+        last error."""
         with self._stats_lock:
             return [dataclasses.replace(c.health) for c in self._servers]
+
+    def usable(self) -> List[bool]:
+        with self._stats_lock:
+            return [c.connected and not c.health.suspect for c in self._servers]
+
+    def mark_failed(self, server: int, reason: str) -> None:
+        self._fail(self._servers[server], "error", reason)
 
     def _fail(self, conn: _Connection, state: str, message: str) -> None:
         with self._stats_lock:
@@ -296,6 +398,7 @@ class ZmqTransport(Transport):
                 h.timeouts += 1
             else:
                 h.errors += 1
+            self._make_suspect(conn)
 
     def _abandon(self, pairs) -> None:
         """Remember (request id, server index) pairs given up on, so their replies count as late."""
@@ -313,6 +416,71 @@ class ZmqTransport(Transport):
             return True
         self.stale_replies += 1
         return False
+
+    # ------------------------------------------------------------------ probes
+
+    def maintain(self) -> None:
+        """Read what suspect servers sent (probe answers, late replies) and probe those that
+        are due; a server that answers correctly is taken back at once."""
+        with self._owned():
+            now = time.monotonic()
+            for conn in self._servers:
+                if not conn.suspect:
+                    continue
+                self._drain(conn)
+                with self._stats_lock:
+                    due = (conn.health.suspect and conn.connected
+                           and now - conn.last_probe >= (conn.probe_backoff_s or self.options.probe_interval_s))
+                if due:
+                    self._probe(conn, now)
+
+    def _probe(self, conn: _Connection, now: float) -> None:
+        rid = wire.new_request_id()
+        if not self._send(conn, wire.encode_message({"type": "info", "id": rid})):
+            return
+        conn.last_probe = now
+        self._probes[rid] = conn.index
+        while len(self._probes) > _PROBE_MEMORY:
+            self._probes.popitem(last=False)
+        with self._stats_lock:
+            conn.health.probes += 1
+
+    def _drain(self, conn: _Connection) -> None:
+        """Handle every message waiting on ``conn`` outside a round."""
+        for frames, _ in self._received(conn):
+            try:
+                header, _arrays = wire.decode_message(frames, max_total_bytes=self.options.max_reply_bytes)
+            except WireError:
+                continue
+            rid = header.get("id")
+            if isinstance(rid, str) and self._probes.get(rid) == conn.index:
+                self._take_probe(conn, header)
+            else:
+                self._count_unmatched(conn, rid)
+
+    def _take_probe(self, conn: _Connection, header: dict) -> None:
+        """An answer to an info probe: the server is taken back when it serves our model."""
+        try:
+            info = ServerInfo.from_header(header) if header.get("type") == "info" else None
+        except WireError as e:
+            info, problem = None, f"bad info reply ({e})"
+        else:
+            problem = f"{header.get('code')}: {header.get('message')}" if info is None else ""
+        if info is not None and info.model != self.geometry.spec:
+            problem = f"serves model {info.model}, this edge runs {self.geometry.spec}"
+        with self._stats_lock:
+            h = conn.health
+            if problem:
+                h.last_error = f"probe answered, still suspect: {problem}"
+                return
+            if not h.suspect:
+                return
+            h.suspect = False
+            h.state = "ok"
+            h.consecutive_failures = 0
+            conn.readmitted_at = time.monotonic()
+            down_s = conn.readmitted_at - conn.suspect_since
+        log.info("server %s answers again: back in use (suspect for %.1f s)", conn.label, down_s)
 
     # ------------------------------------------------------ send and collect
 
@@ -333,28 +501,59 @@ class ZmqTransport(Transport):
                 return
             yield frames, time.monotonic()
 
+    def _drop_failed(self, rnd: _Round) -> None:
+        """Abandon the requests still pending at servers that already failed in this round."""
+        gone = [(rid, s.server) for rid, s in rnd.pending.items() if s.server in rnd.failures]
+        for rid, _ in gone:
+            del rnd.pending[rid]
+        self._abandon(gone)
+
     def _collect(self, rnd: _Round, deadline: float, on_reply: Callable[[_Round, _Reply], None],
-                 on_unreadable: Callable[[_Round, _Connection, WireError], None]) -> None:
-        """Poll the servers of ``rnd``'s requests until every one is answered, one has failed, or
-        ``deadline``; hands each matched reply to ``on_reply`` and drops (and counts) the others."""
+                 on_unreadable: Callable[[_Round, _Connection, WireError], None],
+                 on_lost: Optional[Callable[[_Round, _Connection], None]] = None,
+                 first_failure_ends: bool = True) -> None:
+        """Poll the servers of ``rnd``'s requests until every one is answered (or, with
+        ``first_failure_ends``, one has failed), or ``deadline``; hands each matched reply to
+        ``on_reply``, each server whose connection drops with requests pending to ``on_lost``
+        (at once, not at the deadline), answers probes, and drops (and counts) the rest."""
         poller = zmq.Poller()
-        for i in sorted({s.server for s in rnd.pending.values()}):
+        watched = {s.server for s in rnd.pending.values()} | {c.index for c in self._servers if c.suspect}
+        for i in sorted(watched):
             poller.register(self._servers[i].socket, zmq.POLLIN)
-        while rnd.pending and not rnd.failures:
+        step_ms = max(1, int(self.options.poll_step_s * 1000))
+        while rnd.pending:
+            if rnd.failures:
+                if first_failure_ends:
+                    return
+                self._drop_failed(rnd)
+                if not rnd.pending:
+                    return
+            if on_lost is not None:
+                with self._stats_lock:
+                    lost = [self._servers[i] for i in sorted({s.server for s in rnd.pending.values()})
+                            if not self._servers[i].connected]
+                for conn in lost:
+                    on_lost(rnd, conn)
+                if lost:
+                    continue
             left = deadline - time.monotonic()
             if left <= 0:
                 return
-            for sock, _ in poller.poll(max(1, int(left * 1000))):
+            for sock, _ in poller.poll(max(1, min(step_ms, int(left * 1000)))):
                 conn = next(c for c in self._servers if c.socket is sock)
                 for frames, t_recv in self._received(conn):
                     try:
                         header, arrays = wire.decode_message(frames, max_total_bytes=self.options.max_reply_bytes)
                     except WireError as e:
-                        on_unreadable(rnd, conn, e)
+                        if rnd.pending_of(conn.index):
+                            on_unreadable(rnd, conn, e)
                         continue
                     rid = header.get("id")
                     sent = rnd.pending.get(rid) if isinstance(rid, str) else None
                     if sent is None or sent.server != conn.index:
+                        if isinstance(rid, str) and self._probes.get(rid) == conn.index:
+                            self._take_probe(conn, header)
+                            continue
                         if not self._count_unmatched(conn, rid) and header.get("type") == "error":
                             with self._stats_lock:
                                 conn.health.last_error = f"{header.get('code')}: {header.get('message')}"
@@ -366,42 +565,67 @@ class ZmqTransport(Transport):
     # ----------------------------------------------------------------- encode
 
     def encode(self, jobs: Sequence[TileJob], mode: str, timeout_s: float) -> List[TileResult]:
+        """Every job's result; the first failure fails the frame (:class:`RemoteEncodeError`)."""
         with self._owned():
-            return self._encode(jobs, mode, timeout_s)
-
-    def _encode(self, jobs: Sequence[TileJob], mode: str, timeout_s: float) -> List[TileResult]:
-        deadline = time.monotonic() + timeout_s
-        self._poll_monitors()
-        for job in jobs:
-            if not 0 <= job.server < len(self._servers):
-                raise ValueError(f"job for tile {job.tile.index} names server {job.server}, "
-                                 f"but only {len(self._servers)} exist")
-        used = sorted({j.server for j in jobs})
-        down = [self._servers[i] for i in used if not self._servers[i].connected]
-        if down:
-            self._raise_not_connected(down)
-        rnd = self._send_tiles(jobs, mode, deadline)
-        self._collect(rnd, deadline, self._take_encoded, self._encode_unreadable)
-        if rnd.pending and not rnd.failures:  # deadline
-            late = collections.Counter(s.server for s in rnd.pending.values())
-            for i, n in late.items():
-                rnd.failures[i] = f"no reply for {n} tile(s) within {timeout_s:.3f} s"
-                self._fail(self._servers[i], "timeout", rnd.failures[i])
+            rnd = self._encode(jobs, mode, timeout_s, first_failure_ends=True)
         if rnd.failures:
-            self._abandon((r, s.server) for r, s in rnd.pending.items())
-            self._poll_monitors()
             bad = [self._servers[i] for i in sorted(rnd.failures)]
+            used = {j.server for j in jobs}
+            if all(rnd.failures[c.index].startswith("not connected") for c in bad):
+                raise RemoteEncodeError("cannot send to " + "; ".join(f"{c.label}: {rnd.failures[c.index]}"
+                                                                      for c in bad), [c.name for c in bad])
             detail = "; ".join(f"{c.label}: {rnd.failures[c.index]}" for c in bad)
             raise RemoteEncodeError(f"remote encoding failed for {len(bad)} of {len(used)} server(s): {detail}",
                                     [c.name for c in bad])
         return rnd.results
 
-    def _send_tiles(self, jobs: Sequence[TileJob], mode: str, deadline: float) -> _Round:
-        """Send every tile at once, each with the time left to ``deadline``; a server whose socket
-        refuses one fails the frame (the requests already sent are abandoned)."""
+    def encode_partial(self, jobs: Sequence[TileJob], mode: str, timeout_s: float) -> EncodeRound:
+        """Every tile whose server delivered, and the reason of each server that did not (its
+        other requests are abandoned); a server that fails is suspect from then on."""
+        with self._owned():
+            rnd = self._encode(jobs, mode, timeout_s, first_failure_ends=False)
+        return EncodeRound(list(rnd.results), dict(rnd.failures))
+
+    def _encode(self, jobs: Sequence[TileJob], mode: str, timeout_s: float, first_failure_ends: bool) -> _Round:
+        deadline = time.monotonic() + timeout_s
+        for job in jobs:
+            if not 0 <= job.server < len(self._servers):
+                raise ValueError(f"job for tile {job.tile.index} names server {job.server}, "
+                                 f"but only {len(self._servers)} exist")
         rnd = _Round([None] * len(jobs))
-        for k, job in enumerate(jobs):
+        with self._stats_lock:
+            down = [self._servers[i] for i in sorted({j.server for j in jobs}) if not self._servers[i].connected]
+        for conn in down:
+            self._not_connected(rnd, conn)
+        if rnd.failures and first_failure_ends:
+            return rnd
+        self._send_tiles(rnd, [(k, j) for k, j in enumerate(jobs) if j.server not in rnd.failures], mode, deadline,
+                         first_failure_ends)
+        if rnd.failures and first_failure_ends:
+            self._abandon((r, s.server) for r, s in rnd.pending.items())
+            return rnd
+        self._collect(rnd, deadline, self._take_encoded, self._encode_unreadable, self._encode_lost,
+                      first_failure_ends)
+        if rnd.pending and (not rnd.failures or not first_failure_ends):  # deadline
+            late = collections.Counter(s.server for s in rnd.pending.values() if s.server not in rnd.failures)
+            for i, n in late.items():
+                rnd.failures[i] = f"no reply for {n} tile(s) within {timeout_s:.3f} s"
+                self._fail(self._servers[i], "timeout", rnd.failures[i])
+        self._abandon((r, s.server) for r, s in rnd.pending.items())
+        rnd.pending.clear()
+        for i in rnd.failures:  # none of a failed server's tiles is used
+            for k, job in enumerate(jobs):
+                if job.server == i:
+                    rnd.results[k] = None
+        return rnd
+
+    def _send_tiles(self, rnd: _Round, jobs, mode: str, deadline: float, first_failure_ends: bool) -> None:
+        """Send every tile at once, each with the time left to ``deadline``; a server whose socket
+        refuses one fails (its requests already sent are abandoned)."""
+        for k, job in jobs:
             conn = self._servers[job.server]
+            if job.server in rnd.failures:
+                continue
             rid = wire.new_request_id()
             budget_ms = max(1, math.ceil((deadline - time.monotonic()) * 1000))
             frames = wire.make_encode_request(
@@ -409,17 +633,34 @@ class ZmqTransport(Transport):
                               self.pixel_codec))
             t_sent = time.monotonic()  # before the send: the server may finish before send_multipart returns
             if not self._send(conn, frames):
-                self._abandon((r, s.server) for r, s in rnd.pending.items())
-                self._poll_monitors()
-                queue_full = conn.connected  # connected but refusing: the send queue is at its high-water mark
-                if not queue_full:
-                    with self._stats_lock:
+                with self._stats_lock:
+                    queue_full = conn.connected  # connected but refusing: the send queue is at its high-water mark
+                    if not queue_full:
                         conn.health.connected = False
-                self._raise_not_connected([conn], queue_full=queue_full)
+                if queue_full:
+                    rnd.failures[conn.index] = "send queue full (the server is not reading its requests)"
+                    self._fail(conn, "error", rnd.failures[conn.index])
+                else:
+                    self._not_connected(rnd, conn)
+                self._drop_failed(rnd)
+                if first_failure_ends:
+                    return
+                continue
             rnd.pending[rid] = _Sent(k, job.server, t_sent, frames_nbytes(frames), job)
             with self._stats_lock:
                 conn.health.requests += 1
-        return rnd
+
+    def _not_connected(self, rnd: _Round, conn: _Connection) -> None:
+        reason = "not connected: " + (conn.handshake_error or "server down or unreachable")
+        rnd.failures.setdefault(conn.index, reason)
+        self._fail(conn, "disconnected", reason)
+
+    def _encode_lost(self, rnd: _Round, conn: _Connection) -> None:
+        n = len(rnd.pending_of(conn.index))
+        reason = (f"connection lost with {n} tile(s) in flight (the server closed it, or sent no heartbeat for "
+                  f"{self.options.heartbeat_timeout_ms / 1000:g} s)")
+        rnd.failures.setdefault(conn.index, reason)
+        self._fail(conn, "disconnected", rnd.failures[conn.index])
 
     def _encode_failed(self, rnd: _Round, conn: _Connection, reason: str) -> None:
         rnd.failures.setdefault(conn.index, reason)
@@ -430,6 +671,8 @@ class ZmqTransport(Transport):
 
     def _take_encoded(self, rnd: _Round, r: _Reply) -> None:
         """One tile's reply: its result, or the failure of its server."""
+        if r.conn.index in rnd.failures:
+            return
         kind = r.header.get("type")
         if kind == "error":
             return self._encode_failed(rnd, r.conn, f"error reply {r.header.get('code')!r}: "
@@ -447,29 +690,17 @@ class ZmqTransport(Transport):
                                               reply.compute_s or 0.0)
         with self._stats_lock:
             hh = r.conn.health
-            hh.state, hh.consecutive_failures = "ok", 0
+            if not hh.suspect:
+                hh.state, hh.consecutive_failures = "ok", 0
             hh.last_latency_s, hh.last_compute_s, hh.last_queue_s = rtt, reply.compute_s, reply.queue_s
             hh.last_ok_time = time.time()
             hh.replies += 1
-
-    def _raise_not_connected(self, down: Sequence[_Connection], queue_full: bool = False):
-        parts = []
-        for conn in down:
-            if queue_full:
-                reason = "send queue full (the server is not reading its requests)"
-                self._fail(conn, "error", reason)
-            else:
-                reason = "not connected: " + (conn.handshake_error or "server down or unreachable")
-                self._fail(conn, "disconnected", reason)
-            parts.append(f"{conn.label}: {reason}")
-        raise RemoteEncodeError("cannot send to " + "; ".join(parts), [c.name for c in down])
 
     # ------------------------------------------------------------------- info
 
     def info(self, timeout_s: float = 2.0) -> List[ServerInfoReply]:
         """Ask every server for its ``info``: one :class:`ServerInfoReply` per server, by index."""
         with self._owned():
-            self._poll_monitors()
             rnd = _Round([ServerInfoReply(c.name, c.endpoint) for c in self._servers])
             for conn in self._servers:
                 rid = wire.new_request_id()
@@ -508,10 +739,14 @@ class ZmqTransport(Transport):
     # ------------------------------------------------------------- lifecycle
 
     def close(self) -> None:
-        """Close every socket (and the context, when this transport made it); never blocks."""
+        """Stop the monitor thread, close every socket (and the context, when this transport
+        made it); never blocks for long."""
         if self.closed:
             return
         self.closed = True
+        self._watch_stop.set()
+        if self._watcher is not None and self._watcher is not threading.current_thread():
+            self._watcher.join(2.0)
         for conn in self._servers:
             for name in ("monitor", "socket"):
                 sock = getattr(conn, name)
@@ -527,4 +762,3 @@ class ZmqTransport(Transport):
             # destroy() closes any socket still open (with linger 0) before terminating,
             # so a socket missed above can never make this wait forever.
             self.context.destroy(linger=0)
-

@@ -8,7 +8,8 @@ objects ``rosbags`` deserializes (same field names; arrays instead of
 from __future__ import annotations
 
 import array
-from typing import Iterable, List, Sequence, Tuple
+import struct
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -18,6 +19,9 @@ from ped_sam_ros.core.pipeline import Instance, ObjectPrompt
 # raw camera images (8/16-bit, Bayer, YUV 4:2:2): their own module, re-exported here
 from .image_encodings import SUPPORTED_ENCODINGS, UnsupportedImage, image_to_rgb  # noqa: F401
 
+#: compressed images larger than this (height x width, as their header declares) are refused
+#: unless the caller gives another limit (the node's ``max_image_pixels``)
+DEFAULT_MAX_PIXELS = 25_000_000
 
 
 def _bytes_of(data) -> np.ndarray:
@@ -26,18 +30,94 @@ def _bytes_of(data) -> np.ndarray:
     return np.frombuffer(memoryview(data).cast("B"), dtype=np.uint8)
 
 
-def compressed_to_rgb(msg) -> np.ndarray:
-    """``sensor_msgs/CompressedImage`` (JPEG, PNG, ...) -> uint8 HxWx3 RGB."""
+# JPEG start-of-frame markers (every coding process); 0xC4 (DHT), 0xC8 (JPG), 0xCC (DAC) are not frames
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def _jpeg_size(b: bytes) -> Tuple[int, int]:
+    pos, n = 2, len(b)
+    while pos + 4 <= n:
+        if b[pos] != 0xFF:
+            raise UnsupportedImage("malformed JPEG: no marker where one is expected")
+        while pos < n and b[pos] == 0xFF:  # fill bytes
+            pos += 1
+        if pos + 3 > n:
+            break
+        marker = b[pos]
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # no length field
+            pos += 1
+            continue
+        if marker in (0xD9, 0xDA):
+            break  # end of image, or the first scan before any frame header
+        seg = struct.unpack_from(">H", b, pos + 1)[0]
+        if marker in _JPEG_SOF:
+            if seg < 7 or pos + 8 > n:
+                break
+            h, w = struct.unpack_from(">HH", b, pos + 4)
+            if h == 0:
+                raise UnsupportedImage("the JPEG defines its height later (DNL marker): not accepted")
+            return w, h
+        if seg < 2:
+            break
+        pos += 1 + seg
+    raise UnsupportedImage("JPEG without a frame header (SOFn) before its first scan")
+
+
+def _webp_size(b: bytes) -> Tuple[int, int]:
+    if len(b) < 30:
+        raise UnsupportedImage("truncated WebP header")
+    kind, payload = b[12:16], b[20:]
+    if kind == b"VP8X":
+        return 1 + int.from_bytes(payload[4:7], "little"), 1 + int.from_bytes(payload[7:10], "little")
+    if kind == b"VP8L":
+        bits = int.from_bytes(payload[1:5], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if kind == b"VP8 ":
+        return int.from_bytes(payload[6:8], "little") & 0x3FFF, int.from_bytes(payload[8:10], "little") & 0x3FFF
+    raise UnsupportedImage(f"WebP chunk {kind!r} is not an image")
+
+
+def compressed_size(data) -> Tuple[str, int, int]:
+    """(format, width, height) that a PNG, JPEG or WebP declares in its header, read without
+    decoding anything (the decoder would allocate the declared size, whatever the payload);
+    :class:`UnsupportedImage` for other formats or a header that cannot be read."""
+    b = bytes(_bytes_of(data)[:1 << 16])  # headers come first: 64 KiB covers EXIF/ICC segments
+    if b.startswith(b"\x89PNG\r\n\x1a\n"):
+        if len(b) < 24 or b[12:16] != b"IHDR":
+            raise UnsupportedImage("PNG without an IHDR chunk first")
+        w, h = struct.unpack_from(">II", b, 16)
+        return "png", w, h
+    if b.startswith(b"\xff\xd8"):
+        return ("jpeg", *_jpeg_size(b))
+    if b[:4] == b"RIFF" and b[8:12] == b"WEBP":
+        return ("webp", *_webp_size(b))
+    raise UnsupportedImage("compressed image is not PNG, JPEG or WebP (the formats whose size can be read "
+                           "before decoding)")
+
+
+def compressed_to_rgb(msg, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """``sensor_msgs/CompressedImage`` (PNG, JPEG, WebP) -> uint8 HxWx3 RGB.
+
+    The size the header declares is read first: an image above ``max_pixels`` (None: no
+    limit) is refused before the decoder allocates anything (decompression bombs: a few
+    hundred bytes can declare 16384x16384), and the decoded image must have that size."""
     import cv2
 
     buf = _bytes_of(msg.data)
     if buf.size == 0:
         raise UnsupportedImage("empty compressed image")
+    fmt, w, h = compressed_size(buf)
+    if w == 0 or h == 0:
+        raise UnsupportedImage(f"the {fmt} header declares an empty image ({w}x{h})")
+    if max_pixels is not None and w * h > max_pixels:
+        raise UnsupportedImage(f"the {fmt} header declares {w}x{h} = {w * h} pixels, above the limit of {max_pixels}")
     img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     if img is None:
         raise UnsupportedImage(f"OpenCV cannot decode the compressed image (format {msg.format!r})")
     if img.dtype != np.uint8:
         raise UnsupportedImage(f"compressed image decodes to {img.dtype}, only 8-bit images are supported")
+    if img.shape[:2] != (h, w):
+        raise UnsupportedImage(f"the {fmt} image decodes to {img.shape[1]}x{img.shape[0]}, its header declares {w}x{h}")
     if img.ndim == 2:
         return np.ascontiguousarray(np.repeat(img[:, :, None], 3, axis=2))
     if img.shape[2] == 4:
@@ -127,7 +207,8 @@ def instance_to_msg(inst: Instance):
 
 
 def result_to_msg(header, size: Tuple[int, int], instances: Sequence[Instance], timings: Sequence[Tuple[str, float]],
-                  model: str, mode: str, grid: Tuple[int, int], random_weights: bool, frames_dropped: int):
+                  model: str, mode: str, grid: Tuple[int, int], random_weights: bool, frames_dropped: int,
+                  status: int = 0, reason: str = ""):
     from ped_sam_msgs.msg import SegmentationResult, StageTiming
 
     return SegmentationResult(
@@ -135,7 +216,7 @@ def result_to_msg(header, size: Tuple[int, int], instances: Sequence[Instance], 
         grid_rows=int(grid[0]), grid_cols=int(grid[1]), random_weights=bool(random_weights),
         instances=[instance_to_msg(i) for i in instances],
         timings=[StageTiming(stage=k, seconds=float(v)) for k, v in timings],
-        frames_dropped=int(frames_dropped))
+        frames_dropped=int(frames_dropped), status=int(status), reason=str(reason)[:2000])
 
 
 def masks_from_result(msg) -> List[Tuple[int, np.ndarray]]:

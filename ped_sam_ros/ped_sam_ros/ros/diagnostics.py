@@ -69,6 +69,13 @@ class PipelineStatus:
     random_weights: bool
     wire_precision: str
     stages: Dict[str, StageLatency] = field(default_factory=dict)  # as ``stage.<name>.<field>`` keys
+    fallback: str = "fail"  # the degraded mode's policy (remotes.fallback)
+    spares: Tuple[str, ...] = ()
+    frames_degraded: int = 0  # frames finished with some tiles re-placed by the fallback
+    tiles_rerouted: int = 0
+    tiles_at_edge: int = 0
+    tokens_refused: int = 0  # replies refused by the token check
+    deadline_ms: Optional[float] = None  # the remote deadline the next frame gets
 
     @property
     def settled(self) -> bool:
@@ -117,10 +124,12 @@ class RemoteStatus:
     late_replies: int
     consecutive_failures: int
     last_error: str
+    suspect: bool = False  # failed, gets no tiles until it answers a probe
+    probes: int = 0
 
     @property
     def failing(self) -> bool:
-        return not self.connected or self.state in ("error", "timeout")
+        return not self.connected or self.suspect or self.state in ("error", "timeout")
 
     def key_values(self) -> List[Tuple[str, str]]:
         return _key_values(self)
@@ -161,6 +170,22 @@ def pipeline_status(snap: RuntimeSnapshot, config: EdgeConfig, refused_images: i
         random_weights=config.random_weights,
         wire_precision=config.wire_precision,
         stages=stages,
+        **_fallback_values(snap),
+    )
+
+
+def _fallback_values(snap: RuntimeSnapshot) -> Dict[str, Any]:
+    f = snap.fallback
+    if f is None:
+        return {}
+    return dict(
+        fallback=f.policy,
+        spares=f.spares,
+        frames_degraded=f.frames_degraded,
+        tiles_rerouted=f.tiles_rerouted,
+        tiles_at_edge=f.tiles_at_edge,
+        tokens_refused=f.tokens_refused,
+        deadline_ms=_ms(f.deadline_s),
     )
 
 
@@ -188,6 +213,8 @@ def remote_status(remote: RemoteSnapshot) -> RemoteStatus:
         late_replies=h.late_replies,
         consecutive_failures=h.consecutive_failures,
         last_error=h.last_error,
+        suspect=h.suspect,
+        probes=h.probes,
     )
 
 
@@ -213,6 +240,8 @@ def remote_message(status: RemoteStatus) -> Tuple[bool, str]:
     an error reply (with the reason), until its next good reply."""
     if status.failing:
         what = "disconnected" if not status.connected else status.state
+        if status.suspect:
+            what += ", suspect (no tiles until it answers a probe)"
         message = f"{status.name} {what}"
         if status.last_error:
             message += f": {status.last_error}"[:300]

@@ -32,6 +32,7 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional
 
+import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType, SetParametersResult
@@ -50,11 +51,12 @@ from ped_sam_ros.edge.builder import build_pipeline
 from ped_sam_ros.edge.config import ConfigError, EdgeConfig
 from ped_sam_ros.edge.params import PARAMS, SPECS, amg_from_params, config_from_params, validate_changes
 from ped_sam_ros.edge.records import ErrorReport, Frame, FrameResult
-from ped_sam_ros.edge.runtime import EdgeRuntime, validate_prompts
+from ped_sam_ros.edge.runtime import EdgeRuntime, Throttle, check_image_size, validate_prompts
 from ped_sam_ros.viz import overlay
 
 from .convert import (
     UnsupportedImage,
+    compressed_size,
     compressed_to_rgb,
     image_to_rgb,
     label_to_image,
@@ -78,6 +80,15 @@ PROMPTS_QOS = QoSProfile(
     depth=10,
 )
 DIAGNOSTICS_QOS = QoSProfile(reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST, depth=10)
+#: ~/segment's requests and responses: ROS's default service depth (10) let DDS overwrite
+#: requests (and responses) of a burst before the executor took them, leaving calls unanswered;
+#: every call that reaches the node is answered (a result, or "busy" at once)
+SERVICE_QOS = QoSProfile(
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.VOLATILE,
+    history=HistoryPolicy.KEEP_LAST,
+    depth=256,
+)
 RANDOM_BANNER = "RANDOM WEIGHTS: masks are meaningless"
 #: executor threads besides the ones service calls may hold: the inputs group, the
 #: diagnostics timer's group and the default group (parameter services)
@@ -133,6 +144,7 @@ class EdgeNode(Node):
         self._service_lock = threading.Lock()
         self._service_calls = 0  # ~/segment calls holding an executor thread now
         self._closing = threading.Event()  # set on shutdown: waiting service calls return
+        self._throttle = Throttle(5.0)  # repeated warnings: one line per kind and 5 s
         log = self.get_logger()
         if self.config.random_weights:
             bar = "!" * 72
@@ -189,7 +201,11 @@ class EdgeNode(Node):
             Prompts, "~/prompts", self._on_prompts, PROMPTS_QOS, callback_group=inputs, event_callbacks=sub_events
         )
         self.segment_srv = self.create_service(
-            SegmentImage, "~/segment", self._on_segment, callback_group=ReentrantCallbackGroup()
+            SegmentImage,
+            "~/segment",
+            self._on_segment,
+            qos_profile=SERVICE_QOS,
+            callback_group=ReentrantCallbackGroup(),
         )
         self.diag_timer = self.create_timer(
             float(values["diagnostics_period"]), self._on_diag_timer, callback_group=MutuallyExclusiveCallbackGroup()
@@ -227,15 +243,20 @@ class EdgeNode(Node):
         """On-set: accept or refuse the change as a whole (nothing is applied here)."""
         changes = {p.name: p.value for p in params}
         reason = validate_changes(changes, self._current_parameters())
-        if not reason and "max_prompts" in changes:
-            held = len(self.runtime.prompts)
-            if held > int(changes["max_prompts"]):
+        limits = ("max_prompts", "max_points_per_prompt", "max_points")
+        if not reason and any(n in changes for n in limits):
+            new = {n: int(changes.get(n, self._param(n))) for n in limits}
+            try:
+                validate_prompts(
+                    self.runtime.prompts, new["max_prompts"], new["max_points_per_prompt"], new["max_points"]
+                )
+            except ValueError as e:
                 reason = (
-                    f"max_prompts={changes['max_prompts']} is below the {held} prompts held now; publish a "
-                    f"Prompts message with at most {changes['max_prompts']} objects first"
+                    f"the prompts held now would be refused ({e}); "
+                    "publish a Prompts message within the new limits first"
                 )
         if reason:
-            self.get_logger().warning(f"parameter change refused: {reason}")
+            self._warn("param", f"parameter change refused: {reason}")
             return SetParametersResult(successful=False, reason=reason)
         return SetParametersResult(successful=True)
 
@@ -255,6 +276,31 @@ class EdgeNode(Node):
 
     # ---------------------------------------------------------------------- inputs
 
+    def _warn(self, kind: str, text: str) -> None:
+        """A warning that may repeat: at most one line per ``kind`` and 5 s, with the count left out."""
+        skipped = self._throttle(kind)
+        if skipped is not None:
+            self.get_logger().warning(text + (f" [{skipped} more since the last one]" if skipped else ""))
+
+    def _check_size(self, height: int, width: int) -> None:
+        """UnsupportedImage, with the reason, for an image too large or one SAM cannot take."""
+        try:
+            check_image_size(height, width, int(self._param("max_image_pixels")))
+        except ValueError as e:
+            raise UnsupportedImage(str(e)) from None
+
+    def _rgb_of_image(self, msg) -> np.ndarray:
+        """A raw image checked at the door (size and shape from its fields, before its data)."""
+        self._check_size(int(msg.height), int(msg.width))
+        return image_to_rgb(msg)
+
+    def _rgb_of_compressed(self, msg) -> np.ndarray:
+        """A compressed image checked at the door: its declared size is read from its header and
+        checked before anything is decoded."""
+        _fmt, w, h = compressed_size(msg.data)
+        self._check_size(h, w)
+        return compressed_to_rgb(msg, max_pixels=int(self._param("max_image_pixels")))
+
     def _refuse(self, what: str, header, reason: str) -> None:
         self._refused_images += 1
         self.get_logger().warning(
@@ -273,7 +319,7 @@ class EdgeNode(Node):
 
     def _on_image(self, msg: Image) -> None:
         try:
-            frame = self._to_frame(msg, image_to_rgb)
+            frame = self._to_frame(msg, self._rgb_of_image)
         except (UnsupportedImage, ValueError) as e:
             self._refuse("image", msg.header, str(e))
             return
@@ -281,7 +327,7 @@ class EdgeNode(Node):
 
     def _on_compressed(self, msg: CompressedImage) -> None:
         try:
-            frame = self._to_frame(msg, compressed_to_rgb)
+            frame = self._to_frame(msg, self._rgb_of_compressed)
         except Exception as e:  # noqa: BLE001 - UnsupportedImage, or OpenCV on a corrupt payload
             self._refuse("compressed image", msg.header, str(e))
             return
@@ -296,9 +342,9 @@ class EdgeNode(Node):
         for a parameter change from outside."""
         prompts = prompts_from_msgs(msg.prompts)
         try:
-            validate_prompts(prompts, self._param("max_prompts"))
+            self._validate_prompts(prompts)
         except ValueError as e:
-            self.get_logger().warning(f"Prompts message refused, keeping the previous prompts and mode: {e}")
+            self._warn("prompts", f"Prompts message refused, keeping the previous prompts and mode: {e}")
             return
         automatic = bool(msg.automatic)
         self.runtime.set_prompts(prompts)
@@ -311,6 +357,14 @@ class EdgeNode(Node):
         if automatic and prompts:
             what += f", {len(prompts)} prompt(s) held for when automatic is switched off"
         self.get_logger().info(f"holding {what} from now on")
+
+    def _validate_prompts(self, prompts) -> None:
+        validate_prompts(
+            prompts,
+            self._param("max_prompts"),
+            self._param("max_points_per_prompt"),
+            self._param("max_points"),
+        )
 
     def _on_segment(self, request: SegmentImage.Request, response: SegmentImage.Response) -> SegmentImage.Response:
         with self._service_lock:
@@ -332,7 +386,7 @@ class EdgeNode(Node):
         frame = None
         if not request.use_latest_frame:
             try:
-                frame = self._to_frame(request.image, image_to_rgb)
+                frame = self._to_frame(request.image, self._rgb_of_image)
             except UnsupportedImage as e:
                 response.success, response.message = False, f"image refused: {e}"
                 return response
@@ -342,7 +396,7 @@ class EdgeNode(Node):
                 response.success, response.message = False, "no prompts given and automatic is false"
                 return response
             try:
-                validate_prompts(prompts, self._param("max_prompts"))
+                self._validate_prompts(prompts)
             except ValueError as e:
                 response.success, response.message = False, f"prompts refused: {e}"
                 return response
@@ -383,6 +437,7 @@ class EdgeNode(Node):
         timings = dict(result.timings)
         timings["postprocess"] = 0.0  # set below, once the RLE is done
         cfg = self.config
+        degraded = result.stats is not None and result.stats.degraded
         msg = result_to_msg(
             result.meta,
             result.frame.size,
@@ -393,6 +448,8 @@ class EdgeNode(Node):
             cfg.partition.shape,
             cfg.random_weights,
             result.frames_dropped,
+            status=SegmentationResult.STATUS_DEGRADED if degraded else SegmentationResult.STATUS_OK,
+            reason=f"fallback {cfg.fallback}: " + "; ".join(result.stats.fallback) if degraded else "",
         )
         post = time.perf_counter() - t0
         msg.timings[-1].seconds = post
@@ -433,10 +490,32 @@ class EdgeNode(Node):
         )
 
     def _on_error(self, report: ErrorReport) -> None:
+        """Worker thread: a stream frame that failed is published on ~/masks with status FAILED,
+        the reason and its input header (downstream nodes can tell it from a slow frame)."""
         if not self.context.ok():
             return
         who = f" (servers: {', '.join(report.servers)})" if report.servers else ""
-        self.get_logger().error(f"frame failed{who}: {report.message}", throttle_duration_sec=2.0)
+        skipped = self._throttle("frame_failed")
+        if skipped is not None:
+            more = f" [{skipped} more since the last one]" if skipped else ""
+            self.get_logger().error(f"frame failed{who}: {report.message}{more}")
+        if not report.from_request and report.meta is not None:
+            cfg = self.config
+            self.masks_pub.publish(
+                result_to_msg(
+                    report.meta,
+                    report.size,
+                    [],
+                    [],
+                    cfg.model,
+                    cfg.mode,
+                    cfg.partition.shape,
+                    cfg.random_weights,
+                    self.runtime.stats.counts.frames_dropped,
+                    status=SegmentationResult.STATUS_FAILED,
+                    reason=report.message,
+                )
+            )
         now = time.monotonic()
         if now - self._last_diag_push >= 0.2:  # push diagnostics at once, but not in a flood
             self._on_diag_timer()

@@ -152,6 +152,16 @@ def test_info_and_health(transports, servers, tiny_b_checkpoint):
     assert all(x.endpoint == s.endpoint and x.connected and x.state == "ok" for x, s in zip(h, servers)), h
 
 
+def _until_usable(t, timeout_s: float = 30.0) -> float:
+    """Probe (``maintain``) until every server is usable again; seconds it took."""
+    t0 = time.monotonic()
+    while not all(t.usable()):
+        assert time.monotonic() - t0 < timeout_s, t.health()
+        t.maintain()
+        time.sleep(0.05)
+    return time.monotonic() - t0
+
+
 def test_stopped_server_fails_the_frame_and_edge_recovers(servers, edges, frame, references):
     """SIGSTOP -> deadline miss naming the server; SIGCONT -> stale replies dropped, next frame exact;
     SIGKILL -> fails fast as not connected; restart on the same endpoint -> DEALER reconnects."""
@@ -177,10 +187,13 @@ def test_stopped_server_fails_the_frame_and_edge_recovers(servers, edges, frame,
         assert victim.name in msg and victim.endpoint in msg and "no reply" in msg and good.name not in msg
         h = {x.name: x for x in t.health()}
         assert h[victim.name].state == "timeout" and h[victim.name].consecutive_failures == 1
+        assert h[victim.name].suspect and t.usable() == [True, False]
         assert h[good.name].state == "ok"
 
-        # 2. continued: it answers the abandoned requests first; those replies are dropped
+        # 2. continued: it answers the abandoned requests first (those replies are dropped) and
+        # the probe; it is taken back at once
         victim.signal(signal.SIGCONT)
+        assert _until_usable(t) < 5.0
         enc.timeout_s = FRAME_TIMEOUT_S
         emb, _ = enc.encode_resized(frame)
         assert _max_diff(emb, ref) <= EXACT_TOL
@@ -209,6 +222,7 @@ def test_stopped_server_fails_the_frame_and_edge_recovers(servers, edges, frame,
         # 4. restarted on the same endpoint: the DEALER reconnects and the next frame is exact
         victim.restart_same_endpoint()
         assert t.wait_connected(30.0), t.health()
+        _until_usable(t)
         enc.timeout_s = FRAME_TIMEOUT_S
         emb, _ = enc.encode_resized(frame)
         assert _max_diff(emb, ref) <= EXACT_TOL
