@@ -104,13 +104,16 @@ class ServerKeys:
 class _AuthLog(logging.LoggerAdapter):
     """The authenticator's logger, with refused client keys raised to a (rate-limited) warning.
 
-    pyzmq logs ZAP decisions at debug level; an operator wants to see refusals.
+    pyzmq logs ZAP decisions at debug level; an operator wants to see refusals, but not one
+    line per attempt: at most one warning per ``every_s`` for all refusals together (a scan
+    with many unknown keys would otherwise log one line per key), with the count since the last.
     """
 
     def __init__(self, logger: logging.Logger, every_s: float = 60.0):
         super().__init__(logger, {})
         self.every_s = every_s
-        self._last: Dict[str, float] = {}
+        self._last = -1e18
+        self._quiet = 0  # refusals since the last warning
 
     def debug(self, msg, *args, **kwargs):
         try:
@@ -119,11 +122,14 @@ class _AuthLog(logging.LoggerAdapter):
             text = str(msg)
         if text.startswith("DENIED"):
             now = time.monotonic()
-            if now - self._last.get(text, -1e9) >= self.every_s:
-                if len(self._last) > 1000:
-                    self._last.clear()
-                self._last[text] = now
-                self.warning("Curve handshake refused: %s", text)
+            if now - self._last >= self.every_s:
+                self._last = now
+                more = f" ({self._quiet} more refusals since the last such line)" if self._quiet else ""
+                self._quiet = 0
+                self.warning("Curve handshake refused: %s%s", text, more)
+            else:
+                self._quiet += 1
+                super().debug(msg, *args, **kwargs)
             return
         super().debug(msg, *args, **kwargs)
 

@@ -197,6 +197,8 @@ class EncoderServer:
         self._lock = threading.Lock()  # counters, shared with the compute thread
         self._queued_bytes = 0  # bytes of the jobs waiting for the compute thread (guarded by _lock)
         self._internal_logged: dict = {}  # exception type -> monotonic time its traceback was last logged
+        self._dropped_replies = 0  # replies a full client queue refused (logged at most once a minute)
+        self._last_drop_warning = -INTERNAL_LOG_EVERY_S
         self._stopping = threading.Event()
         self.started = time.time()
 
@@ -413,7 +415,12 @@ class EncoderServer:
         try:
             self.socket.send_multipart(list(envelope) + list(reply), flags=zmq.NOBLOCK, copy=False)
         except zmq.Again:
-            log.warning("reply dropped: the client's queue is full")
+            self._dropped_replies += 1
+            now = time.monotonic()
+            if now - self._last_drop_warning >= INTERNAL_LOG_EVERY_S:  # one line a minute, with the count
+                self._last_drop_warning = now
+                log.warning("reply dropped: the client's queue is full (%d dropped so far; logged at most once "
+                            "every %.0f s)", self._dropped_replies, INTERNAL_LOG_EVERY_S)
         except zmq.ZMQError as e:
             if e.errno == zmq.EHOSTUNREACH:
                 log.debug("reply dropped: the client has disconnected")
