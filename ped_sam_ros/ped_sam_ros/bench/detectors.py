@@ -31,8 +31,14 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ped_sam_ros.sensitive.detectors import (BlazeFaceDetector, DetectorUnavailable, HaarFaceDetector,
-                                             HogPersonDetector, MtcnnFaceDetector, PpOcrTextDetector)
+from ped_sam_ros.sensitive.detectors import (
+    BlazeFaceDetector,
+    DetectorUnavailable,
+    HaarFaceDetector,
+    HogPersonDetector,
+    MtcnnFaceDetector,
+    PpOcrTextDetector,
+)
 from ped_sam_ros.sensitive.types import Box, Detection, box_iou
 
 FACE_SIZES: Tuple[int, ...] = (24, 32, 40, 56, 80, 112, 160)
@@ -56,8 +62,16 @@ def backgrounds(frame_hw: Tuple[int, int]) -> List[np.ndarray]:
     import cv2
     from skimage import data
 
-    raw = [data.coffee(), data.chelsea(), data.rocket(), data.hubble_deep_field(), data.stereo_motorcycle()[0],
-           data.brick(), data.gravel(), data.coins()]
+    raw = [
+        data.coffee(),
+        data.chelsea(),
+        data.rocket(),
+        data.hubble_deep_field(),
+        data.stereo_motorcycle()[0],
+        data.brick(),
+        data.gravel(),
+        data.coins(),
+    ]
     h, w = frame_hw
     out = []
     for img in raw:
@@ -66,10 +80,10 @@ def backgrounds(frame_hw: Tuple[int, int]) -> List[np.ndarray]:
         ih, iw = img.shape[:2]
         if ih * w > iw * h:  # too tall: crop rows
             ch = iw * h // w
-            img = img[(ih - ch) // 2:(ih - ch) // 2 + ch]
+            img = img[(ih - ch) // 2 : (ih - ch) // 2 + ch]
         else:
             cw = ih * w // h
-            img = img[:, (iw - cw) // 2:(iw - cw) // 2 + cw]
+            img = img[:, (iw - cw) // 2 : (iw - cw) // 2 + cw]
         out.append(np.ascontiguousarray(cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)))
     return out
 
@@ -93,22 +107,28 @@ def _feathered_paste(canvas: np.ndarray, patch: np.ndarray, y: int, x: int, feat
     fy = np.minimum(np.arange(ph) + 0.5, ph - np.arange(ph) - 0.5) / max(1.0, feather * ph)
     fx = np.minimum(np.arange(pw) + 0.5, pw - np.arange(pw) - 0.5) / max(1.0, feather * pw)
     alpha = np.clip(np.minimum(fy[:, None], fx[None, :]), 0.0, 1.0)[..., None]
-    region = canvas[y:y + ph, x:x + pw].astype(np.float32)
-    canvas[y:y + ph, x:x + pw] = (alpha * patch + (1 - alpha) * region + 0.5).astype(np.uint8)
+    region = canvas[y : y + ph, x : x + pw].astype(np.float32)
+    canvas[y : y + ph, x : x + pw] = (alpha * patch + (1 - alpha) * region + 0.5).astype(np.uint8)
 
 
 def _place(rng, frame_hw, ph, pw, taken, tries=200) -> Optional[Tuple[int, int]]:
     h, w = frame_hw
     for _ in range(tries):
         y, x = int(rng.integers(0, h - ph + 1)), int(rng.integers(0, w - pw + 1))
-        if all(y + ph + 8 <= ty or ty + th + 8 <= y or x + pw + 8 <= tx or tx + tw + 8 <= x
-               for ty, tx, th, tw in taken):
+        if all(
+            y + ph + 8 <= ty or ty + th + 8 <= y or x + pw + 8 <= tx or tx + tw + 8 <= x for ty, tx, th, tw in taken
+        ):
             return y, x
     return None
 
 
-def face_set(n_images: int = 40, frame_hw: Tuple[int, int] = (480, 640), sizes: Sequence[int] = FACE_SIZES,
-             per_image: int = 4, seed: int = 0) -> List[Sample]:
+def face_set(
+    n_images: int = 40,
+    frame_hw: Tuple[int, int] = (480, 640),
+    sizes: Sequence[int] = FACE_SIZES,
+    per_image: int = 4,
+    seed: int = 0,
+) -> List[Sample]:
     """``n_images`` frames with ``per_image`` faces each; sizes are dealt round robin so each
     size gets the same count; every 4th face is the astronaut's, the others LFW faces."""
     import cv2
@@ -140,8 +160,13 @@ def face_set(n_images: int = 40, frame_hw: Tuple[int, int] = (480, 640), sizes: 
     return out
 
 
-def text_set(n_images: int = 16, frame_hw: Tuple[int, int] = (480, 640), heights: Sequence[int] = TEXT_HEIGHTS,
-             per_image: int = 4, seed: int = 1) -> List[Sample]:
+def text_set(
+    n_images: int = 16,
+    frame_hw: Tuple[int, int] = (480, 640),
+    heights: Sequence[int] = TEXT_HEIGHTS,
+    per_image: int = 4,
+    seed: int = 1,
+) -> List[Sample]:
     """Frames with words of known boxes (dark on a light plate or light on a dark one)."""
     import cv2
 
@@ -169,10 +194,15 @@ def text_set(n_images: int = 16, frame_hw: Tuple[int, int] = (480, 640), heights
             taken.append((y, x, ph, pw))
             dark = bool(rng.integers(0, 2))
             plate, ink = ((235, 235, 225), (20, 20, 30)) if dark else ((30, 30, 40), (240, 240, 230))
-            canvas[y:y + ph, x:x + pw] = plate
+            canvas[y : y + ph, x : x + pw] = plate
             cv2.putText(canvas, word, (x + pad, y + pad + th), font, scale, ink, thick, cv2.LINE_AA)
-            sample.objects.append(("text", (float(x + pad), float(y + pad), float(x + pad + tw),
-                                            float(y + pad + th + base)), float(height)))
+            sample.objects.append(
+                (
+                    "text",
+                    (float(x + pad), float(y + pad), float(x + pad + tw), float(y + pad + th + base)),
+                    float(height),
+                )
+            )
         out.append(sample)
     return out
 
@@ -221,8 +251,13 @@ def evaluate(detector, samples: Sequence[Sample], sizes: Sequence[float], cls: s
         fps.append(fp)
     recall = {str(int(s)): (sum(v) / len(v) if v else None) for s, v in hits.items()}
     counts = {str(int(s)): len(v) for s, v in hits.items()}
-    return {"recall_by_size": recall, "count_by_size": counts, "fp_per_image": float(np.mean(fps)),
-            "time_min_s": min(times), "time_median_s": statistics.median(times)}
+    return {
+        "recall_by_size": recall,
+        "count_by_size": counts,
+        "fp_per_image": float(np.mean(fps)),
+        "time_min_s": min(times),
+        "time_median_s": statistics.median(times),
+    }
 
 
 def recall_at_least(result: Dict, min_size: float) -> Optional[float]:
@@ -263,8 +298,9 @@ def edge_stage_time(model: str = "vit_b", repeats: int = 2) -> Optional[float]:
     return best
 
 
-def interleaved_timing(names: Sequence[str], samples: Sequence[Sample], rounds: int = 3,
-                       frames_per_round: int = 4) -> Dict:
+def interleaved_timing(
+    names: Sequence[str], samples: Sequence[Sample], rounds: int = 3, frames_per_round: int = 4
+) -> Dict:
     """Edge stage and detectors timed in alternation (edge, each detector on a few frames,
     edge, ...), so both see the same machine load; min over everything per component."""
     import torch
@@ -282,15 +318,25 @@ def interleaved_timing(names: Sequence[str], samples: Sequence[Sample], rounds: 
             edge(x)
             times["edge"].append(time.perf_counter() - t0)
             for n, d in dets.items():
-                for smp in samples[r * frames_per_round:(r + 1) * frames_per_round]:
+                for smp in samples[r * frames_per_round : (r + 1) * frames_per_round]:
                     t0 = time.perf_counter()
                     d.detect(smp.rgb)
                     times[n].append(time.perf_counter() - t0)
     edge_min = min(times["edge"])
-    return {"edge_stage_vit_b_paper_min_s": edge_min, "edge_stage_all_s": times["edge"],
-            "detectors": {n: {"min_s": min(v), "median_s": statistics.median(v), "ratio_min_to_edge_min":
-                              min(v) / edge_min, "ratio_median_to_edge_min": statistics.median(v) / edge_min}
-                          for n, v in times.items() if n != "edge"}}
+    return {
+        "edge_stage_vit_b_paper_min_s": edge_min,
+        "edge_stage_all_s": times["edge"],
+        "detectors": {
+            n: {
+                "min_s": min(v),
+                "median_s": statistics.median(v),
+                "ratio_min_to_edge_min": min(v) / edge_min,
+                "ratio_median_to_edge_min": statistics.median(v) / edge_min,
+            }
+            for n, v in times.items()
+            if n != "edge"
+        },
+    }
 
 
 FACE_CANDIDATES = {
@@ -303,16 +349,24 @@ FACE_CANDIDATES = {
 }
 
 
-def run(n_images: int, text_images: int, frame_hw: Tuple[int, int], only: Optional[Sequence[str]] = None,
-        edge: bool = True) -> Dict:
+def run(
+    n_images: int, text_images: int, frame_hw: Tuple[int, int], only: Optional[Sequence[str]] = None, edge: bool = True
+) -> Dict:
     faces = face_set(n_images, frame_hw)
     texts = text_set(text_images, frame_hw)
-    report: Dict = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()} {platform.processor()}",
-                    "frame_hw": list(frame_hw), "face_images": len(faces),
-                    "faces": sum(len(s.objects) for s in faces), "text_images": len(texts),
-                    "words": sum(len(s.objects) for s in texts),
-                    "match_rule": "IoU >= 0.3, or each box's centre inside the other",
-                    "face": {}, "text": {}, "person": {}}
+    report: Dict = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()} {platform.processor()}",
+        "frame_hw": list(frame_hw),
+        "face_images": len(faces),
+        "faces": sum(len(s.objects) for s in faces),
+        "text_images": len(texts),
+        "words": sum(len(s.objects) for s in texts),
+        "match_rule": "IoU >= 0.3, or each box's centre inside the other",
+        "face": {},
+        "text": {},
+        "person": {},
+    }
     for name, make in FACE_CANDIDATES.items():
         if only and not any(o in name for o in only):
             continue
@@ -333,8 +387,11 @@ def run(n_images: int, text_images: int, frame_hw: Tuple[int, int], only: Option
     if not only or any("hog" in o for o in only):
         # no person ground truth in the set: false positives per image and time only
         r = evaluate(HogPersonDetector(), faces, (), "person")
-        report["person"]["hog"] = {"fp_per_image": r["fp_per_image"], "time_min_s": r["time_min_s"],
-                                   "time_median_s": r["time_median_s"]}
+        report["person"]["hog"] = {
+            "fp_per_image": r["fp_per_image"],
+            "time_min_s": r["time_min_s"],
+            "time_median_s": r["time_median_s"],
+        }
     if edge:
         report["edge_stage_vit_b_paper_s"] = edge_stage_time()
     return report
@@ -342,8 +399,10 @@ def run(n_images: int, text_images: int, frame_hw: Tuple[int, int], only: Option
 
 def print_table(rep: Dict) -> None:
     edge = rep.get("edge_stage_vit_b_paper_s")
-    print(f"faces: {rep['faces']} in {rep['face_images']} frames of {rep['frame_hw'][1]}x{rep['frame_hw'][0]}; "
-          f"match: {rep['match_rule']}")
+    print(
+        f"faces: {rep['faces']} in {rep['face_images']} frames of {rep['frame_hw'][1]}x{rep['frame_hw'][0]}; "
+        f"match: {rep['match_rule']}"
+    )
     head = "| detector | " + " | ".join(f"{s} px" for s in FACE_SIZES) + " | >=40 px | FP/img | ms min | ms med |"
     if edge:
         head += " % of edge |"
@@ -353,10 +412,13 @@ def print_table(rep: Dict) -> None:
         if "unavailable" in r:
             print(f"| {name} | unavailable: {r['unavailable']} |")
             continue
-        cells = [("-" if r["recall_by_size"][str(s)] is None else f"{r['recall_by_size'][str(s)]:.2f}")
-                 for s in FACE_SIZES]
-        line = (f"| {name} | " + " | ".join(cells) + f" | {r['recall_40px_up']:.3f} | {r['fp_per_image']:.2f} | "
-                f"{r['time_min_s'] * 1e3:.0f} | {r['time_median_s'] * 1e3:.0f} |")
+        cells = [
+            ("-" if r["recall_by_size"][str(s)] is None else f"{r['recall_by_size'][str(s)]:.2f}") for s in FACE_SIZES
+        ]
+        line = (
+            f"| {name} | " + " | ".join(cells) + f" | {r['recall_40px_up']:.3f} | {r['fp_per_image']:.2f} | "
+            f"{r['time_min_s'] * 1e3:.0f} | {r['time_median_s'] * 1e3:.0f} |"
+        )
         if edge:
             line += f" {100 * r['time_min_s'] / edge:.1f} |"
         print(line)
@@ -365,12 +427,16 @@ def print_table(rep: Dict) -> None:
             print(f"text {name}: unavailable: {r['unavailable']}")
             continue
         rec = ", ".join(f"{h} px {v:.2f}" for h, v in r["recall_by_size"].items() if v is not None)
-        print(f"text {name} ({rep['words']} words): recall {rec}; FP/img {r['fp_per_image']:.2f} "
-              f"(on the face set {r['fp_per_image_on_face_set']:.2f}); ms min {r['time_min_s'] * 1e3:.0f}, "
-              f"median {r['time_median_s'] * 1e3:.0f}")
+        print(
+            f"text {name} ({rep['words']} words): recall {rec}; FP/img {r['fp_per_image']:.2f} "
+            f"(on the face set {r['fp_per_image_on_face_set']:.2f}); ms min {r['time_min_s'] * 1e3:.0f}, "
+            f"median {r['time_median_s'] * 1e3:.0f}"
+        )
     for name, r in rep["person"].items():
-        print(f"person {name}: FP/img on the face set {r['fp_per_image']:.2f}; ms min {r['time_min_s'] * 1e3:.0f}, "
-              f"median {r['time_median_s'] * 1e3:.0f}")
+        print(
+            f"person {name}: FP/img on the face set {r['fp_per_image']:.2f}; ms min {r['time_min_s'] * 1e3:.0f}, "
+            f"median {r['time_median_s'] * 1e3:.0f}"
+        )
     if edge:
         print(f"vit_b paper edge stage (full width, random weights, 1024 input): {edge:.2f} s (min)")
 
@@ -383,17 +449,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--only", nargs="*", help="substrings of the detector names to run")
     ap.add_argument("--no-edge", action="store_true", help="skip timing the vit_b edge stage")
     ap.add_argument("--json", default="detectors.json", help="where to write the results")
-    ap.add_argument("--interleaved", nargs="*", metavar="NAME",
-                    help="only time these face detectors against the edge stage, in alternation")
+    ap.add_argument(
+        "--interleaved",
+        nargs="*",
+        metavar="NAME",
+        help="only time these face detectors against the edge stage, in alternation",
+    )
     args = ap.parse_args(argv)
     h, w = (int(v) for v in args.frame.lower().split("x"))
     if args.interleaved:
         rep = interleaved_timing(args.interleaved, face_set(12, (h, w)))
-        print(f"vit_b paper edge stage: min {rep['edge_stage_vit_b_paper_min_s']:.2f} s "
-              f"(runs: {', '.join(f'{t:.1f}' for t in rep['edge_stage_all_s'])})")
+        print(
+            f"vit_b paper edge stage: min {rep['edge_stage_vit_b_paper_min_s']:.2f} s "
+            f"(runs: {', '.join(f'{t:.1f}' for t in rep['edge_stage_all_s'])})"
+        )
         for n, r in rep["detectors"].items():
-            print(f"{n}: min {r['min_s'] * 1e3:.0f} ms ({100 * r['ratio_min_to_edge_min']:.1f} % of the edge stage), "
-                  f"median {r['median_s'] * 1e3:.0f} ms ({100 * r['ratio_median_to_edge_min']:.1f} %)")
+            print(
+                f"{n}: min {r['min_s'] * 1e3:.0f} ms ({100 * r['ratio_min_to_edge_min']:.1f} % of the edge stage), "
+                f"median {r['median_s'] * 1e3:.0f} ms ({100 * r['ratio_median_to_edge_min']:.1f} %)"
+            )
         with open(args.json, "w") as f:
             json.dump(rep, f, indent=1)
         return 0

@@ -122,10 +122,10 @@ def _tile_masks(plan, orig_hw) -> Dict[int, np.ndarray]:
             continue
         m = np.zeros(orig_hw, bool)
         y0, y1, x0, x1 = cb
-        m[int(round(y0 * ry)):int(round(y1 * ry)), int(round(x0 * rx)):int(round(x1 * rx))] = True
+        m[int(round(y0 * ry)) : int(round(y1 * ry)), int(round(x0 * rx)) : int(round(x1 * rx))] = True
         for _, box, _ in d.obfuscations:
             bx0, by0, bx1, by1 = box
-            m[int(by0 * ry):int(np.ceil(by1 * ry)), int(bx0 * rx):int(np.ceil(bx1 * rx))] = False
+            m[int(by0 * ry) : int(np.ceil(by1 * ry)), int(bx0 * rx) : int(np.ceil(bx1 * rx))] = False
         out[d.tile] = m
     return out
 
@@ -166,7 +166,7 @@ def simulate(frames_h, faces_per_frame, k: int, strategy: str, face_action: str,
         for fb in faces:
             fm = np.zeros(FRAME_HW, bool)
             x0, y0, x1, y1 = (int(round(v)) for v in fb.box)
-            fm[max(0, y0):y1, max(0, x0):x1] = True
+            fm[max(0, y0) : y1, max(0, x0) : x1] = True
             if fm.any():
                 for g in range(k):
                     union = np.zeros(FRAME_HW, bool)
@@ -177,10 +177,17 @@ def simulate(frames_h, faces_per_frame, k: int, strategy: str, face_action: str,
                         face_whole_frames += 1
                         break
         curve.append([float((c & scene_mask).sum() / scene_px) for c in cum])
-    return {"strategy": strategy, "face_action": face_action, "servers": k,
-            "layout": lay.to_dict(), "final_exposure": curve[-1], "max_final_exposure": max(curve[-1]),
-            "face_exposure": [float(c.sum() / face_px) if face_px else 0.0 for c in face_cum],
-            "frames_with_a_face_whole_on_one_server": face_whole_frames, "curve": curve}
+    return {
+        "strategy": strategy,
+        "face_action": face_action,
+        "servers": k,
+        "layout": lay.to_dict(),
+        "final_exposure": curve[-1],
+        "max_final_exposure": max(curve[-1]),
+        "face_exposure": [float(c.sum() / face_px) if face_px else 0.0 for c in face_cum],
+        "frames_with_a_face_whole_on_one_server": face_whole_frames,
+        "curve": curve,
+    }
 
 
 def run(k_values: Sequence[int], step: int, detector: Optional[str], model: str = "similarity") -> Dict:
@@ -189,7 +196,7 @@ def run(k_values: Sequence[int], step: int, detector: Optional[str], model: str 
     scene, face_boxes = panorama()
     path = pan_path(scene.shape[1], step)
     fh, fw = FRAME_HW
-    frames = [np.ascontiguousarray(scene[y:y + fh, x:x + fw]) for y, x in path]
+    frames = [np.ascontiguousarray(scene[y : y + fh, x : x + fw]) for y, x in path]
     t0 = time.perf_counter()
     hs = register(frames, model)
     reg_s = time.perf_counter() - t0
@@ -203,8 +210,10 @@ def run(k_values: Sequence[int], step: int, detector: Optional[str], model: str 
     # the mosaic: bounding box of all registered frames, at 1/LOW resolution
     allc = np.concatenate([cv2.perspectiveTransform(corners, h)[0] for h in hs])
     offset = (float(allc[:, 0].min()), float(allc[:, 1].min()))
-    mosaic_hw = (int(np.ceil((allc[:, 1].max() - offset[1]) / LOW)) + 1,
-                 int(np.ceil((allc[:, 0].max() - offset[0]) / LOW)) + 1)
+    mosaic_hw = (
+        int(np.ceil((allc[:, 1].max() - offset[1]) / LOW)) + 1,
+        int(np.ceil((allc[:, 0].max() - offset[0]) / LOW)) + 1,
+    )
     scene_mask = np.zeros(mosaic_hw, bool)
     full = np.ones(FRAME_HW, bool)
     for h in hs:
@@ -229,7 +238,7 @@ def run(k_values: Sequence[int], step: int, detector: Optional[str], model: str 
         for d in fs:
             m = np.zeros(FRAME_HW, bool)
             x0, y0, x1, y1 = (int(round(v)) for v in d.box)
-            m[max(0, y0):y1, max(0, x0):x1] = True
+            m[max(0, y0) : y1, max(0, x0) : x1] = True
             face_mask |= _warp_mask(m, h, offset, mosaic_hw)
     mosaic = (offset, mosaic_hw, scene_mask, face_mask)
     results = []
@@ -237,13 +246,24 @@ def run(k_values: Sequence[int], step: int, detector: Optional[str], model: str 
         for strategy in ("fixed", "rotating", "scene-aware"):
             for face_action in ("send", "local"):
                 results.append(simulate(hs, faces_per_frame, k, strategy, face_action, mosaic))
-    return {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()} {platform.processor()}",
-            "scene_hw": list(scene.shape[:2]), "frames": len(frames), "frame_hw": list(FRAME_HW), "step_px": step,
-            "registration": {"method": f"ORB 2000 + BFMatcher cross-check + RANSAC {model}, chained",
-                             "seconds": reg_s, "max_corner_error_px": max(errs), "mean_corner_error_px":
-                             float(np.mean(errs))},
-            "faces_from": detector or "the scene's hand-marked face box", "mosaic_downscale": LOW,
-            "results": results, "adaptive": adaptive_layouts(k_values)}
+    return {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()} {platform.processor()}",
+        "scene_hw": list(scene.shape[:2]),
+        "frames": len(frames),
+        "frame_hw": list(FRAME_HW),
+        "step_px": step,
+        "registration": {
+            "method": f"ORB 2000 + BFMatcher cross-check + RANSAC {model}, chained",
+            "seconds": reg_s,
+            "max_corner_error_px": max(errs),
+            "mean_corner_error_px": float(np.mean(errs)),
+        },
+        "faces_from": detector or "the scene's hand-marked face box",
+        "mosaic_downscale": LOW,
+        "results": results,
+        "adaptive": adaptive_layouts(k_values),
+    }
 
 
 def adaptive_layouts(k_values: Sequence[int], n_images: int = 42, share_slack: float = 1.05) -> List[Dict]:
@@ -269,37 +289,55 @@ def adaptive_layouts(k_values: Sequence[int], n_images: int = 42, share_slack: f
             whole_fixed += boxes_whole(fixed.partition, boxes)
             whole_adaptive += lay.boxes_whole
             shares.append(lay.max_share)
-        out.append({"servers": k, "faces": n, "share_slack": share_slack,
-                     "whole_in_one_tile_fixed": whole_fixed / n, "whole_in_one_tile_adaptive": whole_adaptive / n,
-                     "fixed_max_share": fixed.max_share, "adaptive_max_share_mean": float(np.mean(shares)),
-                     "adaptive_max_share_max": float(np.max(shares)),
-                     "seconds_per_frame": (time.perf_counter() - t0) / len(samples)})
+        out.append(
+            {
+                "servers": k,
+                "faces": n,
+                "share_slack": share_slack,
+                "whole_in_one_tile_fixed": whole_fixed / n,
+                "whole_in_one_tile_adaptive": whole_adaptive / n,
+                "fixed_max_share": fixed.max_share,
+                "adaptive_max_share_mean": float(np.mean(shares)),
+                "adaptive_max_share_max": float(np.max(shares)),
+                "seconds_per_frame": (time.perf_counter() - t0) / len(samples),
+            }
+        )
     return out
 
 
 def print_table(rep: Dict) -> None:
     r = rep["registration"]
-    print(f"scene {rep['scene_hw'][1]}x{rep['scene_hw'][0]}, {rep['frames']} frames of {rep['frame_hw'][1]}x"
-          f"{rep['frame_hw'][0]}, step {rep['step_px']} px; {r['method']}: corner error mean "
-          f"{r['mean_corner_error_px']:.1f} px, max {r['max_corner_error_px']:.1f} px")
-    print("| K | strategy | faces | per-frame max share | scene seen by each server (end) | max | "
-          "face seen by each server | frames with a face whole on one server |")
+    print(
+        f"scene {rep['scene_hw'][1]}x{rep['scene_hw'][0]}, {rep['frames']} frames of {rep['frame_hw'][1]}x"
+        f"{rep['frame_hw'][0]}, step {rep['step_px']} px; {r['method']}: corner error mean "
+        f"{r['mean_corner_error_px']:.1f} px, max {r['max_corner_error_px']:.1f} px"
+    )
+    print(
+        "| K | strategy | faces | per-frame max share | scene seen by each server (end) | max | "
+        "face seen by each server | frames with a face whole on one server |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for x in rep["results"]:
         exp = " / ".join(f"{v:.0%}" for v in x["final_exposure"])
         face = " / ".join(f"{v:.0%}" for v in x["face_exposure"])
-        print(f"| {x['servers']} | {x['strategy']} | {x['face_action']} | {x['layout']['max_share']:.1%} | {exp} | "
-              f"{x['max_final_exposure']:.0%} | {face} | {x['frames_with_a_face_whole_on_one_server']} |")
+        print(
+            f"| {x['servers']} | {x['strategy']} | {x['face_action']} | {x['layout']['max_share']:.1%} | {exp} | "
+            f"{x['max_final_exposure']:.0%} | {face} | {x['frames_with_a_face_whole_on_one_server']} |"
+        )
     if rep.get("adaptive"):
         print("\nper-frame adaptive layout (composited face set, known boxes):")
-        print("| K | faces | whole in one tile: balanced layout | adaptive | largest share: balanced | adaptive mean, max |"
-              " ms per frame |")
+        print(
+            "| K | faces | whole in one tile: balanced layout | adaptive | largest share: balanced "
+            "| adaptive mean, max | ms per frame |"
+        )
         print("|---|---|---|---|---|---|---|")
         for a in rep["adaptive"]:
-            print(f"| {a['servers']} | {a['faces']} | {a['whole_in_one_tile_fixed']:.0%} | "
-                  f"{a['whole_in_one_tile_adaptive']:.0%} | {a['fixed_max_share']:.1%} | "
-                  f"{a['adaptive_max_share_mean']:.1%}, {a['adaptive_max_share_max']:.1%} | "
-                  f"{a['seconds_per_frame'] * 1e3:.0f} |")
+            print(
+                f"| {a['servers']} | {a['faces']} | {a['whole_in_one_tile_fixed']:.0%} | "
+                f"{a['whole_in_one_tile_adaptive']:.0%} | {a['fixed_max_share']:.1%} | "
+                f"{a['adaptive_max_share_mean']:.1%}, {a['adaptive_max_share_max']:.1%} | "
+                f"{a['seconds_per_frame'] * 1e3:.0f} |"
+            )
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -307,8 +345,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--servers", type=int, nargs="+", default=[4, 9])
     ap.add_argument("--step", type=int, default=60, help="pan step between frames, scene pixels")
     ap.add_argument("--detector", default=None, help="detector spec for the faces (default: the known face box)")
-    ap.add_argument("--model", choices=["similarity", "homography"], default="similarity",
-                    help="registration model between consecutive frames")
+    ap.add_argument(
+        "--model",
+        choices=["similarity", "homography"],
+        default="similarity",
+        help="registration model between consecutive frames",
+    )
     ap.add_argument("--json", default="exposure.json")
     args = ap.parse_args(argv)
     rep = run(args.servers, args.step, args.detector, args.model)

@@ -235,14 +235,21 @@ def search_layouts(
     return tuple(layouts)
 
 
-def _make_layout(part: Partition, assign: Sequence[int], k: int, content_hw: Tuple[int, int],
-                 optimal: bool, boxes: Sequence[PixelBox] = ()) -> Layout:
+def _make_layout(
+    part: Partition,
+    assign: Sequence[int],
+    k: int,
+    content_hw: Tuple[int, int],
+    optimal: bool,
+    boxes: Sequence[PixelBox] = (),
+) -> Layout:
     total = content_hw[0] * content_hw[1]
     shares = [0.0] * k
     for t in part.tiles:
         shares[assign[t.index]] += t.content_pixels(content_hw) / total
-    return Layout(part, tuple(int(a) for a in assign), k, tuple(content_hw), tuple(shares), optimal,
-                  boxes_whole(part, boxes))
+    return Layout(
+        part, tuple(int(a) for a in assign), k, tuple(content_hw), tuple(shares), optimal, boxes_whole(part, boxes)
+    )
 
 
 def best_layout(
@@ -265,13 +272,18 @@ def best_layout(
     slack = share_slack if avoid_boxes else 1.0
     found = search_layouts(tuple(int(v) for v in content_hw), num_servers, allow_adjacent, node_limit, slack)
     if not found:
-        raise PartitionError(f"no aligned layout for {num_servers} servers without adjacent tiles on one server "
-                             f"(content {content_hw[0]}x{content_hw[1]}); allow_adjacent or change the server count")
+        raise PartitionError(
+            f"no aligned layout for {num_servers} servers without adjacent tiles on one server "
+            f"(content {content_hw[0]}x{content_hw[1]}); allow_adjacent or change the server count"
+        )
     best = found[0]
     if avoid_boxes:
         limit = best.max_share * share_slack + 1e-12
-        pool = [_make_layout(lay.partition, lay.assignment, num_servers, lay.content_hw, lay.optimal, avoid_boxes)
-                for lay in found if lay.max_share <= limit]
+        pool = [
+            _make_layout(lay.partition, lay.assignment, num_servers, lay.content_hw, lay.optimal, avoid_boxes)
+            for lay in found
+            if lay.max_share <= limit
+        ]
         best = min(pool, key=lambda lay: (lay.boxes_whole, round(lay.max_share, 12), lay.num_tiles))
     if best.max_share > max_share + 1e-9:
         raise PartitionError(
@@ -291,12 +303,13 @@ def fixed_grid_layout(content_hw: Tuple[int, int], num_servers: int) -> Optional
     with the geometry module's round-robin assignment; None when K is not a square <= 25."""
     from .geometry import round_robin_assignment
 
-    side = round(num_servers ** 0.5)
+    side = round(num_servers**0.5)
     if side * side != num_servers or side > 5:
         return None
     part = Partition.grid(side, side)
-    return _make_layout(part, round_robin_assignment(part, num_servers), num_servers,
-                        tuple(int(v) for v in content_hw), True)
+    return _make_layout(
+        part, round_robin_assignment(part, num_servers), num_servers, tuple(int(v) for v in content_hw), True
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -307,8 +320,11 @@ TABLE_SHAPES = {"4:3": (480, 640), "16:9": (720, 1280), "1:1": (512, 512), "3:4"
 TABLE_SERVERS = (2, 3, 4, 5, 6, 8, 9, 12, 16)
 
 
-def share_table(shapes: Dict[str, Tuple[int, int]] = TABLE_SHAPES, servers: Sequence[int] = TABLE_SERVERS,
-                node_limit: int = DEFAULT_NODE_LIMIT) -> List[dict]:
+def share_table(
+    shapes: Dict[str, Tuple[int, int]] = TABLE_SHAPES,
+    servers: Sequence[int] = TABLE_SERVERS,
+    node_limit: int = DEFAULT_NODE_LIMIT,
+) -> List[dict]:
     """One row per frame shape and server count: the best layout's largest share, the same
     search with adjacency allowed (the floor of aligned layouts), and the fixed square grid."""
     import time
@@ -322,37 +338,53 @@ def share_table(shapes: Dict[str, Tuple[int, int]] = TABLE_SHAPES, servers: Sequ
             dt = time.perf_counter() - t0
             free = best_layout(content, k, allow_adjacent=True, node_limit=node_limit)
             fixed = fixed_grid_layout(content, k)
-            rows.append({"shape": name, "orig_hw": list(orig), "content_hw": list(content), "servers": k,
-                         "layout": lay.to_dict(), "max_share": lay.max_share, "times_k": lay.max_share * k,
-                         "adjacent_allowed_max_share": free.max_share,
-                         "ratio_to_adjacent_allowed": lay.max_share / free.max_share,
-                         "fixed_grid_max_share": fixed.max_share if fixed else None,
-                         "optimal": lay.optimal, "adjacent_allowed_optimal": free.optimal, "search_s": dt})
+            rows.append(
+                {
+                    "shape": name,
+                    "orig_hw": list(orig),
+                    "content_hw": list(content),
+                    "servers": k,
+                    "layout": lay.to_dict(),
+                    "max_share": lay.max_share,
+                    "times_k": lay.max_share * k,
+                    "adjacent_allowed_max_share": free.max_share,
+                    "ratio_to_adjacent_allowed": lay.max_share / free.max_share,
+                    "fixed_grid_max_share": fixed.max_share if fixed else None,
+                    "optimal": lay.optimal,
+                    "adjacent_allowed_optimal": free.optimal,
+                    "search_s": dt,
+                }
+            )
     return rows
 
 
 def _format_row(r: dict) -> str:
     p = r["layout"]["partition"]
     fixed = "-" if r["fixed_grid_max_share"] is None else f"{r['fixed_grid_max_share']:.1%}"
-    return (f"| {r['shape']} | {r['servers']} | {p['rows']}x{p['cols']} rows{tuple(p['row_cuts'])} "
-            f"cols{tuple(p['col_cuts'])} | {r['max_share']:.1%} | {r['times_k']:.3f} | "
-            f"{r['adjacent_allowed_max_share']:.1%} | {r['ratio_to_adjacent_allowed']:.3f} | {fixed} | "
-            f"{'yes' if r['optimal'] else 'no'} | {'yes' if r['adjacent_allowed_optimal'] else 'no'} | "
-            f"{r['search_s']:.1f} |")
+    return (
+        f"| {r['shape']} | {r['servers']} | {p['rows']}x{p['cols']} rows{tuple(p['row_cuts'])} "
+        f"cols{tuple(p['col_cuts'])} | {r['max_share']:.1%} | {r['times_k']:.3f} | "
+        f"{r['adjacent_allowed_max_share']:.1%} | {r['ratio_to_adjacent_allowed']:.3f} | {fixed} | "
+        f"{'yes' if r['optimal'] else 'no'} | {'yes' if r['adjacent_allowed_optimal'] else 'no'} | "
+        f"{r['search_s']:.1f} |"
+    )
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     import argparse
     import json
 
-    ap = argparse.ArgumentParser(description="Largest single-server share of the best aligned layout per frame "
-                                             "shape and server count.")
+    ap = argparse.ArgumentParser(
+        description="Largest single-server share of the best aligned layout per frame shape and server count."
+    )
     ap.add_argument("--servers", type=int, nargs="+", default=list(TABLE_SERVERS))
     ap.add_argument("--json", default=None, help="also write the rows as JSON here")
     args = ap.parse_args(argv)
     rows = share_table(servers=args.servers)
-    print("| frame | K | layout (token cuts) | largest share | x K | adjacency allowed | ratio | fixed grid |"
-          " proven best | floor proven | search s |")
+    print(
+        "| frame | K | layout (token cuts) | largest share | x K | adjacency allowed | ratio | fixed grid |"
+        " proven best | floor proven | search s |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(_format_row(r))

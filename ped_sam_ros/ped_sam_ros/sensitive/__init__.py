@@ -12,5 +12,17 @@ from .obfuscate import tile_crops
 from .policy import FramePlan, PolicyConfig, PolicyError, TileDecision, objects_seen_whole, plan_frame, prompt_boxes
 from .types import Detection, Detector
 
-__all__ = ["Detection", "Detector", "DetectorUnavailable", "FramePlan", "PolicyConfig", "PolicyError", "TileDecision",
-           "make_detector", "objects_seen_whole", "plan_frame", "prompt_boxes", "tile_crops"]
+__all__ = [
+    "Detection",
+    "Detector",
+    "DetectorUnavailable",
+    "FramePlan",
+    "PolicyConfig",
+    "PolicyError",
+    "TileDecision",
+    "make_detector",
+    "objects_seen_whole",
+    "plan_frame",
+    "prompt_boxes",
+    "tile_crops",
+]

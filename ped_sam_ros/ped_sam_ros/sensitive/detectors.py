@@ -65,8 +65,13 @@ class HaarFaceDetector:
     name = "haar"
     classes = ("face",)
 
-    def __init__(self, scale_factor: float = 1.1, min_neighbors: int = 5, min_size: int = 20,
-                 cascade: str = "haarcascade_frontalface_default.xml"):
+    def __init__(
+        self,
+        scale_factor: float = 1.1,
+        min_neighbors: int = 5,
+        min_size: int = 20,
+        cascade: str = "haarcascade_frontalface_default.xml",
+    ):
         cv2 = _import("cv2", "opencv-python-headless")
         self._cv2 = cv2
         self._cascade = cv2.CascadeClassifier(os.path.join(cv2.data.haarcascades, cascade))
@@ -78,13 +83,24 @@ class HaarFaceDetector:
     def detect(self, rgb: np.ndarray) -> List[Detection]:
         gray = self._cv2.cvtColor(check_rgb(rgb), self._cv2.COLOR_RGB2GRAY)
         with self._lock:
-            found = self._cascade.detectMultiScale3(gray, self.scale_factor, self.min_neighbors,
-                                                    minSize=(self.min_size, self.min_size), outputRejectLevels=True)
+            found = self._cascade.detectMultiScale3(
+                gray,
+                self.scale_factor,
+                self.min_neighbors,
+                minSize=(self.min_size, self.min_size),
+                outputRejectLevels=True,
+            )
         rects, _, weights = found
         out = []
         for (x, y, w, h), wt in zip(rects, np.asarray(weights).reshape(-1)):
-            out.append(Detection("face", (float(x), float(y), float(x + w), float(y + h)),
-                                 float(1.0 / (1.0 + np.exp(-float(wt)))), self.name))
+            out.append(
+                Detection(
+                    "face",
+                    (float(x), float(y), float(x + w), float(y + h)),
+                    float(1.0 / (1.0 + np.exp(-float(wt)))),
+                    self.name,
+                )
+            )
         return out
 
 
@@ -106,8 +122,9 @@ class HogPersonDetector:
         img = check_rgb(rgb)
         if self.upscale != 1.0:
             img = self._cv2.resize(img, None, fx=self.upscale, fy=self.upscale, interpolation=self._cv2.INTER_LINEAR)
-        rects, weights = self._hog.detectMultiScale(img, hitThreshold=self.hit_threshold,
-                                                    winStride=(self.stride, self.stride), scale=1.05)
+        rects, weights = self._hog.detectMultiScale(
+            img, hitThreshold=self.hit_threshold, winStride=(self.stride, self.stride), scale=1.05
+        )
         s = 1.0 / self.upscale
         out = []
         for (x, y, w, h), wt in zip(rects, np.asarray(weights).reshape(-1)):
@@ -129,11 +146,22 @@ class MtcnnFaceDetector:
     name = "mtcnn"
     classes = ("face",)
 
-    def __init__(self, min_face_size: int = 32, thresholds: Sequence[float] = (0.6, 0.7, 0.7),
-                 min_score: float = 0.9, factor: float = 0.709):
+    def __init__(
+        self,
+        min_face_size: int = 32,
+        thresholds: Sequence[float] = (0.6, 0.7, 0.7),
+        min_score: float = 0.9,
+        factor: float = 0.709,
+    ):
         mod = _import("facenet_pytorch.models.mtcnn", "facenet-pytorch (with --no-deps) and requests")
-        self._mtcnn = mod.MTCNN(min_face_size=min_face_size, thresholds=list(thresholds), factor=factor,
-                                keep_all=True, post_process=False, device="cpu")
+        self._mtcnn = mod.MTCNN(
+            min_face_size=min_face_size,
+            thresholds=list(thresholds),
+            factor=factor,
+            keep_all=True,
+            post_process=False,
+            device="cpu",
+        )
         self.min_score = min_score
 
     def detect(self, rgb: np.ndarray) -> List[Detection]:
@@ -143,8 +171,11 @@ class MtcnnFaceDetector:
             boxes, probs = self._mtcnn.detect(check_rgb(rgb))
         if boxes is None:
             return []
-        return [Detection("face", tuple(float(v) for v in b), float(p), self.name)
-                for b, p in zip(boxes, probs) if p is not None and p >= self.min_score]
+        return [
+            Detection("face", tuple(float(v) for v in b), float(p), self.name)
+            for b, p in zip(boxes, probs)
+            if p is not None and p >= self.min_score
+        ]
 
 
 # ---------------------------------------------------------------------------
@@ -179,8 +210,14 @@ class BlazeFaceDetector:
     name = "blazeface"
     classes = ("face",)
 
-    def __init__(self, model: str = "full", min_score: float = 0.5, tile: Optional[int] = None,
-                 overlap: float = 0.25, num_threads: int = 1):
+    def __init__(
+        self,
+        model: str = "full",
+        min_score: float = 0.5,
+        tile: Optional[int] = None,
+        overlap: float = 0.25,
+        num_threads: int = 1,
+    ):
         if model not in _BLAZEFACE_MODELS:
             raise ValueError(f"BlazeFace model must be one of {sorted(_BLAZEFACE_MODELS)}, got {model!r}")
         fname, self.size, strides, per_cell = _BLAZEFACE_MODELS[model]
@@ -209,7 +246,7 @@ class BlazeFaceDetector:
         nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
         canvas = np.zeros((self.size, self.size, 3), dtype=np.float32)
         oy, ox = (self.size - nh) // 2, (self.size - nw) // 2
-        canvas[oy:oy + nh, ox:ox + nw] = cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_AREA)
+        canvas[oy : oy + nh, ox : ox + nw] = cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_AREA)
         canvas = canvas / 127.5 - 1.0
         with self._lock:
             self._interp.set_tensor(self._in, canvas[None])
@@ -245,7 +282,7 @@ class BlazeFaceDetector:
         h, w = img.shape[:2]
         dets = self._run(img)
         for y, x, t in self._tiles(h, w):
-            for d in self._run(np.ascontiguousarray(img[y:y + t, x:x + t])):
+            for d in self._run(np.ascontiguousarray(img[y : y + t, x : x + t])):
                 x0, y0, x1, y1 = d.box
                 dets.append(Detection("face", (x0 + x, y0 + y, x1 + x, y1 + y), d.score, self.name))
         return [d.clipped(h, w) for d in nms(dets, 0.3)]
@@ -262,8 +299,15 @@ class PpOcrTextDetector:
     name = "ppocr"
     classes = ("text",)
 
-    def __init__(self, limit_side: int = 736, threshold: float = 0.3, box_threshold: float = 0.5,
-                 unclip: float = 1.6, min_side: float = 3.0, num_threads: int = 1):
+    def __init__(
+        self,
+        limit_side: int = 736,
+        threshold: float = 0.3,
+        box_threshold: float = 0.5,
+        unclip: float = 1.6,
+        min_side: float = 3.0,
+        num_threads: int = 1,
+    ):
         path = package_file("rapidocr_onnxruntime", "models", "ch_PP-OCRv4_det_infer.onnx")
         ort = _import("onnxruntime", "onnxruntime")
         self._cv2 = _import("cv2", "opencv-python-headless")
@@ -301,7 +345,7 @@ class PpOcrTextDetector:
                 continue
             mask = np.zeros((bh, bw), np.uint8)
             cv2.drawContours(mask, [c - np.array([[bx, by]])], -1, 1, thickness=-1)
-            score = float(prob[by:by + bh, bx:bx + bw][mask > 0].mean()) if mask.any() else 0.0
+            score = float(prob[by : by + bh, bx : bx + bw][mask > 0].mean()) if mask.any() else 0.0
             if score < self.box_threshold:
                 continue
             area, perim = cv2.contourArea(c), cv2.arcLength(c, True)

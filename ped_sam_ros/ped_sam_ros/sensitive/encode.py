@@ -77,17 +77,21 @@ class PolicyEncoder:
         computed = torch.zeros(grid, grid, dtype=torch.bool)
         for r in results:
             t = r.tile
-            tokens[0, t.row0:t.row1, t.col0:t.col1] = torch.from_numpy(np.asarray(r.tokens, dtype=np.float32))
-            computed[t.row0:t.row1, t.col0:t.col1] = True
+            tokens[0, t.row0 : t.row1, t.col0 : t.col1] = torch.from_numpy(np.asarray(r.tokens, dtype=np.float32))
+            computed[t.row0 : t.row1, t.col0 : t.col1] = True
         for d in plan.decisions:
             if d.action != "local":
                 continue
             t = tiles[d.tile]
             cb = t.content_box(plan.content_hw)
-            crop = np.zeros((0, 0, 3), np.uint8) if cb is None else np.ascontiguousarray(
-                resized[cb[0]:cb[1], cb[2]:cb[3]])
-            tokens[0, t.row0:t.row1, t.col0:t.col1] = self._need_local("action 'local'").encode_tile(crop, t, mode).float()
-            computed[t.row0:t.row1, t.col0:t.col1] = True
+            crop = (
+                np.zeros((0, 0, 3), np.uint8)
+                if cb is None
+                else np.ascontiguousarray(resized[cb[0] : cb[1], cb[2] : cb[3]])
+            )
+            stage = self._need_local("action 'local'")
+            tokens[0, t.row0 : t.row1, t.col0 : t.col1] = stage.encode_tile(crop, t, mode).float()
+            computed[t.row0 : t.row1, t.col0 : t.col1] = True
         t3 = time.perf_counter()
         fill = plan.config.drop_fill
         mean = tokens[0][computed].mean(dim=0) if computed.any() else torch.zeros(geom.embed_dim)
@@ -96,16 +100,21 @@ class PolicyEncoder:
                 continue
             t = tiles[d.tile]
             if fill == "blank":
-                tokens[0, t.row0:t.row1, t.col0:t.col1] = self._blank_tokens(t, mode)
+                tokens[0, t.row0 : t.row1, t.col0 : t.col1] = self._blank_tokens(t, mode)
             elif fill == "mean":
-                tokens[0, t.row0:t.row1, t.col0:t.col1] = mean
+                tokens[0, t.row0 : t.row1, t.col0 : t.col1] = mean
             # zeros: already zero
         t4 = time.perf_counter()
         with torch.no_grad():
             features = enc.edge(tokens)
         t5 = time.perf_counter()
-        stats.timings = {"obfuscate": t1 - t0, "remote": t2 - t1, "local": t3 - t2, "fill": t4 - t3,
-                         "edge_encoder": t5 - t4}
+        stats.timings = {
+            "obfuscate": t1 - t0,
+            "remote": t2 - t1,
+            "local": t3 - t2,
+            "fill": t4 - t3,
+            "edge_encoder": t5 - t4,
+        }
         stats.bytes_up = sum(r.bytes_up for r in results)
         stats.bytes_down = sum(r.bytes_down for r in results)
         return features, stats

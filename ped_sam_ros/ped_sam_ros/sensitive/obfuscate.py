@@ -30,8 +30,16 @@ def _region(box: Box, y_off: int, x_off: int, shape) -> Optional[tuple]:
     return (ry0, ry1, rx0, rx1) if ry1 > ry0 and rx1 > rx0 else None
 
 
-def obfuscate_region(crop: np.ndarray, op: str, region: tuple, whole: Box, y_off: int, x_off: int,
-                     config: PolicyConfig, rng: np.random.Generator) -> None:
+def obfuscate_region(
+    crop: np.ndarray,
+    op: str,
+    region: tuple,
+    whole: Box,
+    y_off: int,
+    x_off: int,
+    config: PolicyConfig,
+    rng: np.random.Generator,
+) -> None:
     """Obfuscate ``crop[region]`` in place; ``whole`` is the object's full box (resized px)."""
     import cv2
 

@@ -73,7 +73,7 @@ class PolicyConfig:
             raise PolicyError("roi_margin_tokens must be >= 0")
 
     @classmethod
-    def parse(cls, spec: str, **kwargs) -> "PolicyConfig":
+    def parse(cls, spec: str, **kwargs) -> PolicyConfig:
         """``"face=local,text=blur,outside_roi=drop"`` -> a config (other fields from kwargs)."""
         actions: Dict[str, str] = {}
         extra = dict(kwargs)
@@ -93,10 +93,17 @@ class PolicyConfig:
         return self.actions.get(cls, "send")
 
     def to_dict(self) -> dict:
-        return {"actions": dict(self.actions), "outside_roi": self.outside_roi, "min_score": self.min_score,
-                "box_margin": self.box_margin, "noise_sigma": self.noise_sigma, "blur_strength": self.blur_strength,
-                "pixelate_cells": self.pixelate_cells, "roi_margin_tokens": self.roi_margin_tokens,
-                "drop_fill": self.drop_fill}
+        return {
+            "actions": dict(self.actions),
+            "outside_roi": self.outside_roi,
+            "min_score": self.min_score,
+            "box_margin": self.box_margin,
+            "noise_sigma": self.noise_sigma,
+            "blur_strength": self.blur_strength,
+            "pixelate_cells": self.pixelate_cells,
+            "roi_margin_tokens": self.roi_margin_tokens,
+            "drop_fill": self.drop_fill,
+        }
 
 
 @dataclass(frozen=True)
@@ -110,8 +117,13 @@ class SensitiveObject:
     det_box: Box = (0.0, 0.0, 0.0, 0.0)  # resized-frame pixels, the detector's box without margin
 
     def to_dict(self) -> dict:
-        return {"cls": self.cls, "box": [round(v, 1) for v in self.box], "score": round(self.score, 4),
-                "action": self.action, "det_box": [round(v, 1) for v in self.det_box]}
+        return {
+            "cls": self.cls,
+            "box": [round(v, 1) for v in self.box],
+            "score": round(self.score, 4),
+            "action": self.action,
+            "det_box": [round(v, 1) for v in self.det_box],
+        }
 
 
 @dataclass(frozen=True)
@@ -130,9 +142,14 @@ class TileDecision:
         return self.action in ("send", "obfuscate")
 
     def to_dict(self) -> dict:
-        return {"tile": self.tile, "server": self.server, "action": self.action, "reason": self.reason,
-                "objects": list(self.objects),
-                "obfuscations": [{"op": op, "box": [round(v, 1) for v in b]} for op, b, _ in self.obfuscations]}
+        return {
+            "tile": self.tile,
+            "server": self.server,
+            "action": self.action,
+            "reason": self.reason,
+            "objects": list(self.objects),
+            "obfuscations": [{"op": op, "box": [round(v, 1) for v in b]} for op, b, _ in self.obfuscations],
+        }
 
 
 @dataclass(frozen=True)
@@ -156,9 +173,15 @@ class FramePlan:
         return {a: len(self.tiles(a)) for a in TILE_ACTIONS}
 
     def to_dict(self) -> dict:
-        return {"content_hw": list(self.content_hw), "orig_hw": list(self.orig_hw), "config": self.config.to_dict(),
-                "objects": [o.to_dict() for o in self.objects], "roi": None if self.roi is None else list(self.roi),
-                "tiles": [d.to_dict() for d in self.decisions], "counts": self.counts()}
+        return {
+            "content_hw": list(self.content_hw),
+            "orig_hw": list(self.orig_hw),
+            "config": self.config.to_dict(),
+            "objects": [o.to_dict() for o in self.objects],
+            "roi": None if self.roi is None else list(self.roi),
+            "tiles": [d.to_dict() for d in self.decisions],
+            "counts": self.counts(),
+        }
 
 
 # ---------------------------------------------------------------------------
@@ -194,8 +217,9 @@ def tile_box(tile: Tile, content_hw: Tuple[int, int]) -> Optional[Box]:
     return (float(x0), float(y0), float(x1), float(y1))
 
 
-def roi_box(prompt_boxes: Optional[Sequence[Box]], orig_hw: Tuple[int, int], content_hw: Tuple[int, int],
-            margin_tokens: int) -> Optional[Box]:
+def roi_box(
+    prompt_boxes: Optional[Sequence[Box]], orig_hw: Tuple[int, int], content_hw: Tuple[int, int], margin_tokens: int
+) -> Optional[Box]:
     """The region of interest in resized pixels: the bounding box of the prompts (points as
     zero-size boxes), grown by ``margin_tokens`` tokens; None (whole frame) without prompts."""
     if not prompt_boxes:
@@ -243,8 +267,16 @@ def plan_frame(
             objects.append(SensitiveObject(d.cls, box, float(d.score), config.action_for(d.cls), raw))
     roi = roi_box(prompts, orig_hw, content_hw, config.roi_margin_tokens)
     decisions = [_decide(t, int(assignment[t.index]), content_hw, objects, roi, config) for t in partition.tiles]
-    return FramePlan(partition, tuple(int(a) for a in assignment), tuple(content_hw), tuple(orig_hw), config,
-                     tuple(objects), tuple(decisions), roi)
+    return FramePlan(
+        partition,
+        tuple(int(a) for a in assignment),
+        tuple(content_hw),
+        tuple(orig_hw),
+        config,
+        tuple(objects),
+        tuple(decisions),
+        roi,
+    )
 
 
 def _describe(o: SensitiveObject) -> str:
@@ -252,8 +284,9 @@ def _describe(o: SensitiveObject) -> str:
     return f"{o.cls} ({o.score:.2f}) at x {x0:.0f}-{x1:.0f}, y {y0:.0f}-{y1:.0f}"
 
 
-def _decide(tile: Tile, server: int, content_hw, objects: Sequence[SensitiveObject], roi: Optional[Box],
-            config: PolicyConfig) -> TileDecision:
+def _decide(
+    tile: Tile, server: int, content_hw, objects: Sequence[SensitiveObject], roi: Optional[Box], config: PolicyConfig
+) -> TileDecision:
     tb = tile_box(tile, content_hw)
     if tb is None:
         return TileDecision(tile.index, server, "send", "all padding: no content")
@@ -268,12 +301,16 @@ def _decide(tile: Tile, server: int, content_hw, objects: Sequence[SensitiveObje
         return TileDecision(tile.index, server, "local", f"{_describe(lead)}: computed on the edge", tuple(touching))
     if lead.action == "drop":
         return TileDecision(tile.index, server, "drop", f"{_describe(lead)}: not computed", tuple(touching))
-    obf = tuple((objects[i].action, intersect(objects[i].box, tb), objects[i].box) for i in touching
-                if objects[i].action in OBFUSCATIONS)
+    obf = tuple(
+        (objects[i].action, intersect(objects[i].box, tb), objects[i].box)
+        for i in touching
+        if objects[i].action in OBFUSCATIONS
+    )
     if obf:
         ops = sorted({op for op, _, _ in obf})
-        return TileDecision(tile.index, server, "obfuscate", f"{_describe(lead)}: {'+'.join(ops)} before sending",
-                            tuple(touching), obf)
+        return TileDecision(
+            tile.index, server, "obfuscate", f"{_describe(lead)}: {'+'.join(ops)} before sending", tuple(touching), obf
+        )
     return TileDecision(tile.index, server, "send", f"{_describe(lead)}: policy sends it", tuple(touching))
 
 

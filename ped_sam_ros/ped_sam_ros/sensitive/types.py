@@ -27,15 +27,19 @@ class Detection:
     score: float
     source: str = ""  # which detector found it
 
-    def scaled(self, sx: float, sy: float) -> "Detection":
+    def scaled(self, sx: float, sy: float) -> Detection:
         """The same detection in an image scaled by ``sx`` (x) and ``sy`` (y)."""
         x0, y0, x1, y1 = self.box
         return Detection(self.cls, (x0 * sx, y0 * sy, x1 * sx, y1 * sy), self.score, self.source)
 
-    def clipped(self, height: int, width: int) -> "Detection":
+    def clipped(self, height: int, width: int) -> Detection:
         x0, y0, x1, y1 = self.box
-        return Detection(self.cls, (min(max(x0, 0.0), width), min(max(y0, 0.0), height),
-                                    min(max(x1, 0.0), width), min(max(y1, 0.0), height)), self.score, self.source)
+        return Detection(
+            self.cls,
+            (min(max(x0, 0.0), width), min(max(y0, 0.0), height), min(max(x1, 0.0), width), min(max(y1, 0.0), height)),
+            self.score,
+            self.source,
+        )
 
     @property
     def size(self) -> float:
@@ -44,8 +48,12 @@ class Detection:
         return float(max(0.0, x1 - x0) * max(0.0, y1 - y0)) ** 0.5
 
     def to_dict(self) -> dict:
-        return {"cls": self.cls, "box": [round(float(v), 2) for v in self.box], "score": round(float(self.score), 4),
-                "source": self.source}
+        return {
+            "cls": self.cls,
+            "box": [round(float(v), 2) for v in self.box],
+            "score": round(float(self.score), 4),
+            "source": self.source,
+        }
 
 
 @runtime_checkable
@@ -55,15 +63,16 @@ class Detector(Protocol):
     name: str
     classes: Tuple[str, ...]
 
-    def detect(self, rgb: np.ndarray) -> List[Detection]:
-        ...
+    def detect(self, rgb: np.ndarray) -> List[Detection]: ...
 
 
 def check_rgb(rgb: np.ndarray) -> np.ndarray:
     """Raise ValueError unless ``rgb`` is a uint8 (H, W, 3) image; return it contiguous."""
     if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise ValueError(f"a detector needs an RGB uint8 HxWx3 image, got "
-                         f"{getattr(rgb, 'dtype', type(rgb))} {getattr(rgb, 'shape', '')}")
+        raise ValueError(
+            f"a detector needs an RGB uint8 HxWx3 image, got "
+            f"{getattr(rgb, 'dtype', type(rgb))} {getattr(rgb, 'shape', '')}"
+        )
     return np.ascontiguousarray(rgb)
 
 

@@ -4,10 +4,24 @@ import itertools
 
 import pytest
 
-from ped_sam_ros.core.geometry import (ALIGNED_CUTS, PATCH_SIZE, Partition, PartitionError, adjacency_violations,
-                                       content_shape, server_shares, validate_assignment)
-from ped_sam_ros.core.layout import (best_assignment, best_layout, boxes_whole, candidate_cuts, fixed_grid_layout,
-                                     layout_for_frame)
+from ped_sam_ros.core.geometry import (
+    ALIGNED_CUTS,
+    PATCH_SIZE,
+    Partition,
+    PartitionError,
+    adjacency_violations,
+    content_shape,
+    server_shares,
+    validate_assignment,
+)
+from ped_sam_ros.core.layout import (
+    best_assignment,
+    best_layout,
+    boxes_whole,
+    candidate_cuts,
+    fixed_grid_layout,
+    layout_for_frame,
+)
 
 FOUR_THREE = content_shape((480, 640))  # 768 x 1024
 SIXTEEN_NINE = content_shape((720, 1280))  # 576 x 1024
@@ -32,8 +46,10 @@ def test_real_frames_get_balanced_shares_without_adjacent_tiles(content, k):
     assert lay.optimal
 
 
-@pytest.mark.parametrize("content,k", [(FOUR_THREE, 4), (FOUR_THREE, 9), (FOUR_THREE, 16), (SIXTEEN_NINE, 4),
-                                       (SIXTEEN_NINE, 9), (SIXTEEN_NINE, 16)])
+@pytest.mark.parametrize(
+    "content,k",
+    [(FOUR_THREE, 4), (FOUR_THREE, 9), (FOUR_THREE, 16), (SIXTEEN_NINE, 4), (SIXTEEN_NINE, 9), (SIXTEEN_NINE, 16)],
+)
 def test_balanced_layout_beats_the_fixed_square_grid(content, k):
     fixed = fixed_grid_layout(content, k)
     lay = best_layout(content, k)
@@ -44,7 +60,7 @@ def test_sixteen_nine_at_sixteen_servers_is_limited_by_the_largest_aligned_tile(
     lay = best_layout(SIXTEEN_NINE, 16)
     # 36 content token rows: at most 3 x 5 = 15 aligned tiles, the largest 14 x 14 tokens
     assert lay.num_tiles == 15
-    assert lay.max_share == pytest.approx(14 * 14 * PATCH_SIZE ** 2 / (576 * 1024))
+    assert lay.max_share == pytest.approx(14 * 14 * PATCH_SIZE**2 / (576 * 1024))
     assert sum(1 for s in lay.shares if s == 0) == 1
 
 
@@ -71,8 +87,9 @@ def _brute_force(partition, k, content_hw):
     return best
 
 
-@pytest.mark.parametrize("rows,cols,k", [((28,), (14, 28, 42), 3), ((14, 28), (28,), 2), ((14,), (14, 42), 4),
-                                         ((14, 28), (14, 28), 3)])
+@pytest.mark.parametrize(
+    "rows,cols,k", [((28,), (14, 28, 42), 3), ((14, 28), (28,), 2), ((14,), (14, 42), 4), ((14, 28), (14, 28), 3)]
+)
 def test_branch_and_bound_matches_brute_force(rows, cols, k):
     part = Partition(rows, cols)
     assign, load, finished = best_assignment(part, k, SIXTEEN_NINE)

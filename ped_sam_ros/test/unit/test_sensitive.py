@@ -9,11 +9,16 @@ from helpers import TINY_B
 from ped_sam_ros.bench.detectors import matches, score_sample
 from ped_sam_ros.core.geometry import PATCH_SIZE, Partition, content_shape, round_robin_assignment
 from ped_sam_ros.core.layout import best_layout, boxes_whole
-from ped_sam_ros.sensitive.detectors import (DetectorUnavailable, HaarFaceDetector, blazeface_anchors,
-                                             make_detector)
+from ped_sam_ros.sensitive.detectors import DetectorUnavailable, HaarFaceDetector, blazeface_anchors, make_detector
 from ped_sam_ros.sensitive.obfuscate import server_view, tile_crops
-from ped_sam_ros.sensitive.policy import (PolicyConfig, PolicyError, objects_seen_whole, plan_frame, prompt_boxes,
-                                          server_object_views)
+from ped_sam_ros.sensitive.policy import (
+    PolicyConfig,
+    PolicyError,
+    objects_seen_whole,
+    plan_frame,
+    prompt_boxes,
+    server_object_views,
+)
 from ped_sam_ros.sensitive.types import Detection, check_rgb, nms
 
 ORIG = (480, 640)
@@ -57,8 +62,8 @@ def test_obfuscation_boxes_are_clipped_to_each_tile_and_send_tiles_have_none():
     cut = 28 * PATCH_SIZE / S
     plan = _plan([_face(cut - 30, 20, cut + 30, 80)], actions={"face": "blur"}, box_margin=0.0)
     assert plan.tiles("obfuscate") == [0, 1] and plan.tiles("send") == [2, 3]
-    (op0, b0, whole0), = plan.decisions[0].obfuscations
-    (op1, b1, whole1), = plan.decisions[1].obfuscations
+    ((op0, b0, whole0),) = plan.decisions[0].obfuscations
+    ((op1, b1, whole1),) = plan.decisions[1].obfuscations
     assert op0 == op1 == "blur" and whole0 == whole1
     assert b0[2] == pytest.approx(28 * PATCH_SIZE) and b1[0] == pytest.approx(28 * PATCH_SIZE)
     assert not plan.decisions[2].obfuscations
@@ -121,8 +126,11 @@ def _random_faces(rng, n=12):
 def test_no_face_is_seen_whole_by_any_server_at_any_grid(action):
     rng = np.random.default_rng(0)
     faces = _random_faces(rng)
-    layouts = [(Partition.grid(r, c), round_robin_assignment(Partition.grid(r, c), min(r * c, 4)))
-               for r in range(1, 6) for c in range(1, 6)]
+    layouts = [
+        (Partition.grid(r, c), round_robin_assignment(Partition.grid(r, c), min(r * c, 4)))
+        for r in range(1, 6)
+        for c in range(1, 6)
+    ]
     for k in (2, 4, 9):
         lay = best_layout(CONTENT, k)
         layouts.append((lay.partition, list(lay.assignment)))
@@ -163,8 +171,8 @@ def test_tile_crops_obfuscate_only_the_boxes(resized):
         inside[y0:y1, x0:x1] = True
         assert np.array_equal(crop[~inside], ref[~inside]), op  # nothing outside the box changes
 
-        def texture(a):  # mean absolute difference of horizontal neighbours inside the box
-            return np.abs(np.diff(a[y0 + 1:y1 - 1, x0 + 1:x1 - 1], axis=1)).mean()
+        def texture(a, y0=y0, y1=y1, x0=x0, x1=x1):  # mean |difference| of horizontal neighbours in the box
+            return np.abs(np.diff(a[y0 + 1 : y1 - 1, x0 + 1 : x1 - 1], axis=1)).mean()
 
         if op == "noise":
             assert texture(crop) > texture(ref) + 10
@@ -175,7 +183,7 @@ def test_tile_crops_obfuscate_only_the_boxes(resized):
     # the noise has the configured sigma (measured where no clipping happens)
     flat = np.full_like(resized, 128)
     plan = _plan([face], actions={"face": "noise"}, box_margin=0.0, noise_sigma=20.0)
-    noisy = tile_crops(plan, flat, seed=1)[0][int(30 * S) + 2:int(120 * S) - 2, int(100 * S) + 2:int(180 * S) - 2]
+    noisy = tile_crops(plan, flat, seed=1)[0][int(30 * S) + 2 : int(120 * S) - 2, int(100 * S) + 2 : int(180 * S) - 2]
     assert noisy.astype(float).std() == pytest.approx(20.0, rel=0.1)
 
 
@@ -185,7 +193,7 @@ def test_pixelate_gives_constant_cells(resized):
     crop = tile_crops(plan, resized)[0]
     x0, y0 = int(np.ceil(100 * S)), int(np.ceil(30 * S))
     cell = int(min(80, 90) * S / 4)
-    block = crop[y0 + 1:y0 + cell - 2, x0 + 1:x0 + cell - 2].reshape(-1, 3)
+    block = crop[y0 + 1 : y0 + cell - 2, x0 + 1 : x0 + cell - 2].reshape(-1, 3)
     assert (block == block[0]).all()
 
 
@@ -195,15 +203,21 @@ def test_blur_near_a_cut_does_not_use_the_neighbouring_tile(resized):
     plan = _plan([face], actions={"face": "blur"})
     a = tile_crops(plan, resized)
     changed = resized.copy()
-    changed[:, 28 * PATCH_SIZE:] = 0  # everything right of the cut (tile 1 and 3) changes
+    changed[:, 28 * PATCH_SIZE :] = 0  # everything right of the cut (tile 1 and 3) changes
     b = tile_crops(plan, changed)
     assert np.array_equal(a[0], b[0])
     assert not np.array_equal(a[1], b[1])
 
 
 def test_local_and_dropped_tiles_never_leave_and_views_show_only_what_is_sent(resized):
-    plan = _plan([_face(20, 20, 60, 60)], prompts=prompt_boxes(points=[(30, 30)]), outside_roi="drop",
-                 grid=(3, 3), k=4, roi_margin_tokens=14)
+    plan = _plan(
+        [_face(20, 20, 60, 60)],
+        prompts=prompt_boxes(points=[(30, 30)]),
+        outside_roi="drop",
+        grid=(3, 3),
+        k=4,
+        roi_margin_tokens=14,
+    )
     crops = tile_crops(plan, resized)
     for d, crop in zip(plan.decisions, crops):
         assert (crop is None) == (d.action in ("local", "drop"))
@@ -328,8 +342,9 @@ def _policy_encoder(ckpt, mode, k):
 
     remote = RemoteStage.from_checkpoint(TINY_B, ckpt)
     transport = _Recording(LocalTransport(remote, num_servers=k))
-    enc = DistributedEncoder(EdgeStage.from_checkpoint(TINY_B, ckpt, mode), transport, Partition.grid(1, 1),
-                             allow_adjacent=True)
+    enc = DistributedEncoder(
+        EdgeStage.from_checkpoint(TINY_B, ckpt, mode), transport, Partition.grid(1, 1), allow_adjacent=True
+    )
     return PolicyEncoder(enc, local_stage=remote), transport
 
 
@@ -355,14 +370,22 @@ def test_obfuscated_and_dropped_tiles_change_the_embedding(tiny):
     lay = best_layout(content, 4)
     faces = [_face(20, 300, 70, 350)]
     penc, transport = _policy_encoder(ckpt, "exact", 4)
-    blurred, _ = penc.encode(resized, plan_frame(lay.partition, lay.assignment, orig_hw, content, faces,
-                                                 PolicyConfig(actions={"face": "blur"})))
+    blurred, _ = penc.encode(
+        resized,
+        plan_frame(lay.partition, lay.assignment, orig_hw, content, faces, PolicyConfig(actions={"face": "blur"})),
+    )
     assert (blurred - ref).abs().max().item() > 1e-3
     diffs = {}
     for fill in ("blank", "zeros"):
-        plan = plan_frame(lay.partition, lay.assignment, orig_hw, content, [],
-                          PolicyConfig(outside_roi="drop", drop_fill=fill, roi_margin_tokens=0),
-                          prompts=prompt_boxes(points=[(40, 40)]))
+        plan = plan_frame(
+            lay.partition,
+            lay.assignment,
+            orig_hw,
+            content,
+            [],
+            PolicyConfig(outside_roi="drop", drop_fill=fill, roi_margin_tokens=0),
+            prompts=prompt_boxes(points=[(40, 40)]),
+        )
         assert plan.tiles("drop")
         transport.jobs.clear()
         feats, stats = penc.encode(resized, plan)
@@ -381,7 +404,7 @@ def test_exposure_bench_registers_a_known_pan_and_counts_only_what_leaves_the_ed
 
     scene, faces = panorama()
     path = pan_path(scene.shape[1])[:3]
-    frames = [np.ascontiguousarray(scene[y:y + FRAME_HW[0], x:x + FRAME_HW[1]]) for y, x in path]
+    frames = [np.ascontiguousarray(scene[y : y + FRAME_HW[0], x : x + FRAME_HW[1]]) for y, x in path]
     hs = register(frames)
     for (y, x), h in zip(path, hs):
         # frame pixel (0, 0) lies at the frame's offset from the first frame
@@ -389,7 +412,8 @@ def test_exposure_bench_registers_a_known_pan_and_counts_only_what_leaves_the_ed
     lay = best_layout(CONTENT, 4)
     face = [_face(20, 20, 60, 60)]
     sent = _tile_masks(plan_frame(lay.partition, lay.assignment, ORIG, CONTENT, face, PolicyConfig()), ORIG)
-    allsent = _tile_masks(plan_frame(lay.partition, lay.assignment, ORIG, CONTENT, face,
-                                     PolicyConfig(actions={"face": "send"})), ORIG)
+    allsent = _tile_masks(
+        plan_frame(lay.partition, lay.assignment, ORIG, CONTENT, face, PolicyConfig(actions={"face": "send"})), ORIG
+    )
     assert len(allsent) == len(lay.partition) and len(sent) == len(lay.partition) - 1
     assert sum(m.sum() for m in allsent.values()) == ORIG[0] * ORIG[1]  # tiles cover the frame once
