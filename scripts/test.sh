@@ -8,6 +8,10 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 
 cd "$ROOT"
+# One intra-op thread per process unless told otherwise: the tests use tiny models (many small
+# tensor ops, where extra threads only spin) and often run several processes at once. On this
+# 2-core machine this cut the unit run's CPU time several-fold (see docs/architecture.md, Tests).
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 for arg in "$@"; do
     case "$arg" in -*) continue ;; esac
     if [ -e "${arg%%::*}" ]; then

@@ -45,25 +45,38 @@ print(json.dumps({"imported": names, "loaded_by": first}))
 """
 
 
-def _fresh_import(package: str) -> dict:
+FRESH_IMPORTS = {"ped_sam_ros.core": (), "remote_node": ("zmq",)}  # package -> heavy modules it may load
+
+
+@pytest.fixture(scope="module")
+def fresh_imports():
+    """package -> the probe's report, both interpreters started at once (each spends most of
+    its time importing torch)."""
     env = dict(os.environ, PYTHONPATH=str(PKG_DIR) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    out = subprocess.run(
-        [sys.executable, "-c", _PROBE, package, ",".join(HEAVY)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        cwd=PKG_DIR,
-    )
-    assert out.returncode == 0, f"importing {package} failed:\n{out.stderr[-3000:]}"
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    procs = {
+        package: subprocess.Popen(
+            [sys.executable, "-c", _PROBE, package, ",".join(HEAVY)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=PKG_DIR,
+        )
+        for package in FRESH_IMPORTS
+    }
+    reports = {}
+    for package, proc in procs.items():
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, f"importing {package} failed:\n{err[-3000:]}"
+        reports[package] = json.loads(out.strip().splitlines()[-1])
+    return reports
 
 
-@pytest.mark.parametrize("package,allowed", [("ped_sam_ros.core", ()), ("remote_node", ("zmq",))])
-def test_shared_code_loads_no_heavy_or_ros_modules(package, allowed):
-    report = _fresh_import(package)
+@pytest.mark.parametrize("package", FRESH_IMPORTS)
+def test_shared_code_loads_no_heavy_or_ros_modules(fresh_imports, package):
+    report = fresh_imports[package]
     assert len(report["imported"]) > 1, f"no submodules of {package} were found"
-    offenders = {mod: by for mod, by in report["loaded_by"].items() if mod not in allowed}
+    offenders = {mod: by for mod, by in report["loaded_by"].items() if mod not in FRESH_IMPORTS[package]}
     assert not offenders, f"importing {package} loads " + ", ".join(
         f"{mod} (first through {by})" for mod, by in sorted(offenders.items())
     )
