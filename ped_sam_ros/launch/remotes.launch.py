@@ -34,6 +34,8 @@ OVERRIDES = (
     "count",
     "base_port",
     "torch_threads",
+    "device",
+    "precision",
     "log_level",
 )
 
@@ -85,6 +87,12 @@ def generate_launch_description():
                 "authorized_keys", default_value="", description="Override: directory with the edges' public keys"
             ),
             DeclareLaunchArgument("torch_threads", default_value="", description="Override torch CPU threads"),
+            DeclareLaunchArgument(
+                "device", default_value="", description="Override the device: auto, cpu, cuda or cuda:N"
+            ),
+            DeclareLaunchArgument(
+                "precision", default_value="", description="Override the precision: float32, float16 or bfloat16"
+            ),
             DeclareLaunchArgument(
                 "log_level",
                 default_value="info",

@@ -5,6 +5,8 @@
         --server-key keys/server.key_secret --authorized-keys keys/authorized/
     python -m remote_node --bind 'tcp://127.0.0.1:*' --model vit_b/w32h2 --random-weights --seed 1 \\
         --ready-file /tmp/server.endpoint
+    python -m remote_node --bind tcp://127.0.0.1:5555 --model vit_h --checkpoint sam_vit_h_4b8939.pth \\
+        --device cuda --precision bfloat16 --compile
 
 Logs go to stderr.  SIGINT/SIGTERM stop the server cleanly.
 """
@@ -42,11 +44,25 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--name", help="server name shown in info replies and edge diagnostics")
     ap.add_argument("--ready-file", help="write the bound endpoint to this file once the socket is bound")
     ap.add_argument("--torch-threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--device", default="auto",
+                    help="where the stage runs: auto (the first CUDA device when present, else the CPU), cpu, "
+                         "cuda or cuda:N (default auto)")
+    ap.add_argument("--precision", default="float32",
+                    help="float precision of the encoder blocks: float32, float16 or bfloat16 (default float32); "
+                         "float16 on the CPU is refused unless --precision-fallback")
+    ap.add_argument("--compile", action="store_true",
+                    help="torch.compile the encoder blocks (the first request of each shape pays the compilation)")
+    ap.add_argument("--precision-fallback", action="store_true",
+                    help="run float32 / uncompiled with a warning instead of refusing an impossible precision or "
+                         "--compile")
+    ap.add_argument("--max-batch", type=int, default=None,
+                    help="most requests computed together as one batch (compatible ones: same mode, tile token "
+                         "shape and reply dtype; default 32, 1: no batching)")
     ap.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return ap
 
 
-def _random_stage(model: str, seed: int):
+def _random_stage(model: str, seed: int, stage_options: Optional[dict] = None):
     """The remote stage with random weights, announced loudly (its outputs mean nothing)."""
     from ped_sam_ros.core.model import RemoteStage
 
@@ -55,7 +71,7 @@ def _random_stage(model: str, seed: int):
     log.warning("RANDOM WEIGHTS (seed %d): this server's outputs are MEANINGLESS. For demos and tests only;", seed)
     log.warning("the edge must build its model with random_sam(%r, seed=%d) to match.", model, seed)
     log.warning("%s", bar)
-    return RemoteStage(model).load_random(seed)
+    return RemoteStage(model, seed=seed, **(stage_options or {}))
 
 
 def _exit_now(code: int) -> None:
@@ -126,14 +142,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .server import EncoderServer, ServerOptions
 
     try:
+        from ped_sam_ros.core.device import resolve_placement
         from ped_sam_ros.core.model import get_geometry
 
         get_geometry(args.model)  # a bad model name fails here, before anything is loaded
+        # as does an impossible device or precision (DeviceError says why)
+        resolve_placement(args.device, args.precision, allow_fallback=args.precision_fallback)
+        extra = {} if args.max_batch is None else {"max_batch": args.max_batch}
         options = ServerOptions(name=args.name, server_secret_key=args.server_key,
                                 authorized_keys_dir=args.authorized_keys,
                                 allow_insecure_remote=args.allow_insecure_remote,
-                                checkpoint_label=f"random(seed={args.seed})" if args.random_weights else None)
-        stage = _random_stage(args.model, args.seed) if args.random_weights else None
+                                checkpoint_label=f"random(seed={args.seed})" if args.random_weights else None,
+                                device=args.device, precision=args.precision, compile=args.compile,
+                                precision_fallback=args.precision_fallback, **extra)
+        stage = _random_stage(args.model, args.seed, options.stage_options()) if args.random_weights else None
         server = EncoderServer(args.bind, args.model, args.checkpoint, options, stage=stage)
     except Exception as e:  # config, keys, checkpoint, bind errors: one clear line, non-zero exit
         log.debug("startup failed", exc_info=True)

@@ -15,6 +15,15 @@ valid ``encode`` requests, in arrival order, to one compute thread, which sends
 nothing itself: its replies come back over an inproc socket and the I/O thread
 sends them.
 
+Batching: the compute thread takes every request already waiting (at most
+``max_batch``), groups the compatible ones (same mode, same tile token shape, same
+reply dtype; :func:`~ped_sam_ros.core.service.batch_key`) and runs each group as one
+batch through :meth:`RemoteStage.encode_tiles`; each reply still carries its own
+request id, and each request's budget is checked when its group starts.  The I/O
+thread hands over all requests read in one receive round together, so the tiles of
+one frame that arrive together are batched together.  A lone request (the cloud
+baseline's whole frame) is a batch of one.
+
 Robustness rules:
 
 * every malformed request gets an ``error`` reply (with the request id when the
@@ -52,7 +61,7 @@ import zmq
 
 from ped_sam_ros.core import wire
 from ped_sam_ros.core.model import RemoteStage, SamGeometry, get_geometry
-from ped_sam_ros.core.service import ServerInfo, check_encode_request, run_encode
+from ped_sam_ros.core.service import ServerInfo, batch_key, check_encode_request, run_encode_batch
 from ped_sam_ros.core.wire import WireError, frames_nbytes
 
 from .keys import ServerKeys, start_authenticator
@@ -77,6 +86,8 @@ MAX_QUEUED = 256
 MAX_QUEUED_BYTES = 64 << 20
 #: an unexpected exception's traceback is logged at most this often per exception type
 INTERNAL_LOG_EVERY_S = 60.0
+#: requests the compute thread takes at once (compatible ones run as one batch)
+MAX_BATCH = 32
 
 
 @dataclass(frozen=True)
@@ -93,7 +104,10 @@ class ServerOptions:
     ``max_queued`` / ``max_queued_bytes``: how many encode requests, and how many bytes
     of them, may wait for the compute thread before new ones get ``busy``;
     ``max_queued_bytes`` must be at least ``max_message_bytes`` (an idle server takes
-    any valid request).
+    any valid request).  ``max_batch``: requests computed together at most (1: no batching).
+    ``device``/``precision``/``compile``/``precision_fallback``: where and how a stage the
+    server loads runs (:func:`ped_sam_ros.core.device.resolve_placement`); a prebuilt stage
+    keeps its own.
     """
 
     name: Optional[str] = None
@@ -104,9 +118,14 @@ class ServerOptions:
     max_message_bytes: int = wire.MAX_REQUEST_BYTES
     max_queued: int = MAX_QUEUED
     max_queued_bytes: int = MAX_QUEUED_BYTES
+    max_batch: int = MAX_BATCH
+    device: str = "auto"
+    precision: str = "float32"
+    compile: bool = False
+    precision_fallback: bool = False
 
     def __post_init__(self):
-        for label in ("max_message_bytes", "max_queued", "max_queued_bytes"):
+        for label in ("max_message_bytes", "max_queued", "max_queued_bytes", "max_batch"):
             value = getattr(self, label)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ServerConfigError(f"{label} must be a positive integer, got {value!r}")
@@ -122,15 +141,21 @@ class ServerOptions:
     def curve(self) -> bool:
         return self.server_secret_key is not None
 
+    def stage_options(self) -> dict:
+        """Keyword arguments for :class:`RemoteStage` (device, precision, compile, fallback)."""
+        return dict(device=self.device, precision=self.precision, compile=self.compile,
+                    allow_fallback=self.precision_fallback)
+
 
 def load_stage(geometry: SamGeometry, checkpoint: Optional[PathLike], stage: Optional[RemoteStage],
-               label: Optional[str] = None) -> Tuple[RemoteStage, str]:
-    """The stage to serve (loaded from ``checkpoint`` unless given) and the label info reports."""
+               label: Optional[str] = None, stage_options: Optional[dict] = None) -> Tuple[RemoteStage, str]:
+    """The stage to serve (loaded from ``checkpoint`` unless given, on ``stage_options``'
+    device and precision) and the label info reports."""
     label = label or (Path(checkpoint).name if checkpoint else "(in memory)")
     if stage is None:
         if checkpoint is None:
             raise ServerConfigError("a checkpoint path (or a prebuilt stage) is required")
-        return RemoteStage.from_checkpoint(geometry, checkpoint), label
+        return RemoteStage.from_checkpoint(geometry, checkpoint, **(stage_options or {})), label
     if stage.geometry.spec != geometry.spec:
         raise ServerConfigError(f"stage is {stage.geometry.spec}, server model is {geometry.spec}")
     return stage, label
@@ -191,11 +216,15 @@ class EncoderServer:
         self.curve = options.curve
         self.geometry = get_geometry(model)
         self.model_spec = self.geometry.spec
-        self.stage, self.checkpoint_label = load_stage(self.geometry, checkpoint, stage, options.checkpoint_label)
+        self.stage, self.checkpoint_label = load_stage(self.geometry, checkpoint, stage, options.checkpoint_label,
+                                                       options.stage_options())
         self.requests_served = 0
         self.errors = 0
+        #: batch size -> how many batches of that size were computed
+        self.batches: dict = {}
         self._lock = threading.Lock()  # counters, shared with the compute thread
         self._queued_bytes = 0  # bytes of the jobs waiting for the compute thread (guarded by _lock)
+        self._queued_jobs = 0  # jobs waiting for the compute thread (guarded by _lock)
         self._internal_logged: dict = {}  # exception type -> monotonic time its traceback was last logged
         self._dropped_replies = 0  # replies a full client queue refused (logged at most once a minute)
         self._last_drop_warning = -INTERNAL_LOG_EVERY_S
@@ -213,8 +242,9 @@ class EncoderServer:
         except Exception:
             self.close()
             raise
-        log.info("%s serving %s on %s (checkpoint %s, Curve %s, protocol v%d)", self.name, self.model_spec,
-                 self.endpoint, self.checkpoint_label,
+        log.info("%s serving %s on %s (%s, checkpoint %s, Curve %s, protocol v%d)", self.name, self.model_spec,
+                 self.endpoint, getattr(getattr(self.stage, "placement", None), "describe", lambda: "?")(),
+                 self.checkpoint_label,
                  f"on, {len(self.authorized_keys)} authorized client key(s)" if self.curve
                  else "OFF (plaintext)", wire.PROTOCOL_VERSION)
 
@@ -249,7 +279,7 @@ class EncoderServer:
         done_tx = self.context.socket(zmq.PAIR)  # used only by the compute thread
         done_tx.setsockopt(zmq.LINGER, 0)
         done_tx.connect(addr)
-        jobs: "queue.Queue[Optional[_QueuedEncode]]" = queue.Queue()
+        jobs: "queue.Queue[Optional[List[_QueuedEncode]]]" = queue.Queue()  # one list per receive round
         self._stopping.clear()
         worker = threading.Thread(target=self._compute_loop, args=(jobs, done_tx), name="remote-node-compute",
                                   daemon=True)
@@ -280,7 +310,16 @@ class EncoderServer:
             done_rx.close(linger=0)
 
     def _receive(self, jobs: "queue.Queue") -> None:
-        """Take every complete message waiting on the socket: answer or queue it."""
+        """Take every complete message waiting on the socket: answer it, or queue it; the
+        requests queued in one round go to the compute thread together (one batch)."""
+        admitted: List[_QueuedEncode] = []
+        try:
+            self._receive_round(admitted)
+        finally:
+            if admitted:
+                jobs.put(admitted)
+
+    def _receive_round(self, admitted: List[_QueuedEncode]) -> None:
         for _ in range(10 * RCVHWM):  # bounded: give replies a turn under a flood
             try:
                 first = self.socket.recv(zmq.NOBLOCK, copy=False)
@@ -301,7 +340,9 @@ class EncoderServer:
                 envelope.append(body[0])
                 body = body[1:]
             try:
-                result = self._admit(body, extra, arrival, envelope, jobs.qsize())
+                with self._lock:
+                    queued = self._queued_jobs
+                result = self._admit(body, extra, arrival, envelope, queued)
             except Exception as e:  # never let one request take the server down
                 self._log_internal(e, "reading a request")
                 result = self._error(_best_effort_id(body) if body else None, "internal",
@@ -309,7 +350,8 @@ class EncoderServer:
             if isinstance(result, _QueuedEncode):
                 with self._lock:
                     self._queued_bytes += result.nbytes
-                jobs.put(result)
+                    self._queued_jobs += 1
+                admitted.append(result)
             else:
                 self._send(envelope, result)
 
@@ -367,38 +409,75 @@ class EncoderServer:
         return _QueuedEncode(envelope, req, arrival, summary, nbytes)
 
     def _compute_loop(self, jobs: "queue.Queue", done_tx: zmq.Socket) -> None:
-        """The compute thread: one job at a time; replies go back to the I/O thread."""
-        while True:
-            job = jobs.get()
-            if job is None:
-                return
+        """The compute thread: every job already waiting (at most ``max_batch``), compatible
+        ones as one batch; replies go back to the I/O thread, each to its own request."""
+        held: List[_QueuedEncode] = []  # taken from the queue, beyond the last round's max_batch
+        stop = False
+        while not stop:
+            if not held:
+                first = jobs.get()
+                if first is None:
+                    return
+                held.extend(first)
+            while len(held) < self.options.max_batch:  # whatever else is already waiting
+                try:
+                    more = jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                    break
+                held.extend(more)
+            taken, held = held[: self.options.max_batch], held[self.options.max_batch:]
             with self._lock:
-                self._queued_bytes -= job.nbytes
+                self._queued_bytes -= sum(j.nbytes for j in taken)
+                self._queued_jobs -= len(taken)
             if self._stopping.is_set():
                 continue
-            try:
-                reply = self._compute(job)
-            except Exception as e:  # never let one request take the server down
-                self._log_internal(e, f"encoding {job.id}")
-                reply = self._error(job.id, "internal", f"{type(e).__name__}: {e}")
-            try:
-                done_tx.send_multipart(list(job.envelope) + list(reply), copy=False)
-            except zmq.ZMQError:  # context terminated during shutdown
-                return
+            groups: dict = {}
+            for job in taken:  # groups in order of their first request
+                groups.setdefault(batch_key(job.request), []).append(job)
+            for group in groups.values():
+                for job, reply in self._compute_group(group):
+                    try:
+                        done_tx.send_multipart(list(job.envelope) + list(reply), copy=False)
+                    except zmq.ZMQError:  # context terminated during shutdown
+                        return
+        with self._lock:  # stopping: what was still held is given back
+            self._queued_bytes -= sum(j.nbytes for j in held)
+            self._queued_jobs -= len(held)
 
-    def _compute(self, job: _QueuedEncode) -> List:
+    def _compute_group(self, group: List[_QueuedEncode]) -> List[Tuple[_QueuedEncode, List]]:
+        """Replies for compatible jobs: expired ones refused, the others computed as one batch
+        (one at a time, each with its own error, if the batch fails)."""
         start = time.monotonic()
-        waited = start - job.arrival
-        if waited >= job.budget_s:
-            return self._error(job.id, "deadline_expired",
-                               f"budget of {job.budget_s * 1e3:.1f} ms ran out {waited * 1e3:.1f} ms after "
-                               f"arrival, before compute started")
-        reply = run_encode(self.stage, job.request, queue_s=waited)
+        out: List[Tuple[_QueuedEncode, List]] = []
+        live: List[Tuple[_QueuedEncode, float]] = []
+        for job in group:
+            waited = start - job.arrival
+            if waited >= job.budget_s:
+                out.append((job, self._error(job.id, "deadline_expired",
+                                             f"budget of {job.budget_s * 1e3:.1f} ms ran out {waited * 1e3:.1f} ms "
+                                             f"after arrival, before compute started")))
+            else:
+                live.append((job, waited))
+        if not live:
+            return out
+        try:
+            replies = run_encode_batch(self.stage, [j.request for j, _ in live], [w for _, w in live])
+        except Exception as e:
+            if len(live) == 1:
+                job = live[0][0]
+                self._log_internal(e, f"encoding {job.id}")
+                return out + [(job, self._error(job.id, "internal", f"{type(e).__name__}: {e}"))]
+            log.debug("a batch of %d failed (%s): computing its requests one at a time", len(live), e)
+            return out + [pair for job in [j for j, _ in live] for pair in self._compute_group([job])]
         with self._lock:
-            self.requests_served += 1
-        log.debug("served %s: %s, queue %.1f ms, compute %.1f ms", job.id, job.summary, waited * 1e3,
-                  (time.monotonic() - start) * 1e3)
-        return reply
+            self.requests_served += len(live)
+            self.batches[len(live)] = self.batches.get(len(live), 0) + 1
+        log.debug("served %s: %s, queue %.1f ms, compute %.1f ms (batch of %d)", ",".join(j.id for j, _ in live),
+                  live[0][0].summary, live[0][1] * 1e3, (time.monotonic() - start) * 1e3, len(live))
+        return out + [(job, reply) for (job, _), reply in zip(live, replies)]
 
     def _send_results(self, done_rx: zmq.Socket) -> None:
         while True:

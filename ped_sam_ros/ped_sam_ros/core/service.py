@@ -57,6 +57,34 @@ def run_encode(stage, req: EncodeRequest, queue_s: float = 0.0) -> List:
     )
 
 
+def batch_key(req: EncodeRequest) -> Tuple[str, Tuple[int, int], str]:
+    """Requests with equal keys (mode, tile token shape, reply dtype) can run as one batch."""
+    return (req.mode, tuple(req.tile.token_shape), req.reply_dtype)
+
+
+def run_encode_batch(stage, reqs: Sequence[EncodeRequest], queue_s: Sequence[float]) -> List[List]:
+    """:func:`run_encode` for several requests of one :func:`batch_key`, computed as one batch
+    through ``stage.encode_tiles``: the replies' frames, in the order of ``reqs``, each with its
+    own request id.  Each reply reports its share of the batch's compute time and the batch size.
+
+    A single request (the cloud baseline's whole frame, or a server holding one tile) is
+    :func:`run_encode` itself, as is a stage without ``encode_tiles``."""
+    if len({batch_key(r) for r in reqs}) > 1:
+        raise ValueError("a batch needs requests of one mode, tile token shape and reply dtype")
+    if len(reqs) == 1 or not hasattr(stage, "encode_tiles"):
+        return [run_encode(stage, r, queue_s=q) for r, q in zip(reqs, queue_s)]
+    t0 = time.perf_counter()
+    tokens = stage.encode_tiles([(r.pixels, r.tile) for r in reqs], reqs[0].mode)
+    share = (time.perf_counter() - t0) / len(reqs)
+    return [
+        encode_message(
+            {"type": "encoded", "id": r.id, "timing": {"compute_s": share, "queue_s": q, "batch": len(reqs)}},
+            pack_tokens(t.cpu().numpy(), r.reply_dtype),
+        )
+        for r, q, t in zip(reqs, queue_s, tokens)
+    ]
+
+
 @dataclass(frozen=True)
 class EncodedReply:
     """An ``encoded`` reply as the edge reads it: the tile's tokens and the server's timing

@@ -10,6 +10,11 @@ same way; no ROS here.  File format::
     server_keys_dir: ""       # holds SERVER_NAME.key_secret (CurveZMQ); "" = plaintext (loopback only)
     authorized_keys: ""       # directory of the edges' public keys (*.key)
     torch_threads: 0
+    device: auto              # auto (CUDA when present), cpu, cuda, cuda:N
+    precision: float32        # float32, float16, bfloat16
+    compile: false            # torch.compile the encoder blocks
+    precision_fallback: false # float32 / uncompiled instead of refusing an impossible choice
+    max_batch: 32             # requests computed together at most
     servers:
       - {name: remote-a, bind: "tcp://127.0.0.1:5601"}
 """
@@ -29,6 +34,11 @@ SERVER_KEYS = (
     "server_keys_dir",
     "authorized_keys",
     "torch_threads",
+    "device",
+    "precision",
+    "compile",
+    "precision_fallback",
+    "max_batch",
     "name",
     "bind",
     "log_level",
@@ -107,6 +117,16 @@ def remote_commands(
             argv += ["--authorized-keys", str(Path(str(s["authorized_keys"])).expanduser())]
         if int(s.get("torch_threads", 0) or 0) > 0:
             argv += ["--torch-threads", str(int(s["torch_threads"]))]
+        if s.get("device") not in (None, "", "auto"):
+            argv += ["--device", str(s["device"])]
+        if s.get("precision") not in (None, "", "float32"):
+            argv += ["--precision", str(s["precision"])]
+        if _truthy(s.get("compile", False)):
+            argv += ["--compile"]
+        if _truthy(s.get("precision_fallback", False)):
+            argv += ["--precision-fallback"]
+        if s.get("max_batch") not in (None, ""):
+            argv += ["--max-batch", str(int(s["max_batch"]))]
         if s.get("log_level"):
             argv += ["--log-level", str(s["log_level"])]
         out.append((name, argv))
