@@ -34,18 +34,22 @@ class EdgePipeline:
 
 
 def build_edge_stage(config: EdgeConfig) -> EdgeStage:
+    """The edge stage on the configured device and precision (weights moved there once)."""
     geom = get_geometry(config.model)
+    options = config.stage_options()
     if config.random_weights:
-        return EdgeStage(geom, config.mode).load_random(config.seed)  # as `remote_node --random-weights`
-    return EdgeStage.from_checkpoint(geom, config.checkpoint, config.mode)
+        return EdgeStage(geom, config.mode, seed=config.seed, **options)  # as `remote_node --random-weights`
+    return EdgeStage.from_checkpoint(geom, config.checkpoint, config.mode, **options)
 
 
 def build_remote_stage(config: EdgeConfig) -> RemoteStage:
-    """The servers' stage with the same weights (for :func:`local_transport`)."""
+    """The servers' stage with the same weights (for :func:`local_transport` and the ``edge``
+    fallback), on the edge's device and precision."""
     geom = get_geometry(config.model)
+    options = config.stage_options()
     if config.random_weights:
-        return RemoteStage(geom).load_random(config.seed)
-    return RemoteStage.from_checkpoint(geom, config.checkpoint)
+        return RemoteStage(geom, seed=config.seed, **options)
+    return RemoteStage.from_checkpoint(geom, config.checkpoint, **options)
 
 
 def local_transport(config: EdgeConfig) -> Transport:

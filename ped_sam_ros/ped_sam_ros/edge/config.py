@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from ped_sam_ros.core.geometry import Partition, PartitionError
-from ped_sam_ros.core.model import MODES, get_geometry
+from ped_sam_ros.core.model import get_geometry, parse_mode
 from ped_sam_ros.core.pipeline import FALLBACKS, AmgOptions
 from ped_sam_ros.core.transport import ServerAddress
 from ped_sam_ros.core.wire import TOKEN_DTYPES
@@ -113,6 +113,12 @@ class EdgeConfig:
     max_prompts: int = 64
     amg: AmgOptions = field(default_factory=AmgOptions)
     torch_threads: int = 0
+    # where and how the edge stage runs (ped_sam_ros.core.device, .compiled)
+    device: str = "auto"  # auto (CUDA when present), cpu, cuda, cuda:N
+    precision: str = "float32"  # float32, float16, bfloat16 (the encoder blocks)
+    compile: bool = False  # torch.compile the edge's encoder blocks
+    precision_fallback: bool = False  # run float32 / uncompiled instead of refusing an impossible choice
+    pipelined: bool = False  # overlap frame N+1's remote stage with frame N's edge stage (edge.stream)
     # degraded mode and the checks at the doors (see docs/faults.md)
     fallback: str = "fail"  # core.pipeline.FALLBACKS
     spares: List[str] = field(default_factory=list)  # server names that get tiles only as a fallback
@@ -177,8 +183,12 @@ class EdgeConfig:
                         "random_weights=true for a demo with meaningless masks")
         if check_files and self.checkpoint and not Path(self.checkpoint).expanduser().is_file():
             errs.append(f"checkpoint {self.checkpoint} does not exist")
-        if self.mode not in MODES:
-            errs.append(f"mode must be one of {MODES}, got {self.mode!r}")
+        try:
+            parse_mode(self.mode, get_geometry(self.model))
+        except ValueError as e:
+            if not errs or str(e) != errs[0]:  # an unknown model is reported above
+                errs.append(str(e))
+        errs.extend(self.placement_problems())
         if self.wire_precision not in TOKEN_DTYPES:
             errs.append(f"wire_precision must be one of {TOKEN_DTYPES}, got {self.wire_precision!r}")
         if not self.servers:
@@ -236,6 +246,27 @@ class EdgeConfig:
                 errs.append(f"{name} must be at least 1")
         return errs
 
+    def placement_problems(self) -> List[str]:
+        """Why ``device``/``precision``/``compile`` cannot run on this machine (empty when they can)."""
+        from ped_sam_ros.core.device import DeviceError, resolve_placement
+
+        try:
+            placement = resolve_placement(self.device, self.precision, allow_fallback=self.precision_fallback)
+        except DeviceError as e:
+            return [f"device/precision: {e}"]
+        if self.compile and not self.precision_fallback:
+            from ped_sam_ros.core.compiled import compile_problem
+
+            problem = compile_problem("inductor", placement.device)
+            if problem:
+                return [f"compile: {problem} (set compile false, or precision_fallback true to run uncompiled)"]
+        return []
+
+    def stage_options(self) -> dict:
+        """Keyword arguments for the stages (:class:`~ped_sam_ros.core.model.EdgeStage`, ``RemoteStage``)."""
+        return dict(device=self.device, precision=self.precision, compile=self.compile,
+                    allow_fallback=self.precision_fallback)
+
     def _spare_problem(self) -> str:
         if self.fallback not in FALLBACKS:
             return f"remotes.fallback must be one of {FALLBACKS}, got {self.fallback!r}"
@@ -258,5 +289,6 @@ class EdgeConfig:
         weights = f"RANDOM weights (seed {self.seed})" if self.random_weights else f"checkpoint {self.checkpoint}"
         return (f"model {self.model} ({weights}), mode {self.mode}, grid {self.grid}, "
                 f"{len(self.servers)} servers [{', '.join(format_servers(self.servers))}], "
+                f"{self.device}/{self.precision}{' compiled' if self.compile else ''}, "
                 f"wire {self.wire_precision}, curve {'on' if self.curve else 'off'}, fallback {self.fallback}"
                 + (f" (spares {', '.join(self.spares)})" if self.spares else ""))

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ped_sam_ros.core.geometry import Partition, PartitionError
-from ped_sam_ros.core.model import MODES, get_geometry
+from ped_sam_ros.core.device import DEVICE_CHOICES, PRECISIONS
+from ped_sam_ros.core.model import get_geometry, parse_mode
 from ped_sam_ros.core.pipeline import FALLBACKS
 from ped_sam_ros.core.wire import TOKEN_DTYPES
 
@@ -90,9 +91,9 @@ PARAMS: List[ParamSpec] = [
         "mode",
         "paper",
         "Encoder split: 'paper' (all window blocks remote, global blocks at the edge: an "
-        "approximation of SAM) or 'exact' (only the blocks before the first global block remote: SAM's "
-        "exact output, more edge compute).",
-        choices=MODES,
+        "approximation of SAM), 'exact' (only the blocks before the first global block remote: SAM's "
+        "exact output, more edge compute), or 'k<N>' between them: the window blocks of the first N "
+        "groups (a group: the window blocks before one global block) remote, k1 = exact, k4 = paper.",
     ),
     ParamSpec(
         "grid",
@@ -191,6 +192,38 @@ PARAMS: List[ParamSpec] = [
     ParamSpec("keys.server_public_dir", "", "Directory holding each server's public key as SERVER_NAME.key."),
     ParamSpec("wire_precision", "float16", "Precision of the tokens the servers send back.", choices=TOKEN_DTYPES),
     ParamSpec("torch_threads", 0, "Torch CPU threads of the edge (0: torch's default).", min=0, max=256),
+    ParamSpec(
+        "device",
+        "auto",
+        "Where the edge stage (its encoder blocks, neck and mask decoder) runs: 'auto' (the first CUDA "
+        "device when one is present, else the CPU), 'cpu', 'cuda' or 'cuda:N'. A CUDA device that is "
+        "not there is an error at start-up.",
+    ),
+    ParamSpec(
+        "precision",
+        "float32",
+        "Float precision of the edge's encoder blocks (the neck and decoder stay float32). float16 on "
+        "the CPU, or bfloat16 on a GPU without bf16, is refused unless precision_fallback.",
+        choices=tuple(PRECISIONS),
+    ),
+    ParamSpec(
+        "compile",
+        False,
+        "torch.compile the edge's encoder blocks (inductor: needs a C++ compiler on the CPU, Triton on a "
+        "GPU); the first frame pays the compilation. Refused where it cannot work unless precision_fallback.",
+    ),
+    ParamSpec(
+        "precision_fallback",
+        False,
+        "Run float32 (and uncompiled) with a warning, instead of refusing to start, when precision or "
+        "compile cannot be used on this device.",
+    ),
+    ParamSpec(
+        "pipelined",
+        False,
+        "Overlap the next frame's preprocessing and remote stage with this frame's edge encoder and "
+        "decoder (latest frame still wins; results in input order, each with its own header).",
+    ),
     # --- ROS interface (start-up only)
     ParamSpec(
         "image_qos.reliability",
@@ -373,6 +406,15 @@ def validate_parameter(name: str, value: Any, current: Optional[Mapping[str, Any
     try:
         if name == "model":
             get_geometry(value)
+        elif name == "mode":
+            model = (current or {}).get("model", SPECS["model"].default)
+            try:
+                geom = get_geometry(model)
+            except ValueError:
+                geom = get_geometry("vit_b")  # the model's own check reports a bad model; G = 4 for all
+            parse_mode(value, geom)
+        elif name == "device":
+            _check_device(value)
         elif name == "grid":
             aligned = (current or {}).get("aligned_cuts", SPECS["aligned_cuts"].default)
             Partition.parse(value, aligned=bool(aligned))
@@ -392,6 +434,21 @@ def validate_parameter(name: str, value: Any, current: Optional[Mapping[str, Any
     except (ValueError, PartitionError) as e:  # ConfigError is a ValueError
         return f"{name}: {e}"
     return None
+
+
+def _check_device(value: str) -> None:
+    """A device spelling (not whether this machine has it: that is checked at start-up)."""
+    import torch
+
+    spec = value.strip().lower()
+    if spec == "auto":
+        return
+    try:
+        dev = torch.device(spec)
+    except (RuntimeError, ValueError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda") or (dev.type == "cpu" and dev.index not in (None, 0)):
+        raise ValueError(f"must be one of {', '.join(DEVICE_CHOICES)}, got {value!r}")
 
 
 def validate_changes(changes: Mapping[str, Any], current: Mapping[str, Any]) -> Optional[str]:
@@ -439,6 +496,11 @@ def config_from_params(values: Mapping[str, Any]) -> EdgeConfig:
         max_prompts=v["max_prompts"],
         amg=amg_from_params(v),
         torch_threads=v["torch_threads"],
+        device=v["device"],
+        precision=v["precision"],
+        compile=v["compile"],
+        precision_fallback=v["precision_fallback"],
+        pipelined=v["pipelined"],
         fallback=v["remotes.fallback"],
         spares=parse_spares(v["remotes.spares"], [s.name for s in servers]),
         deadline_floor_s=float(v["remotes.deadline_floor"]),

@@ -7,6 +7,8 @@ Spec strings (comma-separated on the command line)::
   paper:2x2             PED-SAM paper mode, token-aligned 2x2 grid, one server per tile
   exact:4x3-free        PED-SAM exact mode, 4x3 grid with even (not token-aligned) cuts
   paper:5x5@3           25 tiles spread over 3 servers (round robin; adjacency allowed)
+  k2:2x2                the first 2 groups of window blocks remote (k1 = exact, k4 = paper)
+  modes:2x2             every mode on that grid: exact, k2, k3, paper (the fidelity/cost knob)
   default               cloud, edge and {paper, exact} x {2x2, 3x3, 4x3, 5x5} x {aligned, free}
 
 The baselines are always added, so every report compares against them.
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 from ..core.geometry import Partition, adjacency_violations, round_robin_assignment
-from ..core.model import MODES
+from ..core.model import MODES, get_geometry, parse_mode
 
 DEFAULT_GRIDS: Tuple[Tuple[int, int], ...] = ((2, 2), (3, 3), (4, 3), (5, 5))
 BASELINES = ("cloud", "edge")
@@ -28,7 +30,7 @@ BASELINES = ("cloud", "edge")
 @dataclass(frozen=True)
 class EvalConfig:
     kind: str  # "cloud", "edge" or "ped"
-    mode: Optional[str] = None  # "paper" / "exact" for ped
+    mode: Optional[str] = None  # ped: "exact", "k2" .. "k<G-1>" or "paper" (canonical names)
     partition: Optional[Partition] = None
     num_servers: Optional[int] = None  # ped: None = one server per tile
 
@@ -112,7 +114,9 @@ class EvalConfig:
         return d
 
 
-_PED = re.compile(r"(paper|exact):(\d+)x(\d+)(-free)?(?:@(\d+))?")
+_PED = re.compile(r"(paper|exact|k\d+|modes):(\d+)x(\d+)(-free)?(?:@(\d+))?")
+#: every official geometry has 4 global blocks, hence modes exact, k2, k3, paper
+_GROUPS_OF = "vit_b"
 
 
 def parse_config(spec: str) -> List[EvalConfig]:
@@ -129,13 +133,20 @@ def parse_config(spec: str) -> List[EvalConfig]:
     if not m:
         raise ValueError(
             f"bad configuration {spec!r}: use cloud, edge, default, or MODE:RxC[-free][@SERVERS] "
-            f"with MODE in {MODES}, e.g. paper:2x2, exact:5x5-free, paper:5x5@3"
+            f"with MODE in {MODES}, k<N> or modes (all of them), e.g. paper:2x2, exact:5x5-free, paper:5x5@3, "
+            f"k2:2x2, modes:3x3"
         )
     mode, r, c, free, n = m.groups()
     part = Partition.grid(int(r), int(c), aligned=not free)
     servers = int(n) if n else None
     if servers is not None and not 1 <= servers <= len(part):
         raise ValueError(f"{spec!r}: servers must be between 1 and {len(part)}")
+    if mode == "modes":
+        return [EvalConfig("ped", m, part, servers) for m in get_geometry(_GROUPS_OF).modes]
+    try:
+        mode = parse_mode(mode, _GROUPS_OF)  # k1 -> exact, k4 -> paper
+    except ValueError as e:
+        raise ValueError(f"bad configuration {spec!r}: {e}") from None
     return [EvalConfig("ped", mode, part, servers)]
 
 

@@ -106,6 +106,7 @@ def _settings_section(res: EvalResults) -> List[str]:
                 ["configurations", cfgs],
                 ["servers per PED-SAM configuration", "one per tile unless `@N` is given"],
                 ["wire precision (fidelity runs)", meta.wire_dtype],
+                ["device / precision of the stages", f"{meta.placement} (plain SAM: float32, same device)"],
                 ["point prompts", meta.point_prompts],
                 ["box prompts", meta.box_prompts],
                 [

@@ -242,6 +242,8 @@ class Meta:
     load_average: LoadAverage
     wall_s: float
     date: str
+    #: where the PED-SAM stages ran, e.g. ``cpu/float32`` (the reference: float32, same device)
+    placement: str = "cpu/float32"
 
 
 # ---------------------------------------------------------------------------

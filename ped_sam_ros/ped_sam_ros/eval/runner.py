@@ -30,6 +30,7 @@ import torch
 from segment_anything import SamPredictor
 from segment_anything.modeling import Sam
 
+from ..core.device import resolve_placement
 from ..core.geometry import TOKEN_GRID, Tile, content_shape
 from ..core.model import EdgeStage, RemoteStage, SamGeometry, build_sam, get_geometry, random_sam, save_checkpoint
 from ..core.pipeline import DistributedEncoder, PedSamPredictor
@@ -90,6 +91,16 @@ class EvalSettings:
     attack_all_servers: bool = False
     image_source: str = "scikit-image sample photos"
     command: Optional[str] = None
+    #: where the stages run (``core.device``); the plain-SAM reference runs float32 on the same device
+    device: str = "auto"
+    precision: str = "float32"
+    compile: bool = False
+    precision_fallback: bool = False
+
+    def stage_options(self) -> Dict:
+        """Keyword arguments for the PED-SAM stages."""
+        return dict(device=self.device, precision=self.precision, compile=self.compile,
+                    allow_fallback=self.precision_fallback)
 
     @property
     def random_weights(self) -> bool:
@@ -171,16 +182,16 @@ class Progress:
 
 def _embedding_roundtrip(features: torch.Tensor, dtype: str) -> torch.Tensor:
     """The 1x256x64x64 embedding after the cloud server sends it in ``dtype``."""
-    hwc = features[0].permute(1, 2, 0).contiguous().numpy()
+    hwc = features[0].permute(1, 2, 0).contiguous().cpu().numpy()
     back = unpack_tokens(dict(pack_tokens(hwc, dtype)), hwc.shape)
-    return torch.from_numpy(back).permute(2, 0, 1)[None].contiguous()
+    return torch.from_numpy(back).permute(2, 0, 1)[None].contiguous().to(features.device)
 
 
 def _cloud_wire_bytes(resized: np.ndarray, features: torch.Tensor, model: str, dtype: str) -> Tuple[int, int]:
     """Bytes (with headers) of the cloud request (whole resized frame) and reply (embedding)."""
     whole = Tile(0, 0, 0, 0, TOKEN_GRID, 0, TOKEN_GRID)
     up = make_encode_request(EncodeRequest(new_request_id(), model, "paper", whole, resized, 60000, dtype))
-    hwc = features[0].permute(1, 2, 0).contiguous().numpy()
+    hwc = features[0].permute(1, 2, 0).contiguous().cpu().numpy()
     down = encode_message({"type": "encoded", "id": "x" * 32, "timing": {"compute_s": 0.0}}, pack_tokens(hwc, dtype))
     return frames_nbytes(up), frames_nbytes(down)
 
@@ -225,6 +236,9 @@ class Evaluation:
         self.s = settings
         self.progress_enabled = progress
         self.geom: SamGeometry = get_geometry(settings.model)
+        #: the resolved device and precision (raises DeviceError, with the reason, for an impossible one)
+        self.placement = resolve_placement(settings.device, settings.precision,
+                                           allow_fallback=settings.precision_fallback)
         self.amg_filters = settings.amg_filters
         self.results: Optional[EvalResults] = None
         self.detector_description: Dict[str, str] = {}
@@ -266,10 +280,12 @@ class Evaluation:
             ckpt = str(save_checkpoint(random_sam(self.geom, seed=s.seed), Path(tmp) / "random_sam.pth"))
             label = f"RANDOM WEIGHTS (random_sam('{self.geom.spec}', seed={s.seed}); not trained SAM)"
             weights = WeightsInfo(random=True, seed=s.seed, label=label)
+        opts = s.stage_options()
+        modes = [m for m in self.geom.modes if m in {c.mode for c in s.ped_configs}]
         return _Models(
-            reference=build_sam(self.geom, ckpt),
-            remote=RemoteStage.from_checkpoint(self.geom, ckpt),
-            edges={m: EdgeStage.from_checkpoint(self.geom, ckpt, m) for m in ("paper", "exact")},
+            reference=build_sam(self.geom, ckpt).to(self.placement.device),
+            remote=RemoteStage.from_checkpoint(self.geom, ckpt, **opts),
+            edges={m: EdgeStage.from_checkpoint(self.geom, ckpt, m, **opts) for m in modes},
             weights=weights,
         )
 
@@ -484,4 +500,5 @@ class Evaluation:
             load_average=LoadAverage(self.load_before, _loadavg()),
             wall_s=wall_s,
             date=time.strftime("%Y-%m-%d %H:%M:%S"),
+            placement=self.placement.describe() + (" compiled" if s.compile else ""),
         )

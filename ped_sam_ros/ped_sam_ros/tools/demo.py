@@ -266,6 +266,8 @@ def start_servers(demo: Demo, keys: Keys) -> Dict[str, str]:
         "server_keys_dir": str(keys.server_secrets),
         "authorized_keys": str(keys.authorized),
         "torch_threads": 1,
+        "device": demo.args.device,
+        "precision": demo.args.precision,
         "servers": [{"name": n, "bind": "tcp://127.0.0.1:*"} for n in demo.server_names],
     }
     if demo.random_weights:
@@ -337,6 +339,8 @@ def start_edge_node(demo: Demo, keys: Keys, endpoints: Dict[str, str]) -> subpro
         f"keys.server_public_dir:={keys.server_publics}",
         f"deadline:={demo.args.deadline:.1f}",
         "torch_threads:=2",
+        f"device:={demo.args.device}",
+        f"precision:={demo.args.precision}",
         "diagnostics_period:=1.0",
     ]
     argv = [
@@ -568,11 +572,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--deadline", type=float, default=None, help="per-frame remote deadline in s")
     ap.add_argument("--timeout", type=float, default=420.0, help="bound on the whole run in s (default 420)")
     ap.add_argument("--domain-id", type=int, default=0, help="ROS_DOMAIN_ID (default: picked from the pid, 215..232)")
+    ap.add_argument("--device", default="auto",
+                    help="device of the edge node and the servers: auto (CUDA when present), cpu, cuda, cuda:N")
+    ap.add_argument("--precision", default="float32", choices=["float32", "float16", "bfloat16"],
+                    help="precision of the encoder blocks at the edge and on the servers (default float32)")
     args = ap.parse_args(argv)
     if args.deadline is None:
         args.deadline = 120.0 if not args.checkpoint else 600.0
     if args.checkpoint and not Path(args.checkpoint).is_file():
         ap.error(f"checkpoint {args.checkpoint} does not exist")
+    from ped_sam_ros.core.device import DeviceError, resolve_placement
+
+    try:  # an impossible device or precision: one line now, not a failed node later
+        resolve_placement(args.device, args.precision)
+    except DeviceError as e:
+        ap.error(str(e))
 
     def _term(signum, frame):
         raise KeyboardInterrupt

@@ -61,14 +61,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--configs",
         default="default",
-        help="comma-separated: cloud, edge, default, MODE:RxC[-free][@SERVERS] (e.g. paper:2x2, "
-        "exact:5x5-free, paper:5x5@3); the cloud and edge-only baselines are always included",
+        help="comma-separated: cloud, edge, default, MODE:RxC[-free][@SERVERS] with MODE exact, paper, k<N> "
+        "(the first N groups of window blocks remote) or modes (all of them) (e.g. paper:2x2, "
+        "exact:5x5-free, paper:5x5@3, k2:2x2, modes:2x2); the cloud and edge-only baselines are always included",
     )
     p.add_argument(
         "--wire-dtype",
         default="float16",
         choices=TOKEN_DTYPES,
         help="precision of the tokens (and the cloud embedding) in the fidelity runs",
+    )
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="where the stages and plain SAM run: auto (the first CUDA device when present, else the CPU), "
+        "cpu, cuda or cuda:N",
+    )
+    p.add_argument(
+        "--precision",
+        default="float32",
+        choices=("float32", "float16", "bfloat16"),
+        help="precision of PED-SAM's encoder blocks (plain SAM, the reference, stays float32): its fidelity "
+        "cost is measured with the split's",
+    )
+    p.add_argument("--compile", action="store_true", help="torch.compile the stages' encoder blocks")
+    p.add_argument(
+        "--precision-fallback",
+        action="store_true",
+        help="run float32 / uncompiled instead of refusing a precision or --compile this device cannot run",
     )
     p.add_argument("--point-grid", type=int, default=3, help="N: an NxN grid of single-point prompts")
     p.add_argument(
@@ -116,6 +136,7 @@ class _UsageError(Exception):
 
 def _settings(args: argparse.Namespace, argv: Optional[List[str]]):
     """The run's settings from the command line; raises :class:`_UsageError` for bad arguments."""
+    from ..core.device import DeviceError, resolve_placement
     from ..core.model import CheckpointError, get_geometry, infer_geometry
     from ..eval.configs import parse_configs
     from ..eval.images import load_images
@@ -135,7 +156,8 @@ def _settings(args: argparse.Namespace, argv: Optional[List[str]]):
         for m in cost_models:
             get_geometry(m)
         images = load_images(args.images, max_images=args.max_images or None, max_side=args.max_side or None)
-    except (ValueError, FileNotFoundError, CheckpointError) as e:
+        resolve_placement(args.device, args.precision, allow_fallback=args.precision_fallback)
+    except (ValueError, FileNotFoundError, CheckpointError, DeviceError) as e:
         raise _UsageError(str(e)) from None
     return EvalSettings(
         model=geom.spec,
@@ -153,6 +175,10 @@ def _settings(args: argparse.Namespace, argv: Optional[List[str]]):
         retime=args.retime,
         server_speedup=args.server_speedup,
         attack_all_servers=args.attack_all_servers,
+        device=args.device,
+        precision=args.precision,
+        compile=args.compile,
+        precision_fallback=args.precision_fallback,
         image_source=f"folder {args.images}" if args.images else "scikit-image sample photos",
         command=" ".join(["ped-sam-eval"] + [shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)]),
     )
@@ -164,7 +190,7 @@ def _announce(settings) -> None:
     from ..eval.runner import server_assumption
 
     weights = f"checkpoint {settings.checkpoint}" if settings.checkpoint else "RANDOM WEIGHTS (no checkpoint given)"
-    print(f"ped-sam-eval: model {settings.model}, {weights}")
+    print(f"ped-sam-eval: model {settings.model}, {weights}, stages on {settings.device}/{settings.precision}")
     print(
         f"ped-sam-eval: {len(settings.images)} image(s) ({', '.join(n for n, _ in settings.images)}), "
         f"{len(settings.configs)} configurations ({', '.join(c.spec for c in settings.configs)})"

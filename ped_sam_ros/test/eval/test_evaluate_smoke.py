@@ -172,6 +172,18 @@ def test_bad_arguments_are_refused(tmp_path, capsys):
     capsys.readouterr()
     assert evaluate.main(["--cost-models", "vit_b,vit_x", "--out", str(tmp_path)]) == 2
     assert "vit_x" in capsys.readouterr().err
+    assert evaluate.main(["--configs", "k5:2x2", "--out", str(tmp_path)]) == 2
+    assert "k1..k4" in capsys.readouterr().err
+    assert evaluate.main(["--device", "cpu", "--precision", "float16", "--out", str(tmp_path)]) == 2
+    assert "float16 on the CPU" in capsys.readouterr().err
+
+
+def test_cuda_asked_where_none_is_present_is_refused(tmp_path, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert evaluate.main(["--device", "cuda", "--out", str(tmp_path)]) == 2
+    assert "no usable CUDA device" in capsys.readouterr().err
 
 
 def test_config_parsing():
@@ -184,6 +196,11 @@ def test_config_parsing():
     assert len(parse_configs(["default"])) == 2 + 2 * 2 * 4
     with pytest.raises(ValueError, match="bad configuration"):
         parse_configs(["paper-2x2"])
+    # the knob between exact and paper: k<N> (k1 is exact, k4 paper) and every mode of a grid
+    assert [c.spec for c in parse_configs(["k2:3x3,k1:2x2,k4:2x2@2"])[2:]] == ["k2:3x3", "exact:2x2", "paper:2x2@2"]
+    assert [c.mode for c in parse_configs(["modes:2x2"])[2:]] == ["exact", "k2", "k3", "paper"]
+    with pytest.raises(ValueError, match="k1..k4"):
+        parse_configs(["k0:2x2"])
 
 
 def test_images_of_every_common_type_become_rgb_uint8():

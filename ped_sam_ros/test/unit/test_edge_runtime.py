@@ -86,7 +86,13 @@ def test_parameter_defaults_make_a_valid_config_with_weights():
     [
         ("deadline", -1.0, ">= 0.05"),
         ("deadline", "fast", "type float"),
-        ("mode", "fast", "one of paper, exact"),
+        ("mode", "fast", "k1..k4"),
+        ("mode", "k5", "k1..k4"),
+        ("mode", "k0", "k1..k4"),
+        ("device", "tpu", "auto, cpu, cuda"),
+        ("device", "cuda:x", "auto, cpu, cuda"),
+        ("precision", "float64", "one of float32, float16, bfloat16"),
+        ("pipelined", "yes", "type bool"),
         ("grid", "6x6", "impossible"),
         ("grid", "two", "ROWSxCOLS"),
         ("model", "vit_x", "unknown model"),
@@ -105,6 +111,30 @@ def test_parameter_defaults_make_a_valid_config_with_weights():
 def test_validate_parameter_gives_reasons(name, value, needle):
     reason = validate_parameter(name, value)
     assert reason and needle in reason, reason
+
+
+def test_k_modes_device_and_precision_reach_the_config():
+    for mode in ("exact", "k2", "k3", "paper", "k1", "k4"):
+        assert validate_parameter("mode", mode) is None, mode
+    cfg = config_from_params({"mode": "k2", "random_weights": True, "device": "cpu", "precision": "bfloat16",
+                              "pipelined": False})
+    assert (cfg.mode, cfg.device, cfg.precision, cfg.pipelined) == ("k2", "cpu", "bfloat16", False)
+    assert cfg.stage_options() == dict(device="cpu", precision="bfloat16", compile=False, allow_fallback=False)
+    assert "k1..k4" in " ".join(_config(mode="k9").problems())
+
+
+def test_impossible_device_or_precision_is_a_clear_config_problem(monkeypatch):
+    import torch
+
+    # float16 on the CPU: refused with the reason, accepted (as float32) only when told
+    problems = _config(device="cpu", precision="float16").problems()
+    assert any("float16 on the CPU" in p and "fallback" in p for p in problems), problems
+    assert _config(device="cpu", precision="float16", precision_fallback=True).problems() == []
+    # CUDA asked where none is present (also on a GPU machine: pretend there is none)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    problems = _config(device="cuda").problems()
+    assert any("no usable CUDA device" in p for p in problems), problems
+    assert _config(device="auto").problems() == []  # auto takes the CPU then
 
 
 def test_grid_validation_follows_aligned_cuts():
