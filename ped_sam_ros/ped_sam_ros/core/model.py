@@ -45,7 +45,7 @@ from segment_anything.modeling.image_encoder import Block
 from torch import nn
 from torch.nn import functional as F
 
-from .attention import DEFAULT_CHUNK_BYTES, FusedBlock, check_impl, set_attention_impl
+from .attention import FusedBlock, check_impl, set_attention_impl
 from .device import Placement, resolve_placement
 from .geometry import PATCH_SIZE, TOKEN_GRID, WINDOW_SIZE, Tile
 from .seeded import fill_seeded_
@@ -229,7 +229,7 @@ def make_block(geom: SamGeometry, index: int) -> Block:
     return Block(**_block_kwargs(geom, index))
 
 
-def make_fused_block(geom: SamGeometry, index: int, max_chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> FusedBlock:
+def make_fused_block(geom: SamGeometry, index: int, max_chunk_bytes: Optional[int] = None) -> FusedBlock:
     """Encoder block ``index`` with fused attention: same parameters, same function as :func:`make_block`."""
     return FusedBlock(**_block_kwargs(geom, index), max_chunk_bytes=max_chunk_bytes)
 
@@ -480,16 +480,6 @@ class _StageBase(nn.Module):
         return self.neck(x.float().permute(0, 3, 1, 2))
 
 
-def _stage_options(device, precision, allow_fallback, compile, max_chunk_bytes) -> Dict:
-    return dict(
-        device=device,
-        precision=precision,
-        allow_fallback=allow_fallback,
-        compile=compile,
-        max_chunk_bytes=max_chunk_bytes,
-    )
-
-
 class RemoteStage(_StageBase):
     """What a remote server runs: patch embedding, its slice of ``pos_embed``,
     and window blocks, on one window (or a batch of same-shaped windows) of the frame.
@@ -500,7 +490,8 @@ class RemoteStage(_StageBase):
     ``seed`` draws random weights (``random_sam(geom, seed)``'s); ``seed=None``
     leaves the stage empty for :meth:`load_checkpoint`.  ``device``/``precision``/
     ``allow_fallback`` as :func:`.device.resolve_placement`; ``compile`` as
-    :func:`.compiled.compile_blocks`; ``max_chunk_bytes`` bounds attention masks.
+    :func:`.compiled.compile_blocks`; ``max_chunk_bytes`` bounds each attention chunk's mask
+    (None: :func:`.attention.chunk_budget`'s default for the device).
     """
 
     def __init__(
@@ -512,7 +503,7 @@ class RemoteStage(_StageBase):
         precision="float32",
         allow_fallback: bool = False,
         compile: Union[bool, str] = False,
-        max_chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        max_chunk_bytes: Optional[int] = None,
     ):
         super().__init__()
         self._init_stage(geom, device, precision, allow_fallback)
@@ -609,7 +600,7 @@ class EdgeStage(_StageBase):
         precision="float32",
         allow_fallback: bool = False,
         compile: Union[bool, str] = False,
-        max_chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        max_chunk_bytes: Optional[int] = None,
     ):
         super().__init__()
         self._init_stage(geom, device, precision, allow_fallback)
@@ -655,7 +646,7 @@ class WholeEncoder(_StageBase):
         precision="float32",
         allow_fallback: bool = False,
         compile: Union[bool, str] = False,
-        max_chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        max_chunk_bytes: Optional[int] = None,
     ):
         super().__init__()
         self._init_stage(geom, device, precision, allow_fallback)

@@ -12,6 +12,7 @@ from ped_sam_ros.core import compiled
 from ped_sam_ros.core.attention import (
     FusedAttention,
     FusedBlock,
+    chunk_budget,
     decomposed_bias,
     rows_per_chunk,
     set_attention_impl,
@@ -76,6 +77,14 @@ def test_rows_per_chunk_bounds_the_mask():
     assert rows_per_chunk(1, 16, (64, 64), (64, 64), 2, 64 * 2**20) == 8
     assert rows_per_chunk(1, 16, (64, 64), (64, 64), 4, 1) == 1  # never zero
     assert rows_per_chunk(1, 2, (14, 14), (14, 14), 4, 2**30) == 14  # never beyond the grid
+
+
+def test_chunk_budget_defaults_by_device():
+    # CPU: one grid row of a vit_b/l/h global block per chunk (the mask stays in cache); GPU: bigger launches
+    assert chunk_budget(None, torch.device("cpu")) == 16 * 2**20
+    assert chunk_budget(None, torch.device("cuda", 0)) == 256 * 2**20
+    assert chunk_budget(12345, torch.device("cuda", 0)) == 12345
+    assert rows_per_chunk(1, 16, (64, 64), (64, 64), 4, chunk_budget(None, torch.device("cpu"))) == 1
 
 
 def test_decomposed_bias_is_sams_relative_position_term():
