@@ -124,6 +124,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=getattr(logging, args.log_level.upper()), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if argv is None:
+        # A stop signal while starting (importing torch, loading weights: seconds) ends the
+        # process at once with 0, as launch expects; _serve installs the serving handlers.
+        def _stop_while_starting(signum, _frame):
+            log.info("signal %s while starting: exiting", signal.Signals(signum).name)
+            _exit_now(0)
+
+        signal.signal(signal.SIGINT, _stop_while_starting)
+        signal.signal(signal.SIGTERM, _stop_while_starting)
 
     from .policy import ServerConfigError, check_bind_policy
 
