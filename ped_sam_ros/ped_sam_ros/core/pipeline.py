@@ -44,10 +44,38 @@ class EncodeStats:
     fallback: List[str] = field(default_factory=list)
     edge_tiles: List[int] = field(default_factory=list)  # tiles the edge computed itself
     deadline_s: float = 0.0  # the remote deadline this frame had
+    #: the frame hook's record (:attr:`TilePlan.record`: the privacy policy's plan), None without a hook
+    privacy: Any = None
 
     @property
     def degraded(self) -> bool:
         return bool(self.fallback)
+
+
+@dataclass
+class TilePlan:
+    """What a frame hook (:attr:`DistributedEncoder.frame_hook`, e.g. the edge's privacy policy in
+    :mod:`ped_sam_ros.edge.privacy`) decided for one frame's tiles before any of them leaves:
+
+    * ``crops``: tile -> the crop its server receives instead of the plain one (obfuscated);
+    * ``local``: tiles the edge computes itself (the remote stage at the edge): no server sees them;
+    * ``dropped``: tiles nobody computes; ``fill(tile, tokens, computed)`` gives their tokens
+      from the merged grid (1xGxGxC) and the mask of the computed tokens (GxG bool).
+    """
+
+    crops: Dict[int, np.ndarray] = field(default_factory=dict)
+    local: Tuple[int, ...] = ()
+    dropped: Tuple[int, ...] = ()
+    fill: Optional[Callable[[Tile, torch.Tensor, torch.Tensor], torch.Tensor]] = None
+    record: Any = None  # kept in EncodeStats.privacy
+    timings: Dict[str, float] = field(default_factory=dict)  # merged into EncodeStats.timings
+
+
+#: ``hook(encoder, resized, orig_hw, prompts) -> TilePlan or None``; called by
+#: :meth:`DistributedEncoder.encode_resized` before any tile leaves (it may call
+#: :meth:`DistributedEncoder.set_layout` first)
+FrameHook = Callable[["DistributedEncoder", np.ndarray, Optional[Tuple[int, int]], Optional[Sequence[Any]]],
+                     Optional[TilePlan]]
 
 
 @dataclass(frozen=True)
@@ -115,6 +143,7 @@ class DistributedEncoder:
         deadlines: Optional[DeadlinePolicy] = None,
         token_check: Optional[TokenCheck] = None,
         edge_remote: Optional[Callable[[], RemoteStage]] = None,
+        frame_hook: Optional[FrameHook] = None,
     ):
         if transport.geometry.spec != edge.geometry.spec:
             raise ValueError(f"the transport's servers run {transport.geometry.spec}, the edge {edge.geometry.spec}")
@@ -152,6 +181,14 @@ class DistributedEncoder:
         self.frames_degraded = 0
         self.tiles_rerouted = 0
         self.tiles_at_edge = 0
+        self.frame_hook = frame_hook
+
+    def set_layout(self, partition: Partition, assignment: Sequence[int]) -> None:
+        """Use another partition and assignment from the next frame on (a frame hook's
+        per-frame-shape layout); checked like the constructor's."""
+        validate_assignment(partition, list(assignment), len(self.transport.server_names),
+                            allow_adjacent=self.allow_adjacent, max_share=self.max_share)
+        self.partition, self.assignment = partition, list(assignment)
 
     @property
     def mode(self) -> str:
@@ -256,14 +293,19 @@ class DistributedEncoder:
         what = "not connected" if not h.connected else f"suspect after {h.state}"
         return what + (f": {h.last_error}" if h.last_error else "")
 
-    def _encode_tiles(self, resized: np.ndarray, crops: Sequence[np.ndarray], stats: EncodeStats) -> List[TileResult]:
+    def _encode_tiles(self, resized: np.ndarray, crops: Sequence[np.ndarray], stats: EncodeStats,
+                      plan: Optional[TilePlan] = None) -> List[TileResult]:
         """Every tile's tokens: remote where its server is usable, re-placed by the fallback
-        policy where it is not or fails (each round gets the adaptive deadline)."""
+        policy where it is not or fails (each round gets the adaptive deadline); a ``plan``'s
+        local tiles at the edge, its dropped tiles nowhere (no result)."""
         content_hw = resized.shape[:2]
         names = self.transport.server_names
         usable = self.transport.usable()
-        placement: Dict[int, int] = {t.index: self.assignment[t.index] for t in self.partition}
-        excluded = {s for s in set(self.assignment) if not usable[s]}
+        dropped = set(plan.dropped) if plan is not None else set()
+        placement: Dict[int, int] = {t.index: self.assignment[t.index] for t in self.partition if t.index not in dropped}
+        if plan is not None:
+            placement.update({t: EDGE for t in plan.local if t not in dropped})
+        excluded = {s for s in set(placement.values()) if s != EDGE and not usable[s]}
         reasons = {s: self._suspect_reason(s) for s in excluded}
         results: Dict[int, TileResult] = {}
         lost = [t for t, s in placement.items() if s in excluded]
@@ -304,7 +346,7 @@ class DistributedEncoder:
                 tokens = stage.encode_tile(crops[t], tile, self.mode).numpy()
                 results[t] = TileResult(tile, EDGE, tokens, 0, 0, 0.0, time.perf_counter() - t0)
         stats.edge_tiles = edge_tiles
-        missing = [t.index for t in self.partition if t.index not in results]
+        missing = [t.index for t in self.partition if t.index not in results and t.index not in dropped]
         if missing:  # defensive: the loop above either places every tile or raises
             raise RemoteEncodeError(f"tiles {missing} could not be encoded", [])
         if stats.fallback:
@@ -312,15 +354,21 @@ class DistributedEncoder:
                 self.frames_degraded += 1
                 self.tiles_at_edge += len(edge_tiles)
                 self.tiles_rerouted += sum(1 for t, s in placement.items() if s not in (EDGE, self.assignment[t]))
-        return [results[t.index] for t in self.partition]
+        return [results[t.index] for t in self.partition if t.index in results]
 
-    def encode_resized(self, resized: np.ndarray) -> Tuple[torch.Tensor, EncodeStats]:
-        """uint8 (h, w, 3) frame already resized to longest side 1024 -> 1x256x64x64 embedding."""
+    def encode_resized(self, resized: np.ndarray, orig_hw: Optional[Tuple[int, int]] = None,
+                       prompts: Optional[Sequence[Any]] = None) -> Tuple[torch.Tensor, EncodeStats]:
+        """uint8 (h, w, 3) frame already resized to longest side 1024 -> 1x256x64x64 embedding.
+
+        ``orig_hw`` and ``prompts`` (:class:`ObjectPrompt` in original pixels) are for the
+        :attr:`frame_hook` only (the region of interest)."""
         geom = self.edge.geometry
         if resized.dtype != np.uint8 or resized.ndim != 3 or resized.shape[2] != 3:
             raise ValueError(f"expected a uint8 HxWx3 image, got {resized.dtype} {resized.shape}")
         if max(resized.shape[:2]) != geom.img_size:
             raise ValueError(f"the frame must be resized to longest side {geom.img_size}, got {resized.shape[:2]}")
+        # the frame hook first (it runs the privacy policy and may change the layout for this frame's shape)
+        plan = self.frame_hook(self, resized, orig_hw, prompts) if self.frame_hook is not None else None
         # The policy limits the share of *this* frame's content, and for a non-square frame
         # a tile's share differs from the square-frame figure checked at construction.
         names = self.transport.server_names
@@ -334,21 +382,35 @@ class DistributedEncoder:
         stats = EncodeStats()
         t0 = time.perf_counter()
         crops = [self.crop_for(tile, resized) for tile in self.partition]
+        if plan is not None:
+            for t, crop in plan.crops.items():
+                crops[t] = crop
+            stats.privacy = plan.record
         t1 = time.perf_counter()
-        results = self._encode_tiles(resized, crops, stats)
+        results = self._encode_tiles(resized, crops, stats, plan)
         t2 = time.perf_counter()
         grid = geom.token_grid
         tokens = torch.zeros(1, grid, grid, geom.embed_dim)
         for r in results:
             w = r.tile
             tokens[0, w.row0 : w.row1, w.col0 : w.col1] = torch.from_numpy(r.tokens)
+        if plan is not None and plan.dropped:
+            computed = torch.zeros(grid, grid, dtype=torch.bool)
+            for r in results:
+                computed[r.tile.row0 : r.tile.row1, r.tile.col0 : r.tile.col1] = True
+            for t in plan.dropped:
+                w = self.partition.tiles[t]
+                fill = plan.fill(w, tokens, computed) if plan.fill is not None else 0.0
+                tokens[0, w.row0 : w.row1, w.col0 : w.col1] = fill
         t3 = time.perf_counter()
         features = self.edge(tokens)
         t4 = time.perf_counter()
         edge_s = sum(r.compute_s for r in results if r.server == EDGE)
         stats.timings = {"partition": t1 - t0, "remote": t2 - t1 - edge_s, "merge": t3 - t2, "edge_encoder": t4 - t3}
         if stats.edge_tiles:
-            stats.timings["edge_fallback"] = edge_s
+            stats.timings["edge_fallback" if stats.fallback else "edge_local"] = edge_s
+        if plan is not None:
+            stats.timings = {**plan.timings, **stats.timings}
         content = resized.shape[:2]
         total = content[0] * content[1]
         for s, name in enumerate(names):
@@ -386,6 +448,7 @@ class PedSamPredictor(SamPredictor):
     def __init__(self, encoder: DistributedEncoder):
         self.encoder = encoder
         self.last_stats: Optional[EncodeStats] = None
+        self.roi_prompts: Optional[Sequence[ObjectPrompt]] = None  # the next image's prompts (frame hook's ROI)
         super().__init__(sam_head(encoder.edge))
 
     @torch.no_grad()
@@ -400,7 +463,9 @@ class PedSamPredictor(SamPredictor):
         self.reset_image()
         self.original_size = original_image_size
         self.input_size = tuple(transformed_image.shape[-2:])
-        self.features, self.last_stats = self.encoder.encode_resized(_as_uint8_hwc(transformed_image))
+        self.features, self.last_stats = self.encoder.encode_resized(
+            _as_uint8_hwc(transformed_image), tuple(original_image_size), self.roi_prompts
+        )
         self.is_image_set = True
 
 
@@ -460,11 +525,19 @@ class Segmenter:
         self.multimask_output = multimask_output
         self.amg_options = dict(amg_options or {})
         self.stats: Optional[EncodeStats] = None
+        #: prompts of the next :meth:`set_image` without its own (the frame hook's region of interest)
+        self.roi_prompts: Optional[Sequence[ObjectPrompt]] = None
 
-    def set_image(self, rgb: np.ndarray) -> Optional[EncodeStats]:
+    def set_image(self, rgb: np.ndarray, prompts: Optional[Sequence[ObjectPrompt]] = None) -> Optional[EncodeStats]:
+        """Encode ``rgb``; ``prompts`` (those :meth:`segment` will get) tell a distributed
+        encoder's frame hook the region of interest (None: the whole frame)."""
         if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
             raise ValueError(f"expected an RGB uint8 HxWx3 image, got {rgb.dtype} {rgb.shape}")
         t0 = time.perf_counter()
+        if prompts is None:
+            prompts = self.roi_prompts
+        if hasattr(self.predictor, "roi_prompts"):
+            self.predictor.roi_prompts = list(prompts) if prompts else None
         self.predictor.set_image(rgb)
         self.stats = getattr(self.predictor, "last_stats", None)
         if self.stats is None:

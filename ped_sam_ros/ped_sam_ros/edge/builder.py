@@ -13,6 +13,7 @@ from ped_sam_ros.core.pipeline import DeadlinePolicy, DistributedEncoder, Fallba
 from ped_sam_ros.core.transport import LocalTransport, TokenCheck, TokenLimits, Transport
 
 from .config import EdgeConfig
+from .privacy import build_privacy_hook
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +83,10 @@ def build_pipeline(config: EdgeConfig, transport: Optional[Transport] = None,
             fallback=FallbackPolicy(config.fallback, tuple(config.spare_indexes)),
             deadlines=DeadlinePolicy(config.deadline_floor_s, config.deadline_factor),
             token_check=TokenCheck(TokenLimits(config.token_max_abs, config.token_rms_factor)),
-            edge_remote=(lambda: build_remote_stage(config)) if config.fallback == "edge" else None)
-        if config.fallback == "edge":
+            edge_remote=(lambda: build_remote_stage(config))
+            if config.fallback == "edge" or config.needs_edge_remote else None)
+        encoder.frame_hook = build_privacy_hook(config, encoder)  # None unless privacy.* / layout auto
+        if config.fallback == "edge" or config.needs_edge_remote:
             # only when configured: the servers' weights at the edge, loaded now so that the
             # first fault does not wait for them
             encoder.edge_remote_stage()

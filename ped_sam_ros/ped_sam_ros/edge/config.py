@@ -11,7 +11,7 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from ped_sam_ros.core.geometry import Partition, PartitionError
 from ped_sam_ros.core.model import get_geometry, parse_mode
@@ -129,6 +129,14 @@ class EdgeConfig:
     max_image_pixels: int = 25_000_000
     max_points_per_prompt: int = 64
     max_points: int = 1024
+    # the privacy policy (ped_sam_ros.sensitive, ped_sam_ros.edge.privacy; docs/privacy.md)
+    layout: str = "grid"  # grid: the configured grid; auto: the most balanced aligned layout per frame shape
+    privacy_detector: str = "none"  # sensitive.detectors.make_detector spec: none, default, mtcnn, haar, ...
+    privacy_actions: Dict[str, str] = field(default_factory=lambda: {"face": "local"})  # class -> action
+    privacy_noise_sigma: float = 40.0
+    privacy_drop_outside_roi: bool = False
+    privacy_drop_fill: str = "blank"
+    privacy_min_score: float = 0.5
 
     # ------------------------------------------------------------------ derived
 
@@ -155,6 +163,29 @@ class EdgeConfig:
 
         primaries = [i for i in range(len(self.servers)) if i not in self.spare_indexes]
         return [primaries[k] for k in round_robin_assignment(part, len(primaries))]
+
+    @property
+    def privacy_enabled(self) -> bool:
+        """Whether the privacy frame hook runs (a detector, dropping outside the ROI, or layout auto)."""
+        return self.privacy_detector != "none" or self.privacy_drop_outside_roi or self.layout == "auto"
+
+    @property
+    def needs_edge_remote(self) -> bool:
+        """Whether the edge holds the remote stage for the privacy policy (local tiles, blank fill)."""
+        if not self.privacy_enabled:
+            return False
+        acts = set(self.privacy_actions.values()) if self.privacy_detector != "none" else set()
+        drops = "drop" in acts or self.privacy_drop_outside_roi
+        return "local" in acts or (drops and self.privacy_drop_fill == "blank")
+
+    def policy_config(self):
+        """The :class:`~ped_sam_ros.sensitive.policy.PolicyConfig` of the ``privacy.*`` settings."""
+        from ped_sam_ros.sensitive.policy import PolicyConfig
+
+        return PolicyConfig(actions=dict(self.privacy_actions),
+                            outside_roi="drop" if self.privacy_drop_outside_roi else "send",
+                            min_score=self.privacy_min_score, noise_sigma=self.privacy_noise_sigma,
+                            drop_fill=self.privacy_drop_fill)
 
     def server_public_key(self, name: str) -> Optional[Path]:
         if not self.server_public_keys_dir:
@@ -244,6 +275,26 @@ class EdgeConfig:
         for name in ("max_image_pixels", "max_points_per_prompt", "max_points"):
             if getattr(self, name) < 1:
                 errs.append(f"{name} must be at least 1")
+        errs.extend(self.privacy_problems())
+        return errs
+
+    def privacy_problems(self) -> List[str]:
+        """Why the ``privacy.*`` and ``layout`` settings cannot run (empty when they can)."""
+        from ped_sam_ros.sensitive.detectors import _FACTORIES
+        from ped_sam_ros.sensitive.policy import PolicyError
+
+        errs: List[str] = []
+        if self.layout not in ("grid", "auto"):
+            errs.append(f"layout must be 'grid' or 'auto', got {self.layout!r}")
+        names = [n.strip() for n in str(self.privacy_detector).lower().split(",") if n.strip()]
+        unknown = [n for n in names if n not in ("none", "default") and n not in _FACTORIES]
+        if unknown:
+            errs.append(f"privacy.detector: unknown detector(s) {unknown}; known: none, default, "
+                        f"{', '.join(sorted(_FACTORIES))}")
+        try:
+            self.policy_config()
+        except PolicyError as e:
+            errs.append(f"privacy: {e}")
         return errs
 
     def placement_problems(self) -> List[str]:

@@ -18,6 +18,8 @@ from ped_sam_ros.core.model import get_geometry, parse_mode
 from ped_sam_ros.core.pipeline import FALLBACKS
 from ped_sam_ros.core.wire import TOKEN_DTYPES
 
+from ped_sam_ros.sensitive.policy import CLASS_ACTIONS, DROP_FILLS, PolicyConfig
+
 from .config import AmgOptions, ConfigError, EdgeConfig, parse_assignment, parse_servers, parse_spares
 
 RELIABILITY = ("best_effort", "reliable")
@@ -361,6 +363,63 @@ PARAMS: List[ParamSpec] = [
         min=0,
         max=10**7,
     ),
+    # --- privacy policy (docs/privacy.md; start-up only)
+    ParamSpec(
+        "layout",
+        "grid",
+        "Tiles and their servers: 'grid' (the grid and remotes.assignment above) or 'auto' (per frame "
+        "shape, the token-aligned layout and assignment with the smallest largest server share of the "
+        "frame's content, no two tiles of one server adjacent unless allowed; core/layout.py).",
+        choices=("grid", "auto"),
+    ),
+    ParamSpec(
+        "privacy.detector",
+        "none",
+        "Sensitive-object detector run on every frame before any tile leaves: none (policy off), "
+        "default (MTCNN faces, Haar where facenet-pytorch is missing), or a comma list of mtcnn, "
+        "blazeface, haar (faces), hog (people), ppocr (text).",
+    ),
+    ParamSpec(
+        "privacy.face_action",
+        "local",
+        "What happens to tiles touching a detected face: send (as today), local (the edge computes "
+        "the tile: no server sees it; exact mode stays exact), blur/pixelate/noise (the face box "
+        "obfuscated before sending), drop (not computed, filled per privacy.drop_fill).",
+        choices=CLASS_ACTIONS,
+    ),
+    ParamSpec(
+        "privacy.classes",
+        "",
+        "Actions for the other classes as CLASS=ACTION pairs, e.g. 'person=blur,text=pixelate' "
+        "(actions as for faces; unlisted classes are sent).",
+    ),
+    ParamSpec(
+        "privacy.noise_sigma",
+        40.0,
+        "Std of the Gaussian noise the 'noise' action adds to a sensitive box (0..255 pixel units).",
+        min=0.0,
+        max=255.0,
+    ),
+    ParamSpec(
+        "privacy.min_score",
+        0.5,
+        "Detections scoring below this are ignored by the policy.",
+        min=0.0,
+        max=1.0,
+    ),
+    ParamSpec(
+        "privacy.drop_outside_roi",
+        False,
+        "With prompts: tiles outside the region of interest (the prompts' bounding box grown by one "
+        "SAM window) are not computed at all (automatic mode: the whole frame is the ROI).",
+    ),
+    ParamSpec(
+        "privacy.drop_fill",
+        "blank",
+        "Tokens put in place of a dropped tile: blank (an all-padding tile's tokens at that position, "
+        "computed once at the edge), mean (the frame's mean computed token) or zeros.",
+        choices=DROP_FILLS,
+    ),
 ]
 
 SPECS: Dict[str, ParamSpec] = {p.name: p for p in PARAMS}
@@ -428,6 +487,13 @@ def validate_parameter(name: str, value: Any, current: Optional[Mapping[str, Any
         elif name == "remotes.spares":
             servers = (current or {}).get("remotes.servers", SPECS["remotes.servers"].default)
             parse_spares(value, [s.name for s in parse_servers(servers)])
+        elif name == "privacy.classes":
+            privacy_actions(value, "send")
+        elif name == "privacy.detector":
+            probe = EdgeConfig(privacy_detector=value.strip().lower() or "none")
+            bad = [e for e in probe.privacy_problems() if e.startswith("privacy.detector")]
+            if bad:
+                return bad[0]
         elif name == "remotes.fallback" and value == "spare":
             if not str((current or {}).get("remotes.spares", "")).strip():
                 return "remotes.fallback 'spare' needs remotes.spares (the servers kept in reserve)"
@@ -510,7 +576,25 @@ def config_from_params(values: Mapping[str, Any]) -> EdgeConfig:
         max_image_pixels=int(v["max_image_pixels"]),
         max_points_per_prompt=int(v["max_points_per_prompt"]),
         max_points=int(v["max_points"]),
+        layout=v["layout"],
+        privacy_detector=v["privacy.detector"].strip().lower() or "none",
+        privacy_actions=privacy_actions(v["privacy.classes"], v["privacy.face_action"]),
+        privacy_noise_sigma=float(v["privacy.noise_sigma"]),
+        privacy_min_score=float(v["privacy.min_score"]),
+        privacy_drop_outside_roi=v["privacy.drop_outside_roi"],
+        privacy_drop_fill=v["privacy.drop_fill"],
     )
+
+
+def privacy_actions(classes: str, face_action: str) -> Dict[str, str]:
+    """``privacy.classes`` ("person=blur,text=pixelate") and ``privacy.face_action`` -> class -> action
+    (raises ValueError naming the bad item)."""
+    actions = dict(PolicyConfig.parse(classes).actions)
+    if "face" in actions:
+        raise ValueError("set the face action with privacy.face_action, not in privacy.classes")
+    actions["face"] = face_action
+    PolicyConfig(actions=actions)
+    return actions
 
 
 def amg_from_params(values: Mapping[str, Any]) -> AmgOptions:

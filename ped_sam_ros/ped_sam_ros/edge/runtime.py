@@ -380,6 +380,7 @@ class EdgeRuntime:
             instances = seg.segment_everything(frame.rgb)
             total = time.perf_counter() - t0
             stats = seg.stats
+        seg.roi_prompts = None if job.automatic else list(prompts or [])  # the privacy policy's region of interest
             enc = dict(stats.timings) if stats else {}
             timings.update(enc)
             timings["decoder"] = max(0.0, total - sum(enc.values()))
