@@ -85,27 +85,35 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 @dataclass(frozen=True)
 class PixelCodec:
-    """A parsed pixel codec spec such as ``"jpeg:85"``: the codec and its encoder setting."""
+    """A parsed pixel codec spec such as ``"jpeg:85"``: the codec (its wire name), its
+    encoder setting, and for JPEG whether chroma keeps full resolution (``jpeg444``; the
+    default subsamples it 2x2, as most JPEG encoders do)."""
 
     name: str
     quality: Optional[int] = None
+    full_chroma: bool = False
 
     @property
     def spec(self) -> str:
-        return self.name if self.quality is None else f"{self.name}:{self.quality}"
+        base = "jpeg444" if self.full_chroma else self.name
+        return base if self.quality is None else f"{base}:{self.quality}"
 
 
 def pixel_codec(spec: str) -> PixelCodec:
     """``"raw"``, ``"png"``, ``"png:L"`` (zlib level 0-9), ``"jpeg"``/``"jpeg:Q"``,
-    ``"webp"``/``"webp:Q"`` (quality 1-100) -> :class:`PixelCodec` (raises CodecError)."""
+    ``"jpeg444"``/``"jpeg444:Q"`` (full-resolution chroma), ``"webp"``/``"webp:Q"``
+    (quality 1-100) -> :class:`PixelCodec` (raises CodecError)."""
     if not isinstance(spec, str):
         raise CodecError("bad_pixel_codec", f"pixel codec must be a string, got {type(spec).__name__}")
-    m = re.fullmatch(r"(raw|png|jpeg|webp)(?::(\d{1,3}))?", spec.strip())
+    m = re.fullmatch(r"(raw|png|jpeg|jpeg444|webp)(?::(\d{1,3}))?", spec.strip())
     if not m:
         raise CodecError(
-            "bad_pixel_codec", f"unknown pixel codec {spec!r}: use raw, png[:0-9], jpeg[:1-100] or webp[:1-100]"
+            "bad_pixel_codec",
+            f"unknown pixel codec {spec!r}: use raw, png[:0-9], jpeg[:1-100], jpeg444[:1-100] or webp[:1-100]",
         )
-    name = m.group(1)
+    name, full_chroma = m.group(1), m.group(1) == "jpeg444"
+    if full_chroma:
+        name = "jpeg"
     if name == "raw":
         if m.group(2):
             raise CodecError("bad_pixel_codec", "raw pixels take no quality")
@@ -114,7 +122,7 @@ def pixel_codec(spec: str) -> PixelCodec:
     lo, hi = _QUALITY_RANGE[name]
     if not lo <= q <= hi:
         raise CodecError("bad_pixel_codec", f"{name} quality {q} is outside {lo}..{hi}")
-    return PixelCodec(name, q)
+    return PixelCodec(name, q, full_chroma)
 
 
 def encode_pixels(rgb: np.ndarray, spec: str) -> bytes:
@@ -132,6 +140,8 @@ def encode_pixels(rgb: np.ndarray, spec: str) -> bytes:
     }.get(codec.name)
     if params is None:
         raise ValueError(f"{codec.name} is not a compressed pixel codec")
+    if codec.full_chroma:
+        params += [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
     ext = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}[codec.name]
     ok, buf = cv2.imencode(ext, np.ascontiguousarray(rgb[:, :, ::-1]), params)
     if not ok:
@@ -705,8 +715,15 @@ def quantize_predicted(z: np.ndarray, steps: int, weights: np.ndarray) -> Tuple[
     rec = np.zeros((h + 1, w + 1, c), np.float32)
     codes = np.zeros((h, w, c), np.int8)
     shift = np.zeros((h, w), np.uint8)
+    inv = np.float32(1.0 / steps)
     for i, j, border in _diagonals(h, w):
         pred = _prediction(rec, i, j, border, wl, wu)
+        scaled = (z[i, j] - pred) * np.float32(steps)
+        q = np.rint(scaled)
+        if np.abs(q).max(initial=0) <= 127:  # the usual case: no token needs a coarser step
+            codes[i, j] = q
+            rec[i + 1, j + 1] = pred + q * inv
+            continue
         q, s = quantize_uniform((z[i, j] - pred)[None], steps)
         codes[i, j], shift[i, j] = q[0], s[0]
         rec[i + 1, j + 1] = pred + dequantize_uniform(q, s, steps)[0]

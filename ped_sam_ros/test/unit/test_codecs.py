@@ -59,14 +59,36 @@ def no_decoder(monkeypatch):
         ("jpeg", ("jpeg", 90)),
         ("jpeg:75", ("jpeg", 75)),
         ("webp:100", ("webp", 100)),
+        ("jpeg444:95", ("jpeg", 95)),
     ],
 )
 def test_pixel_codec_specs(spec, expected):
     c = codecs.pixel_codec(spec)
     assert (c.name, c.quality) == expected
+    assert c.spec == (spec if ":" in spec or spec == "raw" else f"{spec}:{expected[1]}")
+    assert c.full_chroma == spec.startswith("jpeg444")
 
 
-@pytest.mark.parametrize("spec", ["jpg", "jpeg:0", "jpeg:101", "png:10", "raw:5", "webp:", "JPEG", 90, None, "gif"])
+def test_full_chroma_jpeg_keeps_colour_detail():
+    """jpeg444 keeps chroma at full resolution: colour edges survive better than with the
+    default 2x2 chroma subsampling (at some cost in bytes); the server decodes both as jpeg."""
+    y, x = np.mgrid[0:64, 0:64]
+    img = np.zeros((64, 64, 3), np.uint8)
+    img[..., 0] = np.where((x // 2 + y // 2) % 2, 230, 20)  # red/blue checks of 2 px: pure chroma detail
+    img[..., 2] = 250 - img[..., 0]
+    img[..., 1] = 120
+    errs, sizes = {}, {}
+    for spec in ("jpeg:95", "jpeg444:95"):
+        data = codecs.encode_pixels(img, spec)
+        sizes[spec] = len(data)
+        errs[spec] = np.abs(codecs.decode_pixels("jpeg", data, (64, 64)).astype(int) - img).mean()
+    assert errs["jpeg444:95"] < errs["jpeg:95"] / 2, errs
+    assert sizes["jpeg444:95"] > sizes["jpeg:95"]
+
+
+@pytest.mark.parametrize(
+    "spec", ["jpg", "jpeg444:0", "webp444", "jpeg:0", "jpeg:101", "png:10", "raw:5", "webp:", "JPEG", 90, None, "gif"]
+)
 def test_bad_pixel_codec_specs(spec):
     assert _code(codecs.pixel_codec, spec) == "bad_pixel_codec"
 

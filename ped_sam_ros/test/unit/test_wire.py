@@ -211,11 +211,12 @@ def test_png_request_roundtrips_exactly_and_is_smaller():
     assert wire.frames_nbytes(frames) < wire.frames_nbytes(make_encode_request(_request(WIN, req.pixels)))
 
 
-@pytest.mark.parametrize("codec", ["jpeg:90", "webp:90"])
-def test_lossy_request_roundtrips_close(codec):
+@pytest.mark.parametrize("codec,wire_name", [("jpeg:90", "jpeg"), ("jpeg444:90", "jpeg"), ("webp:90", "webp")])
+def test_lossy_request_roundtrips_close(codec, wire_name):
     req, frames = _codec_request(codec)
+    assert _hdr(frames)["pixels"]["codec"] == wire_name
     got = parse_encode_request(*_roundtrip(frames))
-    assert got.pixel_codec == codec.split(":")[0] and got.pixels.shape == req.pixels.shape
+    assert got.pixel_codec == wire_name and got.pixels.shape == req.pixels.shape
     assert np.abs(got.pixels.astype(int) - req.pixels.astype(int)).mean() < 6
     assert wire.frames_nbytes(frames) < req.pixels.nbytes / 4
 
