@@ -254,7 +254,7 @@ def test_result_message_masks_decode_to_the_label_map():
     msg = result_to_msg(_header(), (h, w), inst, [("remote", 0.25), ("total", 1.0)], "vit_b", "paper", (2, 2), True, 3)
     assert msg.header == _header() and (msg.image_height, msg.image_width) == (h, w)
     assert (msg.grid_rows, msg.grid_cols, msg.frames_dropped, msg.random_weights) == (2, 2, 3, True)
-    for (iid, m), src in zip(masks_from_result(msg), masks):
+    for (_iid, m), src in zip(masks_from_result(msg), masks):
         assert np.array_equal(m, src)
     assert np.array_equal(label_from_result(msg), label_image(masks, [1, 2, 3], (h, w)))
     assert [(t.stage, t.seconds) for t in msg.timings] == [("remote", 0.25), ("total", 1.0)]
