@@ -208,15 +208,20 @@ def instance_to_msg(inst: Instance):
 
 def result_to_msg(header, size: Tuple[int, int], instances: Sequence[Instance], timings: Sequence[Tuple[str, float]],
                   model: str, mode: str, grid: Tuple[int, int], random_weights: bool, frames_dropped: int,
-                  status: int = 0, reason: str = ""):
-    from ped_sam_msgs.msg import SegmentationResult, StageTiming
+                  status: int = 0, reason: str = "", tile_decisions: Sequence[dict] = ()):
+    """``tile_decisions``: :func:`ped_sam_ros.edge.privacy.describe_decisions` rows."""
+    from ped_sam_msgs.msg import SegmentationResult, StageTiming, TileDecision
 
     return SegmentationResult(
         header=header, image_height=int(size[0]), image_width=int(size[1]), model_type=model, mode=mode,
         grid_rows=int(grid[0]), grid_cols=int(grid[1]), random_weights=bool(random_weights),
         instances=[instance_to_msg(i) for i in instances],
         timings=[StageTiming(stage=k, seconds=float(v)) for k, v in timings],
-        frames_dropped=int(frames_dropped), status=int(status), reason=str(reason)[:2000])
+        frames_dropped=int(frames_dropped), status=int(status), reason=str(reason)[:2000],
+        tile_decisions=[TileDecision(tile=int(d["tile"]), row0=int(d["rows"][0]), row1=int(d["rows"][1]),
+                                     col0=int(d["cols"][0]), col1=int(d["cols"][1]), server=str(d["server"]),
+                                     action=str(d["action"]), reason=str(d["reason"])[:500],
+                                     classes=[str(c) for c in d["classes"]]) for d in tile_decisions])
 
 
 def masks_from_result(msg) -> List[Tuple[int, np.ndarray]]:

@@ -76,6 +76,12 @@ class PipelineStatus:
     tiles_at_edge: int = 0
     tokens_refused: int = 0  # replies refused by the token check
     deadline_ms: Optional[float] = None  # the remote deadline the next frame gets
+    # the privacy policy (privacy.*), cumulative; all 0 when it is off
+    privacy_frames: int = 0
+    sensitive_objects: int = 0  # detections the policy acted on (score >= privacy.min_score)
+    tiles_local: int = 0  # tiles computed at the edge (no server saw them)
+    tiles_obfuscated: int = 0
+    tiles_dropped: int = 0
 
     @property
     def settled(self) -> bool:
@@ -146,7 +152,11 @@ def _ms(seconds: Optional[float]) -> Optional[float]:
     return None if seconds is None else 1000.0 * seconds
 
 
-def pipeline_status(snap: RuntimeSnapshot, config: EdgeConfig, refused_images: int) -> PipelineStatus:
+def pipeline_status(
+    snap: RuntimeSnapshot, config: EdgeConfig, refused_images: int, privacy: Optional[Mapping[str, int]] = None
+) -> PipelineStatus:
+    """``privacy``: the privacy hook's totals (:attr:`ped_sam_ros.edge.privacy.PrivacyHook.totals` and
+    ``frames``), None when the policy is off."""
     c = snap.counts
     stages = {name: StageLatency(1000.0 * s.last, 1000.0 * s.mean, 1000.0 * s.max) for name, s in snap.stages.items()}
     return PipelineStatus(
@@ -171,6 +181,19 @@ def pipeline_status(snap: RuntimeSnapshot, config: EdgeConfig, refused_images: i
         wire_precision=config.wire_precision,
         stages=stages,
         **_fallback_values(snap),
+        **_privacy_values(privacy),
+    )
+
+
+def _privacy_values(totals: Optional[Mapping[str, int]]) -> Dict[str, Any]:
+    if not totals:
+        return {}
+    return dict(
+        privacy_frames=int(totals.get("frames", 0)),
+        sensitive_objects=int(totals.get("objects", 0)),
+        tiles_local=int(totals.get("local", 0)),
+        tiles_obfuscated=int(totals.get("obfuscate", 0)),
+        tiles_dropped=int(totals.get("drop", 0)),
     )
 
 
@@ -250,7 +273,12 @@ def remote_message(status: RemoteStatus) -> Tuple[bool, str]:
 
 
 def diagnostic_statuses(
-    node_fqn: str, snap: RuntimeSnapshot, config: EdgeConfig, refused_images: int, now: float
+    node_fqn: str,
+    snap: RuntimeSnapshot,
+    config: EdgeConfig,
+    refused_images: int,
+    now: float,
+    privacy: Optional[Mapping[str, int]] = None,
 ) -> List[DiagnosticStatus]:
     """The node's DiagnosticStatus messages: the pipeline, then one per remote server."""
     ok, message = pipeline_message(snap, now)
@@ -260,7 +288,7 @@ def diagnostic_statuses(
             pipeline_status_name(node_fqn),
             message,
             PIPELINE_HARDWARE_ID,
-            pipeline_status(snap, config, refused_images).key_values(),
+            pipeline_status(snap, config, refused_images, privacy).key_values(),
         )
     ]
     for remote in snap.remotes:

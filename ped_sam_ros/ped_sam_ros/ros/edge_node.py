@@ -52,7 +52,8 @@ from ped_sam_ros.edge.config import ConfigError, EdgeConfig
 from ped_sam_ros.edge.params import PARAMS, SPECS, amg_from_params, config_from_params, validate_changes
 from ped_sam_ros.edge.records import ErrorReport, Frame, FrameResult
 from ped_sam_ros.edge.runtime import EdgeRuntime, Throttle, check_image_size, validate_prompts
-from ped_sam_ros.viz import overlay
+from ped_sam_ros.edge.privacy import describe_decisions
+from ped_sam_ros.viz import draw_boxes, overlay
 
 from .convert import (
     UnsupportedImage,
@@ -450,6 +451,7 @@ class EdgeNode(Node):
             result.frames_dropped,
             status=SegmentationResult.STATUS_DEGRADED if degraded else SegmentationResult.STATUS_OK,
             reason=f"fallback {cfg.fallback}: " + "; ".join(result.stats.fallback) if degraded else "",
+            tile_decisions=describe_decisions(getattr(result.stats, "privacy", None), self._server_names()),
         )
         post = time.perf_counter() - t0
         msg.timings[-1].seconds = post
@@ -478,9 +480,14 @@ class EdgeNode(Node):
         points = [pt for p in result.prompts for pt in p.points]
         boxes = [p.box for p in result.prompts if p.box is not None]
         caption = f"{len(result.instances)} object(s)"
+        privacy = getattr(result.stats, "privacy", None)
+        if privacy is not None:
+            c = privacy.counts
+            caption += (f" | {len(privacy.detections)} sensitive: {c['local']} local, {c['obfuscate']} obfuscated, "
+                        f"{c['drop']} dropped tile(s)")
         if self.config.random_weights:
             caption = f"{RANDOM_BANNER} | " + caption
-        return overlay(
+        out = overlay(
             result.frame.rgb,
             [i.mask for i in result.instances],
             alpha=float(self._param("overlay_alpha")),
@@ -488,6 +495,19 @@ class EdgeNode(Node):
             boxes=boxes,
             caption=caption,
         )
+        if privacy is not None:  # the detections the policy acted on, in magenta
+            draw_boxes(out, [d.box for d in privacy.detections], color=(255, 0, 255), thickness=2)
+        return out
+
+    def _server_names(self) -> List[str]:
+        pipe = self.runtime.pipeline
+        return list(pipe.transport.server_names) if pipe is not None else list(self.config.server_names)
+
+    def _privacy_totals(self):
+        """The privacy hook's cumulative counts (None when the policy is off)."""
+        pipe = self.runtime.pipeline
+        hook = getattr(getattr(pipe, "encoder", None), "frame_hook", None)
+        return None if hook is None else dict(hook.totals, frames=hook.frames)
 
     def _on_error(self, report: ErrorReport) -> None:
         """Worker thread: a stream frame that failed is published on ~/masks with status FAILED,
@@ -539,7 +559,8 @@ class EdgeNode(Node):
 
     def diagnostic_statuses(self) -> List[DiagnosticStatus]:
         return diagnostic_statuses(
-            self.get_fully_qualified_name(), self.runtime.snapshot(), self.config, self._refused_images, time.time()
+            self.get_fully_qualified_name(), self.runtime.snapshot(), self.config, self._refused_images, time.time(),
+            privacy=self._privacy_totals(),
         )
 
     def _on_diag_timer(self) -> None:

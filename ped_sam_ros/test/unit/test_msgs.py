@@ -21,7 +21,7 @@ from helpers import WORKSPACE
 
 MSG_DIR = WORKSPACE / 'ped_sam_msgs' / 'msg'
 MSG_NAMES = ['PointPrompt', 'BoxPrompt', 'Prompt', 'Prompts', 'MaskRle', 'MaskInstance',
-             'StageTiming', 'SegmentationResult']
+             'StageTiming', 'TileDecision', 'SegmentationResult']
 
 
 def _header():
@@ -175,7 +175,7 @@ def test_rosbags_cdr_deserializes_with_rclpy(typestore):
         image_height=4, image_width=3, model_type='vit_b', mode='paper', grid_rows=2,
         grid_cols=3, random_weights=True, instances=[inst(1), inst(2)],
         timings=[Timing(stage='encode', seconds=1.25), Timing(stage='decode', seconds=0.0625)],
-        frames_dropped=7)
+        frames_dropped=7, status=0, reason='', tile_decisions=[])
     raw = bytes(typestore.serialize_cdr(msg, 'ped_sam_msgs/msg/SegmentationResult'))
 
     from_bag = deserialize_message(raw, SegmentationResult)
