@@ -375,12 +375,12 @@ class EdgeRuntime:
         if frame.convert_s:
             timings["convert"] = frame.convert_s
         stats: Optional[EncodeStats] = None
+        seg.roi_prompts = None if job.automatic else list(prompts or [])  # the privacy policy's region of interest
         if job.automatic:
             t0 = time.perf_counter()
             instances = seg.segment_everything(frame.rgb)
             total = time.perf_counter() - t0
             stats = seg.stats
-        seg.roi_prompts = None if job.automatic else list(prompts or [])  # the privacy policy's region of interest
             enc = dict(stats.timings) if stats else {}
             timings.update(enc)
             timings["decoder"] = max(0.0, total - sum(enc.values()))
