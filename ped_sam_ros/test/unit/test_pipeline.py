@@ -125,7 +125,7 @@ def test_automatic_mode_runs_over_the_distributed_embedding(stages, landscape, m
     frame = np.ascontiguousarray(landscape[::2, ::2])
     encodings = []
     real = ped.encoder.encode_resized
-    monkeypatch.setattr(ped.encoder, "encode_resized", lambda resized: encodings.append(1) or real(resized))
+    monkeypatch.setattr(ped.encoder, "encode_resized", lambda *a, **k: encodings.append(1) or real(*a, **k))
     seg = Segmenter(
         ped,
         amg_options=dict(
