@@ -60,6 +60,7 @@ class FaultRow:
     served_again_s: Optional[float]  # from the server's return to the first result it contributed to
     healthy_frame_s: float  # median time between results before the fault
     mismatched: int = 0  # results whose masks differ from the healthy result of the same image
+    worst_fault_frame_s: Optional[float] = None  # slowest outcome of a frame sent while the server was down
     detail: Dict[str, float] = field(default_factory=dict)
 
     def markdown(self) -> str:
@@ -70,13 +71,14 @@ class FaultRow:
         return (f"| {self.scenario} | {self.frames_in} | {out} ({self.results_degraded} degraded) | {self.failed} | "
                 f"{f(self.healthy_frame_s)} | {f(self.largest_result_gap_s)} | {f(self.gap_after_detection_s)} | "
                 f"{f(self.first_outcome_after_fault_s)} | {f(self.back_in_use_s)} | {f(self.served_again_s)} | "
-                f"{self.mismatched} |")
+                f"{self.mismatched} | {f(self.worst_fault_frame_s)} |")
 
 
 HEADER = ("| scenario | frames in | results out | failed (status) | healthy frame (s) | largest gap between results "
           "(s) | largest gap after detection (s) | first outcome after the fault (s) | usable again after its "
-          "return (s) | first result it served (s) | results != healthy |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|")
+          "return (s) | first result it served (s) | results != healthy | slowest outcome of a frame sent "
+          "during the fault (s) |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def start_fault_servers(workdir: Path) -> List[ServerProcess]:
@@ -105,6 +107,7 @@ class Scenario:
         self._lock = threading.Lock()
         self.photos = small_photos()
         self.reference: Dict[int, List[np.ndarray]] = {}  # image index -> healthy masks
+        self.marks: Dict[str, float] = {}  # fault, back, usable: monotonic times
 
     # ----------------------------------------------------------------- callbacks
 
@@ -189,6 +192,7 @@ class Scenario:
             else:
                 victim.signal(signal.SIGCONT)
         marks["usable"] = min((t for t in usable_at if t >= marks["back"]), default=float("nan"))
+        self.marks = marks
         return self._row(marks, counts)
 
     def _row(self, marks: Dict[str, float], counts) -> FaultRow:
@@ -229,18 +233,20 @@ class Scenario:
             served_again_s=min(served) if served else None,
             healthy_frame_s=healthy_frame,
             mismatched=mismatched,
+            worst_fault_frame_s=max((w for _, w in late_outcomes(self, 0.0)), default=None),
             detail={"dropped": counts.frames_dropped},
         )
 
 
-def failed_within(scenario: Scenario, fault_t: float, limit_s: float) -> List[Tuple[int, float]]:
-    """(stamp, seconds) of frames submitted during the fault whose outcome came later than
-    ``limit_s`` after max(submission, fault)."""
+def late_outcomes(scenario: Scenario, limit_s: float) -> List[Tuple[int, float]]:
+    """(stamp, seconds) of the frames submitted while the server was down whose outcome came
+    later than ``limit_s`` after max(submission, fault)."""
     sub = dict(scenario.submitted)
+    fault_t, back_t = scenario.marks["fault"], scenario.marks["back"]
     late = []
     for o in scenario.outcomes:
         t_sub = sub.get(o.stamp)
-        if t_sub is not None and o.t >= fault_t:
+        if t_sub is not None and o.t >= fault_t and t_sub < back_t:
             wait = o.t - max(t_sub, fault_t)
             if wait > limit_s:
                 late.append((o.stamp, wait))

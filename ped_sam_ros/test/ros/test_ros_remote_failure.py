@@ -170,6 +170,10 @@ def test_stopped_remote_is_reported_and_recovered(tmp_path):
         # while flaky.stop() ran may be appended to `sent` after stopped_at was read.)
         down = {h.stamp.sec for h in stream.sent[stopped_at + 1 : paused_at]}
         assert down
-        got = {r.header.stamp.sec for r in results}
+        got = {r.header.stamp.sec for r in results if r.status != SegmentationResult.STATUS_FAILED}
         assert not down & got, sorted(down & got)
+        # ... and downstream nodes saw them fail: a FAILED result with the reason and the input header
+        failed = [r for r in results if r.status == SegmentationResult.STATUS_FAILED]
+        assert failed and all("flaky" in r.reason and not r.instances for r in failed)
+        assert {r.header.stamp.sec for r in failed} <= {h.stamp.sec for h in stream.sent}
         assert edge.alive
