@@ -361,7 +361,24 @@ class DistributedEncoder:
         """uint8 (h, w, 3) frame already resized to longest side 1024 -> 1x256x64x64 embedding.
 
         ``orig_hw`` and ``prompts`` (:class:`ObjectPrompt` in original pixels) are for the
-        :attr:`frame_hook` only (the region of interest)."""
+        :attr:`frame_hook` only (the region of interest).  :meth:`encode_remote` then
+        :meth:`finish` (a pipelined stream runs the two in different threads)."""
+        return self.finish(*self.encode_remote(resized, orig_hw, prompts))
+
+    def finish(self, tokens: torch.Tensor, stats: EncodeStats) -> Tuple[torch.Tensor, EncodeStats]:
+        """The edge phase: merged tokens (from :meth:`encode_remote`) -> the 1x256x64x64 embedding
+        on the edge stage's device; adds ``edge_encoder`` to ``stats.timings``.  Uses only the
+        edge stage (never the transport)."""
+        t0 = time.perf_counter()
+        features = self.edge(tokens)
+        stats.timings["edge_encoder"] = time.perf_counter() - t0
+        return features, stats
+
+    def encode_remote(self, resized: np.ndarray, orig_hw: Optional[Tuple[int, int]] = None,
+                      prompts: Optional[Sequence[Any]] = None) -> Tuple[torch.Tensor, EncodeStats]:
+        """The remote phase of :meth:`encode_resized`: this frame's merged 1x64x64xC float32 CPU
+        tokens (from the servers, or the edge's fallback/local tiles) and its stats (no
+        ``edge_encoder`` time yet).  Uses the transport, never the edge stage."""
         geom = self.edge.geometry
         if resized.dtype != np.uint8 or resized.ndim != 3 or resized.shape[2] != 3:
             raise ValueError(f"expected a uint8 HxWx3 image, got {resized.dtype} {resized.shape}")
@@ -403,10 +420,8 @@ class DistributedEncoder:
                 fill = plan.fill(w, tokens, computed) if plan.fill is not None else 0.0
                 tokens[0, w.row0 : w.row1, w.col0 : w.col1] = fill
         t3 = time.perf_counter()
-        features = self.edge(tokens)
-        t4 = time.perf_counter()
         edge_s = sum(r.compute_s for r in results if r.server == EDGE)
-        stats.timings = {"partition": t1 - t0, "remote": t2 - t1 - edge_s, "merge": t3 - t2, "edge_encoder": t4 - t3}
+        stats.timings = {"partition": t1 - t0, "remote": t2 - t1 - edge_s, "merge": t3 - t2}
         if stats.edge_tiles:
             stats.timings["edge_fallback" if stats.fallback else "edge_local"] = edge_s
         if plan is not None:
@@ -428,7 +443,7 @@ class DistributedEncoder:
             )
         stats.bytes_up = sum(r.bytes_up for r in results)
         stats.bytes_down = sum(r.bytes_down for r in results)
-        return features, stats
+        return tokens, stats
 
 
 def _as_uint8_hwc(transformed_image: torch.Tensor) -> np.ndarray:

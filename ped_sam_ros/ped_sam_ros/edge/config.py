@@ -118,7 +118,7 @@ class EdgeConfig:
     precision: str = "float32"  # float32, float16, bfloat16 (the encoder blocks)
     compile: bool = False  # torch.compile the edge's encoder blocks
     precision_fallback: bool = False  # run float32 / uncompiled instead of refusing an impossible choice
-    pipelined: bool = False  # overlap frame N+1's remote stage with frame N's edge stage (edge.stream)
+    pipelined: bool = True  # overlap frame N+1's remote stage with frame N's edge stage (edge.stream)
     # degraded mode and the checks at the doors (see docs/faults.md)
     fallback: str = "fail"  # core.pipeline.FALLBACKS
     spares: List[str] = field(default_factory=list)  # server names that get tiles only as a fallback

@@ -222,7 +222,7 @@ PARAMS: List[ParamSpec] = [
     ),
     ParamSpec(
         "pipelined",
-        False,
+        True,
         "Overlap the next frame's preprocessing and remote stage with this frame's edge encoder and "
         "decoder (latest frame still wins; results in input order, each with its own header).",
     ),

@@ -36,6 +36,7 @@ from .options import OptionChanges, PendingOptions
 from .records import ErrorReport, FallbackStatus, Frame, FrameResult, RuntimeSnapshot
 from .scheduler import FrameScheduler, Job
 from .stats import RuntimeStats
+from .stream import PipelinedStream, start_stream
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +134,7 @@ class EdgeRuntime:
         self._state = "created"
         self._busy = False
         self._throttle = Throttle(5.0)
+        self._stream: Optional[PipelinedStream] = None  # the pipelined stream (config.pipelined), else None
 
     @property
     def max_requests(self) -> int:
@@ -238,6 +240,7 @@ class EdgeRuntime:
         try:
             self.pipeline = self._build()
             self._wait_for_servers()
+            self._stream = start_stream(self)  # edge.stream: overlaps frames when config.pipelined
         except BaseException as e:  # noqa: BLE001 - handed to start()
             self._build_error = e
             self._set_state("failed")
@@ -254,6 +257,8 @@ class EdgeRuntime:
             self._set_state("crashed")
             raise
         finally:
+            if self._stream is not None:
+                self._stream.close()  # the frames in flight are finished and published first
             for fut in self._scheduler.drain():
                 if not fut.done():
                     fut.set_exception(RuntimeError("the edge runtime stopped"))
@@ -279,7 +284,7 @@ class EdgeRuntime:
                     last_poll = time.monotonic()
                 continue
             self._poll_connections()  # probes and connection events before every frame
-            self._handle(job)
+            (self._stream.submit if self._stream is not None else self._handle)(job)
             last_poll = time.monotonic()
 
     def _wait_for_servers(self) -> None:

@@ -1,0 +1,249 @@
+"""The pipelined stream: frame N+1's preparation and remote stage overlap frame N's edge stage.
+
+Two threads, one frame each at most:
+
+* the I/O thread (the :class:`~.runtime.EdgeRuntime` worker, which owns the sockets) takes the
+  newest frame from the scheduler, resizes it as SAM does and runs the remote phase
+  (:meth:`~ped_sam_ros.core.pipeline.DistributedEncoder.encode_remote`: tiles out, tokens
+  back, merged), then hands the frame over;
+* the compute thread (started here) runs the edge phase
+  (:meth:`~ped_sam_ros.core.pipeline.DistributedEncoder.finish`: the edge's encoder blocks and
+  neck) and SAM's decoder on that frame, and publishes the result or the error.
+
+The hand-over holds one frame: while the compute thread is busy with frame N and frame N+1
+waits, the I/O thread takes no new frame (it keeps polling the connections), so the scheduler
+keeps replacing the pending frame and the latest frame still wins.  One compute thread takes
+frames in hand-over order, so results (and errors) are published in input order.  Each frame
+travels as one :class:`Prepared` record (its own input, tokens, stats and timings): nothing of
+one frame can reach another's result.  ``overlapped`` counts the remote phases that started
+while the compute thread held an earlier frame.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Dict, List, Optional
+
+import numpy as np
+import torch
+
+from ped_sam_ros.core.pipeline import EncodeStats, Instance, _bbox_xywh, generate_masks
+from ped_sam_ros.core.transport import RemoteEncodeError
+
+from .records import ErrorReport, FrameResult
+from .scheduler import Job
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .runtime import EdgeRuntime
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prepared:
+    """One frame between the two threads: its job, and what the I/O thread made of it."""
+
+    job: Job
+    timings: Dict[str, float] = field(default_factory=dict)
+    resized: Optional[np.ndarray] = None  # SAM's resized input (None: nothing to encode)
+    tokens: Optional[torch.Tensor] = None  # merged remote tokens, 1x64x64xC
+    stats: Optional[EncodeStats] = None
+    error: Optional[Exception] = None
+    handed_over: float = 0.0  # monotonic time it entered the hand-over
+
+
+def supports_pipelining(pipeline) -> bool:
+    """True when the pipeline's encoder has the two phases (stand-in pipelines may not)."""
+    enc = getattr(pipeline, "encoder", None)
+    return hasattr(enc, "encode_remote") and hasattr(enc, "finish") and hasattr(pipeline, "segmenter")
+
+
+def start_stream(runtime: EdgeRuntime) -> Optional[PipelinedStream]:
+    """A running :class:`PipelinedStream` when the runtime's config asks for one (``pipelined``)
+    and its pipeline supports it; else None (the runtime then runs frames in sequence)."""
+    cfg = getattr(runtime.pipeline, "config", None)
+    if not getattr(cfg, "pipelined", False):
+        return None
+    if not supports_pipelining(runtime.pipeline):
+        log.warning("pipelined is set but this pipeline has no remote/edge phases: frames run in sequence")
+        return None
+    return PipelinedStream(runtime).start()
+
+
+class PipelinedStream:
+    """The two-phase frame path of an :class:`~.runtime.EdgeRuntime` (see the module doc).
+
+    :meth:`submit` is called by the I/O thread for every job; :meth:`close` (also by the I/O
+    thread) finishes the frames in flight and stops the compute thread."""
+
+    def __init__(self, runtime: EdgeRuntime):
+        self.rt = runtime
+        self._handover: queue.Queue = queue.Queue(maxsize=1)
+        self._thread = threading.Thread(target=self._compute_loop, name="ped-sam-edge-compute", daemon=True)
+        self._lock = threading.Lock()
+        self._computing = False  # the compute thread holds a frame (guarded by _lock)
+        self._in_flight = 0  # frames between submit and published (guarded by _lock)
+        #: remote phases that started while the compute thread held an earlier frame
+        self.overlapped = 0
+        #: frames that went through the remote phase
+        self.frames = 0
+
+    def start(self) -> PipelinedStream:
+        self._thread.start()
+        return self
+
+    # ------------------------------------------------------------------ I/O thread
+
+    def submit(self, job: Job) -> None:
+        """Run ``job``'s remote phase here, then hand it to the compute thread (waiting, while
+        polling the connections, until the hand-over is free)."""
+        if job.future is not None and not job.future.set_running_or_notify_cancel():
+            return  # the caller gave up before the job started
+        self._add_in_flight(+1)
+        prepared = self._prepare(job)
+        prepared.handed_over = time.monotonic()
+        while True:
+            try:
+                self._handover.put(prepared, timeout=self.rt.idle_poll_s)
+                return
+            except queue.Full:
+                self.rt._poll_connections()  # the I/O thread's duty while it waits
+
+    def _prepare(self, job: Job) -> Prepared:
+        frame, p = job.frame, Prepared(job)
+        start = time.monotonic()
+        p.timings["queue"] = max(0.0, start - frame.received - frame.convert_s)
+        if frame.convert_s:
+            p.timings["convert"] = frame.convert_s
+        if not (job.automatic or job.prompts):
+            return p  # nothing to encode: published as not encoded, in order
+        seg = self.rt.pipeline.segmenter
+        try:
+            rgb = frame.rgb
+            if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+                raise ValueError(f"expected an RGB uint8 HxWx3 image, got {rgb.dtype} {rgb.shape}")
+            t0 = time.perf_counter()
+            p.resized = seg.predictor.transform.apply_image(rgb)  # what SamPredictor.set_image does
+            p.timings["preprocess"] = time.perf_counter() - t0
+            with self._lock:
+                self.frames += 1
+                if self._computing:
+                    self.overlapped += 1
+            roi = None if job.automatic else list(job.prompts)  # the frame hook's region of interest
+            p.tokens, p.stats = self.rt.pipeline.encoder.encode_remote(p.resized, tuple(frame.size), roi)
+        except Exception as e:  # noqa: BLE001 - published in order by the compute thread
+            p.error = e
+        return p
+
+    def close(self, timeout_s: float = 60.0) -> None:
+        """Finish the frames in flight, then stop the compute thread."""
+        while self._thread.is_alive():
+            try:
+                self._handover.put(None, timeout=1.0)
+                break
+            except queue.Full:
+                continue
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            log.warning("the edge compute thread did not stop within %.1f s", timeout_s)
+
+    # ------------------------------------------------------------------ compute thread
+
+    def _compute_loop(self) -> None:
+        while True:
+            p = self._handover.get()
+            if p is None:
+                return
+            with self._lock:
+                self._computing = True
+            try:
+                self._finish(p)
+            except BaseException:  # noqa: BLE001 - keep the stream alive; the frame is reported
+                log.exception("the edge compute thread failed on a frame")
+            finally:
+                with self._lock:
+                    self._computing = False
+                self._add_in_flight(-1)
+
+    def _finish(self, p: Prepared) -> None:
+        job, rt = p.job, self.rt
+        if p.error is None:
+            try:
+                result = self._complete(p)
+            except Exception as e:  # noqa: BLE001 - reported below, in order
+                p.error = e
+        if p.error is not None:
+            self._report(job, p.error)
+            return
+        result.frames_dropped = rt.stats.counts.frames_dropped
+        if job.future is not None:
+            job.future.set_result(result)
+            return
+        rt.stats.delivered(rt._call(rt.on_result, result))
+
+    def _complete(self, p: Prepared) -> FrameResult:
+        """The edge phase and the decoder, on this frame's own tokens only."""
+        job, frame, timings = p.job, p.job.frame, dict(p.timings)
+        timings["handoff"] = max(0.0, time.monotonic() - p.handed_over)
+        instances: List[Instance] = []
+        stats = None
+        prompts = [] if job.automatic else list(job.prompts)
+        if p.tokens is not None:
+            seg = self.rt.pipeline.segmenter
+            features, stats = self.rt.pipeline.encoder.finish(p.tokens, p.stats)
+            pred = seg.predictor
+            pred.reset_image()  # as SamPredictor.set_torch_image, with this frame's embedding
+            pred.original_size = tuple(frame.size)
+            pred.input_size = tuple(p.resized.shape[:2])
+            pred.features = features
+            pred.is_image_set = True
+            pred.last_stats = seg.stats = stats
+            timings.update(stats.timings)
+            t0 = time.perf_counter()
+            instances = self._decode(seg, frame.rgb, prompts, job.automatic)
+            timings["decoder"] = time.perf_counter() - t0
+        timings["total"] = time.monotonic() - frame.received
+        self.rt.stats.record(timings, stats)
+        return FrameResult(frame, instances, job.automatic, prompts, timings, stats, 0,
+                           encoded=p.tokens is not None, from_request=job.from_request)
+
+    @staticmethod
+    def _decode(seg, rgb: np.ndarray, prompts, automatic: bool) -> List[Instance]:
+        """Prompted masks, or SAM's automatic mask generator over the held embedding (as
+        :meth:`~ped_sam_ros.core.pipeline.Segmenter.segment_everything`, without encoding again)."""
+        if not automatic:
+            return seg.segment(prompts)
+        records = generate_masks(seg.predictor, rgb, seg.amg_options)
+        records.sort(key=lambda r: -r["area"])
+        return [
+            Instance(k, r["segmentation"], float(r["predicted_iou"]), float(r["stability_score"]),
+                     _bbox_xywh(r["segmentation"]), int(r["area"]))
+            for k, r in enumerate(records, start=1)
+        ]
+
+    def _report(self, job: Job, e: Exception) -> None:
+        """A failed frame, reported as the sequential worker reports it."""
+        rt = self.rt
+        report = ErrorReport(job.frame.meta, f"{type(e).__name__}: {e}", list(getattr(e, "servers", []) or []), e,
+                             job.from_request, size=job.frame.size)
+        rt.stats.failed(report)
+        if job.future is not None:
+            job.future.set_exception(e)
+        if not isinstance(e, RemoteEncodeError):
+            skipped = rt._throttle(f"failed:{type(e).__name__}")
+            if skipped is not None:
+                more = f" ({skipped} more since the last such line)" if skipped else ""
+                log.warning("frame failed%s: %s", more, report.message, exc_info=not isinstance(e, ValueError))
+        rt._call(rt.on_error, report)
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def _add_in_flight(self, n: int) -> None:
+        with self._lock:
+            self._in_flight += n
+            busy = self._in_flight > 0
+        self.rt._set_busy(busy)
