@@ -144,7 +144,7 @@ link_set() {  # link_set DIR TARGET...: DIR/<basename> -> TARGET for each; other
     done
 }
 shopt -s nullglob
-mkdir -p "$VENV/share/ament_index/resource_index/packages"
+mkdir -p "$VENV/share/ament_index/resource_index/packages" "$SHARE"
 ln -sfn "$PKG/resource/ped_sam_ros" "$VENV/share/ament_index/resource_index/packages/ped_sam_ros"
 ln -sfn "$PKG/package.xml" "$SHARE/package.xml"
 link_set "$SHARE/launch" "$PKG"/launch/*.launch.py
