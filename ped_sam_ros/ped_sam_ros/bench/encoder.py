@@ -95,6 +95,7 @@ class Settings:
     attention: bool = True
     memory: bool = True
     old_build_path: bool = False
+    window_probe: bool = True
     fidelity_models: Sequence[str] = ("vit_b",)
     fidelity_precisions: Sequence[str] = ("bfloat16", "float16")
     compile: bool = False
@@ -207,8 +208,8 @@ def probe(spec: Dict) -> Dict:
     """One memory measurement in this process (what :func:`run_probe` runs in a fresh one).
 
     ``kind``: ``build`` (a stage or ``random_sam`` from nothing: peak above the
-    imports), ``block`` (one block's forward on the 64x64 grid: peak above its weights
-    and input, after one warm-up call).
+    imports), ``block`` (one block's first forward on the 64x64 grid: peak above its
+    weights and input).
     """
     placement = resolve_placement(spec.get("device", "cpu"), spec.get("precision", "float32"))
     geom = get_geometry(spec["model"])
@@ -242,9 +243,8 @@ def probe(spec: Dict) -> Dict:
         g = geom.token_grid
         x = torch.randn(1, g, g, geom.embed_dim, device=placement.device, dtype=placement.dtype)
         with torch.no_grad():
-            block(x)  # warm-up: one-time allocations of the kernels
             meter.start()
-            y = block(x)
+            y = block(x)  # the first call: one-time allocations of the kernels count too
             peak = meter.peak_bytes()
         del y
         return {"peak_bytes": peak, "input_bytes": x.numel() * x.element_size()}
@@ -254,7 +254,12 @@ def probe(spec: Dict) -> Dict:
 def run_probe(spec: Dict, timeout_s: float = 1800.0) -> Dict:
     """:func:`probe` in a fresh Python process (glibc told to return freed memory at once,
     so that the resident-set peak is the live memory)."""
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
+    env = dict(
+        os.environ,
+        MALLOC_MMAP_THRESHOLD_="65536",
+        MALLOC_TRIM_THRESHOLD_="0",
+        OMP_NUM_THREADS=str(torch.get_num_threads()),
+    )  # as many threads as this process
     out = subprocess.run(
         [sys.executable, "-m", "ped_sam_ros.bench.encoder", "--probe", json.dumps(spec)],
         capture_output=True,
@@ -356,10 +361,17 @@ def bench_blocks(spec: str, placement: Placement, s: Settings, log) -> Dict:
         cases = {
             "patch_embed": lambda: shell.patch_embed(x),
             "window_block": lambda: wblock(grid),
-            "global_block": lambda: gblock(grid),
+            "global_block": lambda: _with_impl(gblock, "fused", grid),
             "neck": lambda: shell.neck(grid.float().permute(0, 3, 1, 2)),
         }
+        if s.attention:  # the reference global block in the same rounds (see bench_attention)
+            cases["global_block_reference"] = lambda: _with_impl(gblock, "reference", grid)
+            diff = (_with_impl(gblock, "fused", grid) - _with_impl(gblock, "reference", grid)).abs().max().item()
         timings = interleaved(cases, s.warmup, s.reps, placement.device, log)
+    attention = None
+    if s.attention:
+        ref = timings.pop("global_block_reference")
+        attention = _attention_record(timings["global_block"], ref, diff)
     parts = {k: v.min for k, v in timings.items()}
     parts_med = {k: v.median for k, v in timings.items()}
 
@@ -382,6 +394,22 @@ def bench_blocks(spec: str, placement: Placement, s: Settings, log) -> Dict:
         "method": "composed from per-block timings",
         "components": {k: v.to_dict() for k, v in timings.items()},
         "timings": {k: {"min_s": a, "median_s": b} for k, (a, b) in composed.items()},
+        "attention": attention,
+    }
+
+
+def _with_impl(block, impl: str, x: torch.Tensor) -> torch.Tensor:
+    set_attention_impl([block], impl)
+    with torch.no_grad():
+        return block(x).float()
+
+
+def _attention_record(fused: Timing, reference: Timing, max_abs_diff: float) -> Dict:
+    return {
+        "timings": {"fused": fused.to_dict(), "reference": reference.to_dict()},
+        "speedup_min": reference.min / fused.min,
+        "speedup_median": reference.median / fused.median,
+        "max_abs_diff": max_abs_diff,
     }
 
 
@@ -390,34 +418,25 @@ def bench_attention(spec: str, placement: Placement, s: Settings, log) -> Dict:
     g = get_geometry(spec)
     block = _seeded_block(g, g.global_attn_indexes[0], placement, s.seed)
     x = torch.randn(1, g.token_grid, g.token_grid, g.embed_dim, device=placement.device, dtype=placement.dtype)
-
-    def run(impl):
-        set_attention_impl([block], impl)
-        with torch.no_grad():
-            return block(x)
-
-    diff = (run("fused").float() - run("reference").float()).abs().max().item()
-    timings = interleaved(
-        {"fused": lambda: run("fused"), "reference": lambda: run("reference")}, s.warmup, s.reps, placement.device, log
-    )
-    return {
-        "timings": {k: v.to_dict() for k, v in timings.items()},
-        "speedup_min": timings["reference"].min / timings["fused"].min,
-        "speedup_median": timings["reference"].median / timings["fused"].median,
-        "max_abs_diff": diff,
-    }
+    diff = (_with_impl(block, "fused", x) - _with_impl(block, "reference", x)).abs().max().item()
+    cases = {"fused": lambda: _with_impl(block, "fused", x), "reference": lambda: _with_impl(block, "reference", x)}
+    timings = interleaved(cases, s.warmup, s.reps, placement.device, log)
+    return _attention_record(timings["fused"], timings["reference"], diff)
 
 
 def bench_memory(spec: str, placement: Placement, s: Settings, log) -> Dict:
     """Peaks in fresh processes: global block (fused, reference), window block, paper edge stage build."""
     base = {"model": spec, "device": str(placement.device), "precision": placement.precision, "seed": s.seed}
     out = {}
-    for name, extra in [
+    probes = [
         ("global_block_fused", {"kind": "block", "block": "global", "impl": "fused"}),
         ("global_block_reference", {"kind": "block", "block": "global", "impl": "reference"}),
         ("window_block_fused", {"kind": "block", "block": "window", "impl": "fused"}),
         ("build_edge_paper", {"kind": "build", "stage": "edge", "mode": "paper"}),
-    ]:
+    ]
+    if not s.window_probe:
+        probes = [p for p in probes if p[0] != "window_block_fused"]
+    for name, extra in probes:
         log(f"  memory probe {name}")
         out[name] = run_probe({**base, **extra})
     if s.old_build_path:
@@ -526,14 +545,12 @@ def run(s: Settings, log: Callable[[str], None] = print) -> Dict:
                     }
                 )
                 if s.attention:
-                    log(f"[attention] {tag}")
+                    att = res.pop("attention", None)
+                    if att is None:
+                        log(f"[attention] {tag}")
+                        att = bench_attention(spec, placement, s, log)
                     report["attention"].append(
-                        {
-                            "model": spec,
-                            "device": str(placement.device),
-                            "precision": placement.precision,
-                            **bench_attention(spec, placement, s, log),
-                        }
+                        {"model": spec, "device": str(placement.device), "precision": placement.precision, **att}
                     )
                 if s.memory and (placement.device.type == "cuda" or PeakMeter.cpu_supported()):
                     log(f"[memory] {tag}")

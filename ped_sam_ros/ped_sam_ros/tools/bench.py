@@ -41,7 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--quick",
         action="store_true",
         help="CPU-friendly: compose stage times from per-block timings (one block of each kind), "
-        "1 warm-up + 3 rounds, fidelity on vit_b only",
+        "1 warm-up + 2 rounds, no window-block memory probe, fidelity on vit_b only",
     )
     p.add_argument(
         "--measure",
@@ -58,8 +58,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=None,
         help="precisions to time on each device (default: float32 on the CPU; float32, float16, bfloat16 on a GPU)",
     )
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1, help="rounds run before the timed ones (default 1)")
+    p.add_argument("--reps", type=int, default=None, help="timed rounds (default 3; 2 with --quick)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-attention", action="store_true", help="skip the fused-vs-reference global block")
     p.add_argument("--no-memory", action="store_true", help="skip the memory probes")
@@ -75,7 +75,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=None,
         help="whole-encoder bf16/fp16 vs fp32 fidelity (default: vit_b; none to skip)",
     )
-    p.add_argument("--compile", action="store_true", help="torch.compile the blocks (inductor)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the blocks (inductor; --measure stages only)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="write the report here")
     p.add_argument("--quiet", action="store_true", help="no per-round progress lines")
@@ -87,14 +87,17 @@ def settings_from_args(a: argparse.Namespace) -> Settings:
         models=tuple(a.models),
         devices=tuple(_devices(a.devices)),
         warmup=a.warmup,
-        reps=a.reps,
+        reps=a.reps if a.reps is not None else (2 if a.quick else 3),
         attention=not a.no_attention,
         memory=not a.no_memory,
+        window_probe=not a.quick,
         old_build_path=a.old_build_path,
         compile=a.compile,
         seed=a.seed,
     )
     s.measure = a.measure or ("blocks" if a.quick else "stages")
+    if s.compile and s.measure != "stages":
+        raise SystemExit("ped-sam-bench: --compile times whole stages: use it with --measure stages")
     if a.precisions:
         s.precisions = {"cpu": tuple(a.precisions), "cuda": tuple(a.precisions)}
     if a.fidelity_models is not None:

@@ -62,9 +62,13 @@ def test_build_probe_in_a_fresh_process():
 def test_cli_settings():
     q = cli.settings_from_args(cli.parse_args(["--quick", "--models", "vit_b", "--fidelity-models"]))
     assert q.measure == "blocks" and q.models == ("vit_b",) and q.fidelity_models == ()
+    assert (q.warmup, q.reps, q.window_probe) == (1, 2, False)
+    with pytest.raises(SystemExit, match="--measure stages"):
+        cli.settings_from_args(cli.parse_args(["--quick", "--compile"]))
     assert "cpu" in q.devices
     full = cli.settings_from_args(cli.parse_args(["--precisions", "bfloat16", "--devices", "cpu"]))
     assert full.measure == "stages" and full.devices == ("cpu",) and full.precisions["cpu"] == ("bfloat16",)
+    assert (full.reps, full.window_probe) == (3, True)
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no usable CUDA device"):
             cli.settings_from_args(cli.parse_args(["--devices", "cuda"]))
