@@ -55,6 +55,7 @@ class FaultRow:
     largest_gap_s: float  # between consecutive outcomes (results or failed frames) from the fault on
     largest_result_gap_s: float  # between consecutive results (ok or degraded) from the fault on
     gap_after_detection_s: float  # the same, from the first outcome after the fault on
+    gap_during_outage_s: float  # the same, from the first outcome after the fault until the server's return
     first_outcome_after_fault_s: Optional[float]  # the first outcome (result or failed) after the fault
     back_in_use_s: Optional[float]  # from the server's return until it is usable (gets the next frame's tiles)
     served_again_s: Optional[float]  # from the server's return to the first result it contributed to
@@ -69,16 +70,18 @@ class FaultRow:
 
         out = self.results_ok + self.results_degraded
         return (f"| {self.scenario} | {self.frames_in} | {out} ({self.results_degraded} degraded) | {self.failed} | "
-                f"{f(self.healthy_frame_s)} | {f(self.largest_result_gap_s)} | {f(self.gap_after_detection_s)} | "
+                f"{f(self.healthy_frame_s)} | {f(self.largest_result_gap_s)} | {f(self.gap_during_outage_s)} | "
+                f"{f(self.gap_after_detection_s)} | "
                 f"{f(self.first_outcome_after_fault_s)} | {f(self.back_in_use_s)} | {f(self.served_again_s)} | "
                 f"{self.mismatched} | {f(self.worst_fault_frame_s)} |")
 
 
 HEADER = ("| scenario | frames in | results out | failed (status) | healthy frame (s) | largest gap between results "
-          "(s) | largest gap after detection (s) | first outcome after the fault (s) | usable again after its "
+          "(s) | largest gap during the outage, after detection (s) | largest gap after detection, restart "
+          "included (s) | first outcome after the fault (s) | usable again after its "
           "return (s) | first result it served (s) | results != healthy | slowest outcome of a frame sent "
           "during the fault (s) |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def start_fault_servers(workdir: Path) -> List[ServerProcess]:
@@ -228,6 +231,8 @@ class Scenario:
             largest_gap_s=largest(after, fault),
             largest_result_gap_s=largest(results_after, fault),
             gap_after_detection_s=largest(results_after, fault + min(firsts)) if firsts else float("nan"),
+            gap_during_outage_s=largest([o for o in results_after if o.t < back], fault + min(firsts))
+            if firsts else float("nan"),
             first_outcome_after_fault_s=min(firsts) if firsts else None,
             back_in_use_s=None if usable != usable else usable - back,
             served_again_s=min(served) if served else None,
@@ -239,14 +244,15 @@ class Scenario:
 
 
 def late_outcomes(scenario: Scenario, limit_s: float) -> List[Tuple[int, float]]:
-    """(stamp, seconds) of the frames submitted while the server was down whose outcome came
-    later than ``limit_s`` after max(submission, fault)."""
+    """(stamp, seconds) of the frames submitted and finished while the server was down whose
+    outcome came later than ``limit_s`` after max(submission, fault) (frames finished after its
+    return wait for its warm-up instead, which is not the fault's doing)."""
     sub = dict(scenario.submitted)
     fault_t, back_t = scenario.marks["fault"], scenario.marks["back"]
     late = []
     for o in scenario.outcomes:
         t_sub = sub.get(o.stamp)
-        if t_sub is not None and o.t >= fault_t and t_sub < back_t:
+        if t_sub is not None and fault_t <= o.t < back_t:
             wait = o.t - max(t_sub, fault_t)
             if wait > limit_s:
                 late.append((o.stamp, wait))
