@@ -23,6 +23,7 @@ from typing import Deque, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from . import codecs
 from .geometry import Tile
 from .model import RemoteStage, SamGeometry
 from .service import ServerInfo, read_encode_request, read_encoded_reply, run_encode
@@ -278,7 +279,9 @@ class LocalTransport(Transport):
     """
 
     def __init__(self, stage: RemoteStage, num_servers: Optional[int] = None, token_dtype: str = "float32",
-                 names: Optional[Sequence[str]] = None):
+                 names: Optional[Sequence[str]] = None, pixel_codec: str = "raw"):
+        codecs.pixel_codec(pixel_codec)  # raises CodecError for an unknown codec or quality
+        self.pixel_codec = pixel_codec  # how each tile's pixels travel, as over the network
         self.stage = stage
         self.geometry = stage.geometry
         self.num_servers = num_servers or (len(names) if names else 1)
@@ -299,7 +302,7 @@ class LocalTransport(Transport):
         for job in jobs:
             t0 = time.perf_counter()
             req = EncodeRequest(new_request_id(), model, mode, job.tile, job.pixels,
-                                int(timeout_s * 1000), self.token_dtype)
+                                int(timeout_s * 1000), self.token_dtype, self.pixel_codec)
             up = [bytes(f) for f in make_encode_request(req)]  # what would cross the wire
             down = [bytes(f) for f in run_encode(self.stage, read_encode_request(up, model))]
             header, arrays = decode_message(down, max_total_bytes=1 << 31)

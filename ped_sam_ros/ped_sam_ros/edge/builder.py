@@ -55,7 +55,8 @@ def build_remote_stage(config: EdgeConfig) -> RemoteStage:
 
 def local_transport(config: EdgeConfig) -> Transport:
     """Every configured server run in this process (tests, no network)."""
-    return LocalTransport(build_remote_stage(config), token_dtype=config.wire_precision, names=config.server_names)
+    return LocalTransport(build_remote_stage(config), token_dtype=config.wire_precision, names=config.server_names,
+                          pixel_codec=config.pixel_codec)
 
 
 def zmq_transport(config: EdgeConfig) -> Transport:
@@ -63,7 +64,7 @@ def zmq_transport(config: EdgeConfig) -> Transport:
     from ped_sam_ros.net.zmq_client import ZmqTransport
 
     return ZmqTransport(config.server_addresses(), get_geometry(config.model), token_dtype=config.wire_precision,
-                        client_secret_key=config.client_secret_key or None)
+                        client_secret_key=config.client_secret_key or None, pixel_codec=config.pixel_codec)
 
 
 def build_pipeline(config: EdgeConfig, transport: Optional[Transport] = None,

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from ped_sam_ros.core import codecs
 from ped_sam_ros.core.geometry import Partition, PartitionError
 from ped_sam_ros.core.model import get_geometry, parse_mode
 from ped_sam_ros.core.pipeline import FALLBACKS, AmgOptions
@@ -108,6 +109,7 @@ class EdgeConfig:
     deadline_s: float = 30.0
     connect_timeout_s: float = 10.0
     wire_precision: str = "float16"
+    pixel_codec: str = "raw"
     multimask: bool = True
     automatic: bool = False
     max_prompts: int = 64
@@ -222,6 +224,10 @@ class EdgeConfig:
         errs.extend(self.placement_problems())
         if self.wire_precision not in TOKEN_DTYPES:
             errs.append(f"wire_precision must be one of {TOKEN_DTYPES}, got {self.wire_precision!r}")
+        try:
+            codecs.pixel_codec(self.pixel_codec)
+        except codecs.CodecError as e:
+            errs.append(f"pixel_codec: {e}")
         if not self.servers:
             errs.append("no remote servers configured (remotes.servers)")
         try:

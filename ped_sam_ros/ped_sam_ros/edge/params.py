@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ped_sam_ros.core.geometry import Partition, PartitionError
+from ped_sam_ros.core.codecs import pixel_codec
 from ped_sam_ros.core.device import DEVICE_CHOICES, PRECISIONS
 from ped_sam_ros.core.model import get_geometry, parse_mode
 from ped_sam_ros.core.pipeline import FALLBACKS
@@ -193,6 +194,12 @@ PARAMS: List[ParamSpec] = [
     ),
     ParamSpec("keys.server_public_dir", "", "Directory holding each server's public key as SERVER_NAME.key."),
     ParamSpec("wire_precision", "float16", "Precision of the tokens the servers send back.", choices=TOKEN_DTYPES),
+    ParamSpec(
+        "pixel_codec",
+        "raw",
+        "How each tile's uint8 pixels travel to its server: raw, png[:level] (lossless), jpeg[:quality], "
+        "jpeg444[:quality] (full-resolution chroma) or webp[:quality]; servers decode with size limits.",
+    ),
     ParamSpec("torch_threads", 0, "Torch CPU threads of the edge (0: torch's default).", min=0, max=256),
     ParamSpec(
         "device",
@@ -474,6 +481,8 @@ def validate_parameter(name: str, value: Any, current: Optional[Mapping[str, Any
             parse_mode(value, geom)
         elif name == "device":
             _check_device(value)
+        elif name == "pixel_codec":
+            pixel_codec(value)
         elif name == "grid":
             aligned = (current or {}).get("aligned_cuts", SPECS["aligned_cuts"].default)
             Partition.parse(value, aligned=bool(aligned))
@@ -557,6 +566,7 @@ def config_from_params(values: Mapping[str, Any]) -> EdgeConfig:
         deadline_s=float(v["deadline"]),
         connect_timeout_s=float(v["remotes.connect_timeout"]),
         wire_precision=v["wire_precision"],
+        pixel_codec=v["pixel_codec"],
         multimask=v["multimask"],
         automatic=v["automatic"],
         max_prompts=v["max_prompts"],
