@@ -208,8 +208,17 @@ class PipelinedStream:
             timings["decoder"] = time.perf_counter() - t0
         timings["total"] = time.monotonic() - frame.received
         self.rt.stats.record(timings, stats)
-        return FrameResult(frame, instances, job.automatic, prompts, timings, stats, 0,
-                           encoded=p.tokens is not None, from_request=job.from_request)
+        return FrameResult(
+            frame,
+            instances,
+            job.automatic,
+            prompts,
+            timings,
+            stats,
+            0,
+            encoded=p.tokens is not None,
+            from_request=job.from_request,
+        )
 
     @staticmethod
     def _decode(seg, rgb: np.ndarray, prompts, automatic: bool) -> List[Instance]:
@@ -220,16 +229,28 @@ class PipelinedStream:
         records = generate_masks(seg.predictor, rgb, seg.amg_options)
         records.sort(key=lambda r: -r["area"])
         return [
-            Instance(k, r["segmentation"], float(r["predicted_iou"]), float(r["stability_score"]),
-                     _bbox_xywh(r["segmentation"]), int(r["area"]))
+            Instance(
+                k,
+                r["segmentation"],
+                float(r["predicted_iou"]),
+                float(r["stability_score"]),
+                _bbox_xywh(r["segmentation"]),
+                int(r["area"]),
+            )
             for k, r in enumerate(records, start=1)
         ]
 
     def _report(self, job: Job, e: Exception) -> None:
         """A failed frame, reported as the sequential worker reports it."""
         rt = self.rt
-        report = ErrorReport(job.frame.meta, f"{type(e).__name__}: {e}", list(getattr(e, "servers", []) or []), e,
-                             job.from_request, size=job.frame.size)
+        report = ErrorReport(
+            job.frame.meta,
+            f"{type(e).__name__}: {e}",
+            list(getattr(e, "servers", []) or []),
+            e,
+            job.from_request,
+            size=job.frame.size,
+        )
         rt.stats.failed(report)
         if job.future is not None:
             job.future.set_exception(e)

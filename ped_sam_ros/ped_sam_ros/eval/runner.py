@@ -99,8 +99,9 @@ class EvalSettings:
 
     def stage_options(self) -> Dict:
         """Keyword arguments for the PED-SAM stages."""
-        return dict(device=self.device, precision=self.precision, compile=self.compile,
-                    allow_fallback=self.precision_fallback)
+        return dict(
+            device=self.device, precision=self.precision, compile=self.compile, allow_fallback=self.precision_fallback
+        )
 
     @property
     def random_weights(self) -> bool:
@@ -237,8 +238,9 @@ class Evaluation:
         self.progress_enabled = progress
         self.geom: SamGeometry = get_geometry(settings.model)
         #: the resolved device and precision (raises DeviceError, with the reason, for an impossible one)
-        self.placement = resolve_placement(settings.device, settings.precision,
-                                           allow_fallback=settings.precision_fallback)
+        self.placement = resolve_placement(
+            settings.device, settings.precision, allow_fallback=settings.precision_fallback
+        )
         self.amg_filters = settings.amg_filters
         self.results: Optional[EvalResults] = None
         self.detector_description: Dict[str, str] = {}

@@ -572,10 +572,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--deadline", type=float, default=None, help="per-frame remote deadline in s")
     ap.add_argument("--timeout", type=float, default=420.0, help="bound on the whole run in s (default 420)")
     ap.add_argument("--domain-id", type=int, default=0, help="ROS_DOMAIN_ID (default: picked from the pid, 215..232)")
-    ap.add_argument("--device", default="auto",
-                    help="device of the edge node and the servers: auto (CUDA when present), cpu, cuda, cuda:N")
-    ap.add_argument("--precision", default="float32", choices=["float32", "float16", "bfloat16"],
-                    help="precision of the encoder blocks at the edge and on the servers (default float32)")
+    ap.add_argument(
+        "--device",
+        default="auto",
+        help="device of the edge node and the servers: auto (CUDA when present), cpu, cuda, cuda:N",
+    )
+    ap.add_argument(
+        "--precision",
+        default="float32",
+        choices=["float32", "float16", "bfloat16"],
+        help="precision of the encoder blocks at the edge and on the servers (default float32)",
+    )
     args = ap.parse_args(argv)
     if args.deadline is None:
         args.deadline = 120.0 if not args.checkpoint else 600.0

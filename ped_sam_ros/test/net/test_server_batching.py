@@ -14,7 +14,6 @@ import torch
 
 from helpers import TINY_B
 from helpers.net import InProcessServer, RawClient, pixels_for
-
 from ped_sam_ros.core import wire
 from ped_sam_ros.core.geometry import TOKEN_GRID, Tile
 from ped_sam_ros.core.model import RemoteStage
@@ -84,8 +83,9 @@ def test_run_encode_batch_equals_one_at_a_time(stage):
         _, want = _tokens(decode_message(run_encode(stage, req)), req.tile, dim)
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
     # different content per request: a mix-up between requests would be seen
-    assert not np.allclose(_tokens(decode_message(batched[0]), SAME[0], dim)[1],
-                           _tokens(decode_message(batched[1]), SAME[1], dim)[1])
+    assert not np.allclose(
+        _tokens(decode_message(batched[0]), SAME[0], dim)[1], _tokens(decode_message(batched[1]), SAME[1], dim)[1]
+    )
     with pytest.raises(ValueError, match="one mode"):
         run_encode_batch(stage, [reqs[0], _request("x", SAME[1], 9, mode="exact")], [0.0, 0.0])
 

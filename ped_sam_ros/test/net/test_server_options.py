@@ -46,11 +46,20 @@ def test_fallback_builds_a_float32_stage_and_options_reach_the_stage():
 def test_remotes_file_keys_become_server_arguments():
     from ped_sam_ros.edge.remotes import remote_commands
 
-    cfg = {"model": TINY_B, "random_weights": True, "device": "cuda:1", "precision": "bfloat16", "compile": True,
-           "precision_fallback": "true", "max_batch": 8, "servers": [{"name": "a", "bind": "tcp://127.0.0.1:1"}]}
+    cfg = {
+        "model": TINY_B,
+        "random_weights": True,
+        "device": "cuda:1",
+        "precision": "bfloat16",
+        "compile": True,
+        "precision_fallback": "true",
+        "max_batch": 8,
+        "servers": [{"name": "a", "bind": "tcp://127.0.0.1:1"}],
+    }
     ((_, argv),) = remote_commands(cfg)
     assert argv[argv.index("--device") + 1] == "cuda:1" and argv[argv.index("--precision") + 1] == "bfloat16"
     assert "--compile" in argv and "--precision-fallback" in argv and argv[argv.index("--max-batch") + 1] == "8"
-    ((_, plain),) = remote_commands(dict(cfg, device="auto", precision="float32", compile=False,
-                                         precision_fallback=False, max_batch=""))
+    ((_, plain),) = remote_commands(
+        dict(cfg, device="auto", precision="float32", compile=False, precision_fallback=False, max_batch="")
+    )
     assert not {"--device", "--precision", "--compile", "--precision-fallback", "--max-batch"} & set(plain)

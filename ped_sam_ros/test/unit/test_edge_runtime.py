@@ -116,8 +116,9 @@ def test_validate_parameter_gives_reasons(name, value, needle):
 def test_k_modes_device_and_precision_reach_the_config():
     for mode in ("exact", "k2", "k3", "paper", "k1", "k4"):
         assert validate_parameter("mode", mode) is None, mode
-    cfg = config_from_params({"mode": "k2", "random_weights": True, "device": "cpu", "precision": "bfloat16",
-                              "pipelined": False})
+    cfg = config_from_params(
+        {"mode": "k2", "random_weights": True, "device": "cpu", "precision": "bfloat16", "pipelined": False}
+    )
     assert (cfg.mode, cfg.device, cfg.precision, cfg.pipelined) == ("k2", "cpu", "bfloat16", False)
     assert cfg.stage_options() == dict(device="cpu", precision="bfloat16", compile=False, allow_fallback=False)
     assert "k1..k4" in " ".join(_config(mode="k9").problems())

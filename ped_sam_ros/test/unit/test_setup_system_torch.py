@@ -46,4 +46,3 @@ def test_system_torch_refuses_a_venv_built_without_it(tmp_path):
     assert r.returncode != 0 and "built without --system-torch" in r.stderr, r.stderr
     assert "system torch:" in r.stdout  # what it found was said first
     assert sorted(p.name for p in venv.iterdir()) == ["pyvenv.cfg"]  # nothing installed
-

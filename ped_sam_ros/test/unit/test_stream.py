@@ -27,8 +27,14 @@ PROMPTS = [ObjectPrompt(points=[(40.0, 30.0, 1)]), ObjectPrompt(box=(5.0, 5.0, 7
 
 
 def _config(**kw) -> EdgeConfig:
-    base = dict(model=TINY, random_weights=True, seed=3, grid="1x2", device="cpu",
-                servers=[ServerAddress("left", "tcp://127.0.0.1:1"), ServerAddress("right", "tcp://127.0.0.1:2")])
+    base = dict(
+        model=TINY,
+        random_weights=True,
+        seed=3,
+        grid="1x2",
+        device="cpu",
+        servers=[ServerAddress("left", "tcp://127.0.0.1:1"), ServerAddress("right", "tcp://127.0.0.1:2")],
+    )
     base.update(kw)
     return EdgeConfig(**base)
 
@@ -109,6 +115,7 @@ def reference():
     """The sequential pipeline (same weights): each frame's own expected instances."""
     pipe = build_pipeline(_config(pipelined=False), transport_factory=local_transport)
     try:
+
         def expected(rgb):
             pipe.segmenter.set_image(rgb)
             return pipe.segmenter.segment(PROMPTS)
