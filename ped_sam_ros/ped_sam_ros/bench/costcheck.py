@@ -152,7 +152,7 @@ def _replay(plan, frame: Dict, link) -> float:
         modelled = plan.terms.get("server_compute_s", 0.0) / max(len(plan.requests), 1)
         reqs.append(replace(r, server_s=r.server_s - modelled + t["compute_s"]))
     edge = sum(v for k, v in frame["timings"].items() if k != "remote")
-    return L.play(L.FramePlan(tuple(reqs), edge, 0.0), link)
+    return L.play(L.LatencyPlan(tuple(reqs), edge, 0.0), link)
 
 
 def _remote_error(s: Dict, p) -> Optional[float]:

@@ -390,7 +390,7 @@ def workload_seconds(work: Workload, timings: Dict[str, ComponentTiming], speedu
 
 
 @dataclass(frozen=True)
-class LinkProfile:
+class SymmetricLink:
     name: str
     mbit_s: float
     rtt_ms: float
@@ -401,9 +401,9 @@ class LinkProfile:
 
 
 LINKS = (
-    LinkProfile("1 Gbit/s, 2 ms RTT", 1000.0, 2.0),
-    LinkProfile("100 Mbit/s, 20 ms RTT", 100.0, 20.0),
-    LinkProfile("20 Mbit/s, 50 ms RTT", 20.0, 50.0),
+    SymmetricLink("1 Gbit/s, 2 ms RTT", 1000.0, 2.0),
+    SymmetricLink("100 Mbit/s, 20 ms RTT", 100.0, 20.0),
+    SymmetricLink("20 Mbit/s, 50 ms RTT", 20.0, 50.0),
 )
 
 LATENCY_MODEL = (
@@ -430,7 +430,7 @@ class LatencyEstimate:
 
 
 def estimate_latency(
-    edge_s: float, server_s: Sequence[float], up_bytes: int, down_bytes: int, link: LinkProfile
+    edge_s: float, server_s: Sequence[float], up_bytes: int, down_bytes: int, link: SymmetricLink
 ) -> LatencyEstimate:
     """End-to-end seconds for one frame's image embedding under :data:`LATENCY_MODEL`."""
     if not server_s:

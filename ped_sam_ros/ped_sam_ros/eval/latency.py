@@ -184,7 +184,7 @@ class Request:
 
 
 @dataclass(frozen=True)
-class FramePlan:
+class LatencyPlan:
     """A configuration's frame: its requests (none for edge-only), then the edge's compute."""
 
     requests: Tuple[Request, ...]
@@ -237,7 +237,7 @@ def _fair_share(ready: Sequence[float], sizes: Sequence[float], groups: Sequence
     return done
 
 
-def play(plan: FramePlan, link: Optional[LinkProfile]) -> Prediction:
+def play(plan: LatencyPlan, link: Optional[LinkProfile]) -> Prediction:
     """Play one frame out over ``link`` (None: edge-only, no transfers)."""
     reqs = plan.requests
     if not reqs:
@@ -347,7 +347,7 @@ def ped_plan(
     wire: Wire,
     content_hw: Tuple[int, int] = FULL_FRAME,
     decoder: bool = True,
-) -> FramePlan:
+) -> LatencyPlan:
     """PED-SAM: one request per tile (its content pixels up, its tokens down)."""
     terms: Dict[str, float] = {}
     reqs = []
@@ -371,7 +371,7 @@ def ped_plan(
     edge_s = edge.ops_s(geom, edge_ops(geom, mode))
     dec = edge.decoder_s(geom) if decoder else 0.0
     terms.update(edge_compute_s=edge_s, decoder_s=dec)
-    return FramePlan(tuple(reqs), edge_s, dec, terms)
+    return LatencyPlan(tuple(reqs), edge_s, dec, terms)
 
 
 def cloud_plan(
@@ -381,7 +381,7 @@ def cloud_plan(
     wire: Wire,
     content_hw: Tuple[int, int] = FULL_FRAME,
     decoder: bool = True,
-) -> FramePlan:
+) -> LatencyPlan:
     """Cloud SAM: the whole frame up, the whole encoder on the server, the 256x64x64
     embedding down in the token format, the decoder on the edge."""
     terms: Dict[str, float] = {}
@@ -390,14 +390,14 @@ def cloud_plan(
     req = _request(edge, server, geom, wire, 0, content_hw[0] * content_hw[1], (g, g), EMBED_CHANNELS, compute, terms)
     dec = edge.decoder_s(geom) if decoder else 0.0
     terms.update(edge_compute_s=0.0, decoder_s=dec)
-    return FramePlan((req,), 0.0, dec, terms)
+    return LatencyPlan((req,), 0.0, dec, terms)
 
 
-def edge_plan(edge: Costs, geom: SamGeometry, decoder: bool = True) -> FramePlan:
+def edge_plan(edge: Costs, geom: SamGeometry, decoder: bool = True) -> LatencyPlan:
     """Edge-only SAM: the whole encoder and the decoder on the edge."""
     enc = edge.ops_s(geom, full_encoder_ops(geom))
     dec = edge.decoder_s(geom) if decoder else 0.0
-    return FramePlan((), enc, dec, {"edge_compute_s": enc, "decoder_s": dec})
+    return LatencyPlan((), enc, dec, {"edge_compute_s": enc, "decoder_s": dec})
 
 
 # ---------------------------------------------------------------------------

@@ -137,7 +137,7 @@ def latency_vs_bandwidth(
             srv = [r.server_s_max] if r.servers else []
             b = r.bytes[dtype]
             ys = [
-                costlib.estimate_latency(r.edge_s, srv, b.up, b.down, costlib.LinkProfile("x", x, rtt_ms)).total_s
+                costlib.estimate_latency(r.edge_s, srv, b.up, b.down, costlib.SymmetricLink("x", x, rtt_ms)).total_s
                 for x in bw
             ]
             style = _style(r.config_spec)
@@ -223,5 +223,34 @@ def macs_bars(cost: CostSection, geometry: str, path: Path) -> Path:
     ax.set_title(f"{geometry}: encoder multiply-accumulates (counted with FlopCounterMode)", fontsize=9)
     ax.legend(fontsize=7)
     ax.grid(True, axis="y", alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def knob_pareto(layouts, path: Path, weights_label: str, geometry: str) -> Path:
+    """Fidelity against edge MAC share for the modes of each layout (:func:`.knob.knob_points`):
+    one line per layout from ``exact`` to ``paper``, Pareto-optimal modes filled."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, key, label in [
+        (axes[0], "embedding_cosine", "embedding cosine vs plain SAM"),
+        (axes[1], "point_iou", "point-prompt mask IoU vs plain SAM"),
+    ]:
+        for n, (layout, pts) in enumerate(layouts.items()):
+            pts = [p for p in pts if p.edge_mac_share is not None and getattr(p, key) is not None]
+            if not pts:
+                continue
+            x = [100 * p.edge_mac_share for p in pts]
+            y = [getattr(p, key) for p in pts]
+            color = f"C{n % 10}"
+            ax.plot(x, y, "-", color=color, alpha=0.6, label=layout)
+            for p, xi, yi in zip(pts, x, y):
+                ax.plot(xi, yi, "o", color=color, mfc=color if p.pareto else "white", ms=6)
+                ax.annotate(p.mode, (xi, yi), textcoords="offset points", xytext=(4, 3), fontsize=7)
+        ax.set_xlabel(f"edge share of the encoder MACs ({geometry}), %")
+        ax.set_title(label, fontsize=9)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"The exact..paper knob: fidelity against edge compute (filled: Pareto) - {weights_label}", fontsize=8)
     fig.tight_layout()
     return _save(fig, path)

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from .configs import EvalConfig, layout_configs
-from .cost import ComponentTiming, LatencyEstimate, LinkProfile, WireBytes, Workload
+from .cost import ComponentTiming, LatencyEstimate, SymmetricLink, WireBytes, Workload
 from .fidelity import FidelityScores
 from .privacy import ReconstructionScores, SensitiveContentResult
 
@@ -161,7 +161,7 @@ class CostSection:
 
     frame: str
     latency_model: str
-    links: List[LinkProfile]
+    links: List[SymmetricLink]
     server_speedup: float
     decoder_macs_per_prompt: int
     mac_method: str

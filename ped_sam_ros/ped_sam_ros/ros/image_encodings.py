@@ -26,7 +26,7 @@ class UnsupportedImage(ValueError):
 
 
 @dataclass(frozen=True)
-class Layout:
+class PixelLayout:
     """How one encoding's bytes are laid out, and how they become RGB."""
 
     channels: int  # values per pixel (2 for YUV 4:2:2: one luma and one alternating chroma byte)
@@ -73,23 +73,23 @@ _BAYER = {
     "grbg": "COLOR_BayerGB2RGB",
 }
 
-LAYOUTS: Dict[str, Layout] = {
-    "rgb8": Layout(3, 8, _order((0, 1, 2))),
-    "bgr8": Layout(3, 8, _order((2, 1, 0))),
-    "rgba8": Layout(4, 8, _order((0, 1, 2))),
-    "bgra8": Layout(4, 8, _order((2, 1, 0))),
-    "mono8": Layout(1, 8, _mono),
-    "rgb16": Layout(3, 16, _order((0, 1, 2))),
-    "bgr16": Layout(3, 16, _order((2, 1, 0))),
-    "rgba16": Layout(4, 16, _order((0, 1, 2))),
-    "bgra16": Layout(4, 16, _order((2, 1, 0))),
-    "mono16": Layout(1, 16, _mono),
-    **{f"bayer_{p}8": Layout(1, 8, _cv2(code)) for p, code in _BAYER.items()},
-    **{f"bayer_{p}16": Layout(1, 16, _cv2(code)) for p, code in _BAYER.items()},
-    "yuv422": Layout(2, 8, _cv2("COLOR_YUV2RGB_UYVY")),
-    "uyvy": Layout(2, 8, _cv2("COLOR_YUV2RGB_UYVY")),
-    "yuv422_yuy2": Layout(2, 8, _cv2("COLOR_YUV2RGB_YUYV")),
-    "yuyv": Layout(2, 8, _cv2("COLOR_YUV2RGB_YUYV")),
+LAYOUTS: Dict[str, PixelLayout] = {
+    "rgb8": PixelLayout(3, 8, _order((0, 1, 2))),
+    "bgr8": PixelLayout(3, 8, _order((2, 1, 0))),
+    "rgba8": PixelLayout(4, 8, _order((0, 1, 2))),
+    "bgra8": PixelLayout(4, 8, _order((2, 1, 0))),
+    "mono8": PixelLayout(1, 8, _mono),
+    "rgb16": PixelLayout(3, 16, _order((0, 1, 2))),
+    "bgr16": PixelLayout(3, 16, _order((2, 1, 0))),
+    "rgba16": PixelLayout(4, 16, _order((0, 1, 2))),
+    "bgra16": PixelLayout(4, 16, _order((2, 1, 0))),
+    "mono16": PixelLayout(1, 16, _mono),
+    **{f"bayer_{p}8": PixelLayout(1, 8, _cv2(code)) for p, code in _BAYER.items()},
+    **{f"bayer_{p}16": PixelLayout(1, 16, _cv2(code)) for p, code in _BAYER.items()},
+    "yuv422": PixelLayout(2, 8, _cv2("COLOR_YUV2RGB_UYVY")),
+    "uyvy": PixelLayout(2, 8, _cv2("COLOR_YUV2RGB_UYVY")),
+    "yuv422_yuy2": PixelLayout(2, 8, _cv2("COLOR_YUV2RGB_YUYV")),
+    "yuyv": PixelLayout(2, 8, _cv2("COLOR_YUV2RGB_YUYV")),
 }
 SUPPORTED_ENCODINGS = tuple(LAYOUTS)
 
@@ -100,7 +100,7 @@ def _bytes_of(data) -> np.ndarray:
     return np.frombuffer(memoryview(data).cast("B"), dtype=np.uint8)
 
 
-def pixels(msg, layout: Optional[Layout] = None) -> np.ndarray:
+def pixels(msg, layout: Optional[PixelLayout] = None) -> np.ndarray:
     """The message's pixels as a native-endian (H, W, channels) uint8/uint16 array (no copy
     when possible); ``step`` padding dropped, ``is_bigendian`` applied."""
     enc = msg.encoding

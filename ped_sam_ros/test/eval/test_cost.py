@@ -99,7 +99,7 @@ def test_bytes_per_frame():
 
 
 def test_latency_model_hand_case():
-    link = cost.LinkProfile("100M", 100.0, 20.0)
+    link = cost.SymmetricLink("100M", 100.0, 20.0)
     # 12.5 MB each way at 12.5 MB/s = 1 s each; busiest server 3 s; edge 1 s; RTT 20 ms
     lat = cost.estimate_latency(1.0, [2.0, 3.0], 12_500_000, 12_500_000, link)
     assert lat.total_s == pytest.approx(0.02 + 1 + 3 + 1 + 1)

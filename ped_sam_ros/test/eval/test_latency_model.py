@@ -29,7 +29,7 @@ def _req(server=0, up=0.0, down=0.0, send=0.0, srv=0.0, recv=0.0):
 def test_single_request_is_the_sum_of_its_terms():
     # 1 MB up at 8 Mbit/s (1 s), 10 ms each way, 0.2 s server, 0.5 MB down at 4 Mbit/s (1 s)
     link = LinkProfile("x", 8.0, 4.0, 10.0, 10.0)
-    plan = L.FramePlan((_req(up=1e6, down=5e5, send=0.05, srv=0.2, recv=0.03),), 0.4, 0.1)
+    plan = L.LatencyPlan((_req(up=1e6, down=5e5, send=0.05, srv=0.2, recv=0.03),), 0.4, 0.1)
     p = L.play(plan, link)
     assert p.total_s == pytest.approx(0.05 + 1.0 + 0.01 + 0.2 + 1.0 + 0.01 + 0.03 + 0.4 + 0.1)
     assert p.upload_s == pytest.approx(0.05 + 1.0 + 0.01)
@@ -41,7 +41,7 @@ def test_single_request_is_the_sum_of_its_terms():
 def test_servers_share_the_uplink_fairly():
     # two servers, 1 MB each over 8 Mbit/s: both finish at 2 s; a lone request would take 1 s
     link = LinkProfile("x", 8.0, 8.0)
-    two = L.play(L.FramePlan((_req(0, up=1e6), _req(1, up=1e6)), 0.0, 0.0), link)
+    two = L.play(L.LatencyPlan((_req(0, up=1e6), _req(1, up=1e6)), 0.0, 0.0), link)
     assert two.upload_s == pytest.approx(2.0)
     # unequal sizes: 0.5 MB and 1.5 MB: the small one ends at 1 s (half rate), the big one at 2 s
     done = L._fair_share([0.0, 0.0], [5e5, 1.5e6], [0, 1], 1e6)
@@ -52,15 +52,15 @@ def test_a_server_computes_one_tile_while_the_next_uploads():
     # one server, two 1 MB tiles at 8 Mbit/s (1 s each), 0.5 s compute each: tile 1 computes
     # during tile 2's upload, so the server adds only 0.5 s after the upload, not 1 s
     link = LinkProfile("x", 8.0, 8000.0)
-    p = L.play(L.FramePlan((_req(0, up=1e6, srv=0.5), _req(0, up=1e6, srv=0.5)), 0.0, 0.0), link)
+    p = L.play(L.LatencyPlan((_req(0, up=1e6, srv=0.5), _req(0, up=1e6, srv=0.5)), 0.0, 0.0), link)
     assert p.total_s == pytest.approx(2.5, abs=1e-3)
     # compute longer than a tile's upload queues up: 2 s each -> 1 + 2 + 2
-    p = L.play(L.FramePlan((_req(0, up=1e6, srv=2.0), _req(0, up=1e6, srv=2.0)), 0.0, 0.0), link)
+    p = L.play(L.LatencyPlan((_req(0, up=1e6, srv=2.0), _req(0, up=1e6, srv=2.0)), 0.0, 0.0), link)
     assert p.total_s == pytest.approx(5.0, abs=1e-3)
 
 
 def test_asymmetric_link_uses_each_direction_rate():
-    plan = L.FramePlan((_req(up=1e6, down=1e6),), 0.0, 0.0)
+    plan = L.LatencyPlan((_req(up=1e6, down=1e6),), 0.0, 0.0)
     fast_up = L.play(plan, LinkProfile("a", 80.0, 8.0)).total_s
     fast_down = L.play(plan, LinkProfile("b", 8.0, 80.0)).total_s
     assert fast_up == pytest.approx(0.1 + 1.0) and fast_down == pytest.approx(1.0 + 0.1)
@@ -68,10 +68,10 @@ def test_asymmetric_link_uses_each_direction_rate():
 
 
 def test_edge_only_has_no_network_and_needs_no_link():
-    p = L.play(L.FramePlan((), 1.5, 0.25), None)
+    p = L.play(L.LatencyPlan((), 1.5, 0.25), None)
     assert p.total_s == 1.75 and p.up_bytes == 0
     with pytest.raises(ValueError):
-        L.play(L.FramePlan((_req(up=1.0),), 0.0, 0.0), None)
+        L.play(L.LatencyPlan((_req(up=1.0),), 0.0, 0.0), None)
 
 
 # ---------------------------------------------------------------------------
@@ -92,7 +92,7 @@ def test_break_even_never_and_always():
 
 def test_break_even_on_a_played_plan_matches_closed_form():
     # one 1 MB request, 10 ms RTT, 0.1 s edge: total = 0.01 + 8/B + 0.1; edge-only target 0.5 s
-    plan = L.FramePlan((_req(up=1e6),), 0.1, 0.0)
+    plan = L.LatencyPlan((_req(up=1e6),), 0.1, 0.0)
     base = LinkProfile.symmetric(1.0, 10.0)
     be = L.break_even(lambda b: L.play(plan, base.scaled(b)).total_s, 0.5)
     assert be == pytest.approx(8.0 / (0.5 - 0.11), rel=1e-3)
