@@ -174,7 +174,7 @@ def measure_stream(
 
         return build
 
-    interval = max(emulated.remote_s, edge_phase) / 3  # a camera faster than either runtime
+    interval = min(emulated.remote_s, edge_phase) / 4  # a camera faster than either runtime
     base.close = lambda: None  # shared by both runs; closed at the end
     try:
         seq = _run(factory(False), images, frames, interval, prompts)

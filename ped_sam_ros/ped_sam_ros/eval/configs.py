@@ -9,7 +9,7 @@ Spec strings (comma-separated on the command line)::
   paper:5x5@3           25 tiles spread over 3 servers (round robin; adjacency allowed)
   k2:2x2                the first 2 groups of window blocks remote (k1 = exact, k4 = paper)
   modes:2x2             every mode on that grid: exact, k2, k3, paper (the fidelity/cost knob)
-  default               cloud, edge and {paper, exact} x {2x2, 3x3, 4x3, 5x5} x {aligned, free}
+  default               cloud, edge, {paper, exact} x {2x2, 3x3, 4x3, 5x5} x {aligned, free}, and k2, k3 on 2x2
 
 The baselines are always added, so every report compares against them.
 """
@@ -151,11 +151,17 @@ def parse_config(spec: str) -> List[EvalConfig]:
 
 
 def default_configs(grids: Sequence[Tuple[int, int]] = DEFAULT_GRIDS) -> List[EvalConfig]:
+    """The baselines, {paper, exact} x grids x {aligned, free}, and the modes between exact and
+    paper (k2, k3) on the first aligned grid, so that the report shows the knob."""
     out = [EvalConfig("cloud"), EvalConfig("edge")]
     for mode in MODES:
         for aligned in (True, False):
             for r, c in grids:
                 out.append(EvalConfig("ped", mode, Partition.grid(r, c, aligned=aligned)))
+    if grids:
+        r, c = grids[0]
+        between = [m for m in get_geometry(_GROUPS_OF).modes if m not in MODES]
+        out.extend(EvalConfig("ped", m, Partition.grid(r, c)) for m in between)
     return out
 
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from . import cost as costlib
 from .cost_tables import TABLE_DTYPES
+from .knob import knob_section
 from .privacy import ReconstructionScores
 from .records import ConfigSummary, CostSection, EvalResults, GeometryCost, Meta, PrivacyRow
 
@@ -551,6 +552,7 @@ def render_markdown(res: EvalResults, files: Dict[str, Path]) -> str:
     L += _fidelity_section(res, files)
     L += _privacy_section(res, files)
     L += _cost_section(res, files)
+    L += knob_section(res, files)  # the exact..paper knob (k modes), when run
     L += _caveats_section(res.meta)
     L += _files_section(files)
     return "\n".join(L)

@@ -28,6 +28,7 @@ from . import plots
 from . import privacy as priv
 from .configs import EvalConfig
 from .cost_tables import TABLE_DTYPES
+from .knob import knob_points
 from .markdown import render_markdown
 from .records import CostRow, EvalResults, FidelityRow, PrivacyRow, jsonable
 
@@ -175,6 +176,9 @@ def _summary_plots(res: EvalResults, out: Path) -> Dict[str, Path]:
     headline = res.summary[0].cost.cost_geometry if res.summary else None
     if headline in res.cost.geometries:
         files["macs.png"] = plots.macs_bars(res.cost, headline, out / "macs.png")
+    layouts = knob_points(res)  # the exact..paper knob, where a layout ran in two or more modes
+    if layouts:
+        files["knob_pareto.png"] = plots.knob_pareto(layouts, out / "knob_pareto.png", wl, str(headline))
     return files
 
 

@@ -53,7 +53,7 @@ def report(image_dir, tmp_path_factory):
             "--images",
             str(image_dir),
             "--configs",
-            "paper:2x2,exact:2x2",
+            "paper:2x2,k2:2x2,exact:2x2",
             "--point-grid",
             "1",
             "--amg-points",
@@ -102,6 +102,35 @@ def test_report_folder(report):
         assert heading in md
 
 
+def test_the_exact_paper_knob_is_measured_and_plotted(report):
+    _, out, _ = report
+    res = json.loads((out / "results.json").read_text())
+    rows = {r["spec"]: r for r in res["summary"]}
+    # offloading more groups: fewer edge MACs, and (random weights) less agreement with plain SAM
+    share = [rows[s]["edge_mac_share"] for s in ("exact:2x2", "k2:2x2", "paper:2x2")]
+    assert share[0] > share[1] > share[2] > 0
+    cos = [rows[s]["embedding_cosine"] for s in ("exact:2x2", "k2:2x2", "paper:2x2")]
+    assert cos[0] > 0.9999 and cos[0] > cos[2] and cos[1] < cos[0]
+    md = (out / "report.md").read_text()
+    assert "## The knob between exact and paper (k modes)" in md and "![fidelity against edge MACs]" in md
+    section = md.split("## The knob between exact and paper")[1]
+    # exact is Pareto-optimal (the best fidelity); paper too (the fewest edge MACs)
+    assert "| `exact` | 1 |" in section and "| `paper` | 4 |" in section
+    for mode in ("exact", "paper"):
+        line = next(ln for ln in section.splitlines() if ln.startswith(f"| `{mode}` |"))
+        assert line.rstrip().endswith("| yes |"), line
+    png = out / "knob_pareto.png"
+    assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_pareto_flags():
+    from ped_sam_ros.eval.knob import pareto_flags
+
+    # (cost, fidelity): the second is dominated by the first (more cost, less fidelity)
+    assert pareto_flags([0.5, 0.7, 0.9, 0.3], [0.9, 0.8, 1.0, 0.6]) == [True, False, True, True]
+    assert pareto_flags([0.5, 0.5], [0.9, 0.9]) == [True, True]  # ties dominate neither
+
+
 def test_results_json_and_csv(report):
     _, out, _ = report
     res = json.loads((out / "results.json").read_text())
@@ -109,7 +138,7 @@ def test_results_json_and_csv(report):
     assert res["meta"]["random_weights"] is True and "RANDOM WEIGHTS" in res["meta"]["weights"]["label"]
     assert [i["name"] for i in res["meta"]["images"]] == ["a_astronaut", "b_coffee"]
     specs = [c["spec"] for c in res["configs"]]
-    assert specs == ["cloud", "edge", "paper:2x2", "exact:2x2"]  # baselines always included
+    assert specs == ["cloud", "edge", "paper:2x2", "k2:2x2", "exact:2x2"]  # baselines always included
     rows = {r["spec"]: r for r in res["summary"]}
     assert SUMMARY_KEYS <= set(rows["paper:2x2"])
     # exact mode with aligned cuts is SAM up to fp16 wire rounding; paper mode is not
@@ -193,7 +222,7 @@ def test_config_parsing():
     assert [c.layout_name for c in cfgs[2:]] == ["5x5-free", "5x5 @3", "2x2"]
     assert cfgs[3].servers == 3 and len(set(cfgs[3].assignment)) == 3
     assert not cfgs[2].partition.is_aligned
-    assert len(parse_configs(["default"])) == 2 + 2 * 2 * 4
+    assert len(parse_configs(["default"])) == 2 + 2 * 2 * 4 + 2  # + k2, k3 on the aligned 2x2 grid
     with pytest.raises(ValueError, match="bad configuration"):
         parse_configs(["paper-2x2"])
     # the knob between exact and paper: k<N> (k1 is exact, k4 paper) and every mode of a grid
