@@ -27,37 +27,64 @@ log = logging.getLogger("remote_node")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="ped-sam-remote", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bind", required=True,
-                    help="ZeroMQ endpoint to bind, e.g. tcp://127.0.0.1:5555 (tcp://127.0.0.1:* picks a free port)")
+    ap = argparse.ArgumentParser(
+        prog="ped-sam-remote",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument(
+        "--bind",
+        required=True,
+        help="ZeroMQ endpoint to bind, e.g. tcp://127.0.0.1:5555 (tcp://127.0.0.1:* picks a free port)",
+    )
     ap.add_argument("--model", required=True, help="model geometry: vit_b, vit_l, vit_h, or e.g. vit_b/w32h2")
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="full SAM checkpoint (.pth); only the remote stage is loaded")
-    src.add_argument("--random-weights", action="store_true",
-                     help="serve a randomly initialised model (demos/tests only: results are meaningless)")
+    src.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="serve a randomly initialised model (demos/tests only: results are meaningless)",
+    )
     ap.add_argument("--seed", type=int, default=0, help="seed for --random-weights (the edge must use the same)")
     ap.add_argument("--server-key", help="this server's NAME.key_secret (enables CurveZMQ)")
     ap.add_argument("--authorized-keys", help="directory of client public keys (*.key) allowed to connect")
-    ap.add_argument("--allow-insecure-remote", action="store_true",
-                    help="allow binding a non-loopback address without CurveZMQ (plaintext, anyone can connect)")
+    ap.add_argument(
+        "--allow-insecure-remote",
+        action="store_true",
+        help="allow binding a non-loopback address without CurveZMQ (plaintext, anyone can connect)",
+    )
     ap.add_argument("--name", help="server name shown in info replies and edge diagnostics")
     ap.add_argument("--ready-file", help="write the bound endpoint to this file once the socket is bound")
     ap.add_argument("--torch-threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    ap.add_argument("--device", default="auto",
-                    help="where the stage runs: auto (the first CUDA device when present, else the CPU), cpu, "
-                         "cuda or cuda:N (default auto)")
-    ap.add_argument("--precision", default="float32",
-                    help="float precision of the encoder blocks: float32, float16 or bfloat16 (default float32); "
-                         "float16 on the CPU is refused unless --precision-fallback")
-    ap.add_argument("--compile", action="store_true",
-                    help="torch.compile the encoder blocks (the first request of each shape pays the compilation)")
-    ap.add_argument("--precision-fallback", action="store_true",
-                    help="run float32 / uncompiled with a warning instead of refusing an impossible precision or "
-                         "--compile")
-    ap.add_argument("--max-batch", type=int, default=None,
-                    help="most requests computed together as one batch (compatible ones: same mode, tile token "
-                         "shape and reply dtype; default 32, 1: no batching)")
+    ap.add_argument(
+        "--device",
+        default="auto",
+        help="where the stage runs: auto (the first CUDA device when present, else the CPU), cpu, "
+        "cuda or cuda:N (default auto)",
+    )
+    ap.add_argument(
+        "--precision",
+        default="float32",
+        help="float precision of the encoder blocks: float32, float16 or bfloat16 (default float32); "
+        "float16 on the CPU is refused unless --precision-fallback",
+    )
+    ap.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the encoder blocks (the first request of each shape pays the compilation)",
+    )
+    ap.add_argument(
+        "--precision-fallback",
+        action="store_true",
+        help="run float32 / uncompiled with a warning instead of refusing an impossible precision or --compile",
+    )
+    ap.add_argument(
+        "--max-batch",
+        type=int,
+        default=None,
+        help="most requests computed together as one batch (compatible ones: same mode, tile token "
+        "shape and reply dtype; default 32, 1: no batching)",
+    )
     ap.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return ap
 
@@ -97,8 +124,9 @@ def _serve(server, ready_file: Optional[str], exit_budget_s: Optional[float] = N
     stop = threading.Event()
 
     def _deadline() -> None:
-        log.warning("still busy %.1f s after the stop signal: exiting without waiting for the compute thread",
-                    exit_budget_s)
+        log.warning(
+            "still busy %.1f s after the stop signal: exiting without waiting for the compute thread", exit_budget_s
+        )
         _exit_now(0)
 
     def _stop(signum, _frame):
@@ -122,8 +150,11 @@ def _serve(server, ready_file: Optional[str], exit_budget_s: Optional[float] = N
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=getattr(logging, args.log_level.upper()), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     if argv is None:
         # A stop signal while starting (importing torch, loading weights: seconds) ends the
         # process at once with 0, as launch expects; _serve installs the serving handlers.
@@ -158,12 +189,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # as does an impossible device or precision (DeviceError says why)
         resolve_placement(args.device, args.precision, allow_fallback=args.precision_fallback)
         extra = {} if args.max_batch is None else {"max_batch": args.max_batch}
-        options = ServerOptions(name=args.name, server_secret_key=args.server_key,
-                                authorized_keys_dir=args.authorized_keys,
-                                allow_insecure_remote=args.allow_insecure_remote,
-                                checkpoint_label=f"random(seed={args.seed})" if args.random_weights else None,
-                                device=args.device, precision=args.precision, compile=args.compile,
-                                precision_fallback=args.precision_fallback, **extra)
+        options = ServerOptions(
+            name=args.name,
+            server_secret_key=args.server_key,
+            authorized_keys_dir=args.authorized_keys,
+            allow_insecure_remote=args.allow_insecure_remote,
+            checkpoint_label=f"random(seed={args.seed})" if args.random_weights else None,
+            device=args.device,
+            precision=args.precision,
+            compile=args.compile,
+            precision_fallback=args.precision_fallback,
+            **extra,
+        )
         stage = _random_stage(args.model, args.seed, options.stage_options()) if args.random_weights else None
         server = EncoderServer(args.bind, args.model, args.checkpoint, options, stage=stage)
     except Exception as e:  # config, keys, checkpoint, bind errors: one clear line, non-zero exit

@@ -21,7 +21,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from ped_sam_ros.net.curve import NAME_RE, CurveKeyError, PathLike, load_certificate, load_secret_pair
 
@@ -67,14 +67,16 @@ def load_authorized_keys(directory: PathLike) -> List[Tuple[Path, bytes]]:
     # exactly pyzmq's pattern (unescaped), so both see the same files
     files = sorted(glob.glob(os.path.join(str(d), "*.key")))
     if not files:
-        raise CurveKeyError(f"authorized keys directory {d} holds no client public keys (*.key files): "
-                            f"no client could connect")
+        raise CurveKeyError(
+            f"authorized keys directory {d} holds no client public keys (*.key files): no client could connect"
+        )
     keys = []
     for f in files:
         p, public, secret = load_certificate(f)
         if secret:
             logging.getLogger(__name__).warning(
-                "authorized key file %s also holds a secret key: only the public NAME.key file belongs there", p)
+                "authorized key file %s also holds a secret key: only the public NAME.key file belongs there", p
+            )
         keys.append((p, public))
     return keys
 
@@ -89,7 +91,7 @@ class ServerKeys:
     authorized: List[Tuple[Path, bytes]]  # (file, public key) per trusted client
 
     @classmethod
-    def load(cls, server_secret_key: PathLike, authorized_keys_dir: PathLike) -> "ServerKeys":
+    def load(cls, server_secret_key: PathLike, authorized_keys_dir: PathLike) -> ServerKeys:
         """Read ``NAME.key_secret`` and every ``*.key`` of the directory; a bad directory is a
         :class:`ServerConfigError`, a bad secret key file a :class:`CurveKeyError`."""
         location = str(Path(authorized_keys_dir))
@@ -147,9 +149,11 @@ def start_authenticator(context, keys: ServerKeys):
         auth.configure_curve(domain="*", location=keys.authorized_dir)
         trusted = set(auth.certs.get("*", {}))
         if trusted != {k for _, k in keys.authorized}:
-            raise ServerConfigError(f"the Curve authenticator loaded {len(trusted)} client key(s) from "
-                                    f"{keys.authorized_dir}, not the {len(keys.authorized)} checked "
-                                    f"(did the directory change during startup?)")
+            raise ServerConfigError(
+                f"the Curve authenticator loaded {len(trusted)} client key(s) from "
+                f"{keys.authorized_dir}, not the {len(keys.authorized)} checked "
+                f"(did the directory change during startup?)"
+            )
     except BaseException:
         auth.stop()
         raise
@@ -158,8 +162,9 @@ def start_authenticator(context, keys: ServerKeys):
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``ped-sam-keys``: create a key pair."""
-    ap = argparse.ArgumentParser(prog="ped-sam-keys",
-                                 description="Create a CurveZMQ key pair (NAME.key, NAME.key_secret).")
+    ap = argparse.ArgumentParser(
+        prog="ped-sam-keys", description="Create a CurveZMQ key pair (NAME.key, NAME.key_secret)."
+    )
     ap.add_argument("--dir", required=True, help="directory to write the key files to (created if missing)")
     ap.add_argument("--name", required=True, help="base name of the key files, e.g. edge1 or server-a")
     ap.add_argument("--force", action="store_true", help="overwrite an existing key pair of that name")

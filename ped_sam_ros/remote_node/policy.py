@@ -17,4 +17,5 @@ def check_bind_policy(bind: str, curve: bool, allow_insecure_remote: bool = Fals
         f"refusing to bind {bind} without CurveZMQ: tile pixels and tokens would cross the network "
         f"unencrypted and any host could use this server. Pass --server-key and --authorized-keys "
         f"(make keys with ped-sam-keys), bind a loopback address (tcp://127.0.0.1:PORT), or pass "
-        f"--allow-insecure-remote if the network is otherwise protected.")
+        f"--allow-insecure-remote if the network is otherwise protected."
+    )

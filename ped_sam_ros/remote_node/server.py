@@ -130,12 +130,15 @@ class ServerOptions:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ServerConfigError(f"{label} must be a positive integer, got {value!r}")
         if self.max_queued_bytes < self.max_message_bytes:
-            raise ServerConfigError(f"max_queued_bytes ({self.max_queued_bytes}) must be at least max_message_bytes "
-                                    f"({self.max_message_bytes}), or a largest request would always be refused")
+            raise ServerConfigError(
+                f"max_queued_bytes ({self.max_queued_bytes}) must be at least max_message_bytes "
+                f"({self.max_message_bytes}), or a largest request would always be refused"
+            )
         if (self.server_secret_key is None) != (self.authorized_keys_dir is None):
             raise ServerConfigError(
                 "Curve needs both a server secret key (--server-key NAME.key_secret) and a directory of "
-                "authorized client public keys (--authorized-keys DIR)")
+                "authorized client public keys (--authorized-keys DIR)"
+            )
 
     @property
     def curve(self) -> bool:
@@ -143,12 +146,18 @@ class ServerOptions:
 
     def stage_options(self) -> dict:
         """Keyword arguments for :class:`RemoteStage` (device, precision, compile, fallback)."""
-        return dict(device=self.device, precision=self.precision, compile=self.compile,
-                    allow_fallback=self.precision_fallback)
+        return dict(
+            device=self.device, precision=self.precision, compile=self.compile, allow_fallback=self.precision_fallback
+        )
 
 
-def load_stage(geometry: SamGeometry, checkpoint: Optional[PathLike], stage: Optional[RemoteStage],
-               label: Optional[str] = None, stage_options: Optional[dict] = None) -> Tuple[RemoteStage, str]:
+def load_stage(
+    geometry: SamGeometry,
+    checkpoint: Optional[PathLike],
+    stage: Optional[RemoteStage],
+    label: Optional[str] = None,
+    stage_options: Optional[dict] = None,
+) -> Tuple[RemoteStage, str]:
     """The stage to serve (loaded from ``checkpoint`` unless given, on ``stage_options``'
     device and precision) and the label info reports."""
     label = label or (Path(checkpoint).name if checkpoint else "(in memory)")
@@ -202,9 +211,16 @@ class EncoderServer:
     demos); ``options.checkpoint_label`` is then what ``info`` reports.
     """
 
-    def __init__(self, bind: str, model: str, checkpoint: Optional[PathLike] = None,
-                 options: Optional[ServerOptions] = None, *, stage: Optional[RemoteStage] = None,
-                 context: Optional[zmq.Context] = None):
+    def __init__(
+        self,
+        bind: str,
+        model: str,
+        checkpoint: Optional[PathLike] = None,
+        options: Optional[ServerOptions] = None,
+        *,
+        stage: Optional[RemoteStage] = None,
+        context: Optional[zmq.Context] = None,
+    ):
         self.options = options = options or ServerOptions()
         check_bind_policy(bind, options.curve, options.allow_insecure_remote)
         # Every *.key file is checked: pyzmq's authenticator trusts no key at all when one of
@@ -216,8 +232,9 @@ class EncoderServer:
         self.curve = options.curve
         self.geometry = get_geometry(model)
         self.model_spec = self.geometry.spec
-        self.stage, self.checkpoint_label = load_stage(self.geometry, checkpoint, stage, options.checkpoint_label,
-                                                       options.stage_options())
+        self.stage, self.checkpoint_label = load_stage(
+            self.geometry, checkpoint, stage, options.checkpoint_label, options.stage_options()
+        )
         self.requests_served = 0
         self.errors = 0
         #: batch size -> how many batches of that size were computed
@@ -242,11 +259,16 @@ class EncoderServer:
         except Exception:
             self.close()
             raise
-        log.info("%s serving %s on %s (%s, checkpoint %s, Curve %s, protocol v%d)", self.name, self.model_spec,
-                 self.endpoint, getattr(getattr(self.stage, "placement", None), "describe", lambda: "?")(),
-                 self.checkpoint_label,
-                 f"on, {len(self.authorized_keys)} authorized client key(s)" if self.curve
-                 else "OFF (plaintext)", wire.PROTOCOL_VERSION)
+        log.info(
+            "%s serving %s on %s (%s, checkpoint %s, Curve %s, protocol v%d)",
+            self.name,
+            self.model_spec,
+            self.endpoint,
+            getattr(getattr(self.stage, "placement", None), "describe", lambda: "?")(),
+            self.checkpoint_label,
+            f"on, {len(self.authorized_keys)} authorized client key(s)" if self.curve else "OFF (plaintext)",
+            wire.PROTOCOL_VERSION,
+        )
 
     def _open_socket(self, bind: str, keys: Optional[ServerKeys]) -> None:
         """Bind the ROUTER (its settings: module constants and the options' message limit)."""
@@ -279,10 +301,11 @@ class EncoderServer:
         done_tx = self.context.socket(zmq.PAIR)  # used only by the compute thread
         done_tx.setsockopt(zmq.LINGER, 0)
         done_tx.connect(addr)
-        jobs: "queue.Queue[Optional[List[_QueuedEncode]]]" = queue.Queue()  # one list per receive round
+        jobs: queue.Queue[Optional[List[_QueuedEncode]]] = queue.Queue()  # one list per receive round
         self._stopping.clear()
-        worker = threading.Thread(target=self._compute_loop, args=(jobs, done_tx), name="remote-node-compute",
-                                  daemon=True)
+        worker = threading.Thread(
+            target=self._compute_loop, args=(jobs, done_tx), name="remote-node-compute", daemon=True
+        )
         worker.start()
         poller = zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
@@ -309,7 +332,7 @@ class EncoderServer:
                 done_tx.close(linger=0)
             done_rx.close(linger=0)
 
-    def _receive(self, jobs: "queue.Queue") -> None:
+    def _receive(self, jobs: queue.Queue) -> None:
         """Take every complete message waiting on the socket: answer it, or queue it; the
         requests queued in one round go to the compute thread together (one batch)."""
         admitted: List[_QueuedEncode] = []
@@ -345,8 +368,7 @@ class EncoderServer:
                 result = self._admit(body, extra, arrival, envelope, queued)
             except Exception as e:  # never let one request take the server down
                 self._log_internal(e, "reading a request")
-                result = self._error(_best_effort_id(body) if body else None, "internal",
-                                     f"{type(e).__name__}: {e}")
+                result = self._error(_best_effort_id(body) if body else None, "internal", f"{type(e).__name__}: {e}")
             if isinstance(result, _QueuedEncode):
                 with self._lock:
                     self._queued_bytes += result.nbytes
@@ -366,8 +388,13 @@ class EncoderServer:
             if loud:
                 self._internal_logged[key] = now
         if loud:
-            log.error("internal error while %s (the next %s within %.0f s are logged at debug level only)",
-                      doing, key, INTERNAL_LOG_EVERY_S, exc_info=exc)
+            log.error(
+                "internal error while %s (the next %s within %.0f s are logged at debug level only)",
+                doing,
+                key,
+                INTERNAL_LOG_EVERY_S,
+                exc_info=exc,
+            )
         else:
             log.debug("internal error while %s: %s: %s", doing, key, exc)
 
@@ -382,9 +409,11 @@ class EncoderServer:
         if not frames:
             return self._error(None, "empty", "empty message")
         if extra_frames or len(frames) > MAX_FRAMES:
-            return self._error(_best_effort_id(frames), "frame_count",
-                               f"a request has at most {MAX_FRAMES} frames, this one had "
-                               f"{len(frames) + extra_frames}")
+            return self._error(
+                _best_effort_id(frames),
+                "frame_count",
+                f"a request has at most {MAX_FRAMES} frames, this one had {len(frames) + extra_frames}",
+            )
         try:
             header, arrays = wire.decode_message(frames, max_total_bytes=self.options.max_message_bytes)
             mtype = header.get("type")
@@ -402,13 +431,17 @@ class EncoderServer:
             queued_bytes = self._queued_bytes
         most, most_bytes = self.options.max_queued, self.options.max_queued_bytes
         if queued >= most or queued_bytes + nbytes > most_bytes:
-            return self._error(req.id, "busy", f"{queued} requests ({queued_bytes} bytes) already waiting, at most "
-                                               f"{most} ({most_bytes} bytes); try later")
+            return self._error(
+                req.id,
+                "busy",
+                f"{queued} requests ({queued_bytes} bytes) already waiting, at most "
+                f"{most} ({most_bytes} bytes); try later",
+            )
         w = req.tile
         summary = f"rows [{w.row0}, {w.row1}) cols [{w.col0}, {w.col1}) {req.mode} {req.reply_dtype}"
         return _QueuedEncode(envelope, req, arrival, summary, nbytes)
 
-    def _compute_loop(self, jobs: "queue.Queue", done_tx: zmq.Socket) -> None:
+    def _compute_loop(self, jobs: queue.Queue, done_tx: zmq.Socket) -> None:
         """The compute thread: every job already waiting (at most ``max_batch``), compatible
         ones as one batch; replies go back to the I/O thread, each to its own request."""
         held: List[_QueuedEncode] = []  # taken from the queue, beyond the last round's max_batch
@@ -428,7 +461,7 @@ class EncoderServer:
                     stop = True
                     break
                 held.extend(more)
-            taken, held = held[: self.options.max_batch], held[self.options.max_batch:]
+            taken, held = held[: self.options.max_batch], held[self.options.max_batch :]
             with self._lock:
                 self._queued_bytes -= sum(j.nbytes for j in taken)
                 self._queued_jobs -= len(taken)
@@ -456,9 +489,17 @@ class EncoderServer:
         for job in group:
             waited = start - job.arrival
             if waited >= job.budget_s:
-                out.append((job, self._error(job.id, "deadline_expired",
-                                             f"budget of {job.budget_s * 1e3:.1f} ms ran out {waited * 1e3:.1f} ms "
-                                             f"after arrival, before compute started")))
+                out.append(
+                    (
+                        job,
+                        self._error(
+                            job.id,
+                            "deadline_expired",
+                            f"budget of {job.budget_s * 1e3:.1f} ms ran out {waited * 1e3:.1f} ms "
+                            f"after arrival, before compute started",
+                        ),
+                    )
+                )
             else:
                 live.append((job, waited))
         if not live:
@@ -475,8 +516,14 @@ class EncoderServer:
         with self._lock:
             self.requests_served += len(live)
             self.batches[len(live)] = self.batches.get(len(live), 0) + 1
-        log.debug("served %s: %s, queue %.1f ms, compute %.1f ms (batch of %d)", ",".join(j.id for j, _ in live),
-                  live[0][0].summary, live[0][1] * 1e3, (time.monotonic() - start) * 1e3, len(live))
+        log.debug(
+            "served %s: %s, queue %.1f ms, compute %.1f ms (batch of %d)",
+            ",".join(j.id for j, _ in live),
+            live[0][0].summary,
+            live[0][1] * 1e3,
+            (time.monotonic() - start) * 1e3,
+            len(live),
+        )
         return out + [(job, reply) for (job, _), reply in zip(live, replies)]
 
     def _send_results(self, done_rx: zmq.Socket) -> None:
@@ -498,8 +545,11 @@ class EncoderServer:
             now = time.monotonic()
             if now - self._last_drop_warning >= INTERNAL_LOG_EVERY_S:  # one line a minute, with the count
                 self._last_drop_warning = now
-                log.warning("reply dropped: the client's queue is full (%d dropped so far; logged at most once "
-                            "every %.0f s)", self._dropped_replies, INTERNAL_LOG_EVERY_S)
+                log.warning(
+                    "reply dropped: the client's queue is full (%d dropped so far; logged at most once every %.0f s)",
+                    self._dropped_replies,
+                    INTERNAL_LOG_EVERY_S,
+                )
         except zmq.ZMQError as e:
             if e.errno == zmq.EHOSTUNREACH:
                 log.debug("reply dropped: the client has disconnected")
@@ -512,8 +562,15 @@ class EncoderServer:
         """What the ``info`` reply says: model, weights, counters."""
         with self._lock:
             served, errors = self.requests_served, self.errors
-        return ServerInfo.describe(self.geometry, self.name, self.checkpoint_label, curve=self.curve,
-                                   requests_served=served, errors=errors, uptime_s=time.time() - self.started)
+        return ServerInfo.describe(
+            self.geometry,
+            self.name,
+            self.checkpoint_label,
+            curve=self.curve,
+            requests_served=served,
+            errors=errors,
+            uptime_s=time.time() - self.started,
+        )
 
     # ------------------------------------------------------------- lifecycle
 

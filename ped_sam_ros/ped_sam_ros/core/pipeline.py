@@ -74,8 +74,9 @@ class TilePlan:
 #: ``hook(encoder, resized, orig_hw, prompts) -> TilePlan or None``; called by
 #: :meth:`DistributedEncoder.encode_resized` before any tile leaves (it may call
 #: :meth:`DistributedEncoder.set_layout` first)
-FrameHook = Callable[["DistributedEncoder", np.ndarray, Optional[Tuple[int, int]], Optional[Sequence[Any]]],
-                     Optional[TilePlan]]
+FrameHook = Callable[
+    ["DistributedEncoder", np.ndarray, Optional[Tuple[int, int]], Optional[Sequence[Any]]], Optional[TilePlan]
+]
 
 
 @dataclass(frozen=True)
@@ -186,8 +187,13 @@ class DistributedEncoder:
     def set_layout(self, partition: Partition, assignment: Sequence[int]) -> None:
         """Use another partition and assignment from the next frame on (a frame hook's
         per-frame-shape layout); checked like the constructor's."""
-        validate_assignment(partition, list(assignment), len(self.transport.server_names),
-                            allow_adjacent=self.allow_adjacent, max_share=self.max_share)
+        validate_assignment(
+            partition,
+            list(assignment),
+            len(self.transport.server_names),
+            allow_adjacent=self.allow_adjacent,
+            max_share=self.max_share,
+        )
         self.partition, self.assignment = partition, list(assignment)
 
     @property
@@ -242,8 +248,15 @@ class DistributedEncoder:
             return f"it would see {share:.1%} of the frame (max_share {self.max_share:.1%})"
         return None
 
-    def _replace(self, lost: Sequence[int], placement: Dict[int, int], excluded: set, reasons: Mapping[int, str],
-                 content_hw, notes: List[str]) -> None:
+    def _replace(
+        self,
+        lost: Sequence[int],
+        placement: Dict[int, int],
+        excluded: set,
+        reasons: Mapping[int, str],
+        content_hw,
+        notes: List[str],
+    ) -> None:
         """Place the ``lost`` tiles by the fallback policy (updating ``placement``), or raise
         :class:`RemoteEncodeError` naming the failed servers and why."""
         names = self.transport.server_names
@@ -255,8 +268,10 @@ class DistributedEncoder:
         )
         policy = self.fallback.mode
         if policy == "fail":
-            raise RemoteEncodeError(f"server(s) {', '.join(names[s] for s in failed)} failed and the fallback is "
-                                    f"'fail': {why}", [names[s] for s in failed])
+            raise RemoteEncodeError(
+                f"server(s) {', '.join(names[s] for s in failed)} failed and the fallback is 'fail': {why}",
+                [names[s] for s in failed],
+            )
         usable = self.transport.usable()
         if policy == "spare":
             candidates = [s for s in self.fallback.spares if s not in excluded and usable[s]]
@@ -285,16 +300,20 @@ class DistributedEncoder:
                 refusals.append(f"{names[s]}: {problem}")
             else:
                 detail = "; ".join(refusals) if refusals else f"no live {'spare' if policy == 'spare' else 'server'}"
-                raise RemoteEncodeError(f"tile {t} of failed server(s) {', '.join(names[s] for s in failed)} "
-                                        f"cannot be re-placed ({policy}: {detail}); {why}", [names[s] for s in failed])
+                raise RemoteEncodeError(
+                    f"tile {t} of failed server(s) {', '.join(names[s] for s in failed)} "
+                    f"cannot be re-placed ({policy}: {detail}); {why}",
+                    [names[s] for s in failed],
+                )
 
     def _suspect_reason(self, server: int) -> str:
         h = self.transport.health()[server]
         what = "not connected" if not h.connected else f"suspect after {h.state}"
         return what + (f": {h.last_error}" if h.last_error else "")
 
-    def _encode_tiles(self, resized: np.ndarray, crops: Sequence[np.ndarray], stats: EncodeStats,
-                      plan: Optional[TilePlan] = None) -> List[TileResult]:
+    def _encode_tiles(
+        self, resized: np.ndarray, crops: Sequence[np.ndarray], stats: EncodeStats, plan: Optional[TilePlan] = None
+    ) -> List[TileResult]:
         """Every tile's tokens: remote where its server is usable, re-placed by the fallback
         policy where it is not or fails (each round gets the adaptive deadline); a ``plan``'s
         local tiles at the edge, its dropped tiles nowhere (no result)."""
@@ -302,7 +321,9 @@ class DistributedEncoder:
         names = self.transport.server_names
         usable = self.transport.usable()
         dropped = set(plan.dropped) if plan is not None else set()
-        placement: Dict[int, int] = {t.index: self.assignment[t.index] for t in self.partition if t.index not in dropped}
+        placement: Dict[int, int] = {
+            t.index: self.assignment[t.index] for t in self.partition if t.index not in dropped
+        }
         if plan is not None:
             placement.update({t: EDGE for t in plan.local if t not in dropped})
         excluded = {s for s in set(placement.values()) if s != EDGE and not usable[s]}
@@ -356,8 +377,9 @@ class DistributedEncoder:
                 self.tiles_rerouted += sum(1 for t, s in placement.items() if s not in (EDGE, self.assignment[t]))
         return [results[t.index] for t in self.partition if t.index in results]
 
-    def encode_resized(self, resized: np.ndarray, orig_hw: Optional[Tuple[int, int]] = None,
-                       prompts: Optional[Sequence[Any]] = None) -> Tuple[torch.Tensor, EncodeStats]:
+    def encode_resized(
+        self, resized: np.ndarray, orig_hw: Optional[Tuple[int, int]] = None, prompts: Optional[Sequence[Any]] = None
+    ) -> Tuple[torch.Tensor, EncodeStats]:
         """uint8 (h, w, 3) frame already resized to longest side 1024 -> 1x256x64x64 embedding.
 
         ``orig_hw`` and ``prompts`` (:class:`ObjectPrompt` in original pixels) are for the
@@ -374,8 +396,9 @@ class DistributedEncoder:
         stats.timings["edge_encoder"] = time.perf_counter() - t0
         return features, stats
 
-    def encode_remote(self, resized: np.ndarray, orig_hw: Optional[Tuple[int, int]] = None,
-                      prompts: Optional[Sequence[Any]] = None) -> Tuple[torch.Tensor, EncodeStats]:
+    def encode_remote(
+        self, resized: np.ndarray, orig_hw: Optional[Tuple[int, int]] = None, prompts: Optional[Sequence[Any]] = None
+    ) -> Tuple[torch.Tensor, EncodeStats]:
         """The remote phase of :meth:`encode_resized`: this frame's merged 1x64x64xC float32 CPU
         tokens (from the servers, or the edge's fallback/local tiles) and its stats (no
         ``edge_encoder`` time yet).  Uses the transport, never the edge stage."""

@@ -132,12 +132,32 @@ class ServerInfo:
     uptime_s: float
 
     @classmethod
-    def describe(cls, geometry: SamGeometry, name: str, checkpoint: str, *, curve: bool = False,
-                 requests_served: int = 0, errors: int = 0, uptime_s: float = 0.0) -> "ServerInfo":
+    def describe(
+        cls,
+        geometry: SamGeometry,
+        name: str,
+        checkpoint: str,
+        *,
+        curve: bool = False,
+        requests_served: int = 0,
+        errors: int = 0,
+        uptime_s: float = 0.0,
+    ) -> ServerInfo:
         """The info of a server running the remote stage of ``geometry``."""
-        return cls(name, geometry.spec, tuple(MODES), geometry.embed_dim,
-                   {m: tuple(geometry.remote_blocks(m)) for m in MODES}, tuple(wire.TOKEN_DTYPES),
-                   wire.PROTOCOL_VERSION, checkpoint, curve, requests_served, errors, round(uptime_s, 3))
+        return cls(
+            name,
+            geometry.spec,
+            tuple(MODES),
+            geometry.embed_dim,
+            {m: tuple(geometry.remote_blocks(m)) for m in MODES},
+            tuple(wire.TOKEN_DTYPES),
+            wire.PROTOCOL_VERSION,
+            checkpoint,
+            curve,
+            requests_served,
+            errors,
+            round(uptime_s, 3),
+        )
 
     def to_header(self) -> dict:
         """The ``info`` reply's header fields (JSON types)."""
@@ -148,7 +168,7 @@ class ServerInfo:
         return dict(d, type="info")
 
     @classmethod
-    def from_header(cls, header: dict) -> "ServerInfo":
+    def from_header(cls, header: dict) -> ServerInfo:
         """Read an ``info`` reply's header; fields this version does not know are ignored.
 
         Raises :class:`WireError` (``bad_reply``) naming the first missing or mistyped field."""
@@ -170,10 +190,24 @@ class ServerInfo:
             return tuple(v)
 
         blocks = get("remote_blocks", dict)
-        if not all(isinstance(m, str) and isinstance(b, list)
-                   and all(isinstance(i, int) and not isinstance(i, bool) for i in b) for m, b in blocks.items()):
+        if not all(
+            isinstance(m, str)
+            and isinstance(b, list)
+            and all(isinstance(i, int) and not isinstance(i, bool) for i in b)
+            for m, b in blocks.items()
+        ):
             raise WireError("bad_reply", "info reply: 'remote_blocks' must map modes to lists of block indexes")
-        return cls(get("name", str), get("model", str), strings("modes"), get("embed_dim", int),
-                   {m: tuple(b) for m, b in blocks.items()}, strings("token_dtypes"), get("protocol", int),
-                   get("checkpoint", str), get("curve", bool), get("requests_served", int), get("errors", int),
-                   float(get("uptime_s", float)))
+        return cls(
+            get("name", str),
+            get("model", str),
+            strings("modes"),
+            get("embed_dim", int),
+            {m: tuple(b) for m, b in blocks.items()},
+            strings("token_dtypes"),
+            get("protocol", int),
+            get("checkpoint", str),
+            get("curve", bool),
+            get("requests_served", int),
+            get("errors", int),
+            float(get("uptime_s", float)),
+        )

@@ -191,8 +191,7 @@ class TokenCheck:
         rms = float(np.sqrt(np.mean(np.square(tokens, dtype=np.float64))))
         ref = self.reference_rms
         if lim.rms_factor > 0 and ref is not None and ref > 0 and rms > lim.rms_factor * ref:
-            return (f"token RMS {rms:.4g} is {rms / ref:.1f}x the reference {ref:.4g} "
-                    f"(limit {lim.rms_factor:g}x)")
+            return f"token RMS {rms:.4g} is {rms / ref:.1f}x the reference {ref:.4g} (limit {lim.rms_factor:g}x)"
         self._rms.append(rms)
         return None
 
@@ -261,7 +260,8 @@ class Transport(abc.ABC):
         return True
 
     def close(self) -> None:
-        pass
+        """Release sockets and threads; a transport that holds none has nothing to do."""
+        return None
 
     def __enter__(self):
         return self
@@ -278,8 +278,14 @@ class LocalTransport(Transport):
     the real wire codec and encode service.
     """
 
-    def __init__(self, stage: RemoteStage, num_servers: Optional[int] = None, token_dtype: str = "float32",
-                 names: Optional[Sequence[str]] = None, pixel_codec: str = "raw"):
+    def __init__(
+        self,
+        stage: RemoteStage,
+        num_servers: Optional[int] = None,
+        token_dtype: str = "float32",
+        names: Optional[Sequence[str]] = None,
+        pixel_codec: str = "raw",
+    ):
         codecs.pixel_codec(pixel_codec)  # raises CodecError for an unknown codec or quality
         self.pixel_codec = pixel_codec  # how each tile's pixels travel, as over the network
         self.stage = stage
@@ -301,15 +307,32 @@ class LocalTransport(Transport):
         out = []
         for job in jobs:
             t0 = time.perf_counter()
-            req = EncodeRequest(new_request_id(), model, mode, job.tile, job.pixels,
-                                int(timeout_s * 1000), self.token_dtype, self.pixel_codec)
+            req = EncodeRequest(
+                new_request_id(),
+                model,
+                mode,
+                job.tile,
+                job.pixels,
+                int(timeout_s * 1000),
+                self.token_dtype,
+                self.pixel_codec,
+            )
             up = [bytes(f) for f in make_encode_request(req)]  # what would cross the wire
             down = [bytes(f) for f in run_encode(self.stage, read_encode_request(up, model))]
             header, arrays = decode_message(down, max_total_bytes=1 << 31)
             h, w = job.tile.token_shape
             reply = read_encoded_reply(header, arrays, (h, w, self.geometry.embed_dim))
-            out.append(TileResult(job.tile, job.server, reply.tokens, frames_nbytes(up), frames_nbytes(down),
-                                  time.perf_counter() - t0, reply.compute_s or 0.0))
+            out.append(
+                TileResult(
+                    job.tile,
+                    job.server,
+                    reply.tokens,
+                    frames_nbytes(up),
+                    frames_nbytes(down),
+                    time.perf_counter() - t0,
+                    reply.compute_s or 0.0,
+                )
+            )
             self._health[job.server].requests += 1
             self._health[job.server].replies += 1
         return out
@@ -319,7 +342,11 @@ class LocalTransport(Transport):
 
     def info(self, timeout_s: float = 2.0) -> List[ServerInfoReply]:
         uptime = time.time() - self._started
-        return [ServerInfoReply(h.name, h.endpoint,
-                                ServerInfo.describe(self.geometry, h.name, "(in memory)",
-                                                    requests_served=h.requests, uptime_s=uptime))
-                for h in self._health]
+        return [
+            ServerInfoReply(
+                h.name,
+                h.endpoint,
+                ServerInfo.describe(self.geometry, h.name, "(in memory)", requests_served=h.requests, uptime_s=uptime),
+            )
+            for h in self._health
+        ]

@@ -8,7 +8,18 @@ from .records import ErrorReport, Frame, FrameResult
 from .runtime import EdgeRuntime, validate_prompts
 
 __all__ = [
-    "AmgOptions", "ConfigError", "EdgeConfig", "EdgePipeline", "EdgeRuntime", "ErrorReport", "Frame",
-    "FrameResult", "build_pipeline", "local_transport", "parse_assignment", "parse_servers",
-    "validate_prompts", "zmq_transport",
+    "AmgOptions",
+    "ConfigError",
+    "EdgeConfig",
+    "EdgePipeline",
+    "EdgeRuntime",
+    "ErrorReport",
+    "Frame",
+    "FrameResult",
+    "build_pipeline",
+    "local_transport",
+    "parse_assignment",
+    "parse_servers",
+    "validate_prompts",
+    "zmq_transport",
 ]

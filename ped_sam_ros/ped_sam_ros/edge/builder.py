@@ -55,20 +55,30 @@ def build_remote_stage(config: EdgeConfig) -> RemoteStage:
 
 def local_transport(config: EdgeConfig) -> Transport:
     """Every configured server run in this process (tests, no network)."""
-    return LocalTransport(build_remote_stage(config), token_dtype=config.wire_precision, names=config.server_names,
-                          pixel_codec=config.pixel_codec)
+    return LocalTransport(
+        build_remote_stage(config),
+        token_dtype=config.wire_precision,
+        names=config.server_names,
+        pixel_codec=config.pixel_codec,
+    )
 
 
 def zmq_transport(config: EdgeConfig) -> Transport:
     """One DEALER per configured server (CurveZMQ when keys are configured)."""
     from ped_sam_ros.net.zmq_client import ZmqTransport
 
-    return ZmqTransport(config.server_addresses(), get_geometry(config.model), token_dtype=config.wire_precision,
-                        client_secret_key=config.client_secret_key or None, pixel_codec=config.pixel_codec)
+    return ZmqTransport(
+        config.server_addresses(),
+        get_geometry(config.model),
+        token_dtype=config.wire_precision,
+        client_secret_key=config.client_secret_key or None,
+        pixel_codec=config.pixel_codec,
+    )
 
 
-def build_pipeline(config: EdgeConfig, transport: Optional[Transport] = None,
-                   transport_factory: Optional[TransportFactory] = None) -> EdgePipeline:
+def build_pipeline(
+    config: EdgeConfig, transport: Optional[Transport] = None, transport_factory: Optional[TransportFactory] = None
+) -> EdgePipeline:
     """Edge stage (checkpoint or random weights), transport (ZeroMQ unless given)
     and a :class:`Segmenter` over the distributed encoder."""
     config.validate()
@@ -79,13 +89,20 @@ def build_pipeline(config: EdgeConfig, transport: Optional[Transport] = None,
         transport = (transport_factory or zmq_transport)(config)
     try:
         encoder = DistributedEncoder(
-            edge, transport, config.partition, config.assignment, timeout_s=config.deadline_s,
-            allow_adjacent=config.allow_adjacent, max_share=config.max_share,
+            edge,
+            transport,
+            config.partition,
+            config.assignment,
+            timeout_s=config.deadline_s,
+            allow_adjacent=config.allow_adjacent,
+            max_share=config.max_share,
             fallback=FallbackPolicy(config.fallback, tuple(config.spare_indexes)),
             deadlines=DeadlinePolicy(config.deadline_floor_s, config.deadline_factor),
             token_check=TokenCheck(TokenLimits(config.token_max_abs, config.token_rms_factor)),
             edge_remote=(lambda: build_remote_stage(config))
-            if config.fallback == "edge" or config.needs_edge_remote else None)
+            if config.fallback == "edge" or config.needs_edge_remote
+            else None,
+        )
         encoder.frame_hook = build_privacy_hook(config, encoder)  # None unless privacy.* / layout auto
         if config.fallback == "edge" or config.needs_edge_remote:
             # only when configured: the servers' weights at the edge, loaded now so that the
@@ -95,6 +112,7 @@ def build_pipeline(config: EdgeConfig, transport: Optional[Transport] = None,
     except Exception:
         transport.close()
         raise
-    segmenter = Segmenter(PedSamPredictor(encoder), multimask_output=config.multimask,
-                          amg_options=config.amg.to_kwargs())
+    segmenter = Segmenter(
+        PedSamPredictor(encoder), multimask_output=config.multimask, amg_options=config.amg.to_kwargs()
+    )
     return EdgePipeline(config, edge, transport, encoder, segmenter)

@@ -42,8 +42,9 @@ def parse_servers(entries: Sequence[str]) -> List[ServerAddress]:
         if not SERVER_NAME_RE.fullmatch(name):
             raise ConfigError(f"server entry {entry!r}: name {name!r} must be 1-64 letters, digits, '.', '_' or '-'")
         if not ENDPOINT_RE.fullmatch(endpoint):
-            raise ConfigError(f"server entry {entry!r}: endpoint {endpoint!r} must look like tcp://HOST:PORT "
-                              f"or ipc://PATH")
+            raise ConfigError(
+                f"server entry {entry!r}: endpoint {endpoint!r} must look like tcp://HOST:PORT or ipc://PATH"
+            )
         out.append(ServerAddress(name, endpoint))
     names = [s.name for s in out]
     dup = sorted({n for n in names if names.count(n) > 1})
@@ -184,10 +185,13 @@ class EdgeConfig:
         """The :class:`~ped_sam_ros.sensitive.policy.PolicyConfig` of the ``privacy.*`` settings."""
         from ped_sam_ros.sensitive.policy import PolicyConfig
 
-        return PolicyConfig(actions=dict(self.privacy_actions),
-                            outside_roi="drop" if self.privacy_drop_outside_roi else "send",
-                            min_score=self.privacy_min_score, noise_sigma=self.privacy_noise_sigma,
-                            drop_fill=self.privacy_drop_fill)
+        return PolicyConfig(
+            actions=dict(self.privacy_actions),
+            outside_roi="drop" if self.privacy_drop_outside_roi else "send",
+            min_score=self.privacy_min_score,
+            noise_sigma=self.privacy_noise_sigma,
+            drop_fill=self.privacy_drop_fill,
+        )
 
     def server_public_key(self, name: str) -> Optional[Path]:
         if not self.server_public_keys_dir:
@@ -212,8 +216,10 @@ class EdgeConfig:
         if self.random_weights and self.checkpoint:
             errs.append("give either checkpoint or random_weights, not both")
         if not self.random_weights and not self.checkpoint:
-            errs.append("no weights: set checkpoint to a SAM .pth file (e.g. sam_vit_b_01ec64.pth), or "
-                        "random_weights=true for a demo with meaningless masks")
+            errs.append(
+                "no weights: set checkpoint to a SAM .pth file (e.g. sam_vit_b_01ec64.pth), or "
+                "random_weights=true for a demo with meaningless masks"
+            )
         if check_files and self.checkpoint and not Path(self.checkpoint).expanduser().is_file():
             errs.append(f"checkpoint {self.checkpoint} does not exist")
         try:
@@ -244,8 +250,7 @@ class EdgeConfig:
             n = len(self.servers)
             assign = self.assignment if self.assignment is not None else self.auto_assignment(part)
             try:
-                validate_assignment(part, assign, n, allow_adjacent=self.allow_adjacent,
-                                    max_share=self.max_share)
+                validate_assignment(part, assign, n, allow_adjacent=self.allow_adjacent, max_share=self.max_share)
             except PartitionError as e:
                 errs.append(f"assignment: {e}")
             spares_used = sorted(set(assign) & set(self.spare_indexes))
@@ -253,18 +258,23 @@ class EdgeConfig:
                 errs.append(f"spares {[self.servers[i].name for i in spares_used]} are also assigned tiles")
             unused = sorted(set(range(n)) - set(assign) - set(self.spare_indexes))
             if unused and len(assign) == len(part):
-                errs.append(f"servers {[self.servers[i].name for i in unused]} serve no tile of the "
-                            f"{part.name} grid: remove them or change the grid/assignment")
+                errs.append(
+                    f"servers {[self.servers[i].name for i in unused]} serve no tile of the "
+                    f"{part.name} grid: remove them or change the grid/assignment"
+                )
         if not 0.0 < self.max_share <= 1.0:
             errs.append(f"max_share must be in (0, 1], got {self.max_share}")
         if not self.deadline_s > 0:
             errs.append(f"deadline must be positive, got {self.deadline_s}")
         if self.server_public_keys_dir and not self.client_secret_key:
-            errs.append("keys.server_public_dir is set but keys.client_secret is not: CurveZMQ needs this "
-                        "edge's NAME.key_secret too")
+            errs.append(
+                "keys.server_public_dir is set but keys.client_secret is not: CurveZMQ needs this "
+                "edge's NAME.key_secret too"
+            )
         if self.client_secret_key and not self.server_public_keys_dir:
-            errs.append("keys.client_secret is set but keys.server_public_dir is not: CurveZMQ needs each "
-                        "server's NAME.key")
+            errs.append(
+                "keys.client_secret is set but keys.server_public_dir is not: CurveZMQ needs each server's NAME.key"
+            )
         if check_files and self.curve:
             if not Path(self.client_secret_key).expanduser().is_file():
                 errs.append(f"client secret key {self.client_secret_key} does not exist")
@@ -295,8 +305,10 @@ class EdgeConfig:
         names = [n.strip() for n in str(self.privacy_detector).lower().split(",") if n.strip()]
         unknown = [n for n in names if n not in ("none", "default") and n not in _FACTORIES]
         if unknown:
-            errs.append(f"privacy.detector: unknown detector(s) {unknown}; known: none, default, "
-                        f"{', '.join(sorted(_FACTORIES))}")
+            errs.append(
+                f"privacy.detector: unknown detector(s) {unknown}; known: none, default, "
+                f"{', '.join(sorted(_FACTORIES))}"
+            )
         try:
             self.policy_config()
         except PolicyError as e:
@@ -321,8 +333,9 @@ class EdgeConfig:
 
     def stage_options(self) -> dict:
         """Keyword arguments for the stages (:class:`~ped_sam_ros.core.model.EdgeStage`, ``RemoteStage``)."""
-        return dict(device=self.device, precision=self.precision, compile=self.compile,
-                    allow_fallback=self.precision_fallback)
+        return dict(
+            device=self.device, precision=self.precision, compile=self.compile, allow_fallback=self.precision_fallback
+        )
 
     def _spare_problem(self) -> str:
         if self.fallback not in FALLBACKS:
@@ -344,8 +357,10 @@ class EdgeConfig:
 
     def describe(self) -> str:
         weights = f"RANDOM weights (seed {self.seed})" if self.random_weights else f"checkpoint {self.checkpoint}"
-        return (f"model {self.model} ({weights}), mode {self.mode}, grid {self.grid}, "
-                f"{len(self.servers)} servers [{', '.join(format_servers(self.servers))}], "
-                f"{self.device}/{self.precision}{' compiled' if self.compile else ''}, "
-                f"wire {self.wire_precision}, curve {'on' if self.curve else 'off'}, fallback {self.fallback}"
-                + (f" (spares {', '.join(self.spares)})" if self.spares else ""))
+        return (
+            f"model {self.model} ({weights}), mode {self.mode}, grid {self.grid}, "
+            f"{len(self.servers)} servers [{', '.join(format_servers(self.servers))}], "
+            f"{self.device}/{self.precision}{' compiled' if self.compile else ''}, "
+            f"wire {self.wire_precision}, curve {'on' if self.curve else 'off'}, fallback {self.fallback}"
+            + (f" (spares {', '.join(self.spares)})" if self.spares else "")
+        )

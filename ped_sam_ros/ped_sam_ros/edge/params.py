@@ -12,13 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from ped_sam_ros.core.geometry import Partition, PartitionError
 from ped_sam_ros.core.codecs import pixel_codec
 from ped_sam_ros.core.device import DEVICE_CHOICES, PRECISIONS
+from ped_sam_ros.core.geometry import Partition, PartitionError
 from ped_sam_ros.core.model import get_geometry, parse_mode
 from ped_sam_ros.core.pipeline import FALLBACKS
 from ped_sam_ros.core.wire import TOKEN_DTYPES
-
 from ped_sam_ros.sensitive.policy import CLASS_ACTIONS, DROP_FILLS, PolicyConfig
 
 from .config import AmgOptions, ConfigError, EdgeConfig, parse_assignment, parse_servers, parse_spares
@@ -181,8 +180,7 @@ PARAMS: List[ParamSpec] = [
     ParamSpec(
         "remotes.token_rms_factor",
         50.0,
-        "A tile whose token RMS exceeds this multiple of the median RMS of recent accepted tiles is "
-        "refused (0: off).",
+        "A tile whose token RMS exceeds this multiple of the median RMS of recent accepted tiles is refused (0: off).",
         min=0.0,
         max=1.0e6,
     ),

@@ -68,8 +68,15 @@ class PrivacyHook:
     ``local`` tiles and the ``blank`` drop fill); ``seed``: of the noise obfuscation.
     """
 
-    def __init__(self, detector=None, config=None, layout: str = "grid", primaries: Optional[Sequence[int]] = None,
-                 local_stage=None, seed: Optional[int] = None):
+    def __init__(
+        self,
+        detector=None,
+        config=None,
+        layout: str = "grid",
+        primaries: Optional[Sequence[int]] = None,
+        local_stage=None,
+        seed: Optional[int] = None,
+    ):
         from ped_sam_ros.sensitive.policy import PolicyConfig
 
         if layout not in LAYOUTS:
@@ -97,8 +104,13 @@ class PrivacyHook:
             prim = self.primaries if self.primaries is not None else list(range(len(encoder.transport.server_names)))
             lay = best_layout(key, len(prim), allow_adjacent=encoder.allow_adjacent, max_share=encoder.max_share)
             self._layouts[key] = (lay.partition, [prim[a] for a in lay.assignment], lay.max_share)
-            log.info("layout auto for a %dx%d frame: %s tiles, largest share %.1f %%",
-                     key[0], key[1], len(lay.partition), 100 * lay.max_share)
+            log.info(
+                "layout auto for a %dx%d frame: %s tiles, largest share %.1f %%",
+                key[0],
+                key[1],
+                len(lay.partition),
+                100 * lay.max_share,
+            )
         return self._layouts[key]
 
     # --------------------------------------------------------------- the hook
@@ -171,8 +183,14 @@ def build_privacy_hook(config, encoder) -> Optional[PrivacyHook]:
 
     detector = make_detector(config.privacy_detector) if config.privacy_detector != "none" else None
     primaries = [i for i in range(len(config.servers)) if i not in config.spare_indexes]
-    hook = PrivacyHook(detector, config.policy_config(), config.layout, primaries,
-                       local_stage=encoder.edge_remote_stage, seed=config.seed)
+    hook = PrivacyHook(
+        detector,
+        config.policy_config(),
+        config.layout,
+        primaries,
+        local_stage=encoder.edge_remote_stage,
+        seed=config.seed,
+    )
     return hook
 
 
@@ -185,13 +203,15 @@ def describe_decisions(record: Optional[PrivacyRecord], server_names: Sequence[s
     out = []
     for d in plan.decisions:
         t = tiles[d.tile]
-        out.append({
-            "tile": d.tile,
-            "rows": (t.row0, t.row1),
-            "cols": (t.col0, t.col1),
-            "server": server_names[d.server] if 0 <= d.server < len(server_names) else "",
-            "action": d.action,
-            "reason": d.reason,
-            "classes": sorted({plan.objects[i].cls for i in d.objects}),
-        })
+        out.append(
+            {
+                "tile": d.tile,
+                "rows": (t.row0, t.row1),
+                "cols": (t.col0, t.col1),
+                "server": server_names[d.server] if 0 <= d.server < len(server_names) else "",
+                "action": d.action,
+                "reason": d.reason,
+                "classes": sorted({plan.objects[i].cls for i in d.objects}),
+            }
+        )
     return out

@@ -86,8 +86,9 @@ def load_secret_pair(path: PathLike) -> Tuple[bytes, bytes]:
     try:
         mode = p.stat().st_mode
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            log.warning("Curve secret key %s is accessible by group/others (mode %o); chmod 600 it",
-                        p, stat.S_IMODE(mode))
+            log.warning(
+                "Curve secret key %s is accessible by group/others (mode %o); chmod 600 it", p, stat.S_IMODE(mode)
+            )
     except OSError:
         pass
     return public, secret
@@ -104,7 +105,7 @@ def is_local_endpoint(endpoint: str) -> bool:
         return True
     if not endpoint.startswith("tcp://"):
         return False
-    host = endpoint[len("tcp://"):].rsplit(":", 1)[0]
+    host = endpoint[len("tcp://") :].rsplit(":", 1)[0]
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     if host == "localhost":

@@ -71,8 +71,13 @@ from .curve import CurveKeyError, is_local_endpoint, load_public_key, load_secre
 
 log = logging.getLogger(__name__)
 
-_MONITOR_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-                   | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+_MONITOR_EVENTS = (
+    zmq.EVENT_HANDSHAKE_SUCCEEDED
+    | zmq.EVENT_DISCONNECTED
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+)
 #: replies to this many abandoned requests are recognised as "late" rather than unknown
 _ABANDONED_MEMORY = 4096
 #: replies bigger than this (per frame) make libzmq drop the connection; vit_h float32 tokens
@@ -115,8 +120,9 @@ class _Connection:
         self.monitor: Optional[zmq.Socket] = None
         self.connected = False
         self.handshake_error = ""  # why the last handshake failed (cleared when one succeeds)
-        self.health = ServerHealth(self.name, self.endpoint, state="disconnected", connected=False,
-                                   curve=address.public_key is not None)
+        self.health = ServerHealth(
+            self.name, self.endpoint, state="disconnected", connected=False, curve=address.public_key is not None
+        )
         self.last_probe = -math.inf  # monotonic time of the last info probe
         self.probe_backoff_s = 0.0  # between probes (0: the options' interval)
         self.readmitted_at = -math.inf  # monotonic time it was last taken back
@@ -251,8 +257,11 @@ class ZmqTransport(Transport):
         if curve is not None:
             s.curve_publickey, s.curve_secretkey, s.curve_serverkey = curve
         elif not is_local_endpoint(conn.endpoint):
-            log.warning("server %s is not on this machine and has no Curve key: pixels and tokens "
-                        "cross the network in plaintext", conn.label)
+            log.warning(
+                "server %s is not on this machine and has no Curve key: pixels and tokens "
+                "cross the network in plaintext",
+                conn.label,
+            )
         conn.monitor = s.get_monitor_socket(_MONITOR_EVENTS)
         s.connect(conn.endpoint)
 
@@ -262,8 +271,9 @@ class ZmqTransport(Transport):
         if self.closed:
             raise RuntimeError("ZmqTransport is closed")
         if not self._owner.acquire(blocking=False):
-            raise RuntimeError("ZmqTransport is not thread-safe: encode/info/maintain/wait_connected called "
-                               "concurrently")
+            raise RuntimeError(
+                "ZmqTransport is not thread-safe: encode/info/maintain/wait_connected called concurrently"
+            )
         try:
             yield
         finally:
@@ -310,16 +320,20 @@ class ZmqTransport(Transport):
                 if loud:
                     conn.last_warning = now
                 log.log(logging.WARNING if loud else logging.DEBUG, "lost connection to %s", conn.label)
-                h.last_error = (f"connection lost (the server closed it, or sent no heartbeat for "
-                                f"{self.options.heartbeat_timeout_ms / 1000:g} s)")
+                h.last_error = (
+                    f"connection lost (the server closed it, or sent no heartbeat for "
+                    f"{self.options.heartbeat_timeout_ms / 1000:g} s)"
+                )
                 self._make_suspect(conn)
             conn.connected = False
             h.state = "disconnected"
         elif e == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
             conn.connected = False
             h.state = "disconnected"
-            conn.handshake_error = (f"Curve handshake refused by the server (status {ev['value']}): "
-                                    f"this edge's public key is not in its authorized keys")
+            conn.handshake_error = (
+                f"Curve handshake refused by the server (status {ev['value']}): "
+                f"this edge's public key is not in its authorized keys"
+            )
             h.last_error = conn.handshake_error
             self._make_suspect(conn)
         elif e in (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL):
@@ -335,12 +349,16 @@ class ZmqTransport(Transport):
         timeout = self.options.handshake_ivl_ms / 1000
         if conn.address.public_key:
             if event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
-                return (f"ZMTP/Curve handshake not completed within {timeout:g} s: the server is hung or "
-                        f"overloaded, or its public key is not the one configured")
+                return (
+                    f"ZMTP/Curve handshake not completed within {timeout:g} s: the server is hung or "
+                    f"overloaded, or its public key is not the one configured"
+                )
             return "Curve handshake failed: wrong server public key, or the server does not use Curve"
         if event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
-            return (f"ZMTP handshake not completed within {timeout:g} s: the server accepted the TCP "
-                    f"connection but does not answer (hung, stopped or overloaded)")
+            return (
+                f"ZMTP handshake not completed within {timeout:g} s: the server accepted the TCP "
+                f"connection but does not answer (hung, stopped or overloaded)"
+            )
         return "ZMTP handshake failed: the peer speaks another protocol, or requires Curve (this edge has no key)"
 
     def _make_suspect(self, conn: _Connection) -> None:
@@ -429,8 +447,11 @@ class ZmqTransport(Transport):
                     continue
                 self._drain(conn)
                 with self._stats_lock:
-                    due = (conn.health.suspect and conn.connected
-                           and now - conn.last_probe >= (conn.probe_backoff_s or self.options.probe_interval_s))
+                    due = (
+                        conn.health.suspect
+                        and conn.connected
+                        and now - conn.last_probe >= (conn.probe_backoff_s or self.options.probe_interval_s)
+                    )
                 if due:
                     self._probe(conn, now)
 
@@ -508,10 +529,15 @@ class ZmqTransport(Transport):
             del rnd.pending[rid]
         self._abandon(gone)
 
-    def _collect(self, rnd: _Round, deadline: float, on_reply: Callable[[_Round, _Reply], None],
-                 on_unreadable: Callable[[_Round, _Connection, WireError], None],
-                 on_lost: Optional[Callable[[_Round, _Connection], None]] = None,
-                 first_failure_ends: bool = True) -> None:
+    def _collect(
+        self,
+        rnd: _Round,
+        deadline: float,
+        on_reply: Callable[[_Round, _Reply], None],
+        on_unreadable: Callable[[_Round, _Connection, WireError], None],
+        on_lost: Optional[Callable[[_Round, _Connection], None]] = None,
+        first_failure_ends: bool = True,
+    ) -> None:
         """Poll the servers of ``rnd``'s requests until every one is answered (or, with
         ``first_failure_ends``, one has failed), or ``deadline``; hands each matched reply to
         ``on_reply``, each server whose connection drops with requests pending to ``on_lost``
@@ -530,8 +556,11 @@ class ZmqTransport(Transport):
                     return
             if on_lost is not None:
                 with self._stats_lock:
-                    lost = [self._servers[i] for i in sorted({s.server for s in rnd.pending.values()})
-                            if not self._servers[i].connected]
+                    lost = [
+                        self._servers[i]
+                        for i in sorted({s.server for s in rnd.pending.values()})
+                        if not self._servers[i].connected
+                    ]
                 for conn in lost:
                     on_lost(rnd, conn)
                 if lost:
@@ -572,11 +601,14 @@ class ZmqTransport(Transport):
             bad = [self._servers[i] for i in sorted(rnd.failures)]
             used = {j.server for j in jobs}
             if all(rnd.failures[c.index].startswith("not connected") for c in bad):
-                raise RemoteEncodeError("cannot send to " + "; ".join(f"{c.label}: {rnd.failures[c.index]}"
-                                                                      for c in bad), [c.name for c in bad])
+                raise RemoteEncodeError(
+                    "cannot send to " + "; ".join(f"{c.label}: {rnd.failures[c.index]}" for c in bad),
+                    [c.name for c in bad],
+                )
             detail = "; ".join(f"{c.label}: {rnd.failures[c.index]}" for c in bad)
-            raise RemoteEncodeError(f"remote encoding failed for {len(bad)} of {len(used)} server(s): {detail}",
-                                    [c.name for c in bad])
+            raise RemoteEncodeError(
+                f"remote encoding failed for {len(bad)} of {len(used)} server(s): {detail}", [c.name for c in bad]
+            )
         return rnd.results
 
     def encode_partial(self, jobs: Sequence[TileJob], mode: str, timeout_s: float) -> EncodeRound:
@@ -590,8 +622,9 @@ class ZmqTransport(Transport):
         deadline = time.monotonic() + timeout_s
         for job in jobs:
             if not 0 <= job.server < len(self._servers):
-                raise ValueError(f"job for tile {job.tile.index} names server {job.server}, "
-                                 f"but only {len(self._servers)} exist")
+                raise ValueError(
+                    f"job for tile {job.tile.index} names server {job.server}, but only {len(self._servers)} exist"
+                )
         rnd = _Round([None] * len(jobs))
         with self._stats_lock:
             down = [self._servers[i] for i in sorted({j.server for j in jobs}) if not self._servers[i].connected]
@@ -599,13 +632,17 @@ class ZmqTransport(Transport):
             self._not_connected(rnd, conn)
         if rnd.failures and first_failure_ends:
             return rnd
-        self._send_tiles(rnd, [(k, j) for k, j in enumerate(jobs) if j.server not in rnd.failures], mode, deadline,
-                         first_failure_ends)
+        self._send_tiles(
+            rnd,
+            [(k, j) for k, j in enumerate(jobs) if j.server not in rnd.failures],
+            mode,
+            deadline,
+            first_failure_ends,
+        )
         if rnd.failures and first_failure_ends:
             self._abandon((r, s.server) for r, s in rnd.pending.items())
             return rnd
-        self._collect(rnd, deadline, self._take_encoded, self._encode_unreadable, self._encode_lost,
-                      first_failure_ends)
+        self._collect(rnd, deadline, self._take_encoded, self._encode_unreadable, self._encode_lost, first_failure_ends)
         if rnd.pending and (not rnd.failures or not first_failure_ends):  # deadline
             late = collections.Counter(s.server for s in rnd.pending.values() if s.server not in rnd.failures)
             for i, n in late.items():
@@ -629,8 +666,10 @@ class ZmqTransport(Transport):
             rid = wire.new_request_id()
             budget_ms = max(1, math.ceil((deadline - time.monotonic()) * 1000))
             frames = wire.make_encode_request(
-                EncodeRequest(rid, self.geometry.spec, mode, job.tile, job.pixels, budget_ms, self.token_dtype,
-                              self.pixel_codec))
+                EncodeRequest(
+                    rid, self.geometry.spec, mode, job.tile, job.pixels, budget_ms, self.token_dtype, self.pixel_codec
+                )
+            )
             t_sent = time.monotonic()  # before the send: the server may finish before send_multipart returns
             if not self._send(conn, frames):
                 with self._stats_lock:
@@ -657,8 +696,10 @@ class ZmqTransport(Transport):
 
     def _encode_lost(self, rnd: _Round, conn: _Connection) -> None:
         n = len(rnd.pending_of(conn.index))
-        reason = (f"connection lost with {n} tile(s) in flight (the server closed it, or sent no heartbeat for "
-                  f"{self.options.heartbeat_timeout_ms / 1000:g} s)")
+        reason = (
+            f"connection lost with {n} tile(s) in flight (the server closed it, or sent no heartbeat for "
+            f"{self.options.heartbeat_timeout_ms / 1000:g} s)"
+        )
         rnd.failures.setdefault(conn.index, reason)
         self._fail(conn, "disconnected", rnd.failures[conn.index])
 
@@ -675,8 +716,7 @@ class ZmqTransport(Transport):
             return
         kind = r.header.get("type")
         if kind == "error":
-            return self._encode_failed(rnd, r.conn, f"error reply {r.header.get('code')!r}: "
-                                                    f"{r.header.get('message')}")
+            return self._encode_failed(rnd, r.conn, f"error reply {r.header.get('code')!r}: {r.header.get('message')}")
         if kind != "encoded":
             return self._encode_failed(rnd, r.conn, f"unexpected reply type {kind!r}")
         job = r.sent.job
@@ -686,8 +726,9 @@ class ZmqTransport(Transport):
         except WireError as e:
             return self._encode_failed(rnd, r.conn, f"bad reply ({e.code}: {e})")
         rtt = r.t_recv - r.sent.t_sent
-        rnd.results[r.sent.slot] = TileResult(job.tile, job.server, reply.tokens, r.sent.bytes_up, r.nbytes, rtt,
-                                              reply.compute_s or 0.0)
+        rnd.results[r.sent.slot] = TileResult(
+            job.tile, job.server, reply.tokens, r.sent.bytes_up, r.nbytes, rtt, reply.compute_s or 0.0
+        )
         with self._stats_lock:
             hh = r.conn.health
             if not hh.suspect:
@@ -710,15 +751,17 @@ class ZmqTransport(Transport):
                     rnd.results[conn.index] = dataclasses.replace(rnd.results[conn.index], error="not connected")
             self._collect(rnd, time.monotonic() + timeout_s, self._take_info, self._info_unreadable)
             for s in rnd.pending.values():
-                rnd.results[s.slot] = dataclasses.replace(rnd.results[s.slot],
-                                                          error=f"no reply within {timeout_s:.3f} s")
+                rnd.results[s.slot] = dataclasses.replace(
+                    rnd.results[s.slot], error=f"no reply within {timeout_s:.3f} s"
+                )
             self._abandon((r, s.server) for r, s in rnd.pending.items())
             return rnd.results
 
     def _info_unreadable(self, rnd: _Round, conn: _Connection, e: WireError) -> None:
         # no id to match it by: this server's one info request counts as answered
-        rnd.results[conn.index] = dataclasses.replace(rnd.results[conn.index],
-                                                      error=f"unreadable reply ({e.code}: {e})")
+        rnd.results[conn.index] = dataclasses.replace(
+            rnd.results[conn.index], error=f"unreadable reply ({e.code}: {e})"
+        )
         mine = rnd.pending_of(conn.index)
         for rid in mine:
             del rnd.pending[rid]
@@ -729,7 +772,8 @@ class ZmqTransport(Transport):
         slot = rnd.results[r.sent.slot]
         if r.header.get("type") != "info":
             rnd.results[r.sent.slot] = dataclasses.replace(
-                slot, error=f"{r.header.get('code')}: {r.header.get('message')}")
+                slot, error=f"{r.header.get('code')}: {r.header.get('message')}"
+            )
             return
         try:
             rnd.results[r.sent.slot] = dataclasses.replace(slot, info=ServerInfo.from_header(r.header))

@@ -81,7 +81,7 @@ def compressed_size(data) -> Tuple[str, int, int]:
     """(format, width, height) that a PNG, JPEG or WebP declares in its header, read without
     decoding anything (the decoder would allocate the declared size, whatever the payload);
     :class:`UnsupportedImage` for other formats or a header that cannot be read."""
-    b = bytes(_bytes_of(data)[:1 << 16])  # headers come first: 64 KiB covers EXIF/ICC segments
+    b = bytes(_bytes_of(data)[: 1 << 16])  # headers come first: 64 KiB covers EXIF/ICC segments
     if b.startswith(b"\x89PNG\r\n\x1a\n"):
         if len(b) < 24 or b[12:16] != b"IHDR":
             raise UnsupportedImage("PNG without an IHDR chunk first")
@@ -91,8 +91,9 @@ def compressed_size(data) -> Tuple[str, int, int]:
         return ("jpeg", *_jpeg_size(b))
     if b[:4] == b"RIFF" and b[8:12] == b"WEBP":
         return ("webp", *_webp_size(b))
-    raise UnsupportedImage("compressed image is not PNG, JPEG or WebP (the formats whose size can be read "
-                           "before decoding)")
+    raise UnsupportedImage(
+        "compressed image is not PNG, JPEG or WebP (the formats whose size can be read before decoding)"
+    )
 
 
 def compressed_to_rgb(msg, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -133,8 +134,7 @@ def rgb_to_image(rgb: np.ndarray, header, encoding: str = "rgb8"):
     arr = rgb if encoding == "rgb8" else rgb[:, :, ::-1]
     arr = np.ascontiguousarray(arr, dtype=np.uint8)
     h, w = arr.shape[:2]
-    return Image(header=header, height=h, width=w, encoding=encoding, is_bigendian=0, step=w * 3,
-                 data=arr.tobytes())
+    return Image(header=header, height=h, width=w, encoding=encoding, is_bigendian=0, step=w * 3, data=arr.tobytes())
 
 
 def label_to_image(label: np.ndarray, header):
@@ -149,8 +149,7 @@ def label_to_image(label: np.ndarray, header):
         raise ValueError(f"label maps are uint8 or uint16, got {label.dtype}")
     arr = np.ascontiguousarray(label.astype(label.dtype.newbyteorder("<"), copy=False))
     h, w = arr.shape
-    return Image(header=header, height=h, width=w, encoding=enc, is_bigendian=0, step=w * size,
-                 data=arr.tobytes())
+    return Image(header=header, height=h, width=w, encoding=enc, is_bigendian=0, step=w * size, data=arr.tobytes())
 
 
 def image_to_label(msg) -> np.ndarray:
@@ -185,8 +184,9 @@ def prompts_to_msgs(prompts: Sequence[ObjectPrompt]) -> list:
         msg = Prompt(points=[PointPrompt(x=float(x), y=float(y), label=int(lab)) for x, y, lab in p.points])
         if p.box is not None:
             msg.has_box = True
-            msg.box = BoxPrompt(x_min=float(p.box[0]), y_min=float(p.box[1]), x_max=float(p.box[2]),
-                                y_max=float(p.box[3]))
+            msg.box = BoxPrompt(
+                x_min=float(p.box[0]), y_min=float(p.box[1]), x_max=float(p.box[2]), y_max=float(p.box[3])
+            )
         out.append(msg)
     return out
 
@@ -195,33 +195,68 @@ def prompts_to_msgs(prompts: Sequence[ObjectPrompt]) -> list:
 
 
 def instance_to_msg(inst: Instance):
-    from ped_sam_msgs.msg import MaskInstance, MaskRle
     from sensor_msgs.msg import RegionOfInterest
+
+    from ped_sam_msgs.msg import MaskInstance, MaskRle
 
     h, w, counts = mask_to_rle(inst.mask)
     x, y, bw, bh = (int(v) for v in inst.bbox)
     return MaskInstance(
-        id=int(inst.id), score=float(inst.score), stability_score=float(inst.stability_score),
+        id=int(inst.id),
+        score=float(inst.score),
+        stability_score=float(inst.stability_score),
         bbox=RegionOfInterest(x_offset=x, y_offset=y, width=bw, height=bh, do_rectify=False),
-        area=int(inst.area), mask=MaskRle(height=h, width=w, counts=array.array("I", counts)))
+        area=int(inst.area),
+        mask=MaskRle(height=h, width=w, counts=array.array("I", counts)),
+    )
 
 
-def result_to_msg(header, size: Tuple[int, int], instances: Sequence[Instance], timings: Sequence[Tuple[str, float]],
-                  model: str, mode: str, grid: Tuple[int, int], random_weights: bool, frames_dropped: int,
-                  status: int = 0, reason: str = "", tile_decisions: Sequence[dict] = ()):
+def result_to_msg(
+    header,
+    size: Tuple[int, int],
+    instances: Sequence[Instance],
+    timings: Sequence[Tuple[str, float]],
+    model: str,
+    mode: str,
+    grid: Tuple[int, int],
+    random_weights: bool,
+    frames_dropped: int,
+    status: int = 0,
+    reason: str = "",
+    tile_decisions: Sequence[dict] = (),
+):
     """``tile_decisions``: :func:`ped_sam_ros.edge.privacy.describe_decisions` rows."""
     from ped_sam_msgs.msg import SegmentationResult, StageTiming, TileDecision
 
     return SegmentationResult(
-        header=header, image_height=int(size[0]), image_width=int(size[1]), model_type=model, mode=mode,
-        grid_rows=int(grid[0]), grid_cols=int(grid[1]), random_weights=bool(random_weights),
+        header=header,
+        image_height=int(size[0]),
+        image_width=int(size[1]),
+        model_type=model,
+        mode=mode,
+        grid_rows=int(grid[0]),
+        grid_cols=int(grid[1]),
+        random_weights=bool(random_weights),
         instances=[instance_to_msg(i) for i in instances],
         timings=[StageTiming(stage=k, seconds=float(v)) for k, v in timings],
-        frames_dropped=int(frames_dropped), status=int(status), reason=str(reason)[:2000],
-        tile_decisions=[TileDecision(tile=int(d["tile"]), row0=int(d["rows"][0]), row1=int(d["rows"][1]),
-                                     col0=int(d["cols"][0]), col1=int(d["cols"][1]), server=str(d["server"]),
-                                     action=str(d["action"]), reason=str(d["reason"])[:500],
-                                     classes=[str(c) for c in d["classes"]]) for d in tile_decisions])
+        frames_dropped=int(frames_dropped),
+        status=int(status),
+        reason=str(reason)[:2000],
+        tile_decisions=[
+            TileDecision(
+                tile=int(d["tile"]),
+                row0=int(d["rows"][0]),
+                row1=int(d["rows"][1]),
+                col0=int(d["cols"][0]),
+                col1=int(d["cols"][1]),
+                server=str(d["server"]),
+                action=str(d["action"]),
+                reason=str(d["reason"])[:500],
+                classes=[str(c) for c in d["classes"]],
+            )
+            for d in tile_decisions
+        ],
+    )
 
 
 def masks_from_result(msg) -> List[Tuple[int, np.ndarray]]:

@@ -50,9 +50,9 @@ from ped_sam_ros.core.masks import label_image
 from ped_sam_ros.edge.builder import build_pipeline
 from ped_sam_ros.edge.config import ConfigError, EdgeConfig
 from ped_sam_ros.edge.params import PARAMS, SPECS, amg_from_params, config_from_params, validate_changes
+from ped_sam_ros.edge.privacy import describe_decisions
 from ped_sam_ros.edge.records import ErrorReport, Frame, FrameResult
 from ped_sam_ros.edge.runtime import EdgeRuntime, Throttle, check_image_size, validate_prompts
-from ped_sam_ros.edge.privacy import describe_decisions
 from ped_sam_ros.viz import draw_boxes, overlay
 
 from .convert import (
@@ -483,8 +483,10 @@ class EdgeNode(Node):
         privacy = getattr(result.stats, "privacy", None)
         if privacy is not None:
             c = privacy.counts
-            caption += (f" | {len(privacy.detections)} sensitive: {c['local']} local, {c['obfuscate']} obfuscated, "
-                        f"{c['drop']} dropped tile(s)")
+            caption += (
+                f" | {len(privacy.detections)} sensitive: {c['local']} local, {c['obfuscate']} obfuscated, "
+                f"{c['drop']} dropped tile(s)"
+            )
         if self.config.random_weights:
             caption = f"{RANDOM_BANNER} | " + caption
         out = overlay(
@@ -559,7 +561,11 @@ class EdgeNode(Node):
 
     def diagnostic_statuses(self) -> List[DiagnosticStatus]:
         return diagnostic_statuses(
-            self.get_fully_qualified_name(), self.runtime.snapshot(), self.config, self._refused_images, time.time(),
+            self.get_fully_qualified_name(),
+            self.runtime.snapshot(),
+            self.config,
+            self._refused_images,
+            time.time(),
             privacy=self._privacy_totals(),
         )
 

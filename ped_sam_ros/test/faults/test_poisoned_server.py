@@ -57,12 +57,19 @@ def test_poisoned_replies_are_refused_and_the_server_taken_back_later(stages, fr
     bad_stage = PoisonStage(remote, value)
     bad = InProcessServer(TINY_B, bad_stage)
     with good, bad:
-        t = ZmqTransport([ServerAddress("good", good.endpoint), ServerAddress("bad", bad.endpoint)], TINY_B,
-                         token_dtype=wire)
+        t = ZmqTransport(
+            [ServerAddress("good", good.endpoint), ServerAddress("bad", bad.endpoint)], TINY_B, token_dtype=wire
+        )
         try:
             assert t.wait_connected(30)
-            enc = DistributedEncoder(edge, t, Partition.grid(1, 2), fallback=FallbackPolicy("edge"),
-                                     edge_remote=lambda: remote, timeout_s=30.0)
+            enc = DistributedEncoder(
+                edge,
+                t,
+                Partition.grid(1, 2),
+                fallback=FallbackPolicy("edge"),
+                edge_remote=lambda: remote,
+                timeout_s=30.0,
+            )
             emb, stats = enc.encode_resized(frame)
             assert torch.isfinite(emb).all(), "non-finite values reached the embedding"
             assert stats.edge_tiles == [1] and stats.fallback == ["tile 1: bad -> edge"]

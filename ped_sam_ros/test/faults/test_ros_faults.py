@@ -93,8 +93,9 @@ def stack():
 def _prompts_msg(points=((20.0, 20.0, 1),), automatic=False):
     from ped_sam_msgs.msg import PointPrompt, Prompt, Prompts
 
-    return Prompts(prompts=[Prompt(points=[PointPrompt(x=x, y=y, label=lab) for x, y, lab in points])],
-                   automatic=automatic)
+    return Prompts(
+        prompts=[Prompt(points=[PointPrompt(x=x, y=y, label=lab) for x, y, lab in points])], automatic=automatic
+    )
 
 
 def _hold_one_prompt(node, t):
@@ -150,12 +151,16 @@ def test_forty_concurrent_service_calls_are_all_answered(stack):
     rgb = small_photos(scale=8)[1]
     prompts = [Prompt(points=[PointPrompt(x=10.0, y=10.0, label=1)])]
     # one client with ROS's default service QoS (depth 10), one with a deep queue
-    clients = [t.node.create_client(SegmentImage, f"{PREFIX}/segment"),
-               t.node.create_client(SegmentImage, f"{PREFIX}/segment", qos_profile=QoSProfile(depth=100))]
+    clients = [
+        t.node.create_client(SegmentImage, f"{PREFIX}/segment"),
+        t.node.create_client(SegmentImage, f"{PREFIX}/segment", qos_profile=QoSProfile(depth=100)),
+    ]
     for c in clients:
         assert c.wait_for_service(timeout_sec=30)
-    futures = [clients[k % 2].call_async(SegmentImage.Request(image=image_msg(rgb, 8_000 + k, 0), prompts=prompts))
-               for k in range(40)]
+    futures = [
+        clients[k % 2].call_async(SegmentImage.Request(image=image_msg(rgb, 8_000 + k, 0), prompts=prompts))
+        for k in range(40)
+    ]
     try:
         t.wait_until(lambda: all(f.done() for f in futures), WAIT_S, "an answer to each of the 40 calls")
     except TimeoutError:
@@ -242,13 +247,22 @@ def _random_prompts(rng):
         )
     from ped_sam_msgs.msg import BoxPrompt, PointPrompt, Prompt, Prompts
 
-    msg = Prompts(prompts=[Prompt(points=[PointPrompt(x=x, y=y, label=max(0, min(255, lab)) if lab >= 0 else 7)
-                                          for x, y, lab in o]) for o in objs], automatic=False)
+    msg = Prompts(
+        prompts=[
+            Prompt(points=[PointPrompt(x=x, y=y, label=max(0, min(255, lab)) if lab >= 0 else 7) for x, y, lab in o])
+            for o in objs
+        ],
+        automatic=False,
+    )
     for p in msg.prompts:
         if rng.random() < 0.3:
             p.has_box = True
-            p.box = BoxPrompt(x_min=float(rng.choice(vals)), y_min=float(rng.choice(vals)),
-                              x_max=float(rng.choice(vals)), y_max=float(rng.choice(vals)))
+            p.box = BoxPrompt(
+                x_min=float(rng.choice(vals)),
+                y_min=float(rng.choice(vals)),
+                x_max=float(rng.choice(vals)),
+                y_max=float(rng.choice(vals)),
+            )
     return msg
 
 
@@ -265,8 +279,11 @@ def test_ten_thousand_fuzzed_inputs_crash_nothing_and_valid_frames_still_work(st
     node, _switch, t = stack
     _VALID_JPEG = cv2.imencode(".jpg", small_photos(scale=8)[0])[1].tobytes()
     rng = np.random.default_rng(13)
-    makers = [(_random_image, node._on_image), (_random_compressed, node._on_compressed),
-              (_random_prompts, node._on_prompts)]
+    makers = [
+        (_random_image, node._on_image),
+        (_random_compressed, node._on_compressed),
+        (_random_prompts, node._on_prompts),
+    ]
     crashes = []
     t0 = time.monotonic()
     for k in range(10_000):

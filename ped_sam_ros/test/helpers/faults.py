@@ -69,19 +69,23 @@ class FaultRow:
             return "-" if v is None else f"{v:.2f}"
 
         out = self.results_ok + self.results_degraded
-        return (f"| {self.scenario} | {self.frames_in} | {out} ({self.results_degraded} degraded) | {self.failed} | "
-                f"{f(self.healthy_frame_s)} | {f(self.largest_result_gap_s)} | {f(self.gap_during_outage_s)} | "
-                f"{f(self.gap_after_detection_s)} | "
-                f"{f(self.first_outcome_after_fault_s)} | {f(self.back_in_use_s)} | {f(self.served_again_s)} | "
-                f"{self.mismatched} | {f(self.worst_fault_frame_s)} |")
+        return (
+            f"| {self.scenario} | {self.frames_in} | {out} ({self.results_degraded} degraded) | {self.failed} | "
+            f"{f(self.healthy_frame_s)} | {f(self.largest_result_gap_s)} | {f(self.gap_during_outage_s)} | "
+            f"{f(self.gap_after_detection_s)} | "
+            f"{f(self.first_outcome_after_fault_s)} | {f(self.back_in_use_s)} | {f(self.served_again_s)} | "
+            f"{self.mismatched} | {f(self.worst_fault_frame_s)} |"
+        )
 
 
-HEADER = ("| scenario | frames in | results out | failed (status) | healthy frame (s) | largest gap between results "
-          "(s) | largest gap during the outage, after detection (s) | largest gap after detection, restart "
-          "included (s) | first outcome after the fault (s) | usable again after its "
-          "return (s) | first result it served (s) | results != healthy | slowest outcome of a frame sent "
-          "during the fault (s) |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+HEADER = (
+    "| scenario | frames in | results out | failed (status) | healthy frame (s) | largest gap between results "
+    "(s) | largest gap during the outage, after detection (s) | largest gap after detection, restart "
+    "included (s) | first outcome after the fault (s) | usable again after its "
+    "return (s) | first result it served (s) | results != healthy | slowest outcome of a frame sent "
+    "during the fault (s) |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+)
 
 
 def start_fault_servers(workdir: Path) -> List[ServerProcess]:
@@ -91,17 +95,33 @@ def start_fault_servers(workdir: Path) -> List[ServerProcess]:
 def edge_config(servers: Sequence[ServerProcess], fallback: str, deadline_s: float = 30.0):
     from ped_sam_ros.edge.config import EdgeConfig
 
-    return EdgeConfig(model=TEST_MODEL, random_weights=True, seed=TEST_SEED, grid="2x2",
-                      servers=[s.address for s in servers], fallback=fallback,
-                      spares=[NAMES[4]],  # idle unless the fallback uses it
-                      assignment=[0, 1, 2, 3], deadline_s=deadline_s, torch_threads=1, connect_timeout_s=30.0)
+    return EdgeConfig(
+        model=TEST_MODEL,
+        random_weights=True,
+        seed=TEST_SEED,
+        grid="2x2",
+        servers=[s.address for s in servers],
+        fallback=fallback,
+        spares=[NAMES[4]],  # idle unless the fallback uses it
+        assignment=[0, 1, 2, 3],
+        deadline_s=deadline_s,
+        torch_threads=1,
+        connect_timeout_s=30.0,
+    )
 
 
 class Scenario:
     """Stream, fault, recovery and measurement of one run (see the module docstring)."""
 
-    def __init__(self, servers: Sequence[ServerProcess], fallback: str, fault: str,
-                 healthy_s: float = 12.0, fault_s: float = 10.0, after_s: float = 10.0):
+    def __init__(
+        self,
+        servers: Sequence[ServerProcess],
+        fallback: str,
+        fault: str,
+        healthy_s: float = 12.0,
+        fault_s: float = 10.0,
+        after_s: float = 10.0,
+    ):
         assert fault in ("kill", "stop")
         self.servers, self.fallback, self.fault = list(servers), fallback, fault
         self.healthy_s, self.fault_s, self.after_s = healthy_s, fault_s, after_s
@@ -119,8 +139,16 @@ class Scenario:
         tiles = tuple(stats.per_server[VICTIM].tiles) if stats is not None else ()
         status = "degraded" if stats is not None and stats.degraded else "ok"
         with self._lock:
-            self.outcomes.append(Outcome(result.meta, time.monotonic(), status, [i.mask for i in result.instances],
-                                         tiles, "; ".join(stats.fallback) if stats else ""))
+            self.outcomes.append(
+                Outcome(
+                    result.meta,
+                    time.monotonic(),
+                    status,
+                    [i.mask for i in result.instances],
+                    tiles,
+                    "; ".join(stats.fallback) if stats else "",
+                )
+            )
 
     def _on_error(self, report) -> None:
         with self._lock:
@@ -232,7 +260,8 @@ class Scenario:
             largest_result_gap_s=largest(results_after, fault),
             gap_after_detection_s=largest(results_after, fault + min(firsts)) if firsts else float("nan"),
             gap_during_outage_s=largest([o for o in results_after if o.t < back], fault + min(firsts))
-            if firsts else float("nan"),
+            if firsts
+            else float("nan"),
             first_outcome_after_fault_s=min(firsts) if firsts else None,
             back_in_use_s=None if usable != usable else usable - back,
             served_again_s=min(served) if served else None,

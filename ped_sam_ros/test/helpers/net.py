@@ -22,10 +22,10 @@ import numpy as np
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from helpers import PKG_DIR as REPO
 from ped_sam_ros.core import wire
 from ped_sam_ros.core.transport import ServerAddress
 
-from helpers import PKG_DIR as REPO
 STARTUP_TIMEOUT_S = 90.0  # a loaded 2-core machine imports torch slowly
 
 
@@ -59,17 +59,35 @@ class ServerProcess:
         self._log = None
 
     def command(self) -> List[str]:
-        return [sys.executable, "-m", "remote_node", "--bind", self.bind, "--name", self.name,
-                "--ready-file", str(self.ready_file), "--torch-threads", "1", *self.args]
+        return [
+            sys.executable,
+            "-m",
+            "remote_node",
+            "--bind",
+            self.bind,
+            "--name",
+            self.name,
+            "--ready-file",
+            str(self.ready_file),
+            "--torch-threads",
+            "1",
+            *self.args,
+        ]
 
-    def start(self) -> "ServerProcess":
+    def start(self) -> ServerProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         if self.ready_file.exists():
             self.ready_file.unlink()
         self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.command(), cwd=str(REPO), env=server_env(), stdin=subprocess.DEVNULL,
-                                     stdout=self._log, stderr=subprocess.STDOUT,
-                                     preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+        self.proc = subprocess.Popen(
+            self.command(),
+            cwd=str(REPO),
+            env=server_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+        )
         return self
 
     def wait_ready(self, timeout_s: float = STARTUP_TIMEOUT_S) -> str:
@@ -176,8 +194,14 @@ def checkpoint_args(model: str, checkpoint) -> List[str]:
 class RawClient:
     """A DEALER that sends arbitrary frames and waits (bounded) for replies."""
 
-    def __init__(self, ctx: zmq.Context, endpoint: str, curve: Optional[Tuple[bytes, bytes, bytes]] = None,
-                 immediate: bool = False, monitor: bool = False):
+    def __init__(
+        self,
+        ctx: zmq.Context,
+        endpoint: str,
+        curve: Optional[Tuple[bytes, bytes, bytes]] = None,
+        immediate: bool = False,
+        monitor: bool = False,
+    ):
         self.socket = ctx.socket(zmq.DEALER)
         self.monitor = None
         self.socket.setsockopt(zmq.LINGER, 0)
@@ -307,7 +331,7 @@ class InProcessServer:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self.server.serve_forever, args=(self._stop,), daemon=True)
 
-    def __enter__(self) -> "InProcessServer":
+    def __enter__(self) -> InProcessServer:
         self._thread.start()
         return self
 
@@ -345,7 +369,7 @@ class FakeRouter:
             self.requests.append(header)
             self.socket.send_multipart([identity] + list(self.reply(header)))
 
-    def __enter__(self) -> "FakeRouter":
+    def __enter__(self) -> FakeRouter:
         self._thread.start()
         return self
 

@@ -16,9 +16,17 @@ import pytest
 import torch
 
 from helpers import TINY_B
-from helpers.net import (REPO, BlockingStage, FailingStage, FakeRouter, InProcessServer, RawClient, header_frame,
-                         pixels_for, server_env)
-
+from helpers.net import (
+    REPO,
+    BlockingStage,
+    FailingStage,
+    FakeRouter,
+    InProcessServer,
+    RawClient,
+    header_frame,
+    pixels_for,
+    server_env,
+)
 from ped_sam_ros.core import wire
 from ped_sam_ros.core.geometry import Tile
 from ped_sam_ros.core.model import RemoteStage, get_geometry
@@ -49,8 +57,7 @@ def keys(tmp_path_factory):
 
 
 def request(rid, tile=SMALL, seed=0, budget_ms=60000):
-    return make_encode_request(EncodeRequest(rid, TINY_B, "exact", tile, pixels_for(tile, seed), budget_ms,
-                                             "float32"))
+    return make_encode_request(EncodeRequest(rid, TINY_B, "exact", tile, pixels_for(tile, seed), budget_ms, "float32"))
 
 
 def run_bounded(fn, timeout_s=WAIT_S):
@@ -83,8 +90,16 @@ def collect(client, n, timeout_s=WAIT_S):
 # Finding: a bad key file made ZmqTransport() hang in context.term()
 
 
-@pytest.mark.parametrize("case", ["missing_client_secret", "public_key_as_client_secret", "missing_server_key",
-                                  "garbage_server_key", "secret_with_bad_z85"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing_client_secret",
+        "public_key_as_client_secret",
+        "missing_server_key",
+        "garbage_server_key",
+        "secret_with_bad_z85",
+    ],
+)
 def test_transport_with_bad_key_file_raises_promptly(case, keys, tmp_path):
     from ped_sam_ros.net.curve import CurveKeyError
     from ped_sam_ros.net.zmq_client import ZmqTransport
@@ -106,9 +121,13 @@ def test_transport_with_bad_key_file_raises_promptly(case, keys, tmp_path):
         client_secret, expect = str(tmp_path / "bad.key_secret"), "not a 40-character Z85"
 
     # a plaintext server first, so a socket already exists when the second one fails
-    finished, value = run_bounded(lambda: ZmqTransport(
-        [ServerAddress("plain", "tcp://127.0.0.1:1"), ServerAddress("curvy", "tcp://127.0.0.1:2", server_public)],
-        TINY_B, client_secret_key=client_secret))
+    finished, value = run_bounded(
+        lambda: ZmqTransport(
+            [ServerAddress("plain", "tcp://127.0.0.1:1"), ServerAddress("curvy", "tcp://127.0.0.1:2", server_public)],
+            TINY_B,
+            client_secret_key=client_secret,
+        )
+    )
     assert finished, f"ZmqTransport() hung with a bad key file ({case})"
     assert isinstance(value, CurveKeyError), value
     assert expect in str(value) and "curvy" in str(value), str(value)
@@ -178,10 +197,29 @@ def test_cli_bad_authorized_key_exits_with_one_clear_line(keys, tmp_path):
     (d / "edge.key").write_bytes(keys["edge_pub"].read_bytes())
     (d / "broken.key").write_text("garbage\n")
     ready = tmp_path / "ready"
-    p = subprocess.run([sys.executable, "-m", "remote_node", "--bind", "tcp://127.0.0.1:*", "--model", TINY_B,
-                        "--random-weights", "--server-key", str(keys["server_sec"]), "--authorized-keys", str(d),
-                        "--ready-file", str(ready)], cwd=str(REPO), env=server_env(), capture_output=True,
-                       text=True, timeout=120)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "remote_node",
+            "--bind",
+            "tcp://127.0.0.1:*",
+            "--model",
+            TINY_B,
+            "--random-weights",
+            "--server-key",
+            str(keys["server_sec"]),
+            "--authorized-keys",
+            str(d),
+            "--ready-file",
+            str(ready),
+        ],
+        cwd=str(REPO),
+        env=server_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 2, p.stderr
     assert "ServerConfigError" in p.stderr and "broken.key" in p.stderr, p.stderr
     assert "Traceback" not in p.stderr and not ready.exists()
@@ -259,9 +297,12 @@ def test_server_limits_are_validated(stage):
     from remote_node.policy import ServerConfigError
     from remote_node.server import EncoderServer, ServerOptions
 
-    for kwargs, match in (({"max_message_bytes": 0}, "max_message_bytes"), ({"max_queued": 0}, "max_queued"),
-                          ({"max_queued_bytes": 1000, "max_message_bytes": 2000}, "at least"),
-                          ({"max_queued": True}, "max_queued")):
+    for kwargs, match in (
+        ({"max_message_bytes": 0}, "max_message_bytes"),
+        ({"max_queued": 0}, "max_queued"),
+        ({"max_queued_bytes": 1000, "max_message_bytes": 2000}, "at least"),
+        ({"max_queued": True}, "max_queued"),
+    ):
         with pytest.raises(ServerConfigError, match=match):
             EncoderServer("tcp://127.0.0.1:*", TINY_B, options=ServerOptions(**kwargs), stage=stage)
 
@@ -303,7 +344,9 @@ def test_busy_when_waiting_requests_hold_too_many_bytes(stage, ctx):
             got = c.recv(WAIT_S)
             assert got is not None and (got[0]["id"], got[0]["code"]) == ("too-many-bytes", "busy"), got
             assert "bytes" in got[0]["message"]
-            info = c.request([header_frame(v=wire.PROTOCOL_VERSION, type="info", id="i")], WAIT_S)  # still answered at once
+            info = c.request(
+                [header_frame(v=wire.PROTOCOL_VERSION, type="info", id="i")], WAIT_S
+            )  # still answered at once
             assert info is not None and info[0]["type"] == "info"
             blocking.release()
             assert collect(c, 2) == {"computing": ("encoded", None), "waiting": ("encoded", None)}
@@ -356,8 +399,16 @@ def test_info_keeps_the_clients_own_fields(ctx):
     real = ServerInfo.describe(get_geometry(TINY_B), "fake-srv", "x.pth").to_header()
 
     def reply(h):
-        return wire.encode_message(dict(real, id=h.get("id"), endpoint="tcp://spoofed:1", error="spoofed",
-                                        server_name="spoofed", future_field=[1, 2]))
+        return wire.encode_message(
+            dict(
+                real,
+                id=h.get("id"),
+                endpoint="tcp://spoofed:1",
+                error="spoofed",
+                server_name="spoofed",
+                future_field=[1, 2],
+            )
+        )
 
     fake, got = _info_from(ctx, reply)
     assert (got.name, got.endpoint, got.error) == ("mine", fake.endpoint, "")
@@ -365,8 +416,17 @@ def test_info_keeps_the_clients_own_fields(ctx):
     assert got.info == ServerInfo.from_header(real)
 
 
-@pytest.mark.parametrize("field,value", [("model", None), ("embed_dim", "32"), ("curve", 1), ("modes", "paper"),
-                                         ("remote_blocks", {"paper": ["0"]}), ("requests_served", True)])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("model", None),
+        ("embed_dim", "32"),
+        ("curve", 1),
+        ("modes", "paper"),
+        ("remote_blocks", {"paper": ["0"]}),
+        ("requests_served", True),
+    ],
+)
 def test_info_reply_with_a_missing_or_mistyped_field_is_an_error(ctx, field, value):
     real = ServerInfo.describe(get_geometry(TINY_B), "fake-srv", "x.pth").to_header()
     odd = {k: v for k, v in real.items() if k != field}

@@ -20,7 +20,6 @@ import zmq
 
 from helpers import TINY_B
 from helpers.net import REPO, RawClient, ServerProcess, checkpoint_args, header_frame, pixels_for, server_env
-
 from ped_sam_ros.core import wire
 from ped_sam_ros.core.geometry import Tile
 from ped_sam_ros.core.model import RemoteStage, random_sam
@@ -54,8 +53,9 @@ def client(ctx, server):
     c.close()
 
 
-def encode_frames(rid="ok-1", window=SMALL, pixels=None, mode="exact", model=TINY_B, budget_ms=30000,
-                  reply_dtype="float32"):
+def encode_frames(
+    rid="ok-1", window=SMALL, pixels=None, mode="exact", model=TINY_B, budget_ms=30000, reply_dtype="float32"
+):
     if pixels is None:
         pixels = pixels_for(window)
     return make_encode_request(EncodeRequest(rid, model, mode, window, pixels, budget_ms, reply_dtype))
@@ -96,9 +96,16 @@ def _malformed():
         "json_not_object": ([b"[1, 2, 3]"], "bad_header", None),
         "deeply_nested_json": ([b"[" * 16000], "bad_header", None),
         # json raises a plain ValueError for an integer of more than 4300 digits
-        "integer_json_will_not_convert": ([b'{"v": 2, "type": "info", "id": "m-1", "n": ' + b"9" * 5000 + b"}"],
-                                          "bad_header", None),
-        "header_too_large": ([header_frame(v=wire.PROTOCOL_VERSION, type="info", id="m-1", pad="x" * 20000)], "header_too_large", None),
+        "integer_json_will_not_convert": (
+            [b'{"v": 2, "type": "info", "id": "m-1", "n": ' + b"9" * 5000 + b"}"],
+            "bad_header",
+            None,
+        ),
+        "header_too_large": (
+            [header_frame(v=wire.PROTOCOL_VERSION, type="info", id="m-1", pad="x" * 20000)],
+            "header_too_large",
+            None,
+        ),
         "unknown_version": (_replace(ok, v=7), "bad_version", "m-1"),
         "unknown_type": (_replace(ok, type="teleport"), "bad_type", "m-1"),
         "reply_type_sent_to_server": (_replace(ok, type="encoded"), "bad_type", "m-1"),
@@ -107,29 +114,57 @@ def _malformed():
         "missing_pixels_frame": ([ok[0]], "frame_count", "m-1"),
         "extra_frame": ([ok[0], px, b"surprise"], "frame_count", "m-1"),
         "far_too_many_frames": ([ok[0]] + [b"x"] * 40, "frame_count", "m-1"),
-        "huge_declared_shape": (_replace(ok, tensors=[{"name": "pixels", "dtype": "uint8",
-                                                       "shape": [1 << 20, 1 << 20, 3]}]), "bad_length", "m-1"),
-        "shape_too_big": (_replace(ok, tensors=[{"name": "pixels", "dtype": "uint8", "shape": [wire.MAX_DIM + 1, 1, 3]}]),
-                          "bad_shape", "m-1"),
-        "shape_byte_mismatch": (_replace(ok, tensors=[{"name": "pixels", "dtype": "uint8", "shape": [32, 16, 3]}]),
-                                "bad_length", "m-1"),
-        "wrong_dtype_name": (_replace(ok, tensors=[{"name": "pixels", "dtype": "float64", "shape": [32, 32, 3]}]),
-                             "bad_dtype", "m-1"),
-        "unhashable_dtype": (_replace(ok, tensors=[{"name": "pixels", "dtype": ["uint8"], "shape": [32, 32, 3]}]),
-                             "bad_dtype", "m-1"),
-        "float_pixels": (_replace(ok, tensors=[{"name": "pixels", "dtype": "float32", "shape": [32, 32, 3]}])[:1]
-                         + [np.zeros((32, 32, 3), np.float32).tobytes()], "bad_dtype", "m-1"),
+        "huge_declared_shape": (
+            _replace(ok, tensors=[{"name": "pixels", "dtype": "uint8", "shape": [1 << 20, 1 << 20, 3]}]),
+            "bad_length",
+            "m-1",
+        ),
+        "shape_too_big": (
+            _replace(ok, tensors=[{"name": "pixels", "dtype": "uint8", "shape": [wire.MAX_DIM + 1, 1, 3]}]),
+            "bad_shape",
+            "m-1",
+        ),
+        "shape_byte_mismatch": (
+            _replace(ok, tensors=[{"name": "pixels", "dtype": "uint8", "shape": [32, 16, 3]}]),
+            "bad_length",
+            "m-1",
+        ),
+        "wrong_dtype_name": (
+            _replace(ok, tensors=[{"name": "pixels", "dtype": "float64", "shape": [32, 32, 3]}]),
+            "bad_dtype",
+            "m-1",
+        ),
+        "unhashable_dtype": (
+            _replace(ok, tensors=[{"name": "pixels", "dtype": ["uint8"], "shape": [32, 32, 3]}]),
+            "bad_dtype",
+            "m-1",
+        ),
+        "float_pixels": (
+            _replace(ok, tensors=[{"name": "pixels", "dtype": "float32", "shape": [32, 32, 3]}])[:1]
+            + [np.zeros((32, 32, 3), np.float32).tobytes()],
+            "bad_dtype",
+            "m-1",
+        ),
         "wrong_model": (encode_frames("m-1", model="vit_h"), "wrong_model", "m-1"),
         "unknown_mode": (encode_frames("m-1", mode="turbo"), "bad_mode", "m-1"),
         "window_out_of_grid": (_replace(ok, tile={"rows": [60, 70], "cols": [0, 2]}), "bad_tile", "m-1"),
-        "pixels_bigger_than_window": (encode_frames("m-1", pixels=np.zeros((48, 32, 3), np.uint8)), "bad_shape",
-                                      "m-1"),
+        "pixels_bigger_than_window": (encode_frames("m-1", pixels=np.zeros((48, 32, 3), np.uint8)), "bad_shape", "m-1"),
         "zero_budget": (_replace(ok, budget_ms=0), "bad_deadline", "m-1"),
         "string_budget": (_replace(ok, budget_ms="soon"), "bad_deadline", "m-1"),
         "bad_reply_dtype": (_replace(ok, reply_dtype="float64"), "bad_dtype", "m-1"),
-        "info_with_tensor": ([header_frame(v=wire.PROTOCOL_VERSION, type="info", id="m-1",
-                                           tensors=[{"name": "x", "dtype": "uint8", "shape": [1]}]), b"\0"],
-                             "bad_header", "m-1"),
+        "info_with_tensor": (
+            [
+                header_frame(
+                    v=wire.PROTOCOL_VERSION,
+                    type="info",
+                    id="m-1",
+                    tensors=[{"name": "x", "dtype": "uint8", "shape": [1]}],
+                ),
+                b"\0",
+            ],
+            "bad_header",
+            "m-1",
+        ),
     }
     assert h["id"] == "m-1"
     return cases
@@ -183,7 +218,10 @@ def test_oversized_message_is_dropped_and_server_keeps_serving(ctx, client, serv
     # the dropped client's DEALER reconnects by itself and is served again
     assert_serves(client, stage, rid="same-after-big")
     # a message just under the limit is read (and refused by the codec, not dropped)
-    near = [header_frame(v=wire.PROTOCOL_VERSION, type="info", id="near-limit"), b"\0" * (wire.MAX_REQUEST_BYTES - 1000)]
+    near = [
+        header_frame(v=wire.PROTOCOL_VERSION, type="info", id="near-limit"),
+        b"\0" * (wire.MAX_REQUEST_BYTES - 1000),
+    ]
     reply = client.request(near, REPLY_TIMEOUT_S)
     assert reply is not None and (reply[0]["id"], reply[0]["code"]) == ("near-limit", "frame_count")
 
@@ -231,15 +269,16 @@ def test_budget_counts_from_arrival_while_queued(client):
         r = client.recv(max(0.01, end - time.monotonic()))
         if r is not None:
             order.append((r[0]["id"], r[0]["type"], r[0].get("code")))
-    assert order == [("info-now", "info", None), ("long", "encoded", None),
-                     ("short", "error", "deadline_expired")], order
+    assert order == [("info-now", "info", None), ("long", "encoded", None), ("short", "error", "deadline_expired")], (
+        order
+    )
 
 
 def test_in_process_server_in_a_thread(tiny_b_checkpoint, stage):
     """EncoderServer used as a library: serve_forever in a thread, stopped by its event."""
-    from remote_node.server import EncoderServer, ServerOptions
     from ped_sam_ros.core.transport import ServerAddress, TileJob
     from ped_sam_ros.net.zmq_client import ZmqTransport
+    from remote_node.server import EncoderServer, ServerOptions
 
     srv = EncoderServer("tcp://127.0.0.1:*", TINY_B, tiny_b_checkpoint, ServerOptions(name="in-thread"))
     stop = threading.Event()
@@ -257,8 +296,11 @@ def test_in_process_server_in_a_thread(tiny_b_checkpoint, stage):
         assert res.compute_s > 0 and res.round_trip_s >= res.compute_s
         (reply,) = t.info(REPLY_TIMEOUT_S)
         assert (reply.name, reply.error) == ("lib", "")
-        assert (reply.info.name, reply.info.requests_served, reply.info.checkpoint) == ("in-thread", 1,
-                                                                                        tiny_b_checkpoint.name)
+        assert (reply.info.name, reply.info.requests_served, reply.info.checkpoint) == (
+            "in-thread",
+            1,
+            tiny_b_checkpoint.name,
+        )
         # the edge's record is the server's own, field for field (the clock moved on in between)
         assert reply.info == dataclasses.replace(srv.info(), uptime_s=reply.info.uptime_s)
         h = t.health()[0]
@@ -273,16 +315,17 @@ def test_in_process_server_in_a_thread(tiny_b_checkpoint, stage):
 
 
 def test_library_config_errors(tiny_b_checkpoint, tmp_path):
-    from remote_node.policy import ServerConfigError
-    from remote_node.server import EncoderServer, ServerOptions
     from ped_sam_ros.core.transport import ServerAddress
     from ped_sam_ros.net.zmq_client import ZmqTransport
+    from remote_node.policy import ServerConfigError
+    from remote_node.server import EncoderServer, ServerOptions
 
     with pytest.raises(ServerConfigError, match="refusing to bind"):
         EncoderServer("tcp://0.0.0.0:*", TINY_B, tiny_b_checkpoint)
     with pytest.raises(ServerConfigError, match="both"):
-        EncoderServer("tcp://127.0.0.1:*", TINY_B, tiny_b_checkpoint,
-                      ServerOptions(server_secret_key=tmp_path / "x.key_secret"))
+        EncoderServer(
+            "tcp://127.0.0.1:*", TINY_B, tiny_b_checkpoint, ServerOptions(server_secret_key=tmp_path / "x.key_secret")
+        )
     with pytest.raises(ServerConfigError, match="checkpoint path"):
         EncoderServer("tcp://127.0.0.1:*", TINY_B)
     with pytest.raises(ValueError, match="client secret"):
@@ -294,9 +337,26 @@ def test_library_config_errors(tiny_b_checkpoint, tmp_path):
 def test_non_loopback_bind_without_keys_is_refused(tmp_path, tiny_b_checkpoint):
     ready = tmp_path / "ready"
     for bind in ("tcp://0.0.0.0:*", "tcp://*:*"):
-        p = subprocess.run([sys.executable, "-m", "remote_node", "--bind", bind, "--model", TINY_B,
-                            "--checkpoint", str(tiny_b_checkpoint), "--ready-file", str(ready)],
-                           cwd=str(REPO), env=server_env(), capture_output=True, text=True, timeout=60)
+        p = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "remote_node",
+                "--bind",
+                bind,
+                "--model",
+                TINY_B,
+                "--checkpoint",
+                str(tiny_b_checkpoint),
+                "--ready-file",
+                str(ready),
+            ],
+            cwd=str(REPO),
+            env=server_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert p.returncode != 0
         assert "refusing to bind" in p.stderr and "--allow-insecure-remote" in p.stderr, p.stderr
         assert "Traceback" not in p.stderr
@@ -304,15 +364,29 @@ def test_non_loopback_bind_without_keys_is_refused(tmp_path, tiny_b_checkpoint):
 
 
 def test_endpoint_policy():
-    from remote_node.policy import ServerConfigError, check_bind_policy
     from ped_sam_ros.net.curve import is_local_endpoint
+    from remote_node.policy import ServerConfigError, check_bind_policy
 
-    for ep in ("tcp://127.0.0.1:5555", "tcp://127.3.2.1:*", "tcp://localhost:1", "tcp://[::1]:5555",
-               "ipc:///tmp/x", "inproc://x"):
+    for ep in (
+        "tcp://127.0.0.1:5555",
+        "tcp://127.3.2.1:*",
+        "tcp://localhost:1",
+        "tcp://[::1]:5555",
+        "ipc:///tmp/x",
+        "inproc://x",
+    ):
         assert is_local_endpoint(ep), ep
         check_bind_policy(ep, curve=False)
-    for ep in ("tcp://0.0.0.0:5555", "tcp://*:5555", "tcp://eth0:5555", "tcp://192.168.1.4:5555",
-               "tcp://[::]:5555", "tcp://example.com:5555", "ws://127.0.0.1:5555", "pgm://eth0;239.1.1.1:5555"):
+    for ep in (
+        "tcp://0.0.0.0:5555",
+        "tcp://*:5555",
+        "tcp://eth0:5555",
+        "tcp://192.168.1.4:5555",
+        "tcp://[::]:5555",
+        "tcp://example.com:5555",
+        "ws://127.0.0.1:5555",
+        "pgm://eth0;239.1.1.1:5555",
+    ):
         assert not is_local_endpoint(ep), ep
         with pytest.raises(ServerConfigError, match="refusing to bind"):
             check_bind_policy(ep, curve=False)
@@ -340,26 +414,51 @@ def test_keys_cli_refuses_overwrite(tmp_path):
     assert pub.read_bytes() != before[0]
     assert main(["--dir", str(d), "--name", "../escape"]) == 1
     # the CLI entry point (console script ped-sam-keys = remote_node.keys:main)
-    p = subprocess.run([sys.executable, "-c", "import sys; from remote_node.keys import main; sys.exit(main())",
-                        "--dir", str(d), "--name", "edge"], cwd=str(REPO), env=server_env(),
-                       capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from remote_node.keys import main; sys.exit(main())",
+            "--dir",
+            str(d),
+            "--name",
+            "edge",
+        ],
+        cwd=str(REPO),
+        env=server_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert p.returncode == 1 and "refusing to overwrite" in p.stderr and "--force" in p.stderr
 
 
 def test_curve_authorized_client_served_unknown_client_refused(ctx, tmp_path):
-    from remote_node.keys import create_keypair
-    from ped_sam_ros.net.curve import load_public_key, load_secret_pair
     from ped_sam_ros.core.transport import RemoteEncodeError, ServerAddress, TileJob
+    from ped_sam_ros.net.curve import load_public_key, load_secret_pair
     from ped_sam_ros.net.zmq_client import ZmqTransport
+    from remote_node.keys import create_keypair
 
     keys, authorized, strangers = tmp_path / "server", tmp_path / "authorized", tmp_path / "strangers"
     server_pub, server_sec = create_keypair(keys, "server")
     edge_pub, edge_sec = create_keypair(authorized, "edge")
     _, bad_sec = create_keypair(strangers, "intruder")
 
-    srv = ServerProcess(tmp_path / "run", "srv-curve",
-                        ["--model", TINY_B, "--random-weights", "--seed", "3", "--server-key", str(server_sec),
-                         "--authorized-keys", str(authorized)])
+    srv = ServerProcess(
+        tmp_path / "run",
+        "srv-curve",
+        [
+            "--model",
+            TINY_B,
+            "--random-weights",
+            "--seed",
+            "3",
+            "--server-key",
+            str(server_sec),
+            "--authorized-keys",
+            str(authorized),
+        ],
+    )
     srv.start()
     good = bad = plain = None
     try:
@@ -382,13 +481,19 @@ def test_curve_authorized_client_served_unknown_client_refused(ctx, tmp_path):
 
         # refused at the handshake: the server's ZAP handler says no (status 400) to the unknown key,
         # and the plaintext client fails the handshake (mechanism mismatch); neither ever connects
-        outcome = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-                   | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+        outcome = (
+            zmq.EVENT_HANDSHAKE_SUCCEEDED
+            | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+            | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+            | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+        )
         ev = bad.wait_event(outcome, REPLY_TIMEOUT_S)
         assert ev is not None and (ev["event"], ev["value"]) == (zmq.EVENT_HANDSHAKE_FAILED_AUTH, 400), ev
         ev = plain.wait_event(outcome, REPLY_TIMEOUT_S)
-        assert ev is not None and ev["event"] in (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
-                                                  zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL), ev
+        assert ev is not None and ev["event"] in (
+            zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
+            zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL,
+        ), ev
         bad.send(encode_frames("intruder"), timeout_s=0.5)  # queued or refused; never delivered
         plain.send(encode_frames("plaintext"), timeout_s=0.5)
         assert_serves(good, stage, rid="curve-good-again")

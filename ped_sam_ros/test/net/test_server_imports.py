@@ -34,8 +34,12 @@ def _within(module: str, packages) -> bool:
 
 
 def test_server_imports_only_core_net_and_processes():
-    wrong = {f"{p.name}: {m}" for p in SERVER.glob("*.py") for m in _imports(p)
-             if _within(m, ("ped_sam_ros",)) and not _within(m, SERVER_MAY_USE)}
+    wrong = {
+        f"{p.name}: {m}"
+        for p in SERVER.glob("*.py")
+        for m in _imports(p)
+        if _within(m, ("ped_sam_ros",)) and not _within(m, SERVER_MAY_USE)
+    }
     assert not wrong, wrong
 
 
@@ -43,17 +47,24 @@ def test_nothing_in_the_library_imports_the_server_and_the_core_no_adapter():
     files = sorted(LIBRARY.rglob("*.py"))
     assert len(files) > 20
     wrong = {f"{p.relative_to(LIBRARY)}: {m}" for p in files for m in _imports(p) if _within(m, ("remote_node",))}
-    wrong |= {f"{p.relative_to(LIBRARY)}: {m}" for p in (LIBRARY / "core").rglob("*.py") for m in _imports(p)
-              if _within(m, ("ped_sam_ros.net", "ped_sam_ros.edge", "ped_sam_ros.ros", "zmq"))}
+    wrong |= {
+        f"{p.relative_to(LIBRARY)}: {m}"
+        for p in (LIBRARY / "core").rglob("*.py")
+        for m in _imports(p)
+        if _within(m, ("ped_sam_ros.net", "ped_sam_ros.edge", "ped_sam_ros.ros", "zmq"))
+    }
     assert not wrong, wrong
 
 
 def test_importing_the_server_loads_no_ros_or_image_libraries():
-    code = ("import sys, remote_node.__main__, remote_node.server, remote_node.keys; "
-            "print(' '.join(m for m in ('cv2', 'scipy', 'skimage', 'rclpy', 'matplotlib') if m in sys.modules)); "
-            "print('zmq' in sys.modules)")
-    p = subprocess.run([sys.executable, "-c", code], cwd=str(PKG_DIR), env=server_env(), capture_output=True,
-                       text=True, timeout=120)
+    code = (
+        "import sys, remote_node.__main__, remote_node.server, remote_node.keys; "
+        "print(' '.join(m for m in ('cv2', 'scipy', 'skimage', 'rclpy', 'matplotlib') if m in sys.modules)); "
+        "print('zmq' in sys.modules)"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", code], cwd=str(PKG_DIR), env=server_env(), capture_output=True, text=True, timeout=120
+    )
     assert p.returncode == 0, p.stderr
     loaded, zmq_loaded = p.stdout.splitlines()
     assert loaded == "", f"importing the server loaded {loaded}"

@@ -12,12 +12,10 @@ import time
 
 import pytest
 import torch
+from segment_anything.utils.transforms import ResizeLongestSide
 
 from helpers import TINY_B
 from helpers.net import checkpoint_args, start_servers, stop_all
-
-from segment_anything.utils.transforms import ResizeLongestSide
-
 from ped_sam_ros.core import wire
 from ped_sam_ros.core.geometry import Partition
 from ped_sam_ros.core.model import EdgeStage, build_sam, reordered_encoder
@@ -38,8 +36,10 @@ pytestmark = pytest.mark.timeout(300)  # a hang fails the test instead of the wh
 
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory, tiny_b_checkpoint):
-    procs = start_servers(tmp_path_factory.mktemp("e2e"),
-                          [(f"e2e-{i}", checkpoint_args(TINY_B, tiny_b_checkpoint)) for i in range(N_SERVERS)])
+    procs = start_servers(
+        tmp_path_factory.mktemp("e2e"),
+        [(f"e2e-{i}", checkpoint_args(TINY_B, tiny_b_checkpoint)) for i in range(N_SERVERS)],
+    )
     try:
         yield procs
     finally:
@@ -83,9 +83,11 @@ def frame(landscape):
 def references(sam, frame):
     x = sam.preprocess(torch.as_tensor(frame).permute(2, 0, 1).contiguous()[None].float())
     with torch.no_grad():
-        return {"paper": reordered_encoder(sam.image_encoder, x, "paper"),
-                "exact": reordered_encoder(sam.image_encoder, x, "exact"),
-                "sam": sam.image_encoder(x)}
+        return {
+            "paper": reordered_encoder(sam.image_encoder, x, "paper"),
+            "exact": reordered_encoder(sam.image_encoder, x, "exact"),
+            "sam": sam.image_encoder(x),
+        }
 
 
 def _servers_for(grid):
@@ -121,8 +123,10 @@ def test_float32_wire_is_exact(grid, mode, transports, edges, frame, references)
     assert all(h.state == "ok" and h.consecutive_failures == 0 for h in health), health
 
 
-@pytest.mark.parametrize("dtype,tol,mode", [("float16", FLOAT16_TOL, "paper"), ("float16", FLOAT16_TOL, "exact"),
-                                            ("int8", INT8_TOL, "paper")])
+@pytest.mark.parametrize(
+    "dtype,tol,mode",
+    [("float16", FLOAT16_TOL, "paper"), ("float16", FLOAT16_TOL, "exact"), ("int8", INT8_TOL, "paper")],
+)
 def test_lossy_wire_within_measured_bounds(dtype, tol, mode, transports, edges, frame, references):
     transport = transports(N_SERVERS, dtype)
     enc = DistributedEncoder(edges[mode], transport, Partition.grid(3, 3), timeout_s=FRAME_TIMEOUT_S)
@@ -130,8 +134,10 @@ def test_lossy_wire_within_measured_bounds(dtype, tol, mode, transports, edges, 
     ref = references[mode]
     diff = _max_diff(emb, ref)
     cos = float(torch.nn.functional.cosine_similarity(emb.double().flatten(), ref.double().flatten(), dim=0))
-    print(f"\n{dtype} on the wire, {mode} mode, 3x3: max abs diff {diff:.4g} (embedding max abs "
-          f"{float(ref.abs().max()):.3g}), cosine {cos:.6f}, bytes down {stats.bytes_down}")
+    print(
+        f"\n{dtype} on the wire, {mode} mode, 3x3: max abs diff {diff:.4g} (embedding max abs "
+        f"{float(ref.abs().max()):.3g}), cosine {cos:.6f}, bytes down {stats.bytes_down}"
+    )
     assert diff > 0  # really lossy: the dtype reached the server
     assert diff <= tol
     assert cos > 0.9999
@@ -144,8 +150,11 @@ def test_info_and_health(transports, servers, tiny_b_checkpoint):
     for r, s in zip(replies, servers):
         assert r.error == "" and r.info is not None, r
         assert r.endpoint == s.endpoint and r.info.name == s.name
-        assert (r.info.model, r.info.protocol, r.info.checkpoint) == (TINY_B, wire.PROTOCOL_VERSION,
-                                                                      tiny_b_checkpoint.name)
+        assert (r.info.model, r.info.protocol, r.info.checkpoint) == (
+            TINY_B,
+            wire.PROTOCOL_VERSION,
+            tiny_b_checkpoint.name,
+        )
         assert r.info.embed_dim == t.geometry.embed_dim and set(r.info.modes) == {"paper", "exact"}
     h = t.health()
     assert [x.name for x in h] == [s.name for s in servers]

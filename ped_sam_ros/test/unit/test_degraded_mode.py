@@ -121,8 +121,14 @@ def healthy(stages, frame):
 def _encoder(stages, fallback, spares=(), names=("a", "b", "c", "d", "e"), **kw):
     edge, remote = stages
     t = FaultyTransport(remote, list(names))
-    enc = DistributedEncoder(edge, t, Partition.grid(2, 2), fallback=FallbackPolicy(fallback, tuple(spares)),
-                             edge_remote=(lambda: remote) if fallback == "edge" else None, **kw)
+    enc = DistributedEncoder(
+        edge,
+        t,
+        Partition.grid(2, 2),
+        fallback=FallbackPolicy(fallback, tuple(spares)),
+        edge_remote=(lambda: remote) if fallback == "edge" else None,
+        **kw,
+    )
     return enc, t
 
 

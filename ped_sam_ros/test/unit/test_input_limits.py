@@ -46,8 +46,14 @@ def _png_header(w: int, h: int) -> bytes:
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
     chunk = struct.pack(">I", 13) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
     idat = zlib.compress(b"\0" * 1000)  # the start of an image of zeros
-    return (b"\x89PNG\r\n\x1a\n" + chunk + struct.pack(">I", len(idat)) + b"IDAT" + idat
-            + struct.pack(">I", zlib.crc32(b"IDAT" + idat)))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk
+        + struct.pack(">I", len(idat))
+        + b"IDAT"
+        + idat
+        + struct.pack(">I", zlib.crc32(b"IDAT" + idat))
+    )
 
 
 def _jpeg_header(w: int, h: int) -> bytes:
@@ -104,12 +110,20 @@ def test_degraded_mode_and_limit_parameters_are_validated():
     assert validate_parameter("max_image_pixels", 2**40) is not None
     assert validate_changes({"max_points": 5}, {"max_points": 1024}) is None  # runtime-changeable
     assert "read-only" in validate_changes({"remotes.fallback": "edge"}, {"remotes.fallback": "fail"})
-    cfg = config_from_params({"remotes.servers": servers, "grid": "1x2", "remotes.fallback": "spare",
-                              "remotes.spares": "c", "random_weights": True})
+    cfg = config_from_params(
+        {
+            "remotes.servers": servers,
+            "grid": "1x2",
+            "remotes.fallback": "spare",
+            "remotes.spares": "c",
+            "random_weights": True,
+        }
+    )
     assert cfg.spares == ["c"] and cfg.auto_assignment(cfg.partition) == [0, 1]
     assert cfg.problems(check_files=False) == []
     cfg.assignment = [0, 2]
     assert any("also assigned" in p for p in cfg.problems(check_files=False))
     with pytest.raises(ConfigError, match="spare. needs remotes.spares"):
-        config_from_params({"remotes.servers": servers, "grid": "1x2", "random_weights": True,
-                            "remotes.fallback": "spare"})
+        config_from_params(
+            {"remotes.servers": servers, "grid": "1x2", "random_weights": True, "remotes.fallback": "spare"}
+        )

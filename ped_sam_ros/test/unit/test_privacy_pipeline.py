@@ -52,8 +52,13 @@ def _encoder(ckpt, mode, k, grid=(2, 2)):
     remote = RemoteStage.from_checkpoint(TINY_B, ckpt)
     transport = _Recording(LocalTransport(remote, num_servers=k))
     part = Partition.grid(*grid)
-    enc = DistributedEncoder(EdgeStage.from_checkpoint(TINY_B, ckpt, mode), transport, part,
-                             round_robin_assignment(part, k), edge_remote=lambda: remote)
+    enc = DistributedEncoder(
+        EdgeStage.from_checkpoint(TINY_B, ckpt, mode),
+        transport,
+        part,
+        round_robin_assignment(part, k),
+        edge_remote=lambda: remote,
+    )
     return enc, transport
 
 
@@ -62,11 +67,18 @@ def _encoder(ckpt, mode, k, grid=(2, 2)):
 
 
 def test_privacy_parameters_become_the_edge_config_and_bad_ones_are_refused():
-    cfg = params.config_from_params({
-        "random_weights": True, "privacy.detector": "haar", "privacy.face_action": "blur",
-        "privacy.classes": "text=local", "privacy.noise_sigma": 12.0, "privacy.drop_outside_roi": True,
-        "privacy.drop_fill": "mean", "layout": "auto",
-    })
+    cfg = params.config_from_params(
+        {
+            "random_weights": True,
+            "privacy.detector": "haar",
+            "privacy.face_action": "blur",
+            "privacy.classes": "text=local",
+            "privacy.noise_sigma": 12.0,
+            "privacy.drop_outside_roi": True,
+            "privacy.drop_fill": "mean",
+            "layout": "auto",
+        }
+    )
     pc = cfg.policy_config()
     assert pc.actions == {"face": "blur", "text": "local"} and pc.noise_sigma == 12.0
     assert pc.outside_roi == "drop" and pc.drop_fill == "mean" and cfg.layout == "auto"
@@ -172,15 +184,22 @@ def test_no_detected_face_reaches_any_server_whole_at_any_grid(tiny, astronaut, 
     enc, transport = _encoder(ckpt, "paper", 4)
     hw = astronaut.shape[:2]
     resized = np.ascontiguousarray(
-        torch.nn.functional.interpolate(torch.from_numpy(astronaut).permute(2, 0, 1)[None].float(),
-                                        size=content_shape(hw), mode="bilinear")[0].permute(1, 2, 0).round()
-        .clamp(0, 255).byte().numpy())
+        torch.nn.functional.interpolate(
+            torch.from_numpy(astronaut).permute(2, 0, 1)[None].float(), size=content_shape(hw), mode="bilinear"
+        )[0]
+        .permute(1, 2, 0)
+        .round()
+        .clamp(0, 255)
+        .byte()
+        .numpy()
+    )
     found = make_detector("default").detect(resized)  # once: the same frame at every grid
     detector = type("Once", (), {"name": "default", "classes": ("face",), "detect": lambda self, rgb: list(found)})()
     hook = PrivacyHook(detector, PolicyConfig(actions={"face": action}), local_stage=enc.edge_remote_stage)
     layouts = [(Partition.grid(r, c), None) for r in range(1, 6) for c in range(1, 6)]
-    layouts += [(best_layout(content_shape(hw), k).partition, best_layout(content_shape(hw), k).assignment)
-                for k in (2, 3, 4)]
+    layouts += [
+        (best_layout(content_shape(hw), k).partition, best_layout(content_shape(hw), k).assignment) for k in (2, 3, 4)
+    ]
     faces_checked = 0
     for part, assign in layouts:
         k = 4 if assign is None else max(assign) + 1
@@ -201,7 +220,7 @@ def test_no_detected_face_reaches_any_server_whole_at_any_grid(tiny, astronaut, 
                     assert d.tile in tp.local and d.tile not in tp.crops
                 else:
                     cb = part.tiles[d.tile].content_box(resized.shape[:2])
-                    assert not np.array_equal(tp.crops[d.tile], resized[cb[0]:cb[1], cb[2]:cb[3]])
+                    assert not np.array_equal(tp.crops[d.tile], resized[cb[0] : cb[1], cb[2] : cb[3]])
     assert faces_checked >= len(layouts)
     # not vacuous: with `send` the same faces are seen whole (one tile, one server)
     hook_send = PrivacyHook(detector, PolicyConfig(actions={"face": "send"}))

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from helpers import TINY_B, TINY_H
-
 from ped_sam_ros.core import wire
 from ped_sam_ros.core.geometry import Partition, Tile
 from ped_sam_ros.core.model import EdgeStage, RemoteStage, get_geometry
@@ -37,8 +36,9 @@ def _request_frames(model=TINY_B, mode="exact", dtype="float32"):
 
 
 def test_server_info_round_trips_through_its_header():
-    info = ServerInfo.describe(get_geometry(TINY_B), "srv", "w.pth", curve=True, requests_served=3, errors=1,
-                               uptime_s=2.5)
+    info = ServerInfo.describe(
+        get_geometry(TINY_B), "srv", "w.pth", curve=True, requests_served=3, errors=1, uptime_s=2.5
+    )
     assert (info.model, info.embed_dim, info.protocol) == (TINY_B, 32, wire.PROTOCOL_VERSION)
     assert info.remote_blocks["exact"] == tuple(get_geometry(TINY_B).remote_blocks("exact"))
     header = info.to_header()
@@ -82,13 +82,17 @@ def test_local_transport_reports_health_and_info_like_a_remote_one(stage):
     assert res.tokens.shape == (2, 2, 32) and res.server == 1 and res.bytes_up > 32 * 32 * 3
     health = t.health()
     assert [(h.name, h.state, h.connected, h.requests, h.replies) for h in health] == [
-        ("a", "ok", True, 0, 0), ("b", "ok", True, 1, 1)]
+        ("a", "ok", True, 0, 0),
+        ("b", "ok", True, 1, 1),
+    ]
     health[1].requests = 99  # a copy: the transport's own record is not touched
     assert t.health()[1].requests == 1
     replies = t.info()
     assert all(isinstance(r, ServerInfoReply) and r.error == "" for r in replies)
     assert [(r.name, r.info.name, r.info.model, r.info.requests_served) for r in replies] == [
-        ("a", "a", TINY_B, 0), ("b", "b", TINY_B, 1)]
+        ("a", "a", TINY_B, 0),
+        ("b", "b", TINY_B, 1),
+    ]
     with pytest.raises(ValueError, match="2 names for 3 servers"):
         LocalTransport(stage, num_servers=3, names=["a", "b"])
 
