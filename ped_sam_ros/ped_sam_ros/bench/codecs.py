@@ -16,7 +16,9 @@ Parts (each prints a table; ``--json`` writes every figure):
   5 min), so they are cached in ``--cache``.
 * ``fidelity``: a narrow model (default ``vit_h/w64h2``, SAM's real geometry) on the
   evaluation's photos: embedding cosine and point/box mask IoU of every token format
-  against float32 tokens, through the real wire codec.
+  against float32 tokens, through the real wire codec.  Narrow models are more forgiving
+  than the real widths (measured: see docs/wire.md): use them to screen, and decide with
+  ``--model vit_b`` / ``vit_h`` (slow on a CPU) or a checkpoint.
 * ``pixels``: the same narrow model; every pixel codec against raw pixels: bytes up per
   frame, edge encode / server decode time (with the server's strict header checks),
   embedding cosine and point/box mask IoU.
@@ -93,10 +95,9 @@ DEFAULT_TOKEN_FORMATS = (
 DEFAULT_PIXEL_CODECS = (
     "png",
     "webp:100",
-    "webp:95",
     "webp:90",
-    "webp:80",
-    "jpeg:98",
+    "jpeg444:95",
+    "jpeg444:90",
     "jpeg:95",
     "jpeg:90",
     "jpeg:85",
