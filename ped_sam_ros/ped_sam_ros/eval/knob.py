@@ -12,7 +12,7 @@ fewer edge MACs.  :func:`knob_section` is the report's section; the plot is
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -37,6 +37,8 @@ class KnobPoint:
     point_iou: Optional[float]
     box_iou: Optional[float]
     pareto: bool = False
+    #: full-size geometry -> edge share of the encoder MACs (those in the cost tables)
+    full_size_shares: Dict[str, float] = field(default_factory=dict)
 
 
 def pareto_flags(costs: Sequence[float], fidelities: Sequence[float]) -> List[bool]:
@@ -54,6 +56,7 @@ def knob_points(res: EvalResults) -> Dict[str, List[KnobPoint]]:
     """Layout -> its modes (k ascending), for every layout run in two or more modes."""
     g = get_geometry(res.meta.model)
     by_spec = {c.spec: c for c in res.configs}
+    full_size = [name for name in res.cost.geometries if "(this run)" not in name]
     layouts: Dict[str, List[KnobPoint]] = {}
     for s in res.summary:
         c = by_spec.get(s.spec)
@@ -70,6 +73,9 @@ def knob_points(res: EvalResults) -> Dict[str, List[KnobPoint]]:
                 s.fidelity.embedding_cosine,
                 s.fidelity.point_iou,
                 s.fidelity.box_iou,
+                full_size_shares={
+                    name: row.edge_share for name in full_size if (row := res.cost.row(name, c.spec)) is not None
+                },
             )
         )
     out = {}
@@ -107,13 +113,21 @@ def knob_section(res: EvalResults, files: Dict[str, Path]) -> List[str]:
         "MACs.\n",
     ]
     for layout, pts in layouts.items():
+        full = [name for name in pts[0].full_size_shares if name != headline]
         L.append(f"**{layout}**\n")
-        L.append("| mode | k | edge MAC share | edge GMACs | embedding cosine | point IoU | box IoU | Pareto |")
-        L.append("|---|---|---|---|---|---|---|---|")
+        L.append(
+            "| mode | k | edge MAC share | edge GMACs | "
+            + "".join(f"edge share {name} | " for name in full)
+            + "embedding cosine | point IoU | box IoU | Pareto |"
+        )
+        L.append("|---" * (8 + len(full)) + "|")
         for p in pts:
             share = "n/a" if p.edge_mac_share is None else f"{p.edge_mac_share:.1%}"
+            others = "".join(
+                f"{p.full_size_shares[name]:.1%} | " if name in p.full_size_shares else "n/a | " for name in full
+            )
             L.append(
-                f"| `{p.mode}` | {p.k} | {share} | {_f(p.edge_gmacs, 1)} | {_f(p.embedding_cosine)} | "
+                f"| `{p.mode}` | {p.k} | {share} | {_f(p.edge_gmacs, 1)} | {others}{_f(p.embedding_cosine)} | "
                 f"{_f(p.point_iou, 3)} | {_f(p.box_iou, 3)} | {'yes' if p.pareto else ''} |"
             )
         L.append("")
