@@ -332,23 +332,7 @@ class EdgeRuntime:
             result = self._process(job)
         except Exception as e:  # noqa: BLE001 - reported, the worker keeps going
             self._set_busy(False)
-            report = ErrorReport(
-                job.frame.meta,
-                f"{type(e).__name__}: {e}",
-                list(getattr(e, "servers", []) or []),
-                e,
-                job.from_request,
-                size=job.frame.size,
-            )
-            self.stats.failed(report)
-            if job.future is not None:
-                job.future.set_exception(e)
-            if not isinstance(e, RemoteEncodeError):
-                skipped = self._throttle(f"failed:{type(e).__name__}")
-                if skipped is not None:
-                    more = f" ({skipped} more since the last such line)" if skipped else ""
-                    log.warning("frame failed%s: %s", more, report.message, exc_info=not isinstance(e, ValueError))
-            self._call(self.on_error, report)
+            self.report_failure(job, e)
             return
         self._set_busy(False)
         result.frames_dropped = self.stats.counts.frames_dropped
@@ -371,6 +355,27 @@ class EdgeRuntime:
             log.exception("result/error callback failed")
             return False
         return True
+
+    def report_failure(self, job: Job, e: Exception) -> None:
+        """A failed frame: counted, its future failed, logged (throttled; remote failures are
+        reported by the transport), and handed to ``on_error``. Shared by the pipelined stream."""
+        report = ErrorReport(
+            job.frame.meta,
+            f"{type(e).__name__}: {e}",
+            list(getattr(e, "servers", []) or []),
+            e,
+            job.from_request,
+            size=job.frame.size,
+        )
+        self.stats.failed(report)
+        if job.future is not None:
+            job.future.set_exception(e)
+        if not isinstance(e, RemoteEncodeError):
+            skipped = self._throttle(f"failed:{type(e).__name__}")
+            if skipped is not None:
+                more = f" ({skipped} more since the last such line)" if skipped else ""
+                log.warning("frame failed%s: %s", more, report.message, exc_info=not isinstance(e, ValueError))
+        self._call(self.on_error, report)
 
     def _process(self, job: Job) -> FrameResult:
         seg = self.pipeline.segmenter

@@ -32,9 +32,8 @@ import numpy as np
 import torch
 
 from ped_sam_ros.core.pipeline import EncodeStats, Instance, _bbox_xywh, generate_masks
-from ped_sam_ros.core.transport import RemoteEncodeError
 
-from .records import ErrorReport, FrameResult
+from .records import FrameResult
 from .scheduler import Job
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -242,24 +241,7 @@ class PipelinedStream:
 
     def _report(self, job: Job, e: Exception) -> None:
         """A failed frame, reported as the sequential worker reports it."""
-        rt = self.rt
-        report = ErrorReport(
-            job.frame.meta,
-            f"{type(e).__name__}: {e}",
-            list(getattr(e, "servers", []) or []),
-            e,
-            job.from_request,
-            size=job.frame.size,
-        )
-        rt.stats.failed(report)
-        if job.future is not None:
-            job.future.set_exception(e)
-        if not isinstance(e, RemoteEncodeError):
-            skipped = rt._throttle(f"failed:{type(e).__name__}")
-            if skipped is not None:
-                more = f" ({skipped} more since the last such line)" if skipped else ""
-                log.warning("frame failed%s: %s", more, report.message, exc_info=not isinstance(e, ValueError))
-        rt._call(rt.on_error, report)
+        self.rt.report_failure(job, e)
 
     # ------------------------------------------------------------------ bookkeeping
 
