@@ -26,8 +26,8 @@ reported, so a slowdown from other processes on a shared machine hits every case
   nothing (and, with ``--full``, of the old path: a whole random SAM first).
 * fidelity: the embedding of one image by the whole encoder in bfloat16 (and float16
   on a GPU) against float32 on the same weights: cosine and max abs difference.
-* stream throughput against 1/(slowest stage): not measured yet, see
-  :func:`stream_throughput` (needs the pipelined edge runtime).
+* stream throughput against 1/(slowest stage), and per-frame latency against the
+  sequential runtime: :func:`stream_throughput` (:mod:`.stream`, ``stream_frames`` > 0).
 """
 
 from __future__ import annotations
@@ -100,6 +100,8 @@ class Settings:
     fidelity_precisions: Sequence[str] = ("bfloat16", "float16")
     compile: bool = False
     seed: int = 0
+    #: frames through the pipelined and the sequential edge runtime (0: not measured; bench.stream)
+    stream_frames: int = 0
 
 
 # ---------------------------------------------------------------------------
@@ -474,16 +476,21 @@ def bench_fidelity(spec: str, device: str, precisions: Sequence[str], s: Setting
     return out
 
 
-def stream_throughput(*_args, **_kwargs) -> Dict:
-    """TODO(issue 9, item 4): stream throughput against 1/(slowest stage).
+def stream_throughput(s: Optional[Settings] = None, log: Callable[[str], None] = print) -> Dict:
+    """Stream throughput of the pipelined edge runtime against 1/(slowest stage) and per-frame
+    latency against the sequential runtime (:func:`.stream.measure_stream`: the narrow
+    random-weight model's real edge stage and decoder, the remote phase emulated), on the
+    first device; ``{"status": "not measured", ...}`` when ``s.stream_frames`` is 0."""
+    if s is None or s.stream_frames <= 0:
+        return {"status": "not measured", "reason": "stream_frames is 0 (ped-sam-bench --stream-frames N)"}
+    from .stream import measure_stream
 
-    Needs the pipelined edge runtime (frame N+1's preparation and remote stage
-    overlapping frame N's edge stage), which does not exist yet.  When it does: feed
-    frames through it with the measured stage times (remote tile, edge stage) and
-    report frames/s against 1 / max(stage times) and per-frame latency against the
-    sequential runtime.
-    """
-    return {"status": "not measured", "reason": "needs the pipelined edge runtime (issue 9 item 4), not built yet"}
+    device = s.devices[0] if s.devices else "cpu"
+    log(f"stream: {s.stream_frames} frames through the pipelined and the sequential runtime on {device}")
+    try:
+        return measure_stream(frames=s.stream_frames, device=device, seed=s.seed)
+    except Exception as e:  # noqa: BLE001 - reported in the report, the rest stands
+        return {"status": "failed", "reason": f"{type(e).__name__}: {e}"}
 
 
 # ---------------------------------------------------------------------------
@@ -521,7 +528,7 @@ def run(s: Settings, log: Callable[[str], None] = print) -> Dict:
         "attention": [],
         "memory": [],
         "fidelity": [],
-        "stream": stream_throughput(),
+        "stream": stream_throughput(s, log),
     }
     for device in s.devices:
         for prec in s.precisions.get(torch.device(device).type, ("float32",)):
@@ -647,7 +654,12 @@ def format_report(rep: Dict) -> str:
                 )
             elif isinstance(v, dict) and "skipped" in v:
                 lines.append(f"\nfidelity {f['model']} {f['device']} {prec}: skipped ({v['skipped']})")
-    lines.append(f"\nstream throughput: {rep['stream']['status']} ({rep['stream']['reason']})")
+    if rep["stream"].get("status") == "measured":
+        from .stream import format_report as format_stream
+
+        lines.append("\n" + format_stream(rep["stream"]))
+    else:
+        lines.append(f"\nstream throughput: {rep['stream']['status']} ({rep['stream']['reason']})")
     return "\n".join(lines)
 
 

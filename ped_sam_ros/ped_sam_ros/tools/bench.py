@@ -76,6 +76,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="whole-encoder bf16/fp16 vs fp32 fidelity (default: vit_b; none to skip)",
     )
     p.add_argument("--compile", action="store_true", help="torch.compile the blocks (inductor; --measure stages only)")
+    p.add_argument(
+        "--stream-frames",
+        type=int,
+        default=None,
+        help="frames through the pipelined vs the sequential edge runtime (default 16; 8 with --quick; 0: skip)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="write the report here")
     p.add_argument("--quiet", action="store_true", help="no per-round progress lines")
@@ -94,6 +100,7 @@ def settings_from_args(a: argparse.Namespace) -> Settings:
         old_build_path=a.old_build_path,
         compile=a.compile,
         seed=a.seed,
+        stream_frames=a.stream_frames if a.stream_frames is not None else (8 if a.quick else 16),
     )
     s.measure = a.measure or ("blocks" if a.quick else "stages")
     if s.compile and s.measure != "stages":
