@@ -430,10 +430,13 @@ class DistributedEncoder:
         results = self._encode_tiles(resized, crops, stats, plan)
         t2 = time.perf_counter()
         grid = geom.token_grid
-        tokens = torch.zeros(1, grid, grid, geom.embed_dim)
+        # merged in numpy: no torch kernel runs here, so a pipelined stream's I/O thread starts no
+        # OpenMP team whose spinning workers would slow the edge phase running beside it
+        merged = np.zeros((1, grid, grid, geom.embed_dim), np.float32)
         for r in results:
             w = r.tile
-            tokens[0, w.row0 : w.row1, w.col0 : w.col1] = torch.from_numpy(r.tokens)
+            merged[0, w.row0 : w.row1, w.col0 : w.col1] = r.tokens
+        tokens = torch.from_numpy(merged)
         if plan is not None and plan.dropped:
             computed = torch.zeros(grid, grid, dtype=torch.bool)
             for r in results:

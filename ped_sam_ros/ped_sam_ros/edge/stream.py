@@ -12,7 +12,11 @@ Two threads, one frame each at most:
 
 The hand-over holds one frame: while the compute thread is busy with frame N and frame N+1
 waits, the I/O thread takes no new frame (it keeps polling the connections), so the scheduler
-keeps replacing the pending frame and the latest frame still wins.  One compute thread takes
+keeps replacing the pending frame and the latest frame still wins.  When the edge phase is
+the slower one, the I/O thread also starts the next frame just in time (its remote phase
+ending about when the edge phase of the frame before ends, from running estimates of both),
+so that the frame it takes is as fresh as possible: the per-frame latency stays that of the
+sequential runtime while the throughput is the slower stage's.  One compute thread takes
 frames in hand-over order, so results (and errors) are published in input order.  Each frame
 travels as one :class:`Prepared` record (its own input, tokens, stats and timings): nothing of
 one frame can reach another's result.  ``overlapped`` counts the remote phases that started
@@ -73,6 +77,10 @@ def start_stream(runtime: EdgeRuntime) -> Optional[PipelinedStream]:
     return PipelinedStream(runtime).start()
 
 
+def _ema(old: Optional[float], new: float, weight: float = 0.3) -> float:
+    return new if old is None else (1 - weight) * old + weight * new
+
+
 class PipelinedStream:
     """The two-phase frame path of an :class:`~.runtime.EdgeRuntime` (see the module doc).
 
@@ -90,6 +98,11 @@ class PipelinedStream:
         self.overlapped = 0
         #: frames that went through the remote phase
         self.frames = 0
+        #: running estimates (seconds) of the I/O side of a frame and of the compute side
+        self.io_s: Optional[float] = None
+        self.compute_s: Optional[float] = None
+        self._compute_started = 0.0  # monotonic start of the compute thread's current frame
+        self._taken = threading.Event()  # the compute thread took the last hand-over
 
     def start(self) -> PipelinedStream:
         self._thread.start()
@@ -103,14 +116,37 @@ class PipelinedStream:
         if job.future is not None and not job.future.set_running_or_notify_cancel():
             return  # the caller gave up before the job started
         self._add_in_flight(+1)
+        t0 = time.monotonic()
         prepared = self._prepare(job)
+        if prepared.tokens is not None:
+            self.io_s = _ema(self.io_s, time.monotonic() - t0)
         prepared.handed_over = time.monotonic()
+        self._taken.clear()
         while True:
             try:
                 self._handover.put(prepared, timeout=self.rt.idle_poll_s)
-                return
+                break
             except queue.Full:
                 self.rt._poll_connections()  # the I/O thread's duty while it waits
+        self._pace()
+
+    def _pace(self) -> None:
+        """Wait (polling the connections) until the next frame's remote phase should start: once
+        the compute thread took the frame just handed over, and then until its edge phase has
+        about as long left to run as the I/O side takes (no wait when the I/O side is the slower)."""
+        while not self._taken.wait(self.rt.idle_poll_s):
+            if self.rt._scheduler.stopping:
+                return
+            self.rt._poll_connections()
+        if self.io_s is None or self.compute_s is None or self.compute_s <= self.io_s:
+            return
+        start_at = self._compute_started + 0.9 * (self.compute_s - self.io_s)  # 10% early: never idle
+        while not self.rt._scheduler.stopping:
+            left = start_at - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(left, self.rt.idle_poll_s))
+            self.rt._poll_connections()
 
     def _prepare(self, job: Job) -> Prepared:
         frame, p = job.frame, Prepared(job)
@@ -159,8 +195,12 @@ class PipelinedStream:
                 return
             with self._lock:
                 self._computing = True
+            self._compute_started = time.monotonic()
+            self._taken.set()
             try:
                 self._finish(p)
+                if p.tokens is not None and p.error is None:
+                    self.compute_s = _ema(self.compute_s, time.monotonic() - self._compute_started)
             except BaseException:  # noqa: BLE001 - keep the stream alive; the frame is reported
                 log.exception("the edge compute thread failed on a frame")
             finally:
