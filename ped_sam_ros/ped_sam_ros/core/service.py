@@ -95,13 +95,20 @@ class EncodedReply:
     queue_s: Optional[float]
 
 
-def read_encoded_reply(header: dict, arrays: Dict[str, np.ndarray], token_shape: Tuple[int, int, int]) -> EncodedReply:
-    """The tokens of a decoded ``encoded`` reply, checked against the ``(rows, cols, C)`` the edge expects.
+def read_encoded_reply(
+    header: dict,
+    arrays: Dict[str, np.ndarray],
+    token_shape: Tuple[int, int, int],
+    expected_format: Optional[str] = None,
+) -> EncodedReply:
+    """The tokens of a decoded ``encoded`` reply, checked against the ``(rows, cols, C)`` the edge expects
+    and, when ``expected_format`` is given (the request's ``reply_dtype``), against the token format it
+    asked for: a server answering in another format (a bug, or a downgrade) is refused, not decoded.
 
     Raises :class:`WireError` with code ``bad_reply`` (or the token codec's) for anything else."""
     if header.get("type") != "encoded":
         raise WireError("bad_reply", f"unexpected reply type {header.get('type')!r}")
-    tokens = wire.unpack_tokens(arrays, token_shape)
+    tokens = wire.unpack_tokens(arrays, token_shape, expected_format)
     timing = header.get("timing") if isinstance(header.get("timing"), dict) else {}
     return EncodedReply(tokens, _number(timing.get("compute_s")), _number(timing.get("queue_s")))
 

@@ -321,7 +321,7 @@ class LocalTransport(Transport):
             down = [bytes(f) for f in run_encode(self.stage, read_encode_request(up, model))]
             header, arrays = decode_message(down, max_total_bytes=1 << 31)
             h, w = job.tile.token_shape
-            reply = read_encoded_reply(header, arrays, (h, w, self.geometry.embed_dim))
+            reply = read_encoded_reply(header, arrays, (h, w, self.geometry.embed_dim), self.token_dtype)
             out.append(
                 TileResult(
                     job.tile,

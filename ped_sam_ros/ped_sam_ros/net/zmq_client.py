@@ -722,7 +722,7 @@ class ZmqTransport(Transport):
         job = r.sent.job
         h, w = job.tile.token_shape
         try:
-            reply = read_encoded_reply(r.header, r.arrays, (h, w, self.geometry.embed_dim))
+            reply = read_encoded_reply(r.header, r.arrays, (h, w, self.geometry.embed_dim), self.token_dtype)
         except WireError as e:
             return self._encode_failed(rnd, r.conn, f"bad reply ({e.code}: {e})")
         rtt = r.t_recv - r.sent.t_sent
