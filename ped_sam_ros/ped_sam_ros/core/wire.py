@@ -74,6 +74,17 @@ DTYPES: Dict[str, np.dtype] = {
 #: token formats a request may ask for (the whole q{b}g{g} / e{k} families decode, see codecs)
 TOKEN_DTYPES = codecs.TOKEN_FORMATS
 PIXEL_CODECS = codecs.PIXEL_CODECS
+#: The edge's default wire (node parameters ``wire_precision`` and ``pixel_codec``, the edge
+#: configuration): by issue 10's rule, the smallest token format and pixel codec whose embedding
+#: cosine to the uncompressed run is >= 0.999 (worst image) and whose point-mask IoU is >= 0.98,
+#: measured at vit_b's and vit_h's real widths with RANDOM weights (docs/wire.md, which also says
+#: how to re-check it on a real checkpoint).  ``p6``: vit_h 2.54 MB per frame (float16: 10.49 MB);
+#: ``jpeg444:90``: 0.33 MB per native-resolution 1024x1024 frame (raw: 3.15 MB).
+DEFAULT_TOKEN_FORMAT = "p6"
+DEFAULT_PIXEL_CODEC = "jpeg444:90"
+#: the rule's bounds (against the same model's float32 tokens and raw pixels)
+RULE_MIN_EMBEDDING_COSINE = 0.999
+RULE_MIN_POINT_IOU = 0.98
 MESSAGE_TYPES = ("encode", "encoded", "info", "error")
 
 BytesLike = Union[bytes, bytearray, memoryview]
@@ -349,11 +360,36 @@ def unpack_tokens(
         raise WireError(e.code, e.message) from None
 
 
-def token_bytes(num_tokens: int, channels: int, dtype: str) -> int:
-    """Payload bytes for ``num_tokens`` tokens of ``channels`` values in ``dtype`` (for the
-    entropy-coded ``e`` formats: the size before zstd, an upper bound in practice)."""
+def fixed_rate(dtype: str) -> bool:
+    """Whether a token format's payload size depends only on the shape (float32, float16, int8,
+    ``q{b}g{g}``); the entropy-coded ``e{k}`` / ``p{k}`` formats' size depends on the tokens."""
     try:
-        return codecs.token_format(dtype).payload_bytes(num_tokens, channels)
+        return codecs.token_format(dtype).base not in ("e", "p")
+    except CodecError as e:
+        raise WireError(e.code, e.message) from None
+
+
+def token_bytes(num_tokens: int, channels: int, dtype: str, *, at_most: bool = False) -> int:
+    """Payload bytes for ``num_tokens`` tokens of ``channels`` values in ``dtype``: exact for the
+    fixed-rate formats (:func:`fixed_rate`).
+
+    The entropy-coded ``e``/``p`` formats have no size before their data is seen: for them this
+    is only *at most* the size (one byte per value before zstd, plus their side tensors; the
+    measured sizes are 25-45 % of it, ``bench.codecs``), and it is refused (``bad_dtype``) unless
+    the caller says ``at_most=True``, so that no caller presents the bound as the size.  Sizes of
+    real replies come from :func:`frames_nbytes` or the calibration's measured bytes per token."""
+    try:
+        fmt = codecs.token_format(dtype)
+    except CodecError as e:
+        raise WireError(e.code, e.message) from None
+    if fmt.base in ("e", "p") and not at_most:
+        raise WireError(
+            "bad_dtype",
+            f"{dtype} is entropy coded: its size depends on the tokens (measure it, or ask token_bytes(..., "
+            "at_most=True) for a bound)",
+        )
+    try:
+        return fmt.payload_bytes(num_tokens, channels)
     except CodecError as e:
         raise WireError(e.code, e.message) from None
 
