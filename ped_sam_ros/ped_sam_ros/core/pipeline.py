@@ -22,7 +22,16 @@ import torch
 from segment_anything import SamAutomaticMaskGenerator, SamPredictor
 from segment_anything.utils.amg import batched_mask_to_box, calculate_stability_score
 
-from .geometry import Partition, Tile, check_max_share, round_robin_assignment, server_shares, validate_assignment
+from .geometry import (
+    IMAGE_SIZE,
+    Partition,
+    PartitionError,
+    Tile,
+    check_max_share,
+    round_robin_assignment,
+    server_shares,
+    validate_assignment,
+)
 from .model import EdgeStage, RemoteStage, sam_head
 from .transport import RemoteEncodeError, ServerFrameStats, TileJob, TileResult, TokenCheck, Transport
 
@@ -125,6 +134,57 @@ class DeadlinePolicy:
         return min(ceiling_s, max(self.floor_s, self.factor * p95))
 
 
+def check_frame_shares(
+    partition: Partition,
+    assignment: Sequence[int],
+    content_hw: Tuple[int, int],
+    max_share: float,
+    names: Optional[Sequence[str]] = None,
+) -> List[float]:
+    """The ``max_share`` policy on a frame whose content (after SAM's resize) is ``content_hw``:
+    each server's share of its content pixels, or :class:`~.geometry.PartitionError` naming the
+    server over the limit.  The one place the encoder checks it (per frame, and at construction
+    for the best frame shape, :func:`lowest_max_share`)."""
+    h, w = (int(v) for v in content_hw)
+    shares = server_shares(partition, assignment, (h, w))
+    check_max_share(shares, max_share, names, what=f"this {h}x{w} frame (after resizing)")
+    return shares
+
+
+def check_share_attainable(
+    partition: Partition, assignment: Sequence[int], max_share: float, names: Optional[Sequence[str]] = None
+) -> None:
+    """Raise :class:`~.geometry.PartitionError` when no frame shape keeps every server within
+    ``max_share`` (every frame would be refused), naming the best shape and its largest share.
+    What can be said of ``max_share`` before a frame's shape is known (start-up checks)."""
+    best, shape = lowest_max_share(partition, assignment)
+    if best > max_share + 1e-9:
+        try:
+            check_frame_shares(partition, assignment, shape, max_share, names)
+        except PartitionError as e:
+            raise PartitionError(f"no frame shape keeps every server within max_share; on the best one, {e}") from None
+
+
+def lowest_max_share(partition: Partition, assignment: Sequence[int]) -> Tuple[float, Tuple[int, int]]:
+    """The smallest largest-server share over every content shape SAM's resize can give
+    (``IMAGE_SIZE`` x 1..``IMAGE_SIZE`` and 1..``IMAGE_SIZE`` x ``IMAGE_SIZE``: portrait, square and
+    landscape frames), and that shape: with ``max_share`` below it every frame would be refused."""
+    side = np.arange(1, IMAGE_SIZE + 1)
+    full = np.full(IMAGE_SIZE - 1, IMAGE_SIZE)
+    hs = np.concatenate([np.full(IMAGE_SIZE, IMAGE_SIZE), side[:-1]])  # (1024, w) for every w, then (h, 1024)
+    ws = np.concatenate([side, full])
+    n = max((int(a) for a in assignment), default=-1) + 1
+    pixels = np.zeros((max(n, 1), hs.size), np.int64)
+    for tile in partition.tiles:
+        y0, y1, x0, x1 = tile.pixel_box
+        rows = np.clip(np.minimum(y1, hs) - y0, 0, None)
+        cols = np.clip(np.minimum(x1, ws) - x0, 0, None)
+        pixels[int(assignment[tile.index])] += rows * cols
+    worst = (pixels / (hs * ws)).max(axis=0)
+    i = int(worst.argmin())
+    return float(worst[i]), (int(hs[i]), int(ws[i]))
+
+
 class DistributedEncoder:
     """SAM's image encoder, split: each tile's window-attention blocks run on a remote server
     (:class:`~.model.RemoteStage`, via the transport), the merged token grid goes through the
@@ -169,9 +229,9 @@ class DistributedEncoder:
             raise ValueError("fallback 'spare' needs at least one spare server")
         if self.fallback.mode == "edge" and edge_remote is None:
             raise ValueError("fallback 'edge' needs the remote stage at the edge (edge_remote)")
-        validate_assignment(partition, self.assignment, n, allow_adjacent=allow_adjacent, max_share=max_share)
         self.max_share = max_share
         self.allow_adjacent = allow_adjacent
+        self._validate_layout(partition, self.assignment)
         self.timeout_s = timeout_s  # the ceiling of every frame's deadline
         self.deadlines = deadlines or DeadlinePolicy()
         self.token_check = token_check if token_check is not None else TokenCheck()
@@ -187,14 +247,26 @@ class DistributedEncoder:
     def set_layout(self, partition: Partition, assignment: Sequence[int]) -> None:
         """Use another partition and assignment from the next frame on (a frame hook's
         per-frame-shape layout); checked like the constructor's."""
-        validate_assignment(
-            partition,
-            list(assignment),
-            len(self.transport.server_names),
-            allow_adjacent=self.allow_adjacent,
-            max_share=self.max_share,
-        )
+        self._validate_layout(partition, list(assignment))
         self.partition, self.assignment = partition, list(assignment)
+
+    def _validate_layout(self, partition: Partition, assignment: Sequence[int]) -> None:
+        """What can be checked before any frame: the assignment's structure (one valid server per
+        tile, no two adjacent tiles on one server unless ``allow_adjacent``), and that *some* frame
+        shape keeps every server within ``max_share`` (else every frame would be refused).  The
+        share of a real frame depends on its aspect ratio, so ``max_share`` itself is checked per
+        frame on its content (:meth:`check_frame_shares`), not here on a square frame: a layout
+        balanced for 4:3 frames may give one server too much of a square one."""
+        names = self.transport.server_names
+        validate_assignment(partition, assignment, len(names), allow_adjacent=self.allow_adjacent)
+        check_share_attainable(partition, assignment, self.max_share, names)
+
+    def check_frame_shares(self, content_hw: Tuple[int, int]) -> List[float]:
+        """Each server's share of this frame's content (after SAM's resize), or
+        :class:`~.geometry.PartitionError` naming the server over ``max_share``."""
+        return check_frame_shares(
+            self.partition, self.assignment, content_hw, self.max_share, self.transport.server_names
+        )
 
     @property
     def mode(self) -> str:
@@ -409,16 +481,9 @@ class DistributedEncoder:
             raise ValueError(f"the frame must be resized to longest side {geom.img_size}, got {resized.shape[:2]}")
         # the frame hook first (it runs the privacy policy and may change the layout for this frame's shape)
         plan = self.frame_hook(self, resized, orig_hw, prompts) if self.frame_hook is not None else None
-        # The policy limits the share of *this* frame's content, and for a non-square frame
-        # a tile's share differs from the square-frame figure checked at construction.
+        # The policy limits the share of *this* frame's content (its aspect ratio sets the shares)
         names = self.transport.server_names
-        shares = server_shares(self.partition, self.assignment, resized.shape[:2])
-        check_max_share(
-            shares,
-            self.max_share,
-            names,
-            what=f"this {resized.shape[0]}x{resized.shape[1]} frame (after resizing)",
-        )
+        self.check_frame_shares(resized.shape[:2])
         stats = EncodeStats()
         t0 = time.perf_counter()
         crops = [self.crop_for(tile, resized) for tile in self.partition]
