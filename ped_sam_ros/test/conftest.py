@@ -10,7 +10,7 @@ import pytest
 from helpers import TINY_B, TINY_H
 
 #: marker applied to every test by the folder it lives in (``-m unit`` is the fast run)
-LAYER_MARKERS = ("unit", "net", "ros", "eval", "faults")
+LAYER_MARKERS = ("unit", "integration", "net", "ros", "eval", "faults")
 
 
 def pytest_collection_modifyitems(config, items):
