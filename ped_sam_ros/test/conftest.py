@@ -55,6 +55,18 @@ def landscape(astronaut) -> np.ndarray:
     return skimage.data.coffee()  # 400x600
 
 
+@pytest.fixture(scope="session")
+def sam_reference(tiny_b_checkpoint, tiny_h_checkpoint, landscape):
+    """``"vit_b"`` / ``"vit_h"`` -> SAM's own outputs on ``landscape`` with the session's tiny
+    checkpoint, each computed the first time a test asks (:class:`helpers.reference.SamReference`)."""
+    from helpers.reference import SamReference
+
+    return {
+        "vit_b": SamReference(TINY_B, tiny_b_checkpoint, landscape),
+        "vit_h": SamReference(TINY_H, tiny_h_checkpoint, landscape),
+    }
+
+
 @pytest.fixture(scope="module")
 def ctx():
     """A ZeroMQ context for one test module's clients (destroyed with linger 0 at its end)."""

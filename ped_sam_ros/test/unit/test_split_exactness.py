@@ -10,12 +10,9 @@ per model and mode also end to end, through the edge stage, against SAM's own fe
 
 import numpy as np
 import pytest
-import torch
-from segment_anything.utils.transforms import ResizeLongestSide
 
-from helpers import TINY_B, TINY_H
 from ped_sam_ros.core.geometry import Partition
-from ped_sam_ros.core.model import EdgeStage, RemoteStage, build_sam, get_geometry, reordered_encoder
+from ped_sam_ros.core.model import EdgeStage, RemoteStage
 from ped_sam_ros.core.pipeline import DistributedEncoder
 from ped_sam_ros.core.transport import LocalTransport
 
@@ -28,39 +25,17 @@ END_TO_END_GRID = (2, 2)
 TOL = 1e-4
 
 
-def _resized(image):
-    return ResizeLongestSide(1024).apply_image(image)
-
-
-@torch.no_grad()
-def _references(spec, ckpt, resized):
-    """Per mode, the unpartitioned reference's final features and its tokens right after the
-    blocks the remote stage runs (captured with a hook on the last of them).  ``exact`` is
-    SAM's own encoder; ``paper`` is SAM's blocks in the split's order (``reordered_encoder``)."""
-    sam = build_sam(spec, ckpt)
-    geom = get_geometry(spec)
-    x = sam.preprocess(torch.from_numpy(resized).permute(2, 0, 1)[None].float())
-    out = {}
-    for mode in MODES:
-        seen = []
-        last_remote = sam.image_encoder.blocks[geom.remote_blocks(mode)[-1]]
-        hook = last_remote.register_forward_hook(lambda _m, _i, y, seen=seen: seen.append(y.clone()))
-        try:
-            feats = sam.image_encoder(x) if mode == "exact" else reordered_encoder(sam.image_encoder, x, mode)
-        finally:
-            hook.remove()
-        assert len(seen) == 1, "each block runs once"
-        out[mode] = {"features": feats, "tokens": seen[0]}
-    return out
-
-
 @pytest.fixture(scope="module", params=["vit_b", "vit_h"])
-def setup(request, tiny_b_checkpoint, tiny_h_checkpoint, landscape):
-    spec, ckpt = (TINY_B, tiny_b_checkpoint) if request.param == "vit_b" else (TINY_H, tiny_h_checkpoint)
-    resized = _resized(landscape)  # 683x1024: the bottom rows are SAM's padding
-    remote = RemoteStage.from_checkpoint(spec, ckpt)
-    edges = {mode: EdgeStage.from_checkpoint(spec, ckpt, mode) for mode in MODES}
-    return request.param, resized, remote, edges, _references(spec, ckpt, resized)
+def setup(request, sam_reference):
+    """The stages of the session's tiny checkpoint and the unpartitioned reference per mode: its
+    final features and its tokens right after the blocks the remote stage runs.  ``exact`` is
+    SAM's own encoder (``SamPredictor``); ``paper`` is SAM's blocks in the split's order
+    (``reordered_encoder``).  The references are computed once per session (conftest)."""
+    ref = sam_reference[request.param]
+    remote = RemoteStage.from_checkpoint(ref.spec, ref.checkpoint)
+    edges = {mode: EdgeStage.from_checkpoint(ref.spec, ref.checkpoint, mode) for mode in MODES}
+    refs = {mode: {"features": ref.features(mode), "tokens": ref.tokens(mode)} for mode in MODES}
+    return request.param, ref.resized, remote, edges, refs
 
 
 class _MergedTokens:

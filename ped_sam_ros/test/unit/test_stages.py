@@ -5,9 +5,8 @@ SAM's real geometry at narrow widths)."""
 import numpy as np
 import pytest
 import torch
-from segment_anything.utils.transforms import ResizeLongestSide
 
-from helpers import TINY_B, TINY_H
+from helpers import TINY_B
 from ped_sam_ros.core import model as model_mod
 from ped_sam_ros.core.geometry import Partition
 from ped_sam_ros.core.model import (
@@ -18,7 +17,6 @@ from ped_sam_ros.core.model import (
     get_geometry,
     parse_mode,
     random_sam,
-    reordered_encoder,
 )
 from ped_sam_ros.core.pipeline import DistributedEncoder
 from ped_sam_ros.core.transport import LocalTransport
@@ -73,42 +71,45 @@ def test_block_order_of_a_sam_encoder():
 # Partitioned == reordered reference, every k
 
 
-@pytest.fixture(scope="module", params=[TINY_B, TINY_H])
-def split_setup(request, landscape):
-    spec = request.param
-    sam = random_sam(spec, seed=SEED)
-    resized = ResizeLongestSide(1024).apply_image(landscape)  # 683x1024: bottom rows are padding
-    x = sam.preprocess(torch.from_numpy(resized).permute(2, 0, 1)[None].float())
-    remote = RemoteStage(spec, seed=SEED)
-    return spec, sam, x, resized, remote
+@pytest.fixture(scope="module", params=["vit_b", "vit_h"])
+def split_setup(request, sam_reference):
+    """The session's tiny checkpoint of one model, its remote stage, and SAM's own outputs on
+    the landscape photo (683x1024 resized: the bottom rows are padding), shared with
+    test_split_exactness (conftest)."""
+    ref = sam_reference[request.param]
+    return ref, RemoteStage.from_checkpoint(ref.spec, ref.checkpoint)
+
+
+#: the k between exact and paper checked end to end per model (both have G = 4 groups): together
+#: both intermediate values; every k's block split is checked on the official layouts above
+BETWEEN = {"vit_b": ("k2", (3, 3)), "vit_h": ("k3", (2, 2))}
 
 
 def test_partitioned_equals_reordered_reference_for_every_k(split_setup):
-    spec, sam, x, resized, remote = split_setup
-    g = get_geometry(spec)
-    full = sam.image_encoder(x)
-    refs = {}
-    for k, mode in enumerate(g.modes, start=1):
-        refs[mode] = reordered_encoder(sam.image_encoder, x, mode)
-        edge = EdgeStage(spec, mode, seed=SEED)
-        grid = (2, 2) if k % 2 else (3, 3)  # test_split_exactness covers more grids for exact and paper
-        p = Partition.grid(*grid)
-        feats, _ = DistributedEncoder(edge, LocalTransport(remote, num_servers=len(p)), p).encode_resized(resized)
-        diff = (feats - refs[mode]).abs().max().item()
-        assert diff <= TOL, (spec, mode, grid, diff)
-    assert (refs["exact"] - full).abs().max().item() <= TOL  # k1 is SAM itself
-    # each k is a different function (the comparison is not vacuous), drifting further from SAM
-    drift = [(refs[m] - full).abs().max().item() for m in g.modes]
-    assert all(d > 1e-3 for d in drift[1:]), drift
+    """k1 (exact, against SAM's own features) and kG (paper) are checked on more grids, end to
+    end and by merged tokens, in test_split_exactness; here the k between them."""
+    ref, remote = split_setup
+    g = get_geometry(ref.spec)
+    assert g.modes[1:-1] == ("k2", "k3")
+    mode, grid = BETWEEN[g.name]
+    edge = EdgeStage.from_checkpoint(ref.spec, ref.checkpoint, mode)
+    p = Partition.grid(*grid)
+    feats, _ = DistributedEncoder(edge, LocalTransport(remote, num_servers=len(p)), p).encode_resized(ref.resized)
+    diff = (feats - ref.features(mode)).abs().max().item()
+    assert diff <= TOL, (ref.spec, mode, grid, diff)
+    # a k is a different function from exact and paper (the comparison is not vacuous)
+    exact, paper = ref.features("exact"), ref.features("paper")
+    drift = [(ref.features(mode) - other).abs().max().item() for other in (exact, paper)]
+    assert all(d > 1e-3 for d in drift), drift
 
 
 def test_k_modes_are_accepted_by_the_encode_service(split_setup):
-    spec, _, _, resized, remote = split_setup
+    ref, remote = split_setup
     transport = LocalTransport(remote, num_servers=4)
     p = Partition.grid(2, 2)
-    edge = EdgeStage(spec, "k1", seed=SEED)
+    edge = EdgeStage(ref.spec, "k1", seed=SEED)
     assert edge.mode == "exact"
-    jobs = DistributedEncoder(edge, transport, p).jobs_for(resized)
+    jobs = DistributedEncoder(edge, transport, p).jobs_for(ref.resized)
     a = transport.encode(jobs, "k2", 30.0)
     b = transport.encode(jobs, "paper", 30.0)
     assert len(a) == len(b) == 4
@@ -181,12 +182,12 @@ def test_encode_tiles_batches_equal_one_at_a_time():
 
 
 def test_whole_encoder_is_sam_and_times_edge_stages_faithfully(split_setup):
-    spec, sam, x, _, _ = split_setup
-    whole = WholeEncoder(spec, seed=SEED)
-    assert set(whole.checkpoint_keys()) == {k for k in sam.state_dict() if k.startswith("image_encoder.")}
-    assert (whole(x) - sam.image_encoder(x)).abs().max().item() <= TOL
-    tokens = whole.embed(x)
-    g = get_geometry(spec)
-    for mode in ("k2", "paper"):
-        edge = EdgeStage(spec, mode, seed=SEED)
-        assert torch.equal(whole.encode_tokens(tokens, g.edge_blocks(mode)), edge(tokens))
+    ref, _ = split_setup
+    whole = WholeEncoder.from_checkpoint(ref.spec, ref.checkpoint)
+    assert set(whole.checkpoint_keys()) == {k for k in ref.sam.state_dict() if k.startswith("image_encoder.")}
+    assert (whole(ref.x) - ref.features("exact")).abs().max().item() <= TOL
+    tokens = whole.embed(ref.x)
+    g = get_geometry(ref.spec)
+    mode = "k2" if g.name == "vit_b" else "paper"  # SAM's order resumed after two globals; the globals alone
+    edge = EdgeStage.from_checkpoint(ref.spec, ref.checkpoint, mode)
+    assert torch.equal(whole.encode_tokens(tokens, g.edge_blocks(mode)), edge(tokens))
