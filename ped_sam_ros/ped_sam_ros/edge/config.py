@@ -18,7 +18,7 @@ from ped_sam_ros.core.geometry import Partition, PartitionError
 from ped_sam_ros.core.model import get_geometry, parse_mode
 from ped_sam_ros.core.pipeline import FALLBACKS, AmgOptions
 from ped_sam_ros.core.transport import ServerAddress
-from ped_sam_ros.core.wire import TOKEN_DTYPES
+from ped_sam_ros.core.wire import DEFAULT_PIXEL_CODEC, DEFAULT_TOKEN_FORMAT, TOKEN_DTYPES
 from ped_sam_ros.net.curve import NAME_RE
 
 SERVER_NAME_RE = NAME_RE  # a server's name also names its key file
@@ -109,8 +109,8 @@ class EdgeConfig:
     server_public_keys_dir: str = ""  # holds SERVER_NAME.key for every server
     deadline_s: float = 30.0
     connect_timeout_s: float = 10.0
-    wire_precision: str = "float16"
-    pixel_codec: str = "raw"
+    wire_precision: str = DEFAULT_TOKEN_FORMAT  # by the rule in docs/wire.md (p6)
+    pixel_codec: str = DEFAULT_PIXEL_CODEC  # by the same rule (jpeg444:90)
     multimask: bool = True
     automatic: bool = False
     max_prompts: int = 64

@@ -17,7 +17,7 @@ from ped_sam_ros.core.device import DEVICE_CHOICES, PRECISIONS
 from ped_sam_ros.core.geometry import Partition, PartitionError
 from ped_sam_ros.core.model import get_geometry, parse_mode
 from ped_sam_ros.core.pipeline import FALLBACKS
-from ped_sam_ros.core.wire import TOKEN_DTYPES
+from ped_sam_ros.core.wire import DEFAULT_PIXEL_CODEC, DEFAULT_TOKEN_FORMAT, TOKEN_DTYPES
 from ped_sam_ros.sensitive.policy import CLASS_ACTIONS, DROP_FILLS, PolicyConfig
 
 from .config import AmgOptions, ConfigError, EdgeConfig, parse_assignment, parse_servers, parse_spares
@@ -191,12 +191,21 @@ PARAMS: List[ParamSpec] = [
         "ped-sam-keys). Empty: no encryption (allowed for loopback endpoints only).",
     ),
     ParamSpec("keys.server_public_dir", "", "Directory holding each server's public key as SERVER_NAME.key."),
-    ParamSpec("wire_precision", "float16", "Precision of the tokens the servers send back.", choices=TOKEN_DTYPES),
+    ParamSpec(
+        "wire_precision",
+        DEFAULT_TOKEN_FORMAT,
+        "Format of the tokens the servers send back: float32, float16, int8, q<bits>g<group> (fixed rate), "
+        "e<k> / p<k> (entropy coded; p: with spatial prediction). The default is the smallest format passing "
+        "embedding cosine >= 0.999 and point-mask IoU >= 0.98 against float32 tokens (random weights; "
+        "docs/wire.md); float32 sends the servers' tokens unchanged.",
+        choices=TOKEN_DTYPES,
+    ),
     ParamSpec(
         "pixel_codec",
-        "raw",
+        DEFAULT_PIXEL_CODEC,
         "How each tile's uint8 pixels travel to its server: raw, png[:level] (lossless), jpeg[:quality], "
-        "jpeg444[:quality] (full-resolution chroma) or webp[:quality]; servers decode with size limits.",
+        "jpeg444[:quality] (full-resolution chroma) or webp[:quality]; servers decode with size limits. "
+        "The default passes the same rule against raw pixels (docs/wire.md); raw or png are lossless.",
     ),
     ParamSpec("torch_threads", 0, "Torch CPU threads of the edge (0: torch's default).", min=0, max=256),
     ParamSpec(

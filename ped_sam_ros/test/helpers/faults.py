@@ -107,6 +107,10 @@ def edge_config(servers: Sequence[ServerProcess], fallback: str, deadline_s: flo
         deadline_s=deadline_s,
         torch_threads=1,
         connect_timeout_s=30.0,
+        # lossless wire: results through a spare or the edge fallback must equal the healthy ones
+        # (these tests check the fallback paths, not the codecs; the defaults p6 / jpeg444:90 are lossy)
+        wire_precision="float32",
+        pixel_codec="raw",
     )
 
 
