@@ -82,6 +82,7 @@ def test_the_default_wire_keeps_the_rule_against_float32_tokens_and_raw_pixels(f
 
 
 def test_the_rule_refuses_a_coarser_wire(fidelity):
-    """The same measurement fails a clearly too lossy wire (tokens in steps of half a standard deviation, JPEG quality 30)."""
+    """The same measurement fails a clearly too lossy wire: tokens in steps of half a standard
+    deviation (p2), JPEG quality 30."""
     cos, iou, _ = fidelity("p2", "jpeg:30")
     assert cos < wire.RULE_MIN_EMBEDDING_COSINE and iou < wire.RULE_MIN_POINT_IOU, (cos, iou)
