@@ -67,6 +67,8 @@ PROXY_PORT = 6600
 #: the proxy's throughput probe (a sink and a source of bytes, behind the same delay)
 PROBE_PORT = 6599
 STARTUP_TIMEOUT_S = 180.0
+#: at most this long for one calibration in the edge process (a narrow model takes seconds)
+CALIBRATION_TIMEOUT_S = 300.0
 #: the delay proxy's chunk size
 CHUNK = 1 << 20
 #: default link settings: Mbit/s (both ways) and one-way delay in ms, as in the issue
@@ -489,6 +491,89 @@ class EdgeJob:
     timeout_s: float = 120.0
     probe_host: str = ""
     probe_bytes: int = 0
+    #: time this machine's profile (eval.calibrate) in this process right before and right after
+    #: each format's measured frames, with this process's torch threads (= the servers')
+    calibrate: bool = False
+    calibration_repeats: int = 5
+
+
+def image_tokens_sampler(model: str, seed: int, image: str):
+    """A token sampler (``eval.latency.Costs.tokens``) of the model's real tokens of the benchmark's
+    image (paper mode, the whole 64x64 grid; random weights), so the entropy-coded formats are
+    sized and timed on the data the servers really send; other widths get N(0, 1) tokens."""
+    import numpy as np
+    import torch
+
+    from ..core.geometry import TOKEN_GRID, Tile
+    from ..core.model import RemoteStage, get_geometry
+    from .codecs import load_bench_images, resize_for_sam
+
+    stage = RemoteStage(get_geometry(model)).load_random(seed)
+    full = Tile(0, 0, 0, 0, TOKEN_GRID, 0, TOKEN_GRID)
+    with torch.no_grad():
+        tokens = stage.encode_tile(resize_for_sam(load_bench_images([image])[0][1]), full, "paper").numpy()
+    del stage
+    name = f"{model} {image} seed {seed}"
+
+    def sampler(channels: int, shape: Tuple[int, int]):
+        if channels != tokens.shape[2]:
+            from ..eval.latency import gaussian_tokens
+
+            return gaussian_tokens(channels, shape)
+        return np.ascontiguousarray(tokens[: shape[0], : shape[1]]), name
+
+    return sampler
+
+
+def calibrate_now(
+    model: str,
+    partition,
+    assignment: Sequence[int],
+    resized,
+    image: str,
+    sampler,
+    token_format: str,
+    pixel_codec: str,
+    repeats: int = 5,
+) -> Dict:
+    """This machine's profile timed now, in this process, for exactly what one frame of this
+    format runs: each tile's patch embedding and window blocks on its own token map (the map
+    the servers run), the edge's global blocks and neck on 64x64, the token codec on tile-shaped
+    real tokens, the pixel codec on the frame.  Median of ``repeats`` runs after a warm-up (the
+    typical time under the current load, as the measured frames see it).  Returns plain JSON: the
+    calibration's data, when and with how many threads it was taken, and the load average."""
+    import torch
+
+    from ..core.model import get_geometry
+    from ..eval import latency as L
+    from ..eval.calibrate import Calibration
+    from ..eval.profiles import get_profile
+
+    cal = Calibration(persist=False, refresh=True, repeats=repeats, statistic="median")
+    costs = L.Costs(get_profile("this-machine"), cal, tokens=sampler, image=(resized, image))
+    t0 = time.monotonic()
+    load = os.getloadavg()[0]
+    L.ped_plan(
+        costs,
+        costs,
+        get_geometry(model),
+        "paper",
+        partition,
+        assignment,
+        L.Wire(token_format, pixel_codec, curve=False),
+        resized.shape[:2],
+        decoder=False,
+    )
+    return {
+        "t0": t0,
+        "t1": time.monotonic(),
+        "threads": torch.get_num_threads(),
+        "statistic": cal.statistic,
+        "repeats": repeats,
+        "machine": cal.machine,
+        "load_average": [load, os.getloadavg()[0]],
+        "data": cal.data,
+    }
 
 
 def _edge_codec_times(jobs, token_format: str, pixel_codec: str, channels: int) -> Tuple[float, float]:
@@ -566,7 +651,23 @@ def run_edge(job: EdgeJob) -> None:
     if job.probe_host and job.probe_bytes:
         up_s, down_s = probe_throughput(job.probe_host, job.probe_bytes)
         probe = {"probe_bytes": job.probe_bytes, "probe_up_s": up_s, "probe_down_s": down_s}
+    assignment = [i % len(addresses) for i in range(len(partition))]
+    sampler = image_tokens_sampler(job.model, job.seed, job.image) if job.calibrate else None
+    calibrations = []
     for token_format, pixel_codec in job.combos:
+        calibration = partial(
+            calibrate_now,
+            job.model,
+            partition,
+            assignment,
+            resized,
+            job.image,
+            sampler,
+            token_format,
+            pixel_codec,
+            job.calibration_repeats,
+        )
+        before = None
         zt = ZmqTransport(addresses, job.model, token_format, pixel_codec=pixel_codec)
         try:
             if not zt.wait_connected(30.0):
@@ -576,7 +677,7 @@ def run_edge(job: EdgeJob) -> None:
                 edge,
                 tr,
                 partition,
-                [i % len(addresses) for i in range(len(partition))],
+                assignment,
                 timeout_s=job.timeout_s,
                 allow_adjacent=True,
             )
@@ -590,6 +691,8 @@ def run_edge(job: EdgeJob) -> None:
                         for _ in range(3)
                     ]
                     enc_s, dec_s = sorted(t[0] for t in times)[1], sorted(t[1] for t in times)[1]
+                    if job.calibrate:  # calibrate, measure, re-calibrate: the profile of these very frames
+                        before = calibration()
                     continue
                 results.append(
                     {
@@ -619,9 +722,18 @@ def run_edge(job: EdgeJob) -> None:
                     }
                 )
                 time.sleep(0.3)  # frames apart in the proxy log
+            if job.calibrate:
+                calibrations.append(
+                    {
+                        "token_format": token_format,
+                        "pixel_codec": pixel_codec,
+                        "before": before,
+                        "after": calibration(),
+                    }
+                )
         finally:
             zt.close()
-    Path(job.out).write_text(json.dumps(results))
+    Path(job.out).write_text(json.dumps({"frames": results, "calibrations": calibrations}))
 
 
 # ---------------------------------------------------------------------------
@@ -711,6 +823,9 @@ class LinkRun:
     seed: int = 0
     threads: int = 1
     frame_timeout_s: float = 120.0
+    #: the edge process times this machine's profile around each format's frames (EdgeJob.calibrate)
+    calibrate: bool = False
+    calibration_repeats: int = 5
 
 
 def _child_env() -> Dict[str, str]:
@@ -754,7 +869,9 @@ def run_link_benchmark(
         "grid": run.grid,
         "image": run.image,
         "frames_per_setting": run.frames,
+        "threads": run.threads,
         "results": [],
+        "calibrations": [],
     }
     link = link or EmulatedLink()
     try:
@@ -833,6 +950,8 @@ def run_link_benchmark(
                 run.frame_timeout_s,
                 link.server_ip,
                 max(1 << 20, int(min(spec.up_mbit, spec.down_mbit) * 1e6 / 8 * 0.5)),
+                run.calibrate,
+                run.calibration_repeats,
             )
             jpath = workdir / f"edge{n}.job.json"
             jpath.write_text(json.dumps(asdict(job)))
@@ -841,6 +960,7 @@ def run_link_benchmark(
                 link.edge_ns, [py, "-m", "ped_sam_ros.bench.link", "edge", "--job", str(jpath)], elog, env
             )
             limit = STARTUP_TIMEOUT_S + (run.frames + 1) * len(run.combos) * run.frame_timeout_s
+            limit += 2 * len(run.combos) * CALIBRATION_TIMEOUT_S if run.calibrate else 0
             try:
                 rc = edge.wait(limit)
             except subprocess.TimeoutExpired:
@@ -851,11 +971,14 @@ def run_link_benchmark(
             if rc != 0:
                 raise RuntimeError(f"edge process failed ({rc}):\n{_tail(elog)}")
             events = read_proxy_log(plog)
-            frames = json.loads(Path(job.out).read_text())
+            edge_out = json.loads(Path(job.out).read_text())
+            frames = edge_out["frames"]
             for f in frames:
                 f.update(split_frame(f, events, [a for a, _ in pairs]))
                 f.update(link=asdict(spec), link_label=spec.label)
                 out["results"].append(f)
+            for c in edge_out["calibrations"]:
+                out["calibrations"].append(dict(c, link_label=spec.label))
             echo(f"  {spec.label}: {len(frames)} frames")
         out["qdiscs"] = link.qdiscs()
     finally:
@@ -956,7 +1079,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--token-formats", nargs="+", default=["float16"])
         p.add_argument("--pixel-codecs", nargs="+", default=["raw"])
         p.add_argument("--image", default="astronaut")
-        p.add_argument("--threads", type=int, default=1)
+        p.add_argument("--threads", type=int, default=1, help="torch threads of the edge and of each server")
+        p.add_argument(
+            "--calibrate",
+            action="store_true",
+            help="time this machine's latency-model profile in the edge process right before and after each "
+            "format's frames (bench.costcheck predicts with it)",
+        )
         p.add_argument("--json")
         p.add_argument("--workdir", help="keep the logs, proxy events and edge results here")
     px = sub.add_parser("proxy", help="(internal) the delay proxy")
@@ -994,6 +1123,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         [(t, p) for t in args.token_formats for p in args.pixel_codecs],
         args.image,
         threads=args.threads,
+        calibrate=args.calibrate,
     )
     from .codecs import machine
 

@@ -1,8 +1,11 @@
 """This machine's measured costs for the latency model (the ``measured`` device profile).
 
 Everything is timed in-process on this CPU, after a warm-up, as the fastest of a few runs
-(the least disturbed by other processes on a shared machine), and cached in a JSON file
-keyed by what was timed and the machine (:func:`.cost.machine_signature`):
+(the least disturbed by other processes on a shared machine; ``statistic="median"`` takes the
+typical run instead, for comparing with measured frames on a loaded machine), with the torch
+threads of the calling process, and cached in a JSON file keyed by what was timed and the
+machine (:func:`.cost.machine_signature`); ``persist=False`` keeps it in memory only (a
+calibration taken inside a benchmark's own process and shipped with its results):
 
 * **encoder ops** on the shape they really run on: the patch embedding of a tile's pixels,
   one window block (the stages' fused block) on the tile's token map (SAM pads it to
@@ -60,14 +63,18 @@ class CodecCost:
     sample: str  # what it was measured on
 
 
-def _best(fn: Callable[[], object], repeats: int) -> float:
+STATISTICS = ("min", "median")
+
+
+def _best(fn: Callable[[], object], repeats: int, statistic: str = "min") -> float:
+    """Seconds of ``fn`` after a warm-up: the fastest of ``repeats`` runs, or their median."""
     fn()  # warm-up
-    best = float("inf")
+    times = []
     for _ in range(max(1, repeats)):
         t0 = time.perf_counter()
         fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)) if statistic == "median" else min(times)
 
 
 def op_macs(geom: SamGeometry, kind: str, h: int, w: int) -> int:
@@ -92,23 +99,33 @@ class Calibration:
         repeats: int = 3,
         max_time_macs: float = MAX_TIME_MACS,
         refresh: bool = False,
+        persist: bool = True,
+        data: Optional[Dict] = None,
+        statistic: str = "min",
     ):
+        """``persist=False``: no file is read or written (``data``, if given, is the starting
+        content, e.g. a calibration another process took: :attr:`data` is plain JSON)."""
+        if statistic not in STATISTICS:
+            raise ValueError(f"statistic must be one of {STATISTICS}, got {statistic!r}")
         cache_home = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
         self.path = Path(path) if path else cache_home / "ped_sam_ros" / "calibration.json"
         self.repeats, self.max_time_macs, self.refresh = repeats, max_time_macs, refresh
+        self.persist, self.statistic = persist, statistic
         self.machine = costlib.machine_signature()
         self._fresh: set = set()  # keys measured by this instance (``refresh`` re-times each once)
-        try:
-            self.data = json.loads(self.path.read_text())
-            if not isinstance(self.data, dict):
+        self.data: Dict = dict(data) if data else {}
+        if persist and data is None:
+            try:
+                self.data = json.loads(self.path.read_text())
+                if not isinstance(self.data, dict):
+                    self.data = {}
+            except (OSError, ValueError):
                 self.data = {}
-        except (OSError, ValueError):
-            self.data = {}
 
     # -- cache ------------------------------------------------------------------------
 
     def _cached(self, key: str, measure: Callable[[], Dict]) -> Dict:
-        k = f"{key} | {self.machine}"
+        k = f"{key} | {self.machine}" + ("" if self.statistic == "min" else f" | {self.statistic}")
         if (not self.refresh or k in self._fresh) and isinstance(self.data.get(k), dict):
             return self.data[k]
         value = measure()
@@ -119,6 +136,8 @@ class Calibration:
         return value
 
     def save(self) -> None:
+        if not self.persist:
+            return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_suffix(".tmp")
@@ -140,7 +159,7 @@ class Calibration:
             mod, x = make_fused_block(geom, geom.global_attn_indexes[0]).eval(), torch.randn(1, h, w, c)
         else:
             mod, x = _encoder_shell(geom).neck, torch.randn(1, c, geom.token_grid, geom.token_grid)
-        return _best(lambda: mod(x), self.repeats)
+        return _best(lambda: mod(x), self.repeats, self.statistic)
 
     def op_seconds(self, geom: SamGeometry, kind: str, h: int, w: int) -> OpTime:
         """Seconds of one ``kind`` op on an h x w token map of ``geom`` on this machine."""
@@ -180,7 +199,7 @@ class Calibration:
                     multimask_output=True,
                 )
 
-            return {"seconds": _best(run, max(self.repeats, 5))}
+            return {"seconds": _best(run, max(self.repeats, 5), self.statistic)}
 
         return float(self._cached("decoder point multimask", measure)["seconds"])
 
@@ -195,9 +214,9 @@ class Calibration:
         def measure() -> Dict:
             arrays = codecs.pack_tokens(sample, fmt)
             nbytes = sum(a.nbytes for _, a in arrays)
-            enc = _best(lambda: codecs.pack_tokens(sample, fmt), self.repeats)
+            enc = _best(lambda: codecs.pack_tokens(sample, fmt), self.repeats, self.statistic)
             d = dict(arrays)
-            dec = _best(lambda: codecs.unpack_tokens(d, (h, w, c)), self.repeats)
+            dec = _best(lambda: codecs.unpack_tokens(d, (h, w, c)), self.repeats, self.statistic)
             n = h * w
             return {"encode_s": enc / n, "decode_s": dec / n, "bytes": nbytes / n}
 
@@ -216,9 +235,9 @@ class Calibration:
         def measure() -> Dict:
             data = codecs.encode_pixels(image, spec)
             name = codecs.pixel_codec(spec).name
-            enc = _best(lambda: codecs.encode_pixels(image, spec), self.repeats)
+            enc = _best(lambda: codecs.encode_pixels(image, spec), self.repeats, self.statistic)
             buf = np.frombuffer(data, np.uint8)
-            dec = _best(lambda: codecs.decode_pixels(name, buf, (hh, ww)), self.repeats)
+            dec = _best(lambda: codecs.decode_pixels(name, buf, (hh, ww)), self.repeats, self.statistic)
             return {"encode_s": enc / n, "decode_s": dec / n, "bytes": len(data) / n}
 
         d = self._cached(f"pixels {spec} {hh}x{ww} {image_name}", measure)

@@ -1,0 +1,50 @@
+"""bench.costcheck: the latency model's profile is timed in the edge process around the very frames
+it predicts (calibrate, measure, re-calibrate), with the run's thread count, and the prediction uses
+exactly those timings.  Bounded (one server, one link setting, one frame); skips without network
+namespaces (no root), as the emulated-link test does."""
+
+import pytest
+
+from helpers import TINY_B
+from ped_sam_ros.bench import costcheck
+from ped_sam_ros.bench import link as L
+
+pytestmark = pytest.mark.timeout(600)
+
+REASON = L.unavailable_reason()
+
+
+@pytest.mark.skipif(REASON is not None, reason=f"emulated link unavailable: {REASON}")
+def test_prediction_uses_the_calibrations_taken_around_the_frames(tmp_path):
+    spec = L.LinkSpec(50.0, 50.0, 10.0)
+    run = L.LinkRun(
+        [spec],
+        model=TINY_B,
+        servers=1,
+        grid=2,
+        frames=1,
+        combos=[("float16", "raw")],
+        calibrate=True,
+        calibration_repeats=2,
+    )
+    out = L.run_link_benchmark(run, tmp_path / "run", echo=lambda *a: None)
+    out["summary"] = L.summarize(out["results"])
+    (cal,) = out["calibrations"]
+    frame = out["results"][0]
+    assert (cal["link_label"], cal["token_format"], cal["pixel_codec"]) == (spec.label, "float16", "raw")
+    # calibrate, measure, re-calibrate: in that order, in the edge process, with the run's threads
+    assert cal["before"]["t1"] <= frame["t_start"] and frame["t_end"] <= cal["after"]["t0"]
+    assert cal["before"]["threads"] == cal["after"]["threads"] == run.threads
+    keys = " ".join(cal["before"]["data"])
+    for shape in ("28x28", "28x36", "36x28", "36x36"):  # each tile's own token map (what the servers run)
+        assert f"window_block {shape}" in keys, keys
+    assert "global_block 64x64" in keys and "tokens float16" in keys
+    (row,) = costcheck.predict_rows(out)
+    assert row["profile"].startswith("timed in the edge process") and not row["timed_at_analysis"]
+    assert len(row["predicted_before_after"]) == 2
+    # the transfers are predicted from bytes, rate and delay: 3 MB of raw pixels at 50 Mbit/s
+    up_m, up_p = row["measured"]["upload_s"], row["predicted"]["upload_s"]
+    assert abs(up_p - up_m) < 0.3 * up_m, (up_p, up_m)
+    assert row["predicted"]["up_bytes"] == pytest.approx(row["measured_bytes"][0], rel=0.01)
+    assert set(row["term_rel_error"]) == {"upload_s", "server_s", "download_s", "edge_s", "tile_compute_s"}
+    assert costcheck.TARGET_REL_ERROR == 0.15 and "rows within 15 %" in costcheck.verdict([row])
