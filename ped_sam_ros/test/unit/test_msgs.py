@@ -6,6 +6,8 @@ No DDS traffic here: only (de)serialization, so no ROS context or domain is need
 import json
 import pathlib
 import sys
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -41,8 +43,39 @@ MSG_NAMES = [
 ]
 
 
-def _header():
-    return Header(stamp=Time(sec=1_700_000_123, nanosec=456_789), frame_id="camera_optical")
+@dataclass(frozen=True)
+class _Types:
+    """The message classes the builders below use: rclpy's generated ones, or a rosbags
+    typestore's (the same messages built both ways, so each side can read the other's bytes)."""
+
+    Time: type
+    Header: type
+    Roi: type
+    Rle: type
+    Instance: type
+    Timing: type
+    Result: type
+    uint32s: Callable = list  # how a uint32[] field is given
+
+
+RCLPY = _Types(Time, Header, RegionOfInterest, MaskRle, MaskInstance, StageTiming, SegmentationResult)
+_BAG_NAMES = (
+    "builtin_interfaces/msg/Time",
+    "std_msgs/msg/Header",
+    "sensor_msgs/msg/RegionOfInterest",
+    "ped_sam_msgs/msg/MaskRle",
+    "ped_sam_msgs/msg/MaskInstance",
+    "ped_sam_msgs/msg/StageTiming",
+    "ped_sam_msgs/msg/SegmentationResult",
+)
+
+
+def _bag_types(typestore) -> _Types:
+    return _Types(*(typestore.types[n] for n in _BAG_NAMES), uint32s=lambda v: np.array(v, np.uint32))
+
+
+def _header(T: _Types = RCLPY):
+    return T.Header(stamp=T.Time(sec=1_700_000_123, nanosec=456_789), frame_id="camera_optical")
 
 
 def _prompt(with_box=True):
@@ -56,21 +89,21 @@ def _prompt(with_box=True):
     )
 
 
-def _instance(i):
+def _instance(i, T: _Types = RCLPY):
     # 4x3 mask, column-major runs: 2 zeros, 5 ones, 5 zeros (sum = 12)
-    return MaskInstance(
+    return T.Instance(
         id=i,
         score=0.875,
         stability_score=0.9375,
-        bbox=RegionOfInterest(x_offset=1, y_offset=2, width=3, height=4, do_rectify=False),
+        bbox=T.Roi(x_offset=1, y_offset=2, width=3, height=4, do_rectify=False),
         area=5,
-        mask=MaskRle(height=4, width=3, counts=[2, 5, 5]),
+        mask=T.Rle(height=4, width=3, counts=T.uint32s([2, 5, 5])),
     )
 
 
-def _result():
-    return SegmentationResult(
-        header=_header(),
+def _result(T: _Types = RCLPY):
+    return T.Result(
+        header=_header(T),
         image_height=4,
         image_width=3,
         model_type="vit_b",
@@ -78,9 +111,12 @@ def _result():
         grid_rows=2,
         grid_cols=3,
         random_weights=True,
-        instances=[_instance(1), _instance(2)],
-        timings=[StageTiming(stage="encode", seconds=1.25), StageTiming(stage="decode", seconds=0.0625)],
+        instances=[_instance(1, T), _instance(2, T)],
+        timings=[T.Timing(stage="encode", seconds=1.25), T.Timing(stage="decode", seconds=0.0625)],
         frames_dropped=7,
+        status=0,
+        reason="",
+        tile_decisions=[],
     )
 
 
@@ -190,39 +226,7 @@ def test_rosbags_type_hashes_match_rosidl(typestore):
 
 
 def test_rosbags_cdr_deserializes_with_rclpy(typestore):
-    T = typestore.types
-    Time_ = T["builtin_interfaces/msg/Time"]
-    Header_ = T["std_msgs/msg/Header"]
-    Roi = T["sensor_msgs/msg/RegionOfInterest"]
-    Rle, Inst = T["ped_sam_msgs/msg/MaskRle"], T["ped_sam_msgs/msg/MaskInstance"]
-    Timing, Result = T["ped_sam_msgs/msg/StageTiming"], T["ped_sam_msgs/msg/SegmentationResult"]
-
-    def inst(i):
-        return Inst(
-            id=i,
-            score=0.875,
-            stability_score=0.9375,
-            bbox=Roi(x_offset=1, y_offset=2, height=4, width=3, do_rectify=False),
-            area=5,
-            mask=Rle(height=4, width=3, counts=np.array([2, 5, 5], np.uint32)),
-        )
-
-    msg = Result(
-        header=Header_(stamp=Time_(sec=1_700_000_123, nanosec=456_789), frame_id="camera_optical"),
-        image_height=4,
-        image_width=3,
-        model_type="vit_b",
-        mode="paper",
-        grid_rows=2,
-        grid_cols=3,
-        random_weights=True,
-        instances=[inst(1), inst(2)],
-        timings=[Timing(stage="encode", seconds=1.25), Timing(stage="decode", seconds=0.0625)],
-        frames_dropped=7,
-        status=0,
-        reason="",
-        tile_decisions=[],
-    )
+    msg = _result(_bag_types(typestore))
     raw = bytes(typestore.serialize_cdr(msg, "ped_sam_msgs/msg/SegmentationResult"))
 
     from_bag = deserialize_message(raw, SegmentationResult)
