@@ -17,12 +17,18 @@ full width, random weights, 1024 input) measured in the same process.
 
 ``python -m ped_sam_ros.bench.detectors [--images N] [--json PATH]`` prints the table
 and writes JSON.
+
+``--budget [NAME ...]`` measures the detectors the way the edge runs them
+(:meth:`ped_sam_ros.edge.privacy.PrivacyHook.detect` on the frame resized for SAM, told the
+smallest face that matters, 40 px of the camera frame): recall, false positives and time per
+frame, interleaved with the edge stage in one run, so the time ratio comes from one machine load.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -298,45 +304,155 @@ def edge_stage_time(model: str = "vit_b", repeats: int = 2) -> Optional[float]:
     return best
 
 
-def interleaved_timing(
-    names: Sequence[str], samples: Sequence[Sample], rounds: int = 3, frames_per_round: int = 4
+class MtcnnAsBefore:
+    """MTCNN as the edge ran it until 2026-12-02: facenet-pytorch's ``MTCNN.detect`` on the whole
+    resized frame with its smallest face at 32 px of that frame, networks in the default memory
+    format; kept only to measure what :class:`MtcnnFaceDetector` gained."""
+
+    name = "mtcnn-before"
+    classes = ("face",)
+
+    def __init__(self, min_face_size: int = 32):
+        from facenet_pytorch.models.mtcnn import MTCNN
+
+        self._mtcnn = MTCNN(
+            min_face_size=min_face_size, thresholds=[0.6, 0.7, 0.7], keep_all=True, post_process=False, device="cpu"
+        )
+
+    def detect(self, rgb: np.ndarray) -> List[Detection]:
+        import torch
+
+        with torch.no_grad():
+            boxes, probs = self._mtcnn.detect(rgb)
+        if boxes is None:
+            return []
+        return [
+            Detection("face", tuple(float(v) for v in b), float(p), self.name)
+            for b, p in zip(boxes, probs)
+            if p is not None and p >= 0.9
+        ]
+
+
+#: what ``--budget`` compares: each built as the edge builds its detector, and run as the edge runs
+#: it (:meth:`ped_sam_ros.edge.privacy.PrivacyHook.detect` on the frame resized for SAM, told the
+#: smallest face that matters, 40 px of the camera frame)
+BUDGET_CANDIDATES = {
+    "mtcnn": lambda: MtcnnFaceDetector(),  # make_detector("default")
+    "mtcnn as before": lambda: MtcnnAsBefore(32),
+    "mtcnn work 32 px": lambda: MtcnnFaceDetector(work_size=32),
+    "mtcnn margin 1.0": lambda: MtcnnFaceDetector(margin=1.0),
+    "haar": lambda: HaarFaceDetector(),
+}
+BUDGET_DEFAULT = ("mtcnn", "mtcnn as before", "haar")
+
+
+def pipeline_frames(samples: Sequence[Sample]) -> List[np.ndarray]:
+    """Each frame resized as SAM's preprocessing resizes it (``ResizeLongestSide(1024)``): the
+    uint8 frame the edge's privacy hook receives."""
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    rs = ResizeLongestSide(1024)
+    return [rs.apply_image(s.rgb) for s in samples]
+
+
+def budget(
+    names: Sequence[str],
+    samples: Sequence[Sample],
+    rounds: int = 5,
+    model: str = "vit_b",
+    min_face_px: float = 40.0,
 ) -> Dict:
-    """Edge stage and detectors timed in alternation (edge, each detector on a few frames,
-    edge, ...), so both see the same machine load; min over everything per component."""
+    """Recall, false positives and time of each detector as the edge runs it, and the edge stage's
+    time, in one run: ``rounds`` rounds of (edge stage once, then every detector on the round's
+    share of the frames), so the detectors and the edge stage see the same machine load.
+    Ratios: detector min / edge min and detector median / edge median."""
     import torch
 
-    edge = _edge_stage("vit_b")
+    from ped_sam_ros.edge.privacy import PrivacyHook
+
+    edge = _edge_stage(model)
     g = edge.geometry
     x = torch.randn(1, g.token_grid, g.token_grid, g.embed_dim)
-    dets = {n: FACE_CANDIDATES[n]() for n in names}
-    for d in dets.values():
-        d.detect(samples[0].rgb)
+    hooks = {n: PrivacyHook(BUDGET_CANDIDATES[n](), min_face_px=min_face_px) for n in names}
+    frames = pipeline_frames(samples)
+    for h in hooks.values():
+        h.detect(frames[0], samples[0].rgb.shape[:2])  # warm-up (first-call allocations)
     times: Dict[str, List[float]] = {"edge": [], **{n: [] for n in names}}
+    hits: Dict[str, Dict[float, List[bool]]] = {n: {float(s): [] for s in FACE_SIZES} for n in names}
+    fps: Dict[str, List[int]] = {n: [] for n in names}
+    per_round = -(-len(samples) // rounds)
     with torch.no_grad():
         for r in range(rounds):
             t0 = time.perf_counter()
             edge(x)
             times["edge"].append(time.perf_counter() - t0)
-            for n, d in dets.items():
-                for smp in samples[r * frames_per_round : (r + 1) * frames_per_round]:
+            chunk = range(r * per_round, min(len(samples), (r + 1) * per_round))
+            for n, hook in hooks.items():
+                for k in chunk:
+                    smp, frame = samples[k], frames[k]
                     t0 = time.perf_counter()
-                    d.detect(smp.rgb)
+                    dets = hook.detect(frame, smp.rgb.shape[:2])
                     times[n].append(time.perf_counter() - t0)
-    edge_min = min(times["edge"])
-    return {
-        "edge_stage_vit_b_paper_min_s": edge_min,
-        "edge_stage_all_s": times["edge"],
-        "detectors": {
-            n: {
-                "min_s": min(v),
-                "median_s": statistics.median(v),
-                "ratio_min_to_edge_min": min(v) / edge_min,
-                "ratio_median_to_edge_min": statistics.median(v) / edge_min,
-            }
-            for n, v in times.items()
-            if n != "edge"
-        },
+                    found, fp = score_sample([d for d in dets if d.cls == "face"], smp.objects)
+                    for (_, _, size), f in zip(smp.objects, found):
+                        hits[n][float(size)].append(f)
+                    fps[n].append(fp)
+    e_min, e_med = min(times["edge"]), statistics.median(times["edge"])
+    out: Dict = {
+        "model": f"{model} paper edge stage (random weights, 1024 input)",
+        "torch_threads": torch.get_num_threads(),
+        "min_face_px": min_face_px,
+        "frames": len(samples),
+        "faces": sum(len(s.objects) for s in samples),
+        "frame_hw": list(samples[0].rgb.shape[:2]),
+        "rounds": rounds,
+        "edge_s": times["edge"],
+        "edge_min_s": e_min,
+        "edge_median_s": e_med,
+        "detectors": {},
     }
+    for n in names:
+        v = times[n]
+        res = {
+            "recall_by_size": {str(int(s)): (sum(h) / len(h) if h else None) for s, h in hits[n].items()},
+            "count_by_size": {str(int(s)): len(h) for s, h in hits[n].items()},
+            "fp_per_image": float(np.mean(fps[n])),
+            "time_min_s": min(v),
+            "time_median_s": statistics.median(v),
+        }
+        res["recall_40px_up"] = recall_at_least(res, 40)
+        res["ratio_min"] = res["time_min_s"] / e_min
+        res["ratio_median"] = res["time_median_s"] / e_med
+        out["detectors"][n] = res
+    return out
+
+
+def print_budget(rep: Dict) -> None:
+    h, w = rep["frame_hw"]
+    print(
+        f"{rep['faces']} faces in {rep['frames']} frames of {w}x{h}, run as the edge runs them (frame resized "
+        f"for SAM, smallest face {rep['min_face_px']:.0f} px of the camera frame); torch threads "
+        f"{rep['torch_threads']}; {rep['rounds']} rounds"
+    )
+    print(
+        f"edge stage: {rep['model']}: min {rep['edge_min_s']:.2f} s, median {rep['edge_median_s']:.2f} s "
+        f"(runs {', '.join(f'{t:.1f}' for t in rep['edge_s'])})"
+    )
+    head = (
+        "| detector | "
+        + " | ".join(f"{s} px" for s in FACE_SIZES)
+        + " | recall >= 40 px | FP / frame | ms min | ms median | min / edge min | median / edge median |"
+    )
+    print(head)
+    print("|" + "---|" * (head.count("|") - 1))
+    for n, r in rep["detectors"].items():
+        cells = " | ".join(
+            "-" if r["recall_by_size"][str(s)] is None else f"{r['recall_by_size'][str(s)]:.2f}" for s in FACE_SIZES
+        )
+        print(
+            f"| {n} | {cells} | {r['recall_40px_up']:.3f} | {r['fp_per_image']:.2f} | {r['time_min_s'] * 1e3:.0f} | "
+            f"{r['time_median_s'] * 1e3:.0f} | {100 * r['ratio_min']:.2f} % | {100 * r['ratio_median']:.2f} % |"
+        )
 
 
 FACE_CANDIDATES = {
@@ -450,26 +566,47 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--no-edge", action="store_true", help="skip timing the vit_b edge stage")
     ap.add_argument("--json", default="detectors.json", help="where to write the results")
     ap.add_argument(
-        "--interleaved",
+        "--budget",
         nargs="*",
         metavar="NAME",
-        help="only time these face detectors against the edge stage, in alternation",
+        help=f"recall, false positives and time of these detectors as the edge runs them, interleaved with the "
+        f"edge stage (one of {sorted(BUDGET_CANDIDATES)}; none given: {list(BUDGET_DEFAULT)})",
     )
+    ap.add_argument("--rounds", type=int, default=5, help="--budget: edge-stage runs (the frames are split among them)")
+    ap.add_argument(
+        "--min-face", type=float, default=40.0, help="--budget: smallest face that matters (px of the frame)"
+    )
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default, as the edge node)")
+    ap.add_argument("--edge-model", default="vit_b", help="--budget: the edge stage timed beside the detectors")
     args = ap.parse_args(argv)
     h, w = (int(v) for v in args.frame.lower().split("x"))
-    if args.interleaved:
-        rep = interleaved_timing(args.interleaved, face_set(12, (h, w)))
-        print(
-            f"vit_b paper edge stage: min {rep['edge_stage_vit_b_paper_min_s']:.2f} s "
-            f"(runs: {', '.join(f'{t:.1f}' for t in rep['edge_stage_all_s'])})"
+    if args.threads > 0:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.budget is not None:
+        names = list(args.budget) or list(BUDGET_DEFAULT)
+        unknown = [n for n in names if n not in BUDGET_CANDIDATES]
+        if unknown:
+            ap.error(f"unknown detector(s) {unknown}; known: {sorted(BUDGET_CANDIDATES)}")
+        load_start = list(os.getloadavg())
+        rep = budget(
+            names, face_set(args.images, (h, w)), rounds=args.rounds, model=args.edge_model, min_face_px=args.min_face
         )
-        for n, r in rep["detectors"].items():
-            print(
-                f"{n}: min {r['min_s'] * 1e3:.0f} ms ({100 * r['ratio_min_to_edge_min']:.1f} % of the edge stage), "
-                f"median {r['median_s'] * 1e3:.0f} ms ({100 * r['ratio_median_to_edge_min']:.1f} %)"
-            )
+        rep["load_average_start"] = load_start
+        rep["date"] = time.strftime("%Y-%m-%d")
+        rep["machine"] = f"{platform.machine()} {platform.processor()}, {os.cpu_count()} CPUs"
+        rep["load_average"] = list(os.getloadavg())
+        print_budget(rep)
+        print(
+            "load average (1, 5, 15 min) at the start: "
+            + ", ".join(f"{v:.2f}" for v in load_start)
+            + "; at the end: "
+            + ", ".join(f"{v:.2f}" for v in rep["load_average"])
+        )
         with open(args.json, "w") as f:
             json.dump(rep, f, indent=1)
+        print(f"wrote {args.json}")
         return 0
     rep = run(args.images, args.text_images, (h, w), args.only, not args.no_edge)
     print_table(rep)

@@ -21,6 +21,7 @@ a short spec such as ``"mtcnn,hog"``.  No ROS, no network.
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import logging
 import os
 import threading
@@ -59,6 +60,19 @@ def _import(module: str, package: str):
 # OpenCV baselines
 
 
+#: a face detector told the smallest face that matters looks for faces down to this fraction of it
+MIN_SIZE_MARGIN = 0.8
+
+
+def accepts_min_size(detector) -> bool:
+    """Whether ``detector.detect`` takes ``min_size`` (the smallest object that matters, pixels of
+    its input), which lets it skip the work for smaller ones; other detectors are called without."""
+    try:
+        return "min_size" in inspect.signature(detector.detect).parameters
+    except (TypeError, ValueError, AttributeError):
+        return False
+
+
 class HaarFaceDetector:
     """OpenCV's frontal-face Haar cascade: fast, weak (frontal faces only, many misses)."""
 
@@ -80,14 +94,17 @@ class HaarFaceDetector:
         self.scale_factor, self.min_neighbors, self.min_size = scale_factor, min_neighbors, min_size
         self._lock = threading.Lock()  # a CascadeClassifier is not safe to share across threads
 
-    def detect(self, rgb: np.ndarray) -> List[Detection]:
+    def detect(self, rgb: np.ndarray, min_size: Optional[float] = None) -> List[Detection]:
+        """``min_size``: the smallest face that matters (pixels of ``rgb``); the cascade then skips
+        windows below ``MIN_SIZE_MARGIN * min_size`` (never below its own ``min_size``)."""
         gray = self._cv2.cvtColor(check_rgb(rgb), self._cv2.COLOR_RGB2GRAY)
+        side = self.min_size if min_size is None else max(self.min_size, int(MIN_SIZE_MARGIN * float(min_size)))
         with self._lock:
             found = self._cascade.detectMultiScale3(
                 gray,
                 self.scale_factor,
                 self.min_neighbors,
-                minSize=(self.min_size, self.min_size),
+                minSize=(side, side),
                 outputRejectLevels=True,
             )
         rects, _, weights = found
@@ -138,22 +155,40 @@ class HogPersonDetector:
 
 
 class MtcnnFaceDetector:
-    """MTCNN from ``facenet-pytorch`` (image pyramid down to ``min_face_size`` pixels).
+    """MTCNN from ``facenet-pytorch``: its P-, R- and O-Net weights and its cascade code
+    (``detect_face``), run on a copy of the frame downscaled for the smallest face that matters.
 
-    The default of 32 px keeps recall on faces of 40 px and more (docs/privacy.md) at about
-    half the time of MTCNN's usual 20 px; pass 20 to catch smaller faces."""
+    Speed without losing what matters (docs/privacy.md, "Time against the edge stage"):
+
+    * ``detect(rgb, min_size=m)``: faces smaller than ``m`` pixels (of ``rgb``) do not matter, so
+      MTCNN's smallest face is ``margin * m`` (a margin below ``m``: MTCNN's boxes and the pyramid's
+      steps vary) and the frame is first downscaled (OpenCV, area, on the uint8 frame: one
+      resize, no float copy of the full frame) so that this smallest face is ``work_size`` pixels.
+      The P-Net pyramid covers the same face sizes as on the full frame; every resample of the
+      pyramid and every R-/O-Net crop then works on the small copy.  Boxes come back in pixels
+      of ``rgb``.  Without ``min_size`` the smallest face is ``min_face_size`` (pixels of ``rgb``).
+    * The three networks run in channels-last memory format: the same results (to float
+      rounding), about 3x faster on this CPU, mostly in the max-pooling layers.
+    * One model, built once and reused for every frame (the edge's privacy hook holds one detector).
+    """
 
     name = "mtcnn"
     classes = ("face",)
 
     def __init__(
         self,
-        min_face_size: int = 32,
+        min_face_size: float = 32,
         thresholds: Sequence[float] = (0.6, 0.7, 0.7),
         min_score: float = 0.9,
         factor: float = 0.709,
+        margin: float = MIN_SIZE_MARGIN,
+        work_size: float = 24.0,
     ):
         mod = _import("facenet_pytorch.models.mtcnn", "facenet-pytorch (with --no-deps) and requests")
+        import torch
+
+        self._cv2 = _import("cv2", "opencv-python-headless")
+        self._detect_face = importlib.import_module("facenet_pytorch.models.utils.detect_face").detect_face
         self._mtcnn = mod.MTCNN(
             min_face_size=min_face_size,
             thresholds=list(thresholds),
@@ -162,20 +197,43 @@ class MtcnnFaceDetector:
             post_process=False,
             device="cpu",
         )
-        self.min_score = min_score
+        for net in (self._mtcnn.pnet, self._mtcnn.rnet, self._mtcnn.onet):
+            net.to(memory_format=torch.channels_last)
+        if not 0.0 < margin <= 1.0:
+            raise ValueError(f"margin must be in (0, 1], got {margin}")
+        if work_size < 12:
+            raise ValueError(f"work_size must be at least P-Net's 12 px window, got {work_size}")
+        self.min_face_size, self.thresholds, self.factor = float(min_face_size), list(thresholds), factor
+        self.min_score, self.margin, self.work_size = min_score, margin, float(work_size)
 
-    def detect(self, rgb: np.ndarray) -> List[Detection]:
+    def plan(self, hw: Tuple[int, int], min_size: Optional[float] = None) -> Tuple[float, float]:
+        """(downscale factor <= 1, MTCNN's smallest face in the downscaled image) for a frame of ``hw``."""
+        smallest = self.margin * float(min_size) if min_size is not None else self.min_face_size
+        smallest = max(12.0, smallest)
+        scale = min(1.0, self.work_size / smallest)
+        if round(hw[0] * scale) < 12 or round(hw[1] * scale) < 12:
+            scale = 1.0
+        return scale, max(12.0, smallest * scale)
+
+    def detect(self, rgb: np.ndarray, min_size: Optional[float] = None) -> List[Detection]:
         import torch
 
+        img = check_rgb(rgb)
+        h, w = img.shape[:2]
+        scale, smallest = self.plan((h, w), min_size)
+        if scale < 1.0:
+            img = self._cv2.resize(img, (round(w * scale), round(h * scale)), interpolation=self._cv2.INTER_AREA)
+        sx, sy = w / img.shape[1], h / img.shape[0]
+        frame = torch.from_numpy(img if img.flags.writeable else img.copy())  # a view: no copy
+        m = self._mtcnn
         with torch.no_grad():
-            boxes, probs = self._mtcnn.detect(check_rgb(rgb))
-        if boxes is None:
-            return []
-        return [
-            Detection("face", tuple(float(v) for v in b), float(p), self.name)
-            for b, p in zip(boxes, probs)
-            if p is not None and p >= self.min_score
-        ]
+            boxes, _ = self._detect_face(frame, smallest, m.pnet, m.rnet, m.onet, self.thresholds, self.factor, "cpu")
+        out = []
+        for b in boxes[0]:
+            if float(b[4]) >= self.min_score:
+                box = (float(b[0]) * sx, float(b[1]) * sy, float(b[2]) * sx, float(b[3]) * sy)
+                out.append(Detection("face", box, float(b[4]), self.name))
+        return out
 
 
 # ---------------------------------------------------------------------------
@@ -364,14 +422,16 @@ class CombinedDetector:
 
     def __init__(self, detectors: Sequence[Detector]):
         self.detectors = list(detectors)
+        self._sized = [accepts_min_size(d) for d in self.detectors]
         self.name = "+".join(d.name for d in self.detectors) or "none"
         self.classes = tuple(dict.fromkeys(c for d in self.detectors for c in d.classes))
 
-    def detect(self, rgb: np.ndarray) -> List[Detection]:
+    def detect(self, rgb: np.ndarray, min_size: Optional[float] = None) -> List[Detection]:
+        """``min_size`` (smallest face that matters, pixels of ``rgb``) goes to the detectors that take it."""
         check_rgb(rgb)
         out: List[Detection] = []
-        for d in self.detectors:
-            out.extend(d.detect(rgb))
+        for d, sized in zip(self.detectors, self._sized):
+            out.extend(d.detect(rgb, min_size=min_size) if sized and min_size is not None else d.detect(rgb))
         return out
 
 
