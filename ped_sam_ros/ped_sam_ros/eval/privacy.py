@@ -198,6 +198,36 @@ def reconstruction_scores(original: np.ndarray, reconstruction: np.ndarray, seen
     )
 
 
+def region_scores(original: np.ndarray, reconstruction: np.ndarray, region: np.ndarray) -> Tuple[float, float]:
+    """(SSIM, mean squared error) of a reconstruction over ``region`` (bool mask) only.
+
+    SSIM is the mean of skimage's local SSIM map (7x7 window, or the image's odd side when
+    smaller; colour channels averaged) over the region's pixels, computed on the whole image so
+    the map sees the region's surroundings; the error is over the region's pixels and channels
+    (0 where they are identical: PSNR infinite)."""
+    from skimage.metrics import structural_similarity
+
+    if original.shape != reconstruction.shape or original.shape[:2] != region.shape:
+        raise ValueError("shapes differ")
+    if not region.any():
+        raise ValueError("empty region")
+    win = min(7, *(s if s % 2 else s - 1 for s in original.shape[:2]))
+    if win < 3:
+        raise ValueError(f"image {original.shape[:2]} is too small for SSIM")
+    _, smap = structural_similarity(
+        original,
+        reconstruction,
+        data_range=255,
+        channel_axis=2 if original.ndim == 3 else None,
+        full=True,
+        win_size=win,
+    )
+    if smap.ndim == 3:
+        smap = smap.mean(axis=2)
+    diff = original[region].astype(np.float64) - reconstruction[region].astype(np.float64)
+    return float(smap[region].mean()), float(np.mean(diff * diff))
+
+
 # ---------------------------------------------------------------------------
 # Sensitive-content attack with OpenCV's pretrained classical detectors
 
