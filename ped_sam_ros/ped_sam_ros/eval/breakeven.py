@@ -9,7 +9,12 @@ and PED-SAM's latency over cloud SAM's at a reference link.  Published profiles 
 table gives both results.
 
     python -m ped_sam_ros.eval.breakeven --edge-profile agx-orin --server-profile a100 \\
-        --models vit_b vit_l vit_h --wires float16/raw e8/jpeg:90 --json out/breakeven.json
+        --models vit_b vit_l vit_h --wires float16/raw p6/jpeg444:90 --json out/breakeven.json
+
+The ``ped-sam-eval`` report's headline carries :func:`headline_breakeven` (:func:`headline_lines`):
+for every cost model of the run and every edge profile of the run, PED-SAM as the node runs it by
+default (paper mode, 2x2 tiles, one server per tile, the node's wire, Curve on) against edge-only
+SAM on that edge and cloud SAM on the server profile.
 """
 
 from __future__ import annotations
@@ -27,11 +32,18 @@ import numpy as np
 
 from ..core.geometry import Partition
 from ..core.model import get_geometry
+from ..core.wire import DEFAULT_PIXEL_CODEC, DEFAULT_TOKEN_FORMAT
 from . import latency as L
 from .calibrate import Calibration
 from .profiles import DeviceProfile, LinkProfile, get_profile, load_profiles
 
 REFERENCE_LINK = LinkProfile.parse("100:20")  # Mbit/s both ways, 20 ms RTT
+#: the report headline's profiles (``ped-sam-eval --edge-profile/--server-profile``)
+HEADLINE_EDGE_PROFILES = ("agx-orin",)
+HEADLINE_SERVER_PROFILE = "a100"
+#: the headline's PED-SAM: the node's defaults (mode, grid), one server per tile
+HEADLINE_MODE = "paper"
+HEADLINE_GRID = (2, 2)
 _WIDTH_MODEL = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
 
 
@@ -164,6 +176,123 @@ def table(rows: Sequence[BreakEvenRow]) -> str:
     return "\n".join(out)
 
 
+# ---------------------------------------------------------------------------
+# The evaluation report's headline
+
+
+#: beside the node's wire: the fastest-to-code entropy format with the same pixels (its codec costs a
+#: third of p6's, docs/wire.md), and the uncompressed wire the defaults replaced
+LATENCY_ALTERNATIVE = "e8"
+
+
+def headline_wires() -> List[L.Wire]:
+    """The node's default wire, ``e8`` tokens with the node's pixels (fewer codec seconds, more bytes), and
+    the uncompressed wire (float16 tokens, raw pixels); Curve on."""
+    return [
+        L.Wire(DEFAULT_TOKEN_FORMAT, DEFAULT_PIXEL_CODEC, True),
+        L.Wire(LATENCY_ALTERNATIVE, DEFAULT_PIXEL_CODEC, True),
+        L.Wire("float16", "raw", True),
+    ]
+
+
+@dataclass(frozen=True)
+class HeadlineBreakEven:
+    """The break-even answer of one evaluation run: :class:`BreakEvenRow` per model, edge profile,
+    wire and profile end, for PED-SAM as the node runs it by default, with the profiles' sources."""
+
+    server_profile: str
+    edge_profiles: List[str]
+    mode: str
+    grid: str
+    rtt_ms: float
+    reference_link: str
+    rows: List[BreakEvenRow]
+    sources: Dict[str, str]  # profile name -> "description; source"
+
+
+def headline_breakeven(
+    models: Sequence[str],
+    edge_profiles: Sequence[str] = HEADLINE_EDGE_PROFILES,
+    server_profile: str = HEADLINE_SERVER_PROFILE,
+    calibration: Optional[Calibration] = None,
+    extra_profiles: Optional[Dict[str, DeviceProfile]] = None,
+    wires: Optional[Sequence[L.Wire]] = None,
+) -> HeadlineBreakEven:
+    """:func:`rows_for` for the report's headline: every model and edge profile, paper mode on 2x2
+    tiles, the :func:`headline_wires`, both ends of published ranges (one end when both profiles
+    are measured)."""
+    server = get_profile(server_profile, extra_profiles)
+    cal = calibration or Calibration()
+    rows: List[BreakEvenRow] = []
+    sources = {server.name: f"{server.description}; {server.source}"}
+    for name in edge_profiles:
+        edge = get_profile(name, extra_profiles)
+        sources[edge.name] = f"{edge.description}; {edge.source}"
+        ends = (0,) if edge.measured and server.measured else (0, 1)
+        rows += rows_for(
+            models,
+            edge,
+            server,
+            list(wires or headline_wires()),
+            (HEADLINE_MODE,),
+            HEADLINE_GRID,
+            calibration=cal,
+            ends=ends,
+        )
+    grid = f"{HEADLINE_GRID[0]}x{HEADLINE_GRID[1]}"
+    return HeadlineBreakEven(
+        server.name, list(edge_profiles), HEADLINE_MODE, grid, REFERENCE_LINK.rtt_ms, REFERENCE_LINK.name, rows, sources
+    )
+
+
+def break_even_text(rows: Sequence[BreakEvenRow]) -> str:
+    """The break-even bandwidth of rows that differ only in the profile end: "46" or "46 - 178" (fast end
+    first), in Mbit/s; "never" where PED-SAM does not beat edge-only SAM even at 100 Gbit/s."""
+    vals = list(dict.fromkeys(_mbit(r.break_even_mbit) for r in rows))
+    return " - ".join(vals)
+
+
+def over_cloud_text(rows: Sequence[BreakEvenRow]) -> str:
+    """PED-SAM's latency over cloud SAM's at the reference link, e.g. "1.4x" or "1.4x - 1.5x"."""
+    vals = list(dict.fromkeys(f"{r.ped_over_cloud:.1f}x" for r in rows))
+    return " - ".join(vals)
+
+
+def headline_lines(hb: HeadlineBreakEven) -> List[str]:
+    """Markdown: when PED-SAM beats edge-only SAM, and its latency against cloud SAM, per model,
+    edge profile and wire (fast end - slow end of the profiles' ranges)."""
+    keys = list(dict.fromkeys((r.model, r.edge_profile, r.wire) for r in hb.rows))
+    table_rows = []
+    for k in keys:
+        rs = [r for r in hb.rows if (r.model, r.edge_profile, r.wire) == k]
+        node = " (the node's default)" if k[2] == headline_wires()[0].label else ""
+
+        def both(f, rs=rs):
+            return " - ".join(dict.fromkeys(f(r) for r in rs))
+
+        table_rows.append(
+            f"| {k[0]} | {k[1]} | {k[2]}{node} | **{break_even_text(rs)}** | {over_cloud_text(rs)} | "
+            f"{both(lambda r: f'{r.ped_s:.2f}')} | {both(lambda r: f'{r.edge_only_s:.2f}')} | "
+            f"{both(lambda r: f'{r.cloud_s:.2f}')} |"
+        )
+    out = [
+        f"**When does PED-SAM pay off?** PED-SAM as the node runs it by default ({hb.mode} mode, {hb.grid} tiles, "
+        f"one server per tile, Curve on) against edge-only SAM on each edge profile and cloud SAM on the "
+        f"`{hb.server_profile}` server profile (latency model `eval.latency`; `eval.breakeven`). *Break-even*: the "
+        f"link bandwidth (uplink = downlink, {hb.rtt_ms:g} ms RTT) above which PED-SAM's frame, masks of one point "
+        "prompt included, is faster than edge-only SAM. Ranges: both profiles at the fast end - both at the slow end "
+        "of their published figures.\n",
+        "| model | edge profile | wire (tokens / pixels / Curve) | break-even Mbit/s (PED-SAM beats edge-only above) "
+        f"| PED-SAM / cloud SAM @ {hb.reference_link} | PED-SAM s | edge-only SAM s | cloud SAM s |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+        *table_rows,
+        "",
+        *[f"- `{name}`: {text}" for name, text in hb.sources.items()],
+        "",
+    ]
+    return out
+
+
 def parse_wire(text: str, curve: bool) -> L.Wire:
     tok, _, pix = text.partition("/")
     return L.Wire(tok or "float16", pix or "raw", curve)
@@ -179,7 +308,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--edge-profile", nargs="+", default=["agx-orin"], help="edge profile name(s)")
     ap.add_argument("--server-profile", default="a100")
     ap.add_argument("--profiles", help="YAML/JSON file of extra profiles (see eval.profiles)")
-    ap.add_argument("--wires", nargs="+", default=["float16/raw", "int8/raw", "e8/jpeg:90", "p6/jpeg:90"])
+    ap.add_argument(
+        "--wires",
+        nargs="+",
+        default=["float16/raw", "int8/raw", "e8/jpeg:90", f"{DEFAULT_TOKEN_FORMAT}/{DEFAULT_PIXEL_CODEC}"],
+        help="TOKENS/PIXELS; the last default is the node's wire",
+    )
     ap.add_argument("--no-curve", action="store_true", help="leave CurveZMQ out (it is on for remote servers)")
     ap.add_argument("--modes", nargs="+", default=["paper", "exact"])
     ap.add_argument("--grid", default="2x2")

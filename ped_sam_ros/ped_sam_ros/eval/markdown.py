@@ -168,12 +168,20 @@ def _headline_section(res: EvalResults) -> List[str]:
         "",
         "- *embedding cosine* / *mask IoU*: agreement of the configuration's image embedding and masks with "
         "plain SAM on identical weights and images (1 = identical). Cloud SAM differs from plain SAM only by the "
-        f"{meta.wire_dtype} rounding of the embedding it sends back; edge-only SAM *is* the reference.",
+        f"{meta.wire_dtype} rounding of the embedding it sends back; edge-only SAM *is* the reference. PED-SAM's "
+        f"tiles cross the wire as {meta.wire_dtype} tokens and {meta.pixel_codec} pixels.",
         "- *max single-server share*: the largest fraction of an image's pixels that one server receives "
         "(maximum over images). *Reconstruction SSIM*: how similar the best classical fill-in of everything that "
         "server did not see is to the original frame (mean over images; 1 = perfect).",
         "",
-    ]
+    ] + (_breakeven_lines(res.breakeven) if res.breakeven is not None else [])
+
+
+def _breakeven_lines(hb) -> List[str]:
+    """The headline's answer to "when does PED-SAM pay off?" (eval.breakeven.headline_lines)."""
+    from .breakeven import headline_lines
+
+    return headline_lines(hb)
 
 
 def _amg_cell(r: ConfigSummary) -> str:

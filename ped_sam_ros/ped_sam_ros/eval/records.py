@@ -244,6 +244,8 @@ class Meta:
     date: str
     #: where the PED-SAM stages ran, e.g. ``cpu/float32`` (the reference: float32, same device)
     placement: str = "cpu/float32"
+    #: how the PED-SAM tiles' pixels travel in the fidelity runs (``core.codecs``; ``raw``: unchanged)
+    pixel_codec: str = "raw"
 
 
 # ---------------------------------------------------------------------------
@@ -334,6 +336,8 @@ class EvalResults:
     privacy: List[PrivacyRow]
     cost: CostSection
     summary: List[ConfigSummary]
+    #: the headline's break-even bandwidths and latency against cloud SAM (eval.breakeven.HeadlineBreakEven)
+    breakeven: Optional[Any] = None
 
     def fidelity_of(self, config: EvalConfig) -> List[FidelityRow]:
         return [f for f in self.fidelity if f.spec == config.spec]

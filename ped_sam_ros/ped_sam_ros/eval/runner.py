@@ -96,6 +96,16 @@ class EvalSettings:
     precision: str = "float32"
     compile: bool = False
     precision_fallback: bool = False
+    #: how each PED-SAM tile's pixels travel in the fidelity runs (a pixel codec spec; the node's is
+    #: core.wire.DEFAULT_PIXEL_CODEC)
+    pixel_codec: str = "raw"
+    #: the headline's break-even (eval.breakeven): edge profiles, server profile, extra profile file,
+    #: calibration cache (None: the user's cache), on/off
+    edge_profiles: Sequence[str] = ("agx-orin",)
+    server_profile: str = "a100"
+    profiles_file: Optional[str] = None
+    calibration: Optional[str] = None
+    breakeven: bool = True
 
     def stage_options(self) -> Dict:
         """Keyword arguments for the PED-SAM stages."""
@@ -245,6 +255,7 @@ class Evaluation:
         self.results: Optional[EvalResults] = None
         self.detector_description: Dict[str, str] = {}
         self.load_before: Optional[List[float]] = None
+        self.breakeven_result = None  # eval.breakeven.HeadlineBreakEven
 
     # -- main ------------------------------------------------------------------
     def run(self) -> EvalResults:
@@ -262,6 +273,7 @@ class Evaluation:
                 models = self._load_models(tmp)
                 self._run_images(models, rows, bar)
             cost = self._cost(cost_geoms, rows.measured, bar)
+            self.breakeven_result = self._breakeven(bar)
         finally:
             bar.close()
         self.results = self._assemble(rows, cost, models.weights, time.perf_counter() - t_start)
@@ -311,7 +323,9 @@ class Evaluation:
             rows.privacy.extend(self._privacy_for_image(img, layouts, dets, bar))
 
     def _ped_predictor(self, models: _Models, c: EvalConfig) -> PedSamPredictor:
-        tr = LocalTransport(models.remote, num_servers=c.servers, token_dtype=self.s.wire_dtype)
+        tr = LocalTransport(
+            models.remote, num_servers=c.servers, token_dtype=self.s.wire_dtype, pixel_codec=self.s.pixel_codec
+        )
         enc = DistributedEncoder(
             models.edges[c.mode], tr, c.partition, c.assignment, timeout_s=3600.0, allow_adjacent=True
         )
@@ -450,6 +464,22 @@ class Evaluation:
             bar.step(f"cost {label}")
         return cost_tables.cost_section(geometries, rows, s.server_speedup)
 
+    def _breakeven(self, bar: Progress):
+        """The headline's break-even per cost model and edge profile (eval.breakeven), or None."""
+        from . import breakeven
+        from .calibrate import Calibration
+        from .profiles import load_profiles
+
+        s = self.s
+        models = [get_geometry(m).spec for m in s.cost_models if get_geometry(m).spec in FULL_SIZE]
+        if not s.breakeven or not models:
+            return None
+        bar.note("break-even (latency model)")
+        extra = load_profiles(s.profiles_file) if s.profiles_file else None
+        return breakeven.headline_breakeven(
+            models, s.edge_profiles, s.server_profile, Calibration(s.calibration), extra_profiles=extra
+        )
+
     # -- assembling ------------------------------------------------------------------
     def _assemble(self, rows: _Rows, cost: CostSection, weights: WeightsInfo, wall_s: float) -> EvalResults:
         results = EvalResults(
@@ -460,6 +490,7 @@ class Evaluation:
             privacy=rows.privacy,
             cost=cost,
             summary=[],
+            breakeven=self.breakeven_result,
         )
         return dataclasses.replace(results, summary=config_summaries(results, self._headline_geometry()))
 
@@ -503,4 +534,5 @@ class Evaluation:
             wall_s=wall_s,
             date=time.strftime("%Y-%m-%d %H:%M:%S"),
             placement=self.placement.describe() + (" compiled" if s.compile else ""),
+            pixel_codec=s.pixel_codec,
         )

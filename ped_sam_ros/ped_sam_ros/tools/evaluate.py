@@ -72,6 +72,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="precision of the tokens (and the cloud embedding) in the fidelity runs",
     )
     p.add_argument(
+        "--pixel-codec",
+        default="raw",
+        help="how each PED-SAM tile's pixels travel in the fidelity runs: raw, png[:L], jpeg[:Q], jpeg444[:Q], "
+        "webp[:Q] (the node's default: jpeg444:90; with --configs exact:2x2 --wire-dtype p6 the report's "
+        "embedding cosine and mask IoU are the wire's fidelity against the uncompressed run)",
+    )
+    p.add_argument(
+        "--edge-profile",
+        nargs="+",
+        default=["agx-orin"],
+        help="edge device profile(s) of the headline's break-even bandwidth (eval.profiles; this-machine: timed here)",
+    )
+    p.add_argument("--server-profile", default="a100", help="server device profile of the headline's break-even")
+    p.add_argument("--profiles", default=None, help="YAML/JSON file of more device profiles (eval.profiles)")
+    p.add_argument(
+        "--calibration",
+        default=None,
+        help="calibration cache of this machine's codec and op timings for the break-even "
+        "(default ~/.cache/ped_sam_ros/calibration.json)",
+    )
+    p.add_argument("--no-breakeven", action="store_true", help="leave the break-even out of the headline")
+    p.add_argument(
         "--device",
         default="auto",
         help="where the stages and plain SAM run: auto (the first CUDA device when present, else the CPU), "
@@ -134,6 +156,17 @@ class _UsageError(Exception):
     """A bad command line: printed as ``ped-sam-eval: <message>``, exit status 2."""
 
 
+def _check_wire_and_profiles(args: argparse.Namespace) -> None:
+    """--pixel-codec and the break-even profiles, checked before the run (ValueError naming the problem)."""
+    from ..core.codecs import pixel_codec
+    from ..eval.profiles import get_profile, load_profiles
+
+    pixel_codec(args.pixel_codec)
+    extra = load_profiles(args.profiles) if args.profiles else None
+    for name in [*args.edge_profile, args.server_profile]:
+        get_profile(name, extra)
+
+
 def _settings(args: argparse.Namespace, argv: Optional[List[str]]):
     """The run's settings from the command line; raises :class:`_UsageError` for bad arguments."""
     from ..core.device import DeviceError, resolve_placement
@@ -157,6 +190,7 @@ def _settings(args: argparse.Namespace, argv: Optional[List[str]]):
             get_geometry(m)
         images = load_images(args.images, max_images=args.max_images or None, max_side=args.max_side or None)
         resolve_placement(args.device, args.precision, allow_fallback=args.precision_fallback)
+        _check_wire_and_profiles(args)
     except (ValueError, FileNotFoundError, CheckpointError, DeviceError) as e:
         raise _UsageError(str(e)) from None
     return EvalSettings(
@@ -166,6 +200,12 @@ def _settings(args: argparse.Namespace, argv: Optional[List[str]]):
         configs=configs,
         images=images,
         wire_dtype=args.wire_dtype,
+        pixel_codec=args.pixel_codec,
+        edge_profiles=tuple(args.edge_profile),
+        server_profile=args.server_profile,
+        profiles_file=args.profiles,
+        calibration=args.calibration,
+        breakeven=not args.no_breakeven,
         point_grid=args.point_grid,
         amg_points=args.amg_points,
         amg_images=args.amg_images or None,
