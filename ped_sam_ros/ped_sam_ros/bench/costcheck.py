@@ -2,15 +2,16 @@
 
 Runs :mod:`.link` (real servers behind a tbf-shaped veth and the delay proxy; needs root) with
 ``calibrate`` on: the edge process times this machine's profile (:mod:`ped_sam_ros.eval.calibrate`,
-the ``this-machine`` profile) **in its own process, right before and right after each format's
-measured frames** (calibrate, measure, re-calibrate), with the torch threads the edge and every
-server run with (``--threads``), every encoder op on the shape it really runs on (each tile's
+the ``this-machine`` profile) **in its own process, right before every measured frame and after
+the last one** (calibrate, measure, re-calibrate, measure, ...), with the torch threads the edge and
+every server run with (``--threads``), every encoder op on the shape it really runs on (each tile's
 token map for the servers' patch embedding and window blocks, 64x64 for the edge's global blocks
 and neck), the codecs on the model's real tokens of the benchmark image, the median of a few runs
-after a warm-up.  Each row is then predicted by :mod:`ped_sam_ros.eval.latency` twice, with the
-calibration before and the one after; the prediction is their mean and their difference is the
-*spread* (how much the machine's speed moved during the row).  No Curve (the benchmark runs
-without it); the link's rates and delays as set.
+after a warm-up.  Each frame is then predicted by :mod:`ped_sam_ros.eval.latency` twice, with the
+calibration right before it and the one right after it; its prediction is their mean, a row's the
+mean over its frames, and the difference between the two is the *spread* (how much the machine's
+speed moved during one frame).  No Curve (the benchmark runs without it); the link's rates and
+delays as set.
 
     sudo python -m ped_sam_ros.bench.costcheck --links 20:50 100:20 --frames 3 \\
         --token-formats float16 p6 --pixel-codecs raw jpeg444:90 --json /tmp/costcheck.json
@@ -92,10 +93,17 @@ def _prediction_dict(p, tile_compute: Sequence[float]) -> Dict:
     }
 
 
+def _frames_of(link_out: Dict, key: Tuple[str, str, str]) -> List[Dict]:
+    return [r for r in link_out["results"] if (r["link_label"], r["token_format"], r["pixel_codec"]) == key]
+
+
 def predict_rows(link_out: Dict, calibration=None, threads: int = 1) -> List[Dict]:
-    """Predicted vs measured for every summary row of a :func:`.link.run_link_benchmark` output:
-    with the calibrations the edge process shipped (before / after each row's frames) when there
-    are any, else with ``calibration`` timed now in this process."""
+    """Predicted vs measured for every summary row of a :func:`.link.run_link_benchmark` output.
+
+    With the calibrations the edge process shipped, each frame is predicted twice, with the
+    calibration taken right before it and the one right after it; the frame's prediction is their
+    mean, the row's the mean over its frames (as the measured figures are).  Without them (an
+    older run), every frame is predicted with ``calibration``, timed now in this process."""
     import torch
 
     from ..eval import latency as L
@@ -123,26 +131,26 @@ def predict_rows(link_out: Dict, calibration=None, threads: int = 1) -> List[Dic
         spec = s["link_spec"]
         link = LinkProfile(s["link"], spec["up_mbit"], spec["down_mbit"], spec["delay_ms"], spec["delay_ms"])
         key = (s["link"], s["token_format"], s["pixel_codec"])
+        frames = _frames_of(link_out, key)
         entry = shipped.get(key)
-        cals = [_shipped(entry["before"]), _shipped(entry["after"])] if entry else [calibration]
-        preds, plans, timed_here = [], [], False
-        for cal in cals:
+        series = [_shipped(c) for c in entry["series"]] if entry else [calibration]
+        predicted = {}  # calibration index -> (prediction dict, plan)
+        for i, cal in enumerate(series):
             costs = L.Costs(profile, cal, tokens=tokens, image=(resized, image_name))
             plan, tile_compute = _plan(costs, link_out, s["token_format"], s["pixel_codec"], content_hw)
-            timed_here = timed_here or (entry is not None and bool(cal._fresh))
-            plans.append(plan)
-            preds.append(_prediction_dict(L.play(plan, link), tile_compute))
-        pred = {k: float(np.mean([p[k] for p in preds])) for k in preds[0]}
-        frames = [
-            r
-            for r in link_out["results"]
-            if (r["link_label"], r["token_format"], r["pixel_codec"])
-            == (s["link"], s["token_format"], s["pixel_codec"])
-        ]
+            predicted[i] = (_prediction_dict(L.play(plan, link), tile_compute), plan)
+        timed_here = entry is not None and any(cal._fresh for cal in series)
+        pairs = [tuple(f["calibration"]) if entry else (0, 0) for f in frames]
+        per_frame = [{k: (predicted[a][0][k] + predicted[b][0][k]) / 2 for k in predicted[a][0]} for a, b in pairs]
+        pred = {k: float(np.mean([p[k] for p in per_frame])) for k in per_frame[0]}
+        before = float(np.mean([predicted[a][0]["total_s"] for a, _ in pairs]))
+        after = float(np.mean([predicted[b][0]["total_s"] for _, b in pairs]))
         totals = [r["total_s"] for r in frames]
-        replay = [_replay(plans[0], f, link) for f in frames]
+        plan0 = predicted[0][1]
+        replay = [_replay(plan0, f, link) for f in frames]
         measured = {k: s[k] for k in ("total_s",) + TERMS}
         measured["tile_compute_s"] = float(np.mean([t["compute_s"] for f in frames for t in f["tiles"]]))
+        loads = [v for c in (entry["series"] if entry else []) for v in c["load_average"]]
         rows.append(
             {
                 "link": s["link"],
@@ -153,13 +161,17 @@ def predict_rows(link_out: Dict, calibration=None, threads: int = 1) -> List[Dic
                 "measured_total_range": [min(totals), max(totals)] if totals else None,
                 "measured_bytes": [s["bytes_up"], s["bytes_down"]],
                 "predicted": pred,
-                "predicted_before_after": [p["total_s"] for p in preds],
-                "spread": (preds[-1]["total_s"] - preds[0]["total_s"]) / pred["total_s"],
-                "profile": "timed in the edge process around these frames" if entry else "timed now, after the run",
+                "predicted_before_after": [before, after],
+                "frame_rel_errors": [(p["total_s"] - f["total_s"]) / f["total_s"] for p, f in zip(per_frame, frames)],
+                "spread": float(
+                    np.mean([abs(predicted[b][0]["total_s"] - predicted[a][0]["total_s"]) for a, b in pairs])
+                )
+                / pred["total_s"],
+                "profile": "timed in the edge process between the frames" if entry else "timed now, after the run",
                 "timed_at_analysis": timed_here,
-                "load_average": (entry["before"]["load_average"] + entry["after"]["load_average"]) if entry else None,
-                "threads": entry["before"]["threads"] if entry else threads,
-                "terms": plans[0].terms,
+                "load_average": [min(loads), max(loads)] if loads else None,
+                "threads": entry["series"][0]["threads"] if entry else threads,
+                "terms": plan0.terms,
                 "rel_error": (pred["total_s"] - s["total_s"]) / s["total_s"],
                 "term_rel_error": {
                     k: (pred[k] - measured[k]) / measured[k] if measured.get(k) else None

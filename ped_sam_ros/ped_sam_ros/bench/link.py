@@ -491,8 +491,8 @@ class EdgeJob:
     timeout_s: float = 120.0
     probe_host: str = ""
     probe_bytes: int = 0
-    #: time this machine's profile (eval.calibrate) in this process right before and right after
-    #: each format's measured frames, with this process's torch threads (= the servers')
+    #: time this machine's profile (eval.calibrate) in this process before every measured frame and
+    #: after the last one, with this process's torch threads (= the servers')
     calibrate: bool = False
     calibration_repeats: int = 5
 
@@ -667,7 +667,7 @@ def run_edge(job: EdgeJob) -> None:
             pixel_codec,
             job.calibration_repeats,
         )
-        before = None
+        series: List[Dict] = []  # calibrations: before every measured frame and after the last one
         zt = ZmqTransport(addresses, job.model, token_format, pixel_codec=pixel_codec)
         try:
             if not zt.wait_connected(30.0):
@@ -682,6 +682,8 @@ def run_edge(job: EdgeJob) -> None:
                 allow_adjacent=True,
             )
             for k in range(job.frames + 1):  # frame 0 warms up (connections, caches, imports)
+                if job.calibrate and k:  # calibrate, measure, re-calibrate: each frame between two calibrations
+                    series.append(calibration())
                 t_start = time.monotonic()
                 _, stats = enc.encode_resized(resized)
                 t_end = time.monotonic()
@@ -691,8 +693,6 @@ def run_edge(job: EdgeJob) -> None:
                         for _ in range(3)
                     ]
                     enc_s, dec_s = sorted(t[0] for t in times)[1], sorted(t[1] for t in times)[1]
-                    if job.calibrate:  # calibrate, measure, re-calibrate: the profile of these very frames
-                        before = calibration()
                     continue
                 results.append(
                     {
@@ -707,6 +707,8 @@ def run_edge(job: EdgeJob) -> None:
                         "timings": dict(stats.timings),
                         "edge_pixel_encode_s": enc_s,
                         "edge_token_decode_s": dec_s,
+                        # the calibrations right before and right after this frame (indexes into its series)
+                        "calibration": [len(series) - 1, len(series)] if job.calibrate else None,
                         "bytes_up": stats.bytes_up,
                         "bytes_down": stats.bytes_down,
                         "tiles": [
@@ -727,8 +729,7 @@ def run_edge(job: EdgeJob) -> None:
                     {
                         "token_format": token_format,
                         "pixel_codec": pixel_codec,
-                        "before": before,
-                        "after": calibration(),
+                        "series": series + [calibration()],
                     }
                 )
         finally:
@@ -823,7 +824,7 @@ class LinkRun:
     seed: int = 0
     threads: int = 1
     frame_timeout_s: float = 120.0
-    #: the edge process times this machine's profile around each format's frames (EdgeJob.calibrate)
+    #: the edge process times this machine's profile between the measured frames (EdgeJob.calibrate)
     calibrate: bool = False
     calibration_repeats: int = 5
 
@@ -960,7 +961,7 @@ def run_link_benchmark(
                 link.edge_ns, [py, "-m", "ped_sam_ros.bench.link", "edge", "--job", str(jpath)], elog, env
             )
             limit = STARTUP_TIMEOUT_S + (run.frames + 1) * len(run.combos) * run.frame_timeout_s
-            limit += 2 * len(run.combos) * CALIBRATION_TIMEOUT_S if run.calibrate else 0
+            limit += (run.frames + 1) * len(run.combos) * CALIBRATION_TIMEOUT_S if run.calibrate else 0
             try:
                 rc = edge.wait(limit)
             except subprocess.TimeoutExpired:
@@ -1083,8 +1084,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--calibrate",
             action="store_true",
-            help="time this machine's latency-model profile in the edge process right before and after each "
-            "format's frames (bench.costcheck predicts with it)",
+            help="time this machine's latency-model profile in the edge process before every measured frame and "
+            "after the last (bench.costcheck predicts each frame with the calibrations on either side)",
         )
         p.add_argument("--json")
         p.add_argument("--workdir", help="keep the logs, proxy events and edge results here")

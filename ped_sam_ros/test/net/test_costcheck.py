@@ -30,12 +30,14 @@ def test_prediction_uses_the_calibrations_taken_around_the_frames(tmp_path):
     out = L.run_link_benchmark(run, tmp_path / "run", echo=lambda *a: None)
     out["summary"] = L.summarize(out["results"])
     (cal,) = out["calibrations"]
-    frame = out["results"][0]
+    (frame,) = out["results"]
     assert (cal["link_label"], cal["token_format"], cal["pixel_codec"]) == (spec.label, "float16", "raw")
     # calibrate, measure, re-calibrate: in that order, in the edge process, with the run's threads
-    assert cal["before"]["t1"] <= frame["t_start"] and frame["t_end"] <= cal["after"]["t0"]
-    assert cal["before"]["threads"] == cal["after"]["threads"] == run.threads
-    keys = " ".join(cal["before"]["data"])
+    before, after = cal["series"]
+    assert frame["calibration"] == [0, 1]
+    assert before["t1"] <= frame["t_start"] and frame["t_end"] <= after["t0"]
+    assert before["threads"] == after["threads"] == run.threads
+    keys = " ".join(before["data"])
     for shape in ("28x28", "28x36", "36x28", "36x36"):  # each tile's own token map (what the servers run)
         assert f"window_block {shape}" in keys, keys
     assert "global_block 64x64" in keys and "tokens float16" in keys
