@@ -547,6 +547,15 @@ def _caveats_section(meta: Meta) -> List[str]:
     ]
 
 
+def _sensitive_section(res: EvalResults) -> List[str]:
+    """Sensitive content per privacy policy and partition (``--sensitive``), when it ran."""
+    if res.sensitive is None:
+        return []
+    from .sensitive_records import section_lines
+
+    return section_lines(res.sensitive, res.meta.random_weights)
+
+
 def _files_section(files: Dict[str, Path]) -> List[str]:
     return ["## Files\n"] + [f"- [`{k}`]({k})" for k in sorted(files)] + ["- [`report.md`](report.md)", ""]
 
@@ -559,6 +568,7 @@ def render_markdown(res: EvalResults, files: Dict[str, Path]) -> str:
     L += _headline_section(res)
     L += _fidelity_section(res, files)
     L += _privacy_section(res, files)
+    L += _sensitive_section(res)
     L += _cost_section(res, files)
     L += knob_section(res, files)  # the exact..paper knob (k modes), when run
     L += _caveats_section(res.meta)

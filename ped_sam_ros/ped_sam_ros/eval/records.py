@@ -338,6 +338,8 @@ class EvalResults:
     summary: List[ConfigSummary]
     #: the headline's break-even bandwidths and latency against cloud SAM (eval.breakeven.HeadlineBreakEven)
     breakeven: Optional[Any] = None
+    #: sensitive content per privacy policy and partition (``--sensitive``; eval.sensitive.SensitiveSection)
+    sensitive: Optional[Any] = None
 
     def fidelity_of(self, config: EvalConfig) -> List[FidelityRow]:
         return [f for f in self.fidelity if f.spec == config.spec]

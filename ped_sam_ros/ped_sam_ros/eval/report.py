@@ -11,6 +11,7 @@ directory unless ``--out`` is given (``out/`` is git-ignored)::
   privacy.csv        per server layout x image
   cost.csv           per geometry x configuration x wire precision x link
   measured.csv       measured stage times and wire bytes of this run, per configuration x image
+  sensitive.csv      sensitive content per privacy policy x partition (``--sensitive``)
   *.png              plots
 """
 
@@ -136,7 +137,17 @@ def _write_data(res: EvalResults, out: Path) -> Dict[str, Path]:
         "privacy.csv": _write_csv(out / "privacy.csv", _flat_privacy(res.privacy)),
         "cost.csv": _write_csv(out / "cost.csv", _flat_cost(res.cost.rows)),
         "measured.csv": _write_csv(out / "measured.csv", [jsonable(m) for m in res.measured]),
+        **_sensitive_csv(res, out),
     }
+
+
+def _sensitive_csv(res: EvalResults, out: Path) -> Dict[str, Path]:
+    """sensitive.csv (one row per privacy policy x partition, then per policy), when ``--sensitive`` ran."""
+    if res.sensitive is None:
+        return {}
+    from .sensitive_records import csv_rows
+
+    return {"sensitive.csv": _write_csv(out / "sensitive.csv", csv_rows(res.sensitive))}
 
 
 # ---------------------------------------------------------------------------

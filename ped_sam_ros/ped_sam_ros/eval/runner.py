@@ -106,6 +106,8 @@ class EvalSettings:
     profiles_file: Optional[str] = None
     calibration: Optional[str] = None
     breakeven: bool = True
+    #: sensitive content per privacy policy and partition (``--sensitive``): an eval.sensitive.SensitiveSettings
+    sensitive: Optional[object] = None
 
     def stage_options(self) -> Dict:
         """Keyword arguments for the PED-SAM stages."""
@@ -256,6 +258,7 @@ class Evaluation:
         self.detector_description: Dict[str, str] = {}
         self.load_before: Optional[List[float]] = None
         self.breakeven_result = None  # eval.breakeven.HeadlineBreakEven
+        self.sensitive_result = None  # eval.sensitive.SensitiveSection when settings.sensitive is set
 
     # -- main ------------------------------------------------------------------
     def run(self) -> EvalResults:
@@ -265,6 +268,7 @@ class Evaluation:
         cost_geoms = self._cost_geometries()
         s = self.s
         steps = len(s.images) * (1 + len(s.ped_configs) + len(layout_configs(s.configs))) + len(cost_geoms)
+        steps += self._sensitive_steps()
         bar = Progress(steps, self.progress_enabled)
         rows = _Rows()
         try:
@@ -272,6 +276,8 @@ class Evaluation:
                 bar.note("loading weights")
                 models = self._load_models(tmp)
                 self._run_images(models, rows, bar)
+                if s.sensitive is not None:
+                    self.sensitive_result = self._run_sensitive(models, tmp, bar)
             cost = self._cost(cost_geoms, rows.measured, bar)
             self.breakeven_result = self._breakeven(bar)
         finally:
@@ -440,6 +446,33 @@ class Evaluation:
             bar.step(f"{img.name}: privacy {c.layout_name}")
         return rows
 
+    # -- sensitive content per policy and partition ---------------------------------
+    def _sensitive_steps(self) -> int:
+        from . import sensitive as sens
+
+        ss = self.s.sensitive
+        if ss is None:
+            return 0
+        frames = ss.frames * len(ss.classes) + (len(self.s.images) if ss.photos and "face" in ss.classes else 0)
+        return sens.SensitiveEvaluation.steps(ss, frames)
+
+    def _run_sensitive(self, models: _Models, tmp: str, bar: Progress):
+        """Every privacy policy x partition on the composited frames (and the run's photos): eval.sensitive."""
+        from . import sensitive as sens
+
+        s, ss = self.s, self.s.sensitive
+        bar.note("sensitive: frames and detectors")
+        attacker = sens.Attacker(ss.classes)
+        images = sens.composited_images(ss.classes, ss.frames, ss.frame_hw, ss.seed)
+        if ss.photos and "face" in ss.classes:
+            images += sens.photo_images(s.images, attacker)
+        edge = models.edges.get(ss.mode)
+        if edge is None:
+            ckpt = s.checkpoint or str(Path(tmp) / "random_sam.pth")
+            edge = EdgeStage.from_checkpoint(self.geom, ckpt, ss.mode, **s.stage_options())
+        stages = sens.StageSet(models.remote, edge, models.reference)
+        return sens.SensitiveEvaluation(ss, stages, images, attacker, step=bar.step).run()
+
     # -- cost ----------------------------------------------------------------------
     def _cost_geometries(self) -> List[Tuple[str, SamGeometry, str]]:
         """(label, geometry, timing source) for the cost tables; source: "run", "components" or "none"."""
@@ -491,6 +524,7 @@ class Evaluation:
             cost=cost,
             summary=[],
             breakeven=self.breakeven_result,
+            sensitive=self.sensitive_result,
         )
         return dataclasses.replace(results, summary=config_summaries(results, self._headline_geometry()))
 

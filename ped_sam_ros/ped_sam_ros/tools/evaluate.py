@@ -146,10 +146,98 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run the reconstruction attack from every server, not only the most-exposed one",
     )
+    _sensitive_arguments(p)
     p.add_argument("--out", default=None, help="report folder (default out/eval/<date-time>_<model>)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
+
+
+def _sensitive_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of the sensitive-content evaluation per privacy policy and partition (eval.sensitive)."""
+    from ..eval.sensitive import DEFAULT_PARTITIONS, DEFAULT_POLICIES
+
+    g = p.add_argument_group(
+        "sensitive content per privacy policy and partition",
+        "what single servers receive of faces (and text) under each edge policy, what their own detector "
+        "finds there, what they can reconstruct, and what each policy costs the masks and the edge",
+    )
+    g.add_argument(
+        "--sensitive",
+        action="store_true",
+        help=f"run it with the defaults (policies {DEFAULT_POLICIES}; partitions {DEFAULT_PARTITIONS})",
+    )
+    g.add_argument(
+        "--privacy-policies",
+        default=None,
+        metavar="LIST",
+        help="comma-separated: send, local, blur, pixelate, noise[:SIGMA], drop (outside the region of interest), "
+        "ACTION+drop; implies --sensitive",
+    )
+    g.add_argument(
+        "--privacy-partitions",
+        default=None,
+        metavar="LIST",
+        help="comma-separated: RxC (aligned grid, a server per tile), RxC@K, autoK (balanced layout for K servers); "
+        "implies --sensitive",
+    )
+    g.add_argument("--sensitive-classes", default="face", help="face, or face,text (text: the PP-OCR detector)")
+    g.add_argument(
+        "--sensitive-frames", type=int, default=4, help="composited frames with known boxes per class (0 = none)"
+    )
+    g.add_argument(
+        "--sensitive-photos",
+        default="yes",
+        choices=("yes", "no"),
+        help="also the run's images (their faces: the attacker's detections on the whole frame)",
+    )
+    g.add_argument(
+        "--sensitive-detector",
+        default="default",
+        help="the edge's detector (a make_detector spec, e.g. default, haar, mtcnn) or oracle (the known boxes)",
+    )
+    g.add_argument(
+        "--sensitive-mode", default="exact", help="split mode of the mask agreement runs (exact, paper, k<N>)"
+    )
+    g.add_argument(
+        "--sensitive-mask-images",
+        type=int,
+        default=2,
+        help="mask agreement (and edge times) on the first N frames (0 = none; -1 = all)",
+    )
+
+
+def _sensitive_settings(args: argparse.Namespace, model: str):
+    """The sensitive-content settings, or None when not asked for; raises ValueError for bad specs."""
+    from ..core.model import parse_mode
+    from ..eval import sensitive as sens
+
+    if not (args.sensitive or args.privacy_policies is not None or args.privacy_partitions is not None):
+        return None
+    try:
+        mode = parse_mode(args.sensitive_mode, model)
+    except ValueError as e:
+        raise ValueError(f"--sensitive-mode: {e}") from None
+    if args.sensitive_frames < 0 or args.sensitive_mask_images < -1:
+        raise ValueError("--sensitive-frames must be >= 0 and --sensitive-mask-images >= -1")
+    if args.sensitive_detector.strip().lower() not in ("default", sens.ORACLE):
+        from ..sensitive.detectors import make_detector
+
+        try:
+            make_detector(args.sensitive_detector)
+        except (ValueError, RuntimeError) as e:
+            raise ValueError(f"--sensitive-detector: {e}") from None
+    return sens.SensitiveSettings(
+        policies=sens.parse_policies(args.privacy_policies or sens.DEFAULT_POLICIES),
+        partitions=sens.parse_partitions(args.privacy_partitions or sens.DEFAULT_PARTITIONS),
+        classes=sens.parse_classes(args.sensitive_classes),
+        frames=args.sensitive_frames,
+        photos=args.sensitive_photos == "yes",
+        detector=args.sensitive_detector,
+        mode=mode,
+        mask_images=None if args.sensitive_mask_images < 0 else args.sensitive_mask_images,
+        seed=args.seed,
+    )
 
 
 class _UsageError(Exception):
@@ -191,6 +279,7 @@ def _settings(args: argparse.Namespace, argv: Optional[List[str]]):
         images = load_images(args.images, max_images=args.max_images or None, max_side=args.max_side or None)
         resolve_placement(args.device, args.precision, allow_fallback=args.precision_fallback)
         _check_wire_and_profiles(args)
+        sensitive = _sensitive_settings(args, geom.spec)
     except (ValueError, FileNotFoundError, CheckpointError, DeviceError) as e:
         raise _UsageError(str(e)) from None
     return EvalSettings(
@@ -219,6 +308,7 @@ def _settings(args: argparse.Namespace, argv: Optional[List[str]]):
         precision=args.precision,
         compile=args.compile,
         precision_fallback=args.precision_fallback,
+        sensitive=sensitive,
         image_source=f"folder {args.images}" if args.images else "scikit-image sample photos",
         command=" ".join(["ped-sam-eval"] + [shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)]),
     )
@@ -236,6 +326,13 @@ def _announce(settings) -> None:
         f"{len(settings.configs)} configurations ({', '.join(c.spec for c in settings.configs)})"
     )
     print(f"ped-sam-eval: assumption: {server_assumption(settings.server_speedup)}")
+    ss = settings.sensitive
+    if ss is not None:
+        print(
+            f"ped-sam-eval: sensitive content: policies {', '.join(p.name for p in ss.policies)}; partitions "
+            f"{', '.join(p.name for p in ss.partitions)}; {ss.frames} composited frame(s) per class "
+            f"({', '.join(ss.classes)}); edge detector {ss.detector}; mode {ss.mode}"
+        )
     if get_geometry(settings.model).embed_dim >= 768 and not settings.checkpoint:
         print("ped-sam-eval: note: a full-width model with random weights is slow on a CPU", file=sys.stderr)
 
