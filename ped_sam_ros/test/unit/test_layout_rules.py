@@ -1,85 +1,21 @@
 """Rules the package layout keeps, checked on the source tree (docs/architecture.md explains them).
 
-* ``ped_sam_ros.core`` is what the edge and the servers both run: importing it (every
-  submodule) loads none of OpenCV, SciPy, scikit-image, ZeroMQ or rclpy; the server
-  package ``remote_node`` loads none of them but ZeroMQ.
 * Only the command-line entry points (``ped_sam_ros/tools``) import from ``ped_sam_ros.tools``.
 * No two classes in ``ped_sam_ros`` and ``remote_node`` share a name (one name per idea).
 
-Each failure names the offending modules or classes.
+Each failure names the offending modules or classes.  What importing the core and the server
+loads is checked in a fresh interpreter: test/integration/test_fresh_imports.py.
 """
 
 import ast
-import json
-import os
-import subprocess
-import sys
 from collections import defaultdict
 from pathlib import Path
-
-import pytest
 
 from helpers import PKG_DIR
 
 PACKAGE_DIR = PKG_DIR / "ped_sam_ros"
 SERVER_DIR = PKG_DIR / "remote_node"
 TOOLS_DIR = PACKAGE_DIR / "tools"
-HEAVY = ("cv2", "scipy", "skimage", "zmq", "rclpy")
-
-# Run in a fresh interpreter: imports each package and all its submodules, one at a time,
-# and says which module first brought in each of the listed top-level modules.
-_PROBE = """
-import importlib, json, pkgutil, sys
-watched = set(sys.argv[2].split(","))
-def loaded():
-    return {n.split(".")[0] for n in sys.modules} & watched
-root = importlib.import_module(sys.argv[1])
-names = [sys.argv[1]] + sorted(m.name for m in pkgutil.walk_packages(root.__path__, sys.argv[1] + "."))
-first = {}
-for name in names:
-    before = loaded()
-    importlib.import_module(name)
-    for mod in loaded() - before:
-        first[mod] = name
-print(json.dumps({"imported": names, "loaded_by": first}))
-"""
-
-
-FRESH_IMPORTS = {"ped_sam_ros.core": (), "remote_node": ("zmq",)}  # package -> heavy modules it may load
-
-
-@pytest.fixture(scope="module")
-def fresh_imports():
-    """package -> the probe's report, both interpreters started at once (each spends most of
-    its time importing torch)."""
-    env = dict(os.environ, PYTHONPATH=str(PKG_DIR) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    procs = {
-        package: subprocess.Popen(
-            [sys.executable, "-c", _PROBE, package, ",".join(HEAVY)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-            cwd=PKG_DIR,
-        )
-        for package in FRESH_IMPORTS
-    }
-    reports = {}
-    for package, proc in procs.items():
-        out, err = proc.communicate(timeout=300)
-        assert proc.returncode == 0, f"importing {package} failed:\n{err[-3000:]}"
-        reports[package] = json.loads(out.strip().splitlines()[-1])
-    return reports
-
-
-@pytest.mark.parametrize("package", FRESH_IMPORTS)
-def test_shared_code_loads_no_heavy_or_ros_modules(fresh_imports, package):
-    report = fresh_imports[package]
-    assert len(report["imported"]) > 1, f"no submodules of {package} were found"
-    offenders = {mod: by for mod, by in report["loaded_by"].items() if mod not in FRESH_IMPORTS[package]}
-    assert not offenders, f"importing {package} loads " + ", ".join(
-        f"{mod} (first through {by})" for mod, by in sorted(offenders.items())
-    )
 
 
 def _modules(*roots: Path):
