@@ -12,6 +12,11 @@ cd "$ROOT"
 # tensor ops, where extra threads only spin) and often run several processes at once. On this
 # 2-core machine this cut the unit run's CPU time several-fold (see docs/architecture.md, Tests).
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+# glibc's malloc keeps large blocks on its heap for reuse instead of mapping and unmapping each one:
+# SAM's reference attention allocates 64-128 MiB matrices per global block, and mapping them anew
+# (page faults, zeroed pages) cost about 1 s of system time per reference encoder pass here.
+export MALLOC_MMAP_THRESHOLD_="${MALLOC_MMAP_THRESHOLD_:-1073741824}"
+export MALLOC_TRIM_THRESHOLD_="${MALLOC_TRIM_THRESHOLD_:-1073741824}"
 for arg in "$@"; do
     case "$arg" in -*) continue ;; esac
     if [ -e "${arg%%::*}" ]; then
