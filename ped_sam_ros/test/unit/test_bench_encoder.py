@@ -1,15 +1,10 @@
-"""ped-sam-bench's machinery: interleaved rounds, composed stage times, memory probes in a
-fresh process, and the CLI's settings (narrow models: the figures themselves are the
-benchmark's business, not the tests')."""
-
-import json
+"""ped-sam-bench's machinery: interleaved rounds and the CLI's settings (the runs themselves,
+timed at full width and probed in fresh processes, are test/integration/test_bench_encoder_runs.py)."""
 
 import pytest
 import torch
 
-from helpers import TINY_B
 from ped_sam_ros.bench import encoder as bench
-from ped_sam_ros.core.model import EdgeStage
 from ped_sam_ros.tools import bench as cli
 
 
@@ -20,43 +15,6 @@ def test_interleaved_rotates_and_drops_warmup():
     assert calls == list("abcbcacababc")  # every case once per round, order rotated
     assert all(len(v.runs) == 3 for v in t.values())
     assert all(v.min <= v.median for v in t.values())
-
-
-def test_composed_run_and_report():
-    s = bench.Settings(
-        models=(TINY_B,),
-        measure="blocks",
-        warmup=0,
-        reps=1,
-        memory=False,
-        fidelity_models=(TINY_B,),
-        fidelity_precisions=("bfloat16", "float16"),
-    )
-    rep = bench.run(s, log=lambda m: None)
-    json.dumps(rep)  # the report is JSON
-    (res,) = rep["results"]
-    t, r = res["timings"], res["ratios"]
-    assert res["method"] == "composed from per-block timings"
-    assert set(t) == {"edge_only", "edge_exact", "edge_k2", "edge_k3", "edge_paper"}
-    # fewer blocks at the edge, less time: exact > k2 > k3 > paper, all below the edge-only encoder
-    assert 1 > r["edge_exact"]["min"] > r["edge_k2"]["min"] > r["edge_k3"]["min"] > r["edge_paper"]["min"] > 0
-    (att,) = rep["attention"]
-    assert att["max_abs_diff"] <= 1e-5 and att["speedup_min"] > 0
-    (fid,) = rep["fidelity"]
-    assert 0.99 < fid["bfloat16"]["cosine"] <= 1.0 + 1e-9 and fid["bfloat16"]["max_abs_diff"] > 0
-    assert "float16 on the CPU" in fid["float16"]["skipped"]
-    text = bench.format_report(rep)
-    assert "edge_paper" in text and "speedup" in text and "not measured" in text
-
-
-@pytest.mark.skipif(not bench.PeakMeter.cpu_supported(), reason="needs Linux /proc peak-RSS reset")
-def test_build_probe_in_a_fresh_process():
-    out = bench.run_probe({"kind": "build", "stage": "edge", "mode": "paper", "model": TINY_B})
-    weights = sum(t.numel() * t.element_size() for t in EdgeStage(TINY_B).state_dict().values())
-    assert out["weights_bytes"] == weights == bench.stage_weight_bytes(TINY_B, "edge", "paper", 4)
-    assert out["peak_bytes"] >= weights  # the build holds at least its own weights
-    with pytest.raises(ValueError, match="unknown probe kind"):
-        bench.probe({"kind": "nonsense", "model": TINY_B})
 
 
 def test_cli_settings():
