@@ -32,9 +32,9 @@ def _ped_predictor(stages):
 
 
 @pytest.fixture(scope="module")
-def predictors(tiny_b_checkpoint, stages, landscape):
-    ref = SamPredictor(build_sam(TINY_B, tiny_b_checkpoint))
-    ref.set_image(landscape)
+def predictors(sam_reference, stages, landscape):
+    """SamPredictor on the photo (the session's, conftest) and ours over the 2x2 split."""
+    ref = sam_reference["vit_b"].predictor
     ped = _ped_predictor(stages)
     ped.set_image(landscape)
     return ref, ped

@@ -106,22 +106,15 @@ def test_ros_doc_table_lists_the_privacy_parameters():
 
 
 @pytest.fixture(scope="module")
-def tiny(tiny_b_checkpoint, landscape):
-    from segment_anything.utils.transforms import ResizeLongestSide
-
-    from ped_sam_ros.core.model import build_sam
-
-    resized = ResizeLongestSide(1024).apply_image(landscape)
-    sam = build_sam(TINY_B, tiny_b_checkpoint)
-    with torch.no_grad():
-        ref = sam.image_encoder(sam.preprocess(torch.from_numpy(resized).permute(2, 0, 1)[None].float()))
-    return tiny_b_checkpoint, landscape, resized, ref, sam
+def tiny(sam_reference):
+    """The session's checkpoint and SAM's own outputs on the landscape photo (conftest):
+    (checkpoint, photo, resized photo, SAM's features, SamPredictor with the photo set)."""
+    ref = sam_reference["vit_b"]
+    return ref.checkpoint, ref.image, ref.resized, ref.features("exact"), ref.predictor
 
 
 def test_local_faces_in_exact_mode_give_plain_sams_embedding_and_masks(tiny):
-    ckpt, orig, resized, ref, sam = tiny
-    from segment_anything import SamPredictor
-
+    ckpt, orig, resized, ref, plain = tiny
     h, w = orig.shape[:2]
     faces = [(w / 2 - 30, 40, w / 2 + 30, 100), (20, h - 80, 70, h - 30)]  # the first straddles the 2x2 cut
     enc, transport = _encoder(ckpt, "exact", 4)
@@ -136,8 +129,6 @@ def test_local_faces_in_exact_mode_give_plain_sams_embedding_and_masks(tiny):
     assert {j.tile.index for j in transport.jobs} == set(plan.tiles("send"))
     assert (seg.predictor.features - ref).abs().max().item() <= 1e-4
     ours = seg.segment(prompt)[0].mask
-    plain = SamPredictor(sam)
-    plain.set_image(orig)
     masks, scores, _ = plain.predict(np.array([[w * 0.3, h * 0.6]]), np.array([1]), multimask_output=True)
     assert (ours == masks[int(np.argmax(scores))]).mean() >= 0.999
     assert "detect" in stats.timings and "edge_local" in stats.timings and not stats.degraded

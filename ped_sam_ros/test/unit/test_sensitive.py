@@ -3,7 +3,6 @@ policy inside the distributed encoder (ped_sam_ros.sensitive)."""
 
 import numpy as np
 import pytest
-import torch
 
 from helpers import TINY_B
 from ped_sam_ros.bench.detectors import matches, score_sample
@@ -322,16 +321,10 @@ class _Recording:
 
 
 @pytest.fixture(scope="module")
-def tiny(tiny_b_checkpoint, landscape):
-    from segment_anything.utils.transforms import ResizeLongestSide
-
-    from ped_sam_ros.core.model import build_sam
-
-    resized = ResizeLongestSide(1024).apply_image(landscape)
-    sam = build_sam(TINY_B, tiny_b_checkpoint)
-    with torch.no_grad():
-        ref = sam.image_encoder(sam.preprocess(torch.from_numpy(resized).permute(2, 0, 1)[None].float()))
-    return tiny_b_checkpoint, landscape, resized, ref
+def tiny(sam_reference):
+    """The session's checkpoint and SAM's own features of the landscape photo (conftest)."""
+    ref = sam_reference["vit_b"]
+    return ref.checkpoint, ref.image, ref.resized, ref.features("exact")
 
 
 def _policy_encoder(ckpt, mode, k):
