@@ -13,6 +13,7 @@ from ped_sam_ros.core.attention import (
     FusedAttention,
     FusedBlock,
     chunk_budget,
+    chunk_shape,
     decomposed_bias,
     rows_per_chunk,
     set_attention_impl,
@@ -61,14 +62,41 @@ def test_fused_block_equals_reference(spec, kind):
 def test_chunked_global_attention_equals_one_chunk():
     g, ref, fused = _pair(TINY_B, 2)
     x = torch.randn(2, 64, 64, g.embed_dim)  # a batch of two frames
+    # one grid row of one head per chunk, 3 rows of one head, all rows of one head, everything at once
+    budgets = (1, 3 * 2**21, 2**27, 2**40)
+    head_row = 2 * 64 * 64 * 64 * 4  # one grid row of queries of one head, both frames, float32
+    shapes = [chunk_shape(2, g.num_heads, (64, 64), (64, 64), 4, b) for b in budgets]
+    assert shapes == [(1, 1), (3, 1), (64, 1), (64, 2)]
+    assert all(r * h * head_row <= b for (r, h), b in zip(shapes[1:], budgets[1:]))  # the mask within the budget
     with torch.no_grad():
         want = ref(x)
         outs = {}
-        for budget in (1, 3 * 2**20, 2**40):  # one row per chunk, several rows, everything at once
+        for budget in budgets:
             fused.attn.max_chunk_bytes = budget
             outs[budget] = fused(x)
     for budget, y in outs.items():
         assert (y - want).abs().max().item() <= TOL, budget
+
+
+def test_chunk_shape_takes_rows_of_one_head_first():
+    # vit_h global block, float32: one grid row of one head's queries is 64 x 4096 x 4 bytes = 1 MiB
+    assert chunk_shape(1, 16, (64, 64), (64, 64), 4, 16 * 2**20) == (16, 1)
+    assert chunk_shape(1, 16, (64, 64), (64, 64), 4, 256 * 2**20) == (64, 4)
+    assert chunk_shape(1, 16, (64, 64), (64, 64), 2, 256 * 2**20) == (64, 8)
+    assert chunk_shape(1, 16, (64, 64), (64, 64), 4, 1) == (1, 1)  # never zero
+    assert chunk_shape(1, 16, (64, 64), (64, 64), 4, 2**40) == (64, 16)  # never beyond the grid and heads
+    # 25 windows of 14x14 (a window block on the 64x64 grid): all rows, as many heads as fit
+    assert chunk_shape(25, 12, (14, 14), (14, 14), 4, 16 * 2**20) == (14, 4)
+
+
+def test_decomposed_bias_into_a_reused_buffer():
+    torch.manual_seed(0)
+    q = torch.randn(2, 3, 4, 6, 8)
+    rh, rw = torch.randn(4, 5, 8), torch.randn(6, 7, 8)
+    buf = torch.full((2 * 3 * 4 * 6 * 5 * 7 + 11,), float("nan"))  # larger than needed, stale content
+    got = decomposed_bias(q, rh, rw, out=buf)
+    assert got.data_ptr() == buf.data_ptr() and got.shape == (2, 3, 24, 35)
+    assert torch.equal(got, decomposed_bias(q, rh, rw))
 
 
 def test_rows_per_chunk_bounds_the_mask():
@@ -80,11 +108,12 @@ def test_rows_per_chunk_bounds_the_mask():
 
 
 def test_chunk_budget_defaults_by_device():
-    # CPU: one grid row of a vit_b/l/h global block per chunk (the mask stays in cache); GPU: bigger launches
+    # CPU: 16 query rows of one head of a vit_b/l/h global block per chunk (a 16 MiB mask); GPU: bigger launches
     assert chunk_budget(None, torch.device("cpu")) == 16 * 2**20
     assert chunk_budget(None, torch.device("cuda", 0)) == 256 * 2**20
     assert chunk_budget(12345, torch.device("cuda", 0)) == 12345
     assert rows_per_chunk(1, 16, (64, 64), (64, 64), 4, chunk_budget(None, torch.device("cpu"))) == 1
+    assert chunk_shape(1, 16, (64, 64), (64, 64), 4, chunk_budget(None, torch.device("cpu"))) == (16, 1)
 
 
 def test_decomposed_bias_is_sams_relative_position_term():
