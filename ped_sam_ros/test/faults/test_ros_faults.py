@@ -14,7 +14,7 @@ import zlib
 import numpy as np
 import pytest
 
-from helpers.ros import TEST_MODEL, TEST_SEED, TestNode, image_msg, new_domain, small_photos, use_domain
+from helpers.ros import edge_node_in_process, image_msg, in_process_transport, small_photos
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -23,71 +23,28 @@ WAIT_S = 120.0
 
 
 class _Switch:
-    """A transport factory: in-process servers that fail while ``down`` is set."""
+    """In-process servers that fail while ``down`` is set (``before_encode`` of the transport)."""
 
     def __init__(self):
         self.down = threading.Event()
 
-    def __call__(self, config):
-        from ped_sam_ros.core.transport import LocalTransport, RemoteEncodeError
-        from ped_sam_ros.edge.builder import build_remote_stage
+    def before_encode(self):
+        from ped_sam_ros.core.transport import RemoteEncodeError
 
-        switch = self
-
-        class Switchable(LocalTransport):
-            def encode(self, jobs, mode, timeout_s=60.0):
-                if switch.down.is_set():
-                    raise RemoteEncodeError("right (in-process): connection lost", ["right"])
-                return super().encode(jobs, mode, timeout_s)
-
-        return Switchable(build_remote_stage(config), token_dtype=config.wire_precision, names=config.server_names)
+        if self.down.is_set():
+            raise RemoteEncodeError("right (in-process): connection lost", ["right"])
 
 
 @pytest.fixture(scope="module")
 def stack():
-    import rclpy
-    from rclpy.parameter import Parameter
-
-    from ped_sam_ros.ros.edge_node import EdgeNode, make_executor
-
-    dom = new_domain()
-    use_domain(dom)
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx, domain_id=dom)
     switch = _Switch()
-    overrides = [
-        Parameter("model", value=TEST_MODEL),
-        Parameter("random_weights", value=True),
-        Parameter("seed", value=TEST_SEED),
-        Parameter("grid", value="1x2"),
-        Parameter("remotes.servers", value=["left=tcp://127.0.0.1:1", "right=tcp://127.0.0.1:2"]),
-        Parameter("torch_threads", value=1),
-        Parameter("diagnostics_period", value=0.5),
-        Parameter("use_compressed", value=True),
-    ]
-    node = executor = spin = client = None
-    try:
-        node = EdgeNode(transport_factory=switch, context=ctx, namespace="/faults", parameter_overrides=overrides)
-        executor = make_executor(node)
-        executor.add_node(node)
-        spin = threading.Thread(target=executor.spin, daemon=True)
-        spin.start()
-        client = TestNode(dom, "faults_client")
-        yield node, switch, client
-    finally:
-        switch.down.clear()
-        if client is not None:
-            client.close()
-        if node is not None:
-            node.begin_shutdown()
-        if executor is not None:
-            executor.shutdown(timeout_sec=5.0)
-        if spin is not None:
-            spin.join(10)
-        if node is not None:
-            node.shutdown()
-            node.destroy_node()
-        rclpy.try_shutdown(context=ctx)
+    factory = in_process_transport(switch.before_encode)
+    params = dict(diagnostics_period=0.5, use_compressed=True)
+    with edge_node_in_process(factory, "/faults", "faults_client", **params) as (node, client):
+        try:
+            yield node, switch, client
+        finally:
+            switch.down.clear()
 
 
 def _prompts_msg(points=((20.0, 20.0, 1),), automatic=False):

@@ -356,3 +356,80 @@ def edge_stack(
             node.close()
         edge.stop()
         stop_all(servers)
+
+
+def in_process_transport(before_encode: Callable[[], None]) -> Callable:
+    """A ``transport_factory`` for an in-process :class:`EdgeNode`: the configured model's
+    remote stage in this process (``LocalTransport``, the config's server names and wire
+    precision), whose ``encode`` first calls ``before_encode()``, which may wait or raise
+    (a held or a failing server)."""
+
+    def factory(config):
+        from ped_sam_ros.core.transport import LocalTransport
+        from ped_sam_ros.edge.builder import build_remote_stage
+
+        class HookedTransport(LocalTransport):
+            def encode(self, jobs, mode, timeout_s=60.0):
+                before_encode()
+                return super().encode(jobs, mode, timeout_s)
+
+        return HookedTransport(build_remote_stage(config), token_dtype=config.wire_precision, names=config.server_names)
+
+    return factory
+
+
+@contextlib.contextmanager
+def edge_node_in_process(transport_factory: Callable, namespace: str, client_name: str, **params) -> Iterator[Tuple]:
+    """The real ``EdgeNode`` in this process, spun by the executor ``main()`` uses
+    (``make_executor``) in a background thread, on a DDS domain of its own, and a
+    :class:`TestNode` on that domain: ``(node, client)``.
+
+    Parameters: the test model with random weights, a 1x2 grid of two placeholder servers
+    (the transport is ``transport_factory``'s), one torch thread; ``params`` adds or overrides
+    (e.g. ``diagnostics_period=0.2``).  Everything is shut down on exit, whatever happened:
+    release anything that holds the node's worker before the block ends."""
+    import rclpy
+    from rclpy.parameter import Parameter
+
+    from ped_sam_ros.ros.edge_node import EdgeNode, make_executor
+
+    values = {
+        "model": TEST_MODEL,
+        "random_weights": True,
+        "seed": TEST_SEED,
+        "grid": "1x2",
+        "remotes.servers": ["left=tcp://127.0.0.1:1", "right=tcp://127.0.0.1:2"],
+        "torch_threads": 1,
+        **params,
+    }
+    dom = new_domain()
+    use_domain(dom)
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx, domain_id=dom)
+    node = executor = spin = client = None
+    try:
+        node = EdgeNode(
+            transport_factory=transport_factory,
+            context=ctx,
+            namespace=namespace,
+            parameter_overrides=[Parameter(name, value=value) for name, value in values.items()],
+        )
+        executor = make_executor(node)
+        executor.add_node(node)
+        spin = threading.Thread(target=executor.spin, daemon=True)
+        spin.start()
+        client = TestNode(dom, client_name)
+        yield node, client
+    finally:
+        if client is not None:
+            client.close()
+        if node is not None:
+            node.begin_shutdown()
+        if executor is not None:
+            executor.shutdown(timeout_sec=5.0)
+        if spin is not None:
+            spin.join(10)
+        if node is not None:
+            node.shutdown()
+            node.destroy_node()
+        rclpy.try_shutdown(context=ctx)

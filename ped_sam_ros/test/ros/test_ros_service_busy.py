@@ -13,7 +13,7 @@ import threading
 
 import pytest
 
-from helpers.ros import TEST_MODEL, TEST_SEED, TestNode, image_msg, new_domain, small_photos, use_domain
+from helpers.ros import edge_node_in_process, image_msg, in_process_transport, small_photos
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -21,72 +21,27 @@ WAIT_S = 60.0
 
 
 class _Held:
-    """An in-process transport factory whose encode waits for ``gate`` (bounded)."""
+    """The in-process servers' encode waits for ``gate`` (bounded): ``before_encode`` of the transport."""
 
     def __init__(self):
         self.gate = threading.Event()
         self.entered = threading.Event()
 
-    def __call__(self, config):
-        from ped_sam_ros.core.transport import LocalTransport
-        from ped_sam_ros.edge.builder import build_remote_stage
-
-        held = self
-
-        class HeldTransport(LocalTransport):
-            def encode(self, jobs, mode, timeout_s=60.0):
-                held.entered.set()
-                if not held.gate.wait(WAIT_S):
-                    raise RuntimeError("the test never released the encoder")
-                return super().encode(jobs, mode, timeout_s)
-
-        return HeldTransport(build_remote_stage(config), token_dtype=config.wire_precision, names=config.server_names)
+    def before_encode(self):
+        self.entered.set()
+        if not self.gate.wait(WAIT_S):
+            raise RuntimeError("the test never released the encoder")
 
 
 @pytest.fixture
 def node_under_test():
-    import rclpy
-    from rclpy.parameter import Parameter
-
-    from ped_sam_ros.ros.edge_node import EdgeNode, make_executor
-
-    dom = new_domain()
-    use_domain(dom)
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx, domain_id=dom)
     held = _Held()
-    overrides = [
-        Parameter("model", value=TEST_MODEL),
-        Parameter("random_weights", value=True),
-        Parameter("seed", value=TEST_SEED),
-        Parameter("grid", value="1x2"),
-        Parameter("remotes.servers", value=["left=tcp://127.0.0.1:1", "right=tcp://127.0.0.1:2"]),
-        Parameter("torch_threads", value=1),
-        Parameter("diagnostics_period", value=0.2),
-    ]
-    node = executor = spin = client = None
-    try:
-        node = EdgeNode(transport_factory=held, context=ctx, namespace="/busy", parameter_overrides=overrides)
-        executor = make_executor(node)
-        executor.add_node(node)
-        spin = threading.Thread(target=executor.spin, daemon=True)
-        spin.start()
-        client = TestNode(dom, "busy_client")
-        yield node, held, client
-    finally:
-        held.gate.set()
-        if client is not None:
-            client.close()
-        if node is not None:
-            node.begin_shutdown()
-        if executor is not None:
-            executor.shutdown(timeout_sec=5.0)
-        if spin is not None:
-            spin.join(10)
-        if node is not None:
-            node.shutdown()
-            node.destroy_node()
-        rclpy.try_shutdown(context=ctx)
+    factory = in_process_transport(held.before_encode)
+    with edge_node_in_process(factory, "/busy", "busy_client", diagnostics_period=0.2) as (node, client):
+        try:
+            yield node, held, client
+        finally:
+            held.gate.set()  # before the node shuts down: its worker may be waiting
 
 
 def test_waiting_service_calls_leave_threads_for_images_diagnostics_and_parameters(node_under_test):
