@@ -393,7 +393,21 @@ class _StageBase(nn.Module):
     #: parts kept in float32 whatever the precision
     FLOAT32_PARTS = ("neck", "prompt_encoder", "mask_decoder")
 
-    def _init_stage(self, geom: Union[str, SamGeometry], device, precision, allow_fallback: bool) -> None:
+    def _build(
+        self,
+        geom: Union[str, SamGeometry],
+        layout: Callable[[SamGeometry], Dict[str, Union[nn.Module, nn.Parameter]]],
+        *,
+        seed: Optional[int],
+        device,
+        precision,
+        allow_fallback: bool,
+        compile: Union[bool, str],
+    ) -> None:
+        """What every stage's constructor does, in one place: resolve the placement, lay out the
+        parts ``layout(geometry)`` returns (name -> module or parameter) on the ``meta`` device,
+        materialise them on the placement's device and dtypes, draw the random weights once
+        (``seed``; None leaves the stage for :meth:`load_checkpoint`), and compile the blocks."""
         self.geometry = get_geometry(geom)
         self.placement: Placement = resolve_placement(device, precision, allow_fallback=allow_fallback)
         if self.placement.fallback:
@@ -402,6 +416,16 @@ class _StageBase(nn.Module):
         self.weights: Optional[str] = None
         self.checkpoint_path: Optional[str] = None
         self._runners: Dict[int, Callable] = {}
+        with torch.device("meta"):
+            for name, part in layout(self.geometry).items():
+                setattr(self, name, part)
+        self._materialize()
+        if seed is not None:
+            self.load_random(seed)
+        if compile:
+            from .compiled import compile_blocks
+
+            self._runners = compile_blocks(self.blocks, compile, self.placement.device, allow_fallback=allow_fallback)
 
     def _materialize(self) -> None:
         """Allocate the meta-built modules on the device (uninitialised) in their dtypes."""
@@ -414,14 +438,6 @@ class _StageBase(nn.Module):
             for _, p in self.named_parameters(recurse=False):
                 p.data = p.data.to(dtype)
         self.eval()
-
-    def _finish(self, seed: Optional[int], compile: Union[bool, str], allow_fallback: bool) -> None:
-        if seed is not None:
-            self.load_random(seed)
-        if compile:
-            from .compiled import compile_blocks
-
-            self._runners = compile_blocks(self.blocks, compile, self.placement.device, allow_fallback=allow_fallback)
 
     @property
     def device(self) -> torch.device:
@@ -506,19 +522,17 @@ class RemoteStage(_StageBase):
         max_chunk_bytes: Optional[int] = None,
     ):
         super().__init__()
-        self._init_stage(geom, device, precision, allow_fallback)
-        g = self.geometry
-        with torch.device("meta"):
+
+        def layout(g: SamGeometry) -> Dict[str, Union[nn.Module, nn.Parameter]]:
             shell = _encoder_shell(g)
-            self.patch_embed = shell.patch_embed
-            self.pos_embed = shell.pos_embed
-            self.blocks = nn.ModuleDict(
-                {str(i): make_fused_block(g, i, max_chunk_bytes) for i in g.remote_blocks("paper")}
-            )
-        self._materialize()
+            blocks = {str(i): make_fused_block(g, i, max_chunk_bytes) for i in g.remote_blocks("paper")}
+            return {"patch_embed": shell.patch_embed, "pos_embed": shell.pos_embed, "blocks": nn.ModuleDict(blocks)}
+
+        self._build(
+            geom, layout, seed=seed, device=device, precision=precision, allow_fallback=allow_fallback, compile=compile
+        )
         self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN, device=self.device).view(3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(PIXEL_STD, device=self.device).view(3, 1, 1), persistent=False)
-        self._finish(seed, compile, allow_fallback)
 
     @classmethod
     def from_checkpoint(cls, geom, path, **options) -> RemoteStage:
@@ -603,18 +617,20 @@ class EdgeStage(_StageBase):
         max_chunk_bytes: Optional[int] = None,
     ):
         super().__init__()
-        self._init_stage(geom, device, precision, allow_fallback)
-        g = self.geometry
-        self.mode = parse_mode(mode, g)
-        with torch.device("meta"):
-            self.blocks = nn.ModuleDict(
-                {str(i): make_fused_block(g, i, max_chunk_bytes) for i in g.edge_blocks(self.mode)}
-            )
-            self.neck = _encoder_shell(g).neck
-            self.prompt_encoder = _prompt_encoder(g)
-            self.mask_decoder = _mask_decoder()
-        self._materialize()
-        self._finish(seed, compile, allow_fallback)
+        self.mode = parse_mode(mode, geom)
+
+        def layout(g: SamGeometry) -> Dict[str, nn.Module]:
+            blocks = {str(i): make_fused_block(g, i, max_chunk_bytes) for i in g.edge_blocks(self.mode)}
+            return {
+                "blocks": nn.ModuleDict(blocks),
+                "neck": _encoder_shell(g).neck,
+                "prompt_encoder": _prompt_encoder(g),
+                "mask_decoder": _mask_decoder(),
+            }
+
+        self._build(
+            geom, layout, seed=seed, device=device, precision=precision, allow_fallback=allow_fallback, compile=compile
+        )
 
     @classmethod
     def from_checkpoint(cls, geom, path, mode: str = "paper", **options) -> EdgeStage:
@@ -649,16 +665,20 @@ class WholeEncoder(_StageBase):
         max_chunk_bytes: Optional[int] = None,
     ):
         super().__init__()
-        self._init_stage(geom, device, precision, allow_fallback)
-        g = self.geometry
-        with torch.device("meta"):
+
+        def layout(g: SamGeometry) -> Dict[str, Union[nn.Module, nn.Parameter]]:
             shell = _encoder_shell(g)
-            self.patch_embed = shell.patch_embed
-            self.pos_embed = shell.pos_embed
-            self.blocks = nn.ModuleDict({str(i): make_fused_block(g, i, max_chunk_bytes) for i in range(g.depth)})
-            self.neck = shell.neck
-        self._materialize()
-        self._finish(seed, compile, allow_fallback)
+            blocks = {str(i): make_fused_block(g, i, max_chunk_bytes) for i in range(g.depth)}
+            return {
+                "patch_embed": shell.patch_embed,
+                "pos_embed": shell.pos_embed,
+                "blocks": nn.ModuleDict(blocks),
+                "neck": shell.neck,
+            }
+
+        self._build(
+            geom, layout, seed=seed, device=device, precision=precision, allow_fallback=allow_fallback, compile=compile
+        )
 
     @classmethod
     def from_checkpoint(cls, geom, path, **options) -> WholeEncoder:
