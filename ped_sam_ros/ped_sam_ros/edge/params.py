@@ -67,6 +67,16 @@ _DEFAULT_SERVERS = [
     "remote-d=tcp://127.0.0.1:5604",
 ]
 _AMG = AmgOptions()  # SAM's own defaults: the one source of the amg.* defaults
+#: the amg.* parameters: (AmgOptions field, what it does, min, max); all runtime-changeable
+_AMG_PARAMS = (
+    ("points_per_side", "grid of point prompts per side.", 1, 128),
+    ("points_per_batch", "point prompts decoded together.", 1, 4096),
+    ("pred_iou_thresh", "keep masks whose predicted IoU is at least this.", 0.0, 1.0),
+    ("stability_score_thresh", "keep masks whose stability score is at least this.", 0.0, 1.0),
+    ("stability_score_offset", "logit offset of the stability score.", 0.0, 100.0),
+    ("box_nms_thresh", "box IoU above which duplicate masks are suppressed.", 0.0, 1.0),
+    ("min_mask_region_area", "remove holes and islands smaller than this many pixels (0: off).", 0, 10**7),
+)
 
 PARAMS: List[ParamSpec] = [
     # --- model and split (start-up only)
@@ -321,61 +331,10 @@ PARAMS: List[ParamSpec] = [
         min=0.1,
         max=3600.0,
     ),
-    ParamSpec(
-        "amg.points_per_side",
-        _AMG.points_per_side,
-        "Automatic mode: grid of point prompts per side.",
-        read_only=False,
-        min=1,
-        max=128,
-    ),
-    ParamSpec(
-        "amg.points_per_batch",
-        _AMG.points_per_batch,
-        "Automatic mode: point prompts decoded together.",
-        read_only=False,
-        min=1,
-        max=4096,
-    ),
-    ParamSpec(
-        "amg.pred_iou_thresh",
-        _AMG.pred_iou_thresh,
-        "Automatic mode: keep masks whose predicted IoU is at least this.",
-        read_only=False,
-        min=0.0,
-        max=1.0,
-    ),
-    ParamSpec(
-        "amg.stability_score_thresh",
-        _AMG.stability_score_thresh,
-        "Automatic mode: keep masks whose stability score is at least this.",
-        read_only=False,
-        min=0.0,
-        max=1.0,
-    ),
-    ParamSpec(
-        "amg.stability_score_offset",
-        _AMG.stability_score_offset,
-        "Automatic mode: logit offset of the stability score.",
-        read_only=False,
-        min=0.0,
-        max=100.0,
-    ),
-    ParamSpec(
-        "amg.box_nms_thresh",
-        _AMG.box_nms_thresh,
-        "Automatic mode: box IoU above which duplicate masks are suppressed.",
-        read_only=False,
-        min=0.0,
-        max=1.0,
-    ),
-    ParamSpec(
-        "amg.min_mask_region_area",
-        _AMG.min_mask_region_area,
-        "Automatic mode: remove holes and islands smaller than this many pixels (0: off).",
-        read_only=False,
-        min=0,
-        max=10**7,
+    # automatic mode (SAM's generator): one spec per AmgOptions field, defaults SAM's own
+    *(
+        ParamSpec(f"amg.{field}", getattr(_AMG, field), f"Automatic mode: {text}", read_only=False, min=lo, max=hi)
+        for field, text, lo, hi in _AMG_PARAMS
     ),
     # --- privacy policy (docs/privacy.md; start-up only)
     ParamSpec(
@@ -617,15 +576,8 @@ def privacy_actions(classes: str, face_action: str) -> Dict[str, str]:
 def amg_from_params(values: Mapping[str, Any]) -> AmgOptions:
     v = defaults()
     v.update(values)
-    return AmgOptions(
-        points_per_side=int(v["amg.points_per_side"]),
-        points_per_batch=int(v["amg.points_per_batch"]),
-        pred_iou_thresh=float(v["amg.pred_iou_thresh"]),
-        stability_score_thresh=float(v["amg.stability_score_thresh"]),
-        stability_score_offset=float(v["amg.stability_score_offset"]),
-        box_nms_thresh=float(v["amg.box_nms_thresh"]),
-        min_mask_region_area=int(v["amg.min_mask_region_area"]),
-    )
+    cast = {"int": int, "float": float}
+    return AmgOptions(**{field: cast[SPECS[f"amg.{field}"].kind](v[f"amg.{field}"]) for field, *_ in _AMG_PARAMS})
 
 
 def markdown_table(specs: Sequence[ParamSpec] = PARAMS) -> str:
