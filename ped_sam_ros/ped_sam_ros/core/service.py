@@ -21,7 +21,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import wire
-from .model import MODES, SamGeometry, parse_mode
+from .model import SamGeometry, parse_mode
 from .wire import EncodeRequest, WireError, decode_message, encode_message, pack_tokens, parse_encode_request
 
 
@@ -150,13 +150,14 @@ class ServerInfo:
         errors: int = 0,
         uptime_s: float = 0.0,
     ) -> ServerInfo:
-        """The info of a server running the remote stage of ``geometry``."""
+        """The info of a server running the remote stage of ``geometry``: every mode it serves
+        (``exact``, ``k2`` .. ``k<G-1>``, ``paper``: its stage holds the blocks of all of them)."""
         return cls(
             name,
             geometry.spec,
-            tuple(MODES),
+            tuple(geometry.modes),
             geometry.embed_dim,
-            {m: tuple(geometry.remote_blocks(m)) for m in MODES},
+            {m: tuple(geometry.remote_blocks(m)) for m in geometry.modes},
             tuple(wire.TOKEN_DTYPES),
             wire.PROTOCOL_VERSION,
             checkpoint,

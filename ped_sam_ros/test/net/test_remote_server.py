@@ -232,13 +232,18 @@ def test_info(client, server, stage, tiny_b_checkpoint):
     info, arrays = reply
     assert info["type"] == "info" and info["id"] == "i-1" and arrays == {}
     assert info["model"] == TINY_B
-    assert info["modes"] == ["paper", "exact"]
+    assert info["modes"] == ["exact", "k2", "k3", "paper"]
     assert info["embed_dim"] == 32
     assert info["protocol"] == wire.PROTOCOL_VERSION
     assert info["name"] == "srv-main"
     assert info["checkpoint"] == tiny_b_checkpoint.name
     assert info["curve"] is False
-    assert info["remote_blocks"] == {"paper": [0, 1, 3, 4, 6, 7, 9, 10], "exact": [0, 1]}
+    assert info["remote_blocks"] == {
+        "exact": [0, 1],
+        "k2": [0, 1, 3, 4],
+        "k3": [0, 1, 3, 4, 6, 7],
+        "paper": [0, 1, 3, 4, 6, 7, 9, 10],
+    }
     before = info["requests_served"]
     assert_serves(client, stage, rid="count-me")
     after = client.request([header_frame(v=wire.PROTOCOL_VERSION, type="info")], REPLY_TIMEOUT_S)[0]
