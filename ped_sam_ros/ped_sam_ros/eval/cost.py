@@ -10,7 +10,10 @@ closed-form count (:func:`block_macs_analytic`) cross-checks it.
 Wall time for full-size geometries is *measured per component* on this machine
 (one patch embedding of a 14x14-token window, one window block on one 14x14
 window, one global block on the 64x64 grid, the neck), turned into seconds per
-MAC for each component kind, and scaled by each configuration's MAC counts.
+MAC for each component kind, and scaled by each configuration's MAC counts.  The
+blocks are timed with the fused attention the stages run
+(:func:`~ped_sam_ros.core.model.make_fused_block`); MACs are counted on
+segment_anything's reference blocks (the same arithmetic, in countable operations).
 
 Bytes are payload bytes: uint8 RGB pixels up (only the image content of each
 window, never SAM's padding), tokens down in the wire precision
@@ -35,7 +38,15 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 
 from ..core.geometry import Partition, Tile
-from ..core.model import SamGeometry, _encoder_shell, _mask_decoder, _prompt_encoder, get_geometry, make_block
+from ..core.model import (
+    SamGeometry,
+    _encoder_shell,
+    _mask_decoder,
+    _prompt_encoder,
+    get_geometry,
+    make_block,
+    make_fused_block,
+)
 from ..core.wire import token_bytes
 
 COMPONENTS = ("patch_embed", "window_block", "global_block", "neck")
@@ -302,8 +313,9 @@ def time_components(
     slowdowns other processes cause on a shared machine.  Returns kind -> timing."""
     g, c, ws = geom.token_grid, geom.embed_dim, geom.window_size
     shell = _encoder_shell(geom)
-    wblock = make_block(geom, geom.window_blocks[0]).eval()
-    gblock = make_block(geom, geom.global_attn_indexes[0]).eval()
+    # the fused attention the stages run (core.attention), not segment_anything's reference
+    wblock = make_fused_block(geom, geom.window_blocks[0]).eval()
+    gblock = make_fused_block(geom, geom.global_attn_indexes[0]).eval()
     # (module, input, its MACs as counted for the workloads, shape label)
     cases = {
         "patch_embed": (
@@ -343,7 +355,8 @@ class TimingCache:
 
     @staticmethod
     def key(geom: SamGeometry) -> str:
-        return f"{geom.spec} | {machine_signature()}"
+        # "fused attention": entries timed with the reference attention (older caches) are not reused
+        return f"{geom.spec} | fused attention | {machine_signature()}"
 
     def get(self, geom: SamGeometry, measure: bool = True, refresh: bool = False) -> Optional[CachedTiming]:
         """The cached entry, measured first if missing or unreadable (``measure``) or if ``refresh``."""
