@@ -154,6 +154,37 @@ class HogPersonDetector:
 # MTCNN (weights and detector code from facenet-pytorch)
 
 
+def _pin_torch_threads(threads: int) -> None:
+    """Set this thread's torch intra-op thread count, and make torch apply it now: a thread takes
+    torch's last global setting at its first parallel work, which would undo this one."""
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.get_num_threads()
+
+
+class _OwnThreads:
+    """Runs calls, one at a time, on a long-lived thread whose torch intra-op thread count is
+    ``threads`` (set once there: under OpenMP the count is per thread).  Torch also keeps the last
+    count set as the start value of threads that begin torch work later, so it is set back here."""
+
+    def __init__(self, threads: int, name: str):
+        import concurrent.futures
+
+        import torch
+
+        before = torch.get_num_threads()
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix=name, initializer=_pin_torch_threads, initargs=(threads,)
+        )
+        self._pool.submit(int).result()  # start the thread now (its setting happens here, once)
+        torch.set_num_threads(before)
+        self.threads = self._pool.submit(torch.get_num_threads).result()
+
+    def run(self, fn, *args):
+        return self._pool.submit(fn, *args).result()
+
+
 class MtcnnFaceDetector:
     """MTCNN from ``facenet-pytorch``: its P-, R- and O-Net weights and its cascade code
     (``detect_face``), run on a copy of the frame downscaled for the smallest face that matters.
@@ -170,6 +201,11 @@ class MtcnnFaceDetector:
     * The three networks run in channels-last memory format: the same results (to float
       rounding), about 3x faster on this CPU, mostly in the max-pooling layers.
     * One model, built once and reused for every frame (the edge's privacy hook holds one detector).
+    * ``num_threads`` (default 1) torch intra-op threads, on a thread of the detector's own: the
+      cascade's many small operations gain nothing from more, and on a loaded machine OpenMP's
+      waiting threads cost a lot (2 threads: 1.1 s, 1 thread: 0.15 s per frame, at load 6 on this
+      2-core CPU).  Torch's thread count is per thread under OpenMP, so the caller's (the edge
+      stage's) is left as it is.  0: run in the caller's thread with its threads.
     """
 
     name = "mtcnn"
@@ -183,6 +219,7 @@ class MtcnnFaceDetector:
         factor: float = 0.709,
         margin: float = MIN_SIZE_MARGIN,
         work_size: float = 24.0,
+        num_threads: int = 1,
     ):
         mod = _import("facenet_pytorch.models.mtcnn", "facenet-pytorch (with --no-deps) and requests")
         import torch
@@ -205,6 +242,10 @@ class MtcnnFaceDetector:
             raise ValueError(f"work_size must be at least P-Net's 12 px window, got {work_size}")
         self.min_face_size, self.thresholds, self.factor = float(min_face_size), list(thresholds), factor
         self.min_score, self.margin, self.work_size = min_score, margin, float(work_size)
+        if num_threads < 0:
+            raise ValueError(f"num_threads must be >= 0, got {num_threads}")
+        self.num_threads = int(num_threads)
+        self._runner = _OwnThreads(self.num_threads, "mtcnn") if self.num_threads > 0 else None
 
     def plan(self, hw: Tuple[int, int], min_size: Optional[float] = None) -> Tuple[float, float]:
         """(downscale factor <= 1, MTCNN's smallest face in the downscaled image) for a frame of ``hw``."""
@@ -216,9 +257,14 @@ class MtcnnFaceDetector:
         return scale, max(12.0, smallest * scale)
 
     def detect(self, rgb: np.ndarray, min_size: Optional[float] = None) -> List[Detection]:
+        img = check_rgb(rgb)
+        if self._runner is not None:
+            return self._runner.run(self._detect, img, min_size)
+        return self._detect(img, min_size)
+
+    def _detect(self, img: np.ndarray, min_size: Optional[float]) -> List[Detection]:
         import torch
 
-        img = check_rgb(rgb)
         h, w = img.shape[:2]
         scale, smallest = self.plan((h, w), min_size)
         if scale < 1.0:

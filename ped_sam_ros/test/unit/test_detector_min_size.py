@@ -1,8 +1,8 @@
 """The edge's face detection is sized for the smallest face that matters: the privacy hook tells
 the detector that size (40 px of the camera frame, in pixels of the frame resized for SAM), MTCNN
 downscales for it and still finds the faces above it (boxes in the frame's pixels), its
-channels-last networks give the default format's outputs, and detectors that do not take the size
-are called as before."""
+channels-last networks give the default format's outputs, it runs with one torch thread of its own
+without changing the caller's, and detectors that do not take the size are called as before."""
 
 import numpy as np
 import pytest
@@ -111,3 +111,31 @@ def test_mtcnn_channels_last_networks_give_the_default_formats_outputs(mtcnn):
         with torch.no_grad():
             for a, b in zip(net(x.contiguous(memory_format=torch.channels_last)), plain(x)):
                 assert torch.allclose(a, b, atol=1e-4)
+
+
+def test_mtcnn_runs_on_its_own_thread_with_one_torch_thread_and_leaves_the_callers(mtcnn, astronaut):
+    import threading
+
+    import torch
+
+    restore = torch.get_num_threads()
+    torch.set_num_threads(2)  # the caller has more threads than the detector (scripts/test.sh sets 1)
+    try:
+        before = torch.get_num_threads()
+        seen = []
+        det = MtcnnFaceDetector(num_threads=1)
+        assert det._runner.run(torch.get_num_threads) == 1
+        assert torch.get_num_threads() == before  # the caller's (the edge stage's) count is unchanged
+        t = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))  # nor a new thread's
+        t.start()
+        t.join()
+        assert seen == [before]
+        found = det.detect(astronaut, min_size=64.0)
+        assert any(matches(d.box, ASTRONAUT_FACE) for d in found)
+        inline = MtcnnFaceDetector(num_threads=0)  # the caller's thread, as the caller has it
+        assert inline._runner is None
+        again = inline.detect(astronaut, min_size=64.0)
+        assert len(again) == len(found)
+        assert np.allclose([d.box for d in again], [d.box for d in found], atol=1e-3)
+    finally:
+        torch.set_num_threads(restore)
