@@ -7,10 +7,12 @@ the last one** (calibrate, measure, re-calibrate, measure, ...), with the torch 
 every server run with (``--threads``), every encoder op on the shape it really runs on (each tile's
 token map for the servers' patch embedding and window blocks, 64x64 for the edge's global blocks
 and neck), the codecs on the model's real tokens of the benchmark image, the median of a few runs
-after a warm-up.  Each frame is then predicted by :mod:`ped_sam_ros.eval.latency` twice, with the
-calibration right before it and the one right after it; its prediction is their mean, a row's the
-mean over its frames, and the difference between the two is the *spread* (how much the machine's
-speed moved during one frame).  No Curve (the benchmark runs without it); the link's rates and
+after a warm-up; the servers' side (pixel decoding, compute, token encoding) with as many copies
+running at once as servers compute at once, since the emulated servers share this machine's
+cores.  Each frame is then predicted by :mod:`ped_sam_ros.eval.latency` twice, with the
+calibration right before it and the one right after it; its prediction is their mean, a row's
+the mean over its frames, and the difference between the two is the *spread* (how much the
+machine's speed moved during one frame).  No Curve (the benchmark runs without it); the link's rates and
 delays as set.
 
     sudo python -m ped_sam_ros.bench.costcheck --links 20:50 100:20 --frames 3 \\
@@ -58,15 +60,24 @@ def _named_tokens(name: str, channels: int):
 
 
 def _shipped(entry: Dict):
-    """A :class:`~ped_sam_ros.eval.calibrate.Calibration` holding one calibration the edge process took."""
+    """(edge, servers) :class:`~ped_sam_ros.eval.calibrate.Calibration` s holding one calibration the
+    edge process took (the servers' side timed with as many copies at once as servers computed)."""
     from ..eval.calibrate import Calibration
 
-    cal = Calibration(persist=False, data=entry["data"], statistic=entry.get("statistic", "median"))
-    cal.machine = entry["machine"]  # its keys name the machine it was taken on
-    return cal
+    stat = entry.get("statistic", "median")
+    edge = Calibration(persist=False, data=entry["data"], statistic=stat)
+    server = Calibration(
+        persist=False,
+        data=entry.get("server_data", entry["data"]),
+        statistic=stat,
+        concurrency=entry.get("server_concurrency", 1),
+    )
+    for cal in (edge, server):
+        cal.machine = entry["machine"]  # its keys name the machine it was taken on
+    return edge, server
 
 
-def _plan(costs, link_out: Dict, token_format: str, pixel_codec: str, content_hw: Tuple[int, int]):
+def _plan(costs, server_costs, link_out: Dict, token_format: str, pixel_codec: str, content_hw: Tuple[int, int]):
     from ..core.geometry import Partition
     from ..core.model import get_geometry
     from ..eval import latency as L
@@ -75,8 +86,8 @@ def _plan(costs, link_out: Dict, token_format: str, pixel_codec: str, content_hw
     partition = Partition.grid(link_out["grid"], link_out["grid"])
     assignment = [i % link_out["servers"] for i in range(len(partition))]
     wire = L.Wire(token_format, pixel_codec, curve=False)
-    plan = L.ped_plan(costs, costs, geom, "paper", partition, assignment, wire, content_hw, decoder=False)
-    tile_compute = [costs.ops_s(geom, L.tile_ops(geom, t, "paper")) for t in partition.tiles]
+    plan = L.ped_plan(costs, server_costs, geom, "paper", partition, assignment, wire, content_hw, decoder=False)
+    tile_compute = [server_costs.ops_s(geom, L.tile_ops(geom, t, "paper")) for t in partition.tiles]
     return plan, tile_compute
 
 
@@ -133,13 +144,14 @@ def predict_rows(link_out: Dict, calibration=None, threads: int = 1) -> List[Dic
         key = (s["link"], s["token_format"], s["pixel_codec"])
         frames = _frames_of(link_out, key)
         entry = shipped.get(key)
-        series = [_shipped(c) for c in entry["series"]] if entry else [calibration]
+        series = [_shipped(c) for c in entry["series"]] if entry else [(calibration, calibration)]
         predicted = {}  # calibration index -> (prediction dict, plan)
-        for i, cal in enumerate(series):
+        for i, (cal, server_cal) in enumerate(series):
             costs = L.Costs(profile, cal, tokens=tokens, image=(resized, image_name))
-            plan, tile_compute = _plan(costs, link_out, s["token_format"], s["pixel_codec"], content_hw)
+            server_costs = L.Costs(profile, server_cal, tokens=tokens, image=(resized, image_name))
+            plan, tile_compute = _plan(costs, server_costs, link_out, s["token_format"], s["pixel_codec"], content_hw)
             predicted[i] = (_prediction_dict(L.play(plan, link), tile_compute), plan)
-        timed_here = entry is not None and any(cal._fresh for cal in series)
+        timed_here = entry is not None and any(c._fresh for pair in series for c in pair)
         pairs = [tuple(f["calibration"]) if entry else (0, 0) for f in frames]
         per_frame = [{k: (predicted[a][0][k] + predicted[b][0][k]) / 2 for k in predicted[a][0]} for a, b in pairs]
         pred = {k: float(np.mean([p[k] for p in per_frame])) for k in per_frame[0]}

@@ -535,13 +535,17 @@ def calibrate_now(
     token_format: str,
     pixel_codec: str,
     repeats: int = 5,
+    servers: int = 1,
 ) -> Dict:
     """This machine's profile timed now, in this process, for exactly what one frame of this
     format runs: each tile's patch embedding and window blocks on its own token map (the map
     the servers run), the edge's global blocks and neck on 64x64, the token codec on tile-shaped
     real tokens, the pixel codec on the frame.  Median of ``repeats`` runs after a warm-up (the
-    typical time under the current load, as the measured frames see it).  Returns plain JSON: the
-    calibration's data, when and with how many threads it was taken, and the load average."""
+    typical time under the current load, as the measured frames see it).  The servers' side is
+    timed with as many copies running at once as servers compute at once (``servers``, at most
+    one per tile): the emulated servers share this machine's cores, which real ones would not.
+    Returns plain JSON: the edge's and the servers' calibration data, when and with how many
+    threads they were taken, and the load average."""
     import torch
 
     from ..core.model import get_geometry
@@ -549,13 +553,17 @@ def calibrate_now(
     from ..eval.calibrate import Calibration
     from ..eval.profiles import get_profile
 
+    concurrency = max(1, min(servers, len(partition)))
     cal = Calibration(persist=False, refresh=True, repeats=repeats, statistic="median")
-    costs = L.Costs(get_profile("this-machine"), cal, tokens=sampler, image=(resized, image))
+    server_cal = Calibration(persist=False, refresh=True, repeats=repeats, statistic="median", concurrency=concurrency)
+    profile = get_profile("this-machine")
+    costs = L.Costs(profile, cal, tokens=sampler, image=(resized, image))
+    server_costs = L.Costs(profile, server_cal, tokens=sampler, image=(resized, image))
     t0 = time.monotonic()
     load = os.getloadavg()[0]
     L.ped_plan(
         costs,
-        costs,
+        server_costs,
         get_geometry(model),
         "paper",
         partition,
@@ -573,6 +581,8 @@ def calibrate_now(
         "machine": cal.machine,
         "load_average": [load, os.getloadavg()[0]],
         "data": cal.data,
+        "server_concurrency": concurrency,
+        "server_data": server_cal.data,
     }
 
 
@@ -666,6 +676,7 @@ def run_edge(job: EdgeJob) -> None:
             token_format,
             pixel_codec,
             job.calibration_repeats,
+            len(addresses),
         )
         series: List[Dict] = []  # calibrations: before every measured frame and after the last one
         zt = ZmqTransport(addresses, job.model, token_format, pixel_codec=pixel_codec)

@@ -5,7 +5,9 @@ Everything is timed in-process on this CPU, after a warm-up, as the fastest of a
 typical run instead, for comparing with measured frames on a loaded machine), with the torch
 threads of the calling process, and cached in a JSON file keyed by what was timed and the
 machine (:func:`.cost.machine_signature`); ``persist=False`` keeps it in memory only (a
-calibration taken inside a benchmark's own process and shipped with its results):
+calibration taken inside a benchmark's own process and shipped with its results);
+``concurrency=N`` times every call while N copies run at once (N servers emulated on this one
+machine share its cores, as in ``bench.link``):
 
 * **encoder ops** on the shape they really run on: the patch embedding of a tile's pixels,
   one window block (the stages' fused block) on the tile's token map (SAM pads it to
@@ -26,13 +28,14 @@ No ROS.  pyzmq is imported only by :func:`measure_curve`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Dict, Optional, Tuple, Union
+from typing import Callable, Dict, Iterator, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -66,14 +69,52 @@ class CodecCost:
 STATISTICS = ("min", "median")
 
 
-def _best(fn: Callable[[], object], repeats: int, statistic: str = "min") -> float:
-    """Seconds of ``fn`` after a warm-up: the fastest of ``repeats`` runs, or their median."""
+@contextlib.contextmanager
+def _concurrent_load(fn: Callable[[], object], copies: int) -> Iterator[None]:
+    """``copies`` forked processes calling ``fn`` over and over (other servers computing the same
+    thing on this machine) while the body runs; they stop at its end.  Processes, not threads: a
+    narrow model's ops are short and Python-bound, and threads would time the GIL instead."""
+    if copies <= 0:
+        yield
+        return
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    stop, ready = ctx.Event(), ctx.Semaphore(0)
+
+    def loop() -> None:
+        fn()
+        ready.release()
+        while not stop.is_set():
+            fn()
+
+    procs = [ctx.Process(target=loop, daemon=True) for _ in range(copies)]
+    for p in procs:
+        p.start()
+    try:
+        for _ in procs:
+            if not ready.acquire(timeout=120):
+                raise RuntimeError("a concurrent calibration copy did not start")
+        yield
+    finally:
+        stop.set()
+        for p in procs:
+            p.join(30)
+            if p.is_alive():
+                p.terminate()
+                p.join(5)
+
+
+def _best(fn: Callable[[], object], repeats: int, statistic: str = "min", concurrency: int = 1) -> float:
+    """Seconds of ``fn`` after a warm-up: the fastest of ``repeats`` runs, or their median; with
+    ``concurrency`` > 1, while that many copies in all run at once (:func:`_concurrent_load`)."""
     fn()  # warm-up
     times = []
-    for _ in range(max(1, repeats)):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
+    with _concurrent_load(fn, concurrency - 1):
+        for _ in range(max(1, repeats)):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
     return float(np.median(times)) if statistic == "median" else min(times)
 
 
@@ -102,15 +143,17 @@ class Calibration:
         persist: bool = True,
         data: Optional[Dict] = None,
         statistic: str = "min",
+        concurrency: int = 1,
     ):
         """``persist=False``: no file is read or written (``data``, if given, is the starting
-        content, e.g. a calibration another process took: :attr:`data` is plain JSON)."""
+        content, e.g. a calibration another process took: :attr:`data` is plain JSON).
+        ``concurrency``: copies of each timed call running at once (see the module doc)."""
         if statistic not in STATISTICS:
             raise ValueError(f"statistic must be one of {STATISTICS}, got {statistic!r}")
         cache_home = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
         self.path = Path(path) if path else cache_home / "ped_sam_ros" / "calibration.json"
         self.repeats, self.max_time_macs, self.refresh = repeats, max_time_macs, refresh
-        self.persist, self.statistic = persist, statistic
+        self.persist, self.statistic, self.concurrency = persist, statistic, max(1, int(concurrency))
         self.machine = costlib.machine_signature()
         self._fresh: set = set()  # keys measured by this instance (``refresh`` re-times each once)
         self.data: Dict = dict(data) if data else {}
@@ -126,6 +169,7 @@ class Calibration:
 
     def _cached(self, key: str, measure: Callable[[], Dict]) -> Dict:
         k = f"{key} | {self.machine}" + ("" if self.statistic == "min" else f" | {self.statistic}")
+        k += "" if self.concurrency == 1 else f" | x{self.concurrency}"
         if (not self.refresh or k in self._fresh) and isinstance(self.data.get(k), dict):
             return self.data[k]
         value = measure()
@@ -159,7 +203,7 @@ class Calibration:
             mod, x = make_fused_block(geom, geom.global_attn_indexes[0]).eval(), torch.randn(1, h, w, c)
         else:
             mod, x = _encoder_shell(geom).neck, torch.randn(1, c, geom.token_grid, geom.token_grid)
-        return _best(lambda: mod(x), self.repeats, self.statistic)
+        return _best(lambda: mod(x), self.repeats, self.statistic, self.concurrency)
 
     def op_seconds(self, geom: SamGeometry, kind: str, h: int, w: int) -> OpTime:
         """Seconds of one ``kind`` op on an h x w token map of ``geom`` on this machine."""
@@ -199,7 +243,7 @@ class Calibration:
                     multimask_output=True,
                 )
 
-            return {"seconds": _best(run, max(self.repeats, 5), self.statistic)}
+            return {"seconds": _best(run, max(self.repeats, 5), self.statistic, self.concurrency)}
 
         return float(self._cached("decoder point multimask", measure)["seconds"])
 
@@ -214,9 +258,9 @@ class Calibration:
         def measure() -> Dict:
             arrays = codecs.pack_tokens(sample, fmt)
             nbytes = sum(a.nbytes for _, a in arrays)
-            enc = _best(lambda: codecs.pack_tokens(sample, fmt), self.repeats, self.statistic)
+            enc = _best(lambda: codecs.pack_tokens(sample, fmt), self.repeats, self.statistic, self.concurrency)
             d = dict(arrays)
-            dec = _best(lambda: codecs.unpack_tokens(d, (h, w, c)), self.repeats, self.statistic)
+            dec = _best(lambda: codecs.unpack_tokens(d, (h, w, c)), self.repeats, self.statistic, self.concurrency)
             n = h * w
             return {"encode_s": enc / n, "decode_s": dec / n, "bytes": nbytes / n}
 
@@ -235,9 +279,11 @@ class Calibration:
         def measure() -> Dict:
             data = codecs.encode_pixels(image, spec)
             name = codecs.pixel_codec(spec).name
-            enc = _best(lambda: codecs.encode_pixels(image, spec), self.repeats, self.statistic)
+            enc = _best(lambda: codecs.encode_pixels(image, spec), self.repeats, self.statistic, self.concurrency)
             buf = np.frombuffer(data, np.uint8)
-            dec = _best(lambda: codecs.decode_pixels(name, buf, (hh, ww)), self.repeats, self.statistic)
+            dec = _best(
+                lambda: codecs.decode_pixels(name, buf, (hh, ww)), self.repeats, self.statistic, self.concurrency
+            )
             return {"encode_s": enc / n, "decode_s": dec / n, "bytes": len(data) / n}
 
         d = self._cached(f"pixels {spec} {hh}x{ww} {image_name}", measure)

@@ -37,10 +37,11 @@ def test_prediction_uses_the_calibrations_taken_around_the_frames(tmp_path):
     assert frame["calibration"] == [0, 1]
     assert before["t1"] <= frame["t_start"] and frame["t_end"] <= after["t0"]
     assert before["threads"] == after["threads"] == run.threads
-    keys = " ".join(before["data"])
+    edge_keys, server_keys = " ".join(before["data"]), " ".join(before["server_data"])
     for shape in ("28x28", "28x36", "36x28", "36x36"):  # each tile's own token map (what the servers run)
-        assert f"window_block {shape}" in keys, keys
-    assert "global_block 64x64" in keys and "tokens float16" in keys
+        assert f"window_block {shape}" in server_keys, server_keys
+    assert "global_block 64x64" in edge_keys and "tokens float16" in edge_keys and "tokens float16" in server_keys
+    assert before["server_concurrency"] == 1  # one server: nothing else computes beside it
     (row,) = costcheck.predict_rows(out)
     assert row["profile"].startswith("timed in the edge process") and not row["timed_at_analysis"]
     assert len(row["predicted_before_after"]) == 2
@@ -50,3 +51,18 @@ def test_prediction_uses_the_calibrations_taken_around_the_frames(tmp_path):
     assert row["predicted"]["up_bytes"] == pytest.approx(row["measured_bytes"][0], rel=0.01)
     assert set(row["term_rel_error"]) == {"upload_s", "server_s", "download_s", "edge_s", "tile_compute_s"}
     assert costcheck.TARGET_REL_ERROR == 0.15 and "rows within 15 %" in costcheck.verdict([row])
+
+
+def test_the_servers_side_is_timed_with_the_other_servers_computing_at_once():
+    """Emulated servers share this machine's cores: their ops are timed with copies running at once
+    (forked processes, ended afterwards), under their own cache key."""
+    import multiprocessing
+
+    from ped_sam_ros.core.model import get_geometry
+    from ped_sam_ros.eval.calibrate import Calibration
+
+    cal = Calibration(persist=False, refresh=True, repeats=2, statistic="median", concurrency=2)
+    t = cal.op_seconds(get_geometry(TINY_B), "window_block", 28, 28)
+    assert t.seconds > 0 and t.how == "timed"
+    assert [k for k in cal.data if k.endswith("| median | x2")], list(cal.data)
+    assert not multiprocessing.active_children(), "the concurrent copies are ended"
