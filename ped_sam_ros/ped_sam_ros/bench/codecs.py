@@ -66,32 +66,9 @@ from ..core.wire import (
 
 log = logging.getLogger("ped_sam_ros.bench.codecs")
 
-DEFAULT_TOKEN_FORMATS = (
-    "float16",
-    "int8",
-    "q6g64",
-    "q5g64",
-    "q5g128",
-    "q4g64",
-    "q4g32",
-    "q3g32",
-    "e16",
-    "e12",
-    "e10",
-    "e8",
-    "e6",
-    "e5",
-    "e4",
-    "e3",
-    "p16",
-    "p12",
-    "p10",
-    "p8",
-    "p6",
-    "p5",
-    "p4",
-    "p3",
-)
+#: every format the edge accepts but the reference (float32) and two near-duplicates of listed
+#: ones (q8g64 next to int8, q5g32 between q5g64 and q4g32): core.codecs.TOKEN_FORMATS is the list
+DEFAULT_TOKEN_FORMATS = tuple(f for f in codecs.TOKEN_FORMATS if f not in ("float32", "q8g64", "q5g32"))
 DEFAULT_PIXEL_CODECS = (
     "png",
     "webp:100",
@@ -328,6 +305,34 @@ def _fidelity(ref: Reference, predictor: PedSamPredictor) -> Dict:
     }
 
 
+def _raw_reference(
+    remote: RemoteStage, edge: EdgeStage, partition: Partition, image: np.ndarray, grid: int
+) -> Tuple[Reference, PixelCodecTransport]:
+    """The reference run (raw pixels up, float32 tokens down) and its transport, which holds
+    that frame's bytes, codec times and tokens per tile."""
+    source = PixelCodecTransport(remote, "raw")
+    return _reference(predictor_for(edge, source, partition), image, grid), source
+
+
+def _measured(
+    edge: EdgeStage,
+    transport: _BenchTransport,
+    partition: Partition,
+    image: np.ndarray,
+    ref: Reference,
+    labels: Dict,
+    **extra,
+) -> Dict:
+    """One row: ``image`` encoded through ``transport`` (one codec), its bytes and codec times
+    over the frame's tiles, and its fidelity against ``ref``."""
+    pred = predictor_for(edge, transport, partition)
+    pred.set_image(image)
+    t = transport.times
+    row = {**labels, "bytes": t.bytes, "encode_ms": 1e3 * t.encode_s, "decode_ms": 1e3 * t.decode_s, **extra}
+    row.update(_fidelity(ref, pred))
+    return row
+
+
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     a64, b64 = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
     return float(a64 @ b64 / (np.linalg.norm(a64) * np.linalg.norm(b64)))
@@ -388,24 +393,11 @@ def run_fidelity(
     rows = []
     for name, rgb in images:
         t0 = time.perf_counter()
-        source = PixelCodecTransport(remote, "raw")
-        ref_pred = predictor_for(edge, source, partition)
-        ref = _reference(ref_pred, rgb, grid)  # float32 tokens, raw pixels: the reference
+        ref, source = _raw_reference(remote, edge, partition, rgb, grid)
         tiles = dict(source.last_tokens)
         for fmt in formats:
             tr = TokenReplayTransport(edge.geometry, tiles, fmt)
-            pred = predictor_for(edge, tr, partition)
-            pred.set_image(rgb)
-            row = {
-                "model": model,
-                "image": name,
-                "format": fmt,
-                "bytes": tr.times.bytes,
-                "encode_ms": 1e3 * tr.times.encode_s,
-                "decode_ms": 1e3 * tr.times.decode_s,
-            }
-            row.update(_fidelity(ref, pred))
-            rows.append(row)
+            rows.append(_measured(edge, tr, partition, rgb, ref, {"model": model, "image": name, "format": fmt}))
         echo(f"  fidelity {model} {name}: {len(formats)} formats in {time.perf_counter() - t0:.0f} s")
     return rows
 
@@ -515,9 +507,7 @@ def run_pixels(
     rows = []
     for name, rgb in images:
         t0 = time.perf_counter()
-        raw = PixelCodecTransport(remote, "raw")
-        ref_pred = predictor_for(edge, raw, partition)
-        ref = _reference(ref_pred, rgb, grid)
+        ref, raw = _raw_reference(remote, edge, partition, rgb, grid)
         raw_bytes = raw.times.bytes
         content = resize_for_sam(rgb).shape[:2]
         rows.append(
@@ -540,19 +530,8 @@ def run_pixels(
         )
         for spec in pixel_codecs:
             tr = PixelCodecTransport(remote, spec)
-            pred = predictor_for(edge, tr, partition)
-            pred.set_image(rgb)
-            row = {
-                "model": model,
-                "image": name,
-                "codec": spec,
-                "bytes": tr.times.bytes,
-                "encode_ms": 1e3 * tr.times.encode_s,
-                "decode_ms": 1e3 * tr.times.decode_s,
-                "frame_hw": list(content),
-            }
-            row.update(_fidelity(ref, pred))
-            rows.append(row)
+            labels = {"model": model, "image": name, "codec": spec}
+            rows.append(_measured(edge, tr, partition, rgb, ref, labels, frame_hw=list(content)))
         echo(f"  pixels {name}: {len(pixel_codecs)} codecs in {time.perf_counter() - t0:.0f} s")
     return rows
 
