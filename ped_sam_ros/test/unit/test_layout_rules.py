@@ -8,6 +8,7 @@ loads is checked in a fresh interpreter: test/integration/test_fresh_imports.py.
 """
 
 import ast
+import functools
 from collections import defaultdict
 from pathlib import Path
 
@@ -16,6 +17,12 @@ from helpers import PKG_DIR
 PACKAGE_DIR = PKG_DIR / "ped_sam_ros"
 SERVER_DIR = PKG_DIR / "remote_node"
 TOOLS_DIR = PACKAGE_DIR / "tools"
+
+
+@functools.cache
+def _tree(path: Path) -> ast.AST:
+    """A file's syntax tree, parsed once for all the scans of this module."""
+    return ast.parse(path.read_text(), str(path))
 
 
 def _modules(*roots: Path):
@@ -27,7 +34,7 @@ def _modules(*roots: Path):
             is_package = parts[-1] == "__init__"
             if is_package:
                 parts = parts[:-1]
-            yield ".".join(parts), is_package, path, ast.parse(path.read_text(), str(path))
+            yield ".".join(parts), is_package, path, _tree(path)
 
 
 def _imported_modules(module: str, is_package: bool, tree: ast.AST):
