@@ -716,6 +716,8 @@ class SensitiveEvaluation:
         cells: List[SensitiveCell] = []
         infos: List[SensitiveImageInfo] = []
         n_masks = len(self.images) if s.mask_images is None else s.mask_images
+        if self.detector is not None and self.images:  # one untimed run: the first one pays for warming up
+            self._detect(self.images[0], np.ascontiguousarray(resize.apply_image(self.images[0].rgb)))
         for i, img in enumerate(self.images):
             resized = np.ascontiguousarray(resize.apply_image(img.rgb))
             dets, detect_s = self._detect(img, resized)
@@ -750,7 +752,6 @@ class SensitiveEvaluation:
             wire_dtype="float32",
             roi="drop policies: one point prompt at the frame centre, grown by the policy's margin "
             f"({PolicyConfig().roi_margin_tokens} tokens); other policies: automatic mode (whole frame)",
-            notes=[],
             cells=cells,
             summary=summarize(cells, s.policies, s.partitions, s.classes),
             by_policy=summarize(cells, s.policies, None, s.classes),

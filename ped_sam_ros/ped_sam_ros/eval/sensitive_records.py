@@ -80,6 +80,7 @@ class ClassFigures:
     cls: str
     objects: int
     seen_whole: Optional[float]
+    seen_whole_detected: Optional[float]  # of the objects the edge detector found (all of them for the oracle)
     received_whole: Optional[float]
     found: Optional[float]
     recon_ssim: Optional[float]
@@ -110,8 +111,8 @@ class CellSummary:
     policy_s: Optional[float]
     local_s: Optional[float]
     edge_stage_s: Optional[float]
-    added_s: Optional[float]
-    added_share: Optional[float]  # added_s / edge_stage_s, means over the frames with masks
+    added_s: Optional[float]  # detector and policy: means over every frame; local tiles: over the frames with masks
+    added_share: Optional[float]  # added_s / edge_stage_s (the edge stage: mean over the frames with masks)
 
     def flat(self) -> Dict[str, Any]:
         """One flat row (for CSV)."""
@@ -150,7 +151,6 @@ class SensitiveSection:
     images: List[SensitiveImageInfo]
     wire_dtype: str
     roi: str
-    notes: List[str]
     cells: List[SensitiveCell]
     summary: List[CellSummary]  # per policy x partition
     by_policy: List[CellSummary]  # per policy, over every partition
@@ -190,6 +190,7 @@ def _summary(policy: PolicySpec, partition: str, cells: List[SensitiveCell], cla
             cls=c,
             objects=len(objs),
             seen_whole=_frac(bool(o.seen_whole_by) for o in objs),
+            seen_whole_detected=_frac(bool(o.seen_whole_by) for o in objs if o.edge_detected is not False),
             received_whole=_frac(bool(o.received_whole_by) for o in objs),
             found=_frac(bool(o.found_by) for o in objs),
             recon_ssim=_mean(o.recon_ssim for o in objs),
@@ -202,8 +203,10 @@ def _summary(policy: PolicySpec, partition: str, cells: List[SensitiveCell], cla
             on_prompts=len(on),
         )
     off = [v for cell in cells if cell.off_ious is not None for v in cell.off_ious]
-    timed = [c for c in cells if c.added_s is not None]
-    shares = [c.added_s / c.edge_stage_s for c in timed if c.edge_stage_s]
+    timed = [c for c in cells if c.local_s is not None]
+    detect_s, policy_s = _mean(c.detect_s for c in cells), _mean(c.policy_s for c in cells)
+    local_s, edge_s = _mean(c.local_s for c in timed), _mean(c.edge_stage_s for c in timed)
+    added = None if local_s is None else (detect_s or 0.0) + (policy_s or 0.0) + local_s
     actions = {a: _mean(c.tile_actions.get(a, 0) for c in cells) or 0.0 for a in ("send", "obfuscate", "local", "drop")}
     return CellSummary(
         policy=policy.name,
@@ -216,12 +219,12 @@ def _summary(policy: PolicySpec, partition: str, cells: List[SensitiveCell], cla
         iou_off=_mean(off),
         iou_off_min=min(off) if off else None,
         off_prompts=len(off),
-        detect_s=_mean(c.detect_s for c in cells),
-        policy_s=_mean(c.policy_s for c in cells),
-        local_s=_mean(c.local_s for c in timed),
-        edge_stage_s=_mean(c.edge_stage_s for c in timed),
-        added_s=_mean(c.added_s for c in timed),
-        added_share=_mean(shares),
+        detect_s=detect_s,
+        policy_s=policy_s,
+        local_s=local_s,
+        edge_stage_s=edge_s,
+        added_s=added,
+        added_share=added / edge_s if added is not None and edge_s else None,
     )
 
 
@@ -284,7 +287,8 @@ def _rows(rows: Sequence[CellSummary], cls: str, with_partition: bool) -> List[L
             lead
             + [
                 str(f.objects),
-                pct(f.seen_whole, 0),
+                pct(f.seen_whole, 0)
+                + ("" if f.seen_whole_detected == f.seen_whole else f" ({pct(f.seen_whole_detected, 0)})"),
                 pct(f.found, 0),
                 pct(f.received_whole, 0),
                 _pair(f.recon_ssim, f.floor_ssim, f3),
@@ -318,8 +322,7 @@ def section_lines(sec: SensitiveSection, random_weights: bool) -> List[str]:
         if i.edge_found is not None and any(i.objects.values())
     ]
     weights = (
-        "**RANDOM WEIGHTS**: the IoU columns are agreement with plain SAM on the same random weights, not "
-        "segmentation quality. "
+        "**RANDOM WEIGHTS**: they are agreement with plain SAM on the same random weights, not segmentation quality. "
         if random_weights
         else ""
     )
@@ -330,18 +333,21 @@ def section_lines(sec: SensitiveSection, random_weights: bool) -> List[str]:
         + ". Attacker on each single server's view: "
         + "; ".join(f"{c}: {d}" for c, d in sec.attacker.items())
         + f". Mode `{sec.mode}`, tokens as {sec.wire_dtype}. Region of interest: {sec.roi}.\n",
-        "*seen whole*: objects some single server receives whole and unaltered; *found*: objects that "
+        "*seen whole*: objects some single server receives whole and unaltered (in brackets, where it "
+        "differs: of the objects the edge detector found); *found*: objects that "
         "server's own detector finds on what it received (its crops in place, black elsewhere); *received "
         "whole*: every pixel received by one server, obfuscated or not. *SSIM / PSNR*: the best single "
         "server's reconstruction of the object's box (Telea inpainting of what it did not receive in a "
         "window around it; obfuscated pixels as received), the mean-fill floor in brackets (means over "
-        "objects; PSNR from the mean squared error). *IoU ON / OFF*: "
-        + weights
-        + "single-point prompts on the objects' centres / away from them (mean, min, prompts), on "
+        "objects; PSNR from the mean squared error). *IoU ON / OFF*: mask agreement with plain SAM for "
+        "single-point prompts on the objects' centres / away from them (mean, min, prompts), on "
         + (", ".join(masks) or "no frame")
-        + ". *tiles local / obfuscated / dropped*: per frame. *edge time added*: detector (when the policy "
-        "needs one) + planning and obfuscation + the local tiles' remote stage, per frame with masks; "
-        "*share*: of the edge stage's time in the same cell.\n",
+        + ". The IoU columns say what the policy costs the masks; "
+        + weights
+        + "*tiles local / obfuscated / dropped*: per frame. *edge time added*: per frame, the detector "
+        "(when the policy needs one) and planning + obfuscation (means over every frame) + the local tiles' "
+        "remote stage on the edge (frames with masks); *share*: of the edge stage's time (frames with masks, "
+        "same cells): this run's model, so the share is only as representative as its size.\n",
     ]
     for c in sec.classes:
         if not any(r.classes[c].objects for r in sec.by_policy):
