@@ -166,17 +166,17 @@ def test_layout_auto_balances_the_frame_and_keeps_the_spare_out(tiny):
 # The target: no detected face whole on any one server, at any grid (the astronaut, a real detector)
 
 
-@pytest.mark.parametrize("action", ["local", "blur"])
-def test_no_detected_face_reaches_any_server_whole_at_any_grid(tiny, astronaut, action):
+@pytest.fixture(scope="module")
+def astronaut_faces(astronaut):
+    """The astronaut's top 384 rows (a 4:3 camera frame; the face stays whole), resized as SAM
+    does, and the default detector's faces in it, detected once: the same frame at every grid."""
     from ped_sam_ros.sensitive.detectors import make_detector
-    from ped_sam_ros.sensitive.obfuscate import tile_crops  # noqa: F401 - the crops checked below
 
-    ckpt = tiny[0]
-    enc, transport = _encoder(ckpt, "paper", 4)
-    hw = astronaut.shape[:2]
+    photo = np.ascontiguousarray(astronaut[:384])
+    hw = photo.shape[:2]
     resized = np.ascontiguousarray(
         torch.nn.functional.interpolate(
-            torch.from_numpy(astronaut).permute(2, 0, 1)[None].float(), size=content_shape(hw), mode="bilinear"
+            torch.from_numpy(photo).permute(2, 0, 1)[None].float(), size=content_shape(hw), mode="bilinear"
         )[0]
         .permute(1, 2, 0)
         .round()
@@ -184,7 +184,16 @@ def test_no_detected_face_reaches_any_server_whole_at_any_grid(tiny, astronaut, 
         .byte()
         .numpy()
     )
-    found = make_detector("default").detect(resized)  # once: the same frame at every grid
+    return hw, resized, make_detector("default").detect(resized)
+
+
+@pytest.mark.parametrize("action", ["local", "blur"])
+def test_no_detected_face_reaches_any_server_whole_at_any_grid(tiny, astronaut_faces, action):
+    from ped_sam_ros.sensitive.obfuscate import tile_crops  # noqa: F401 - the crops checked below
+
+    ckpt = tiny[0]
+    enc, transport = _encoder(ckpt, "paper", 4)
+    hw, resized, found = astronaut_faces
     detector = type("Once", (), {"name": "default", "classes": ("face",), "detect": lambda self, rgb: list(found)})()
     hook = PrivacyHook(detector, PolicyConfig(actions={"face": action}), local_stage=enc.edge_remote_stage)
     layouts = [(Partition.grid(r, c), None) for r in range(1, 6) for c in range(1, 6)]
