@@ -17,3 +17,6 @@ WORKSPACE = PKG_DIR.parent
 # window 14, official depth and global-block positions) at widths a 2-core CPU runs fast.
 TINY_B = "vit_b/w32h2"
 TINY_H = "vit_h/w16h1"
+#: vit_b's layout at width 16 with one head: the cheapest encoder (about half TINY_B's compute),
+#: for tests of scheduling, fallbacks and plumbing, where no number is compared with SAM's
+TINY_B1 = "vit_b/w16h1"

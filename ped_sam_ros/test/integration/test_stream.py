@@ -14,29 +14,19 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from helpers.edge import two_server_config
 from ped_sam_ros.core.pipeline import ObjectPrompt
-from ped_sam_ros.core.transport import RemoteEncodeError, ServerAddress
+from ped_sam_ros.core.transport import RemoteEncodeError
 from ped_sam_ros.edge.builder import build_pipeline, local_transport
-from ped_sam_ros.edge.config import EdgeConfig
 from ped_sam_ros.edge.records import Frame
 from ped_sam_ros.edge.runtime import EdgeRuntime
 
-TINY = "vit_b/w16h1"
 pytestmark = pytest.mark.timeout(300)
 PROMPTS = [ObjectPrompt(points=[(40.0, 30.0, 1)]), ObjectPrompt(box=(5.0, 5.0, 70.0, 50.0))]
 
 
-def _config(**kw) -> EdgeConfig:
-    base = dict(
-        model=TINY,
-        random_weights=True,
-        seed=3,
-        grid="1x2",
-        device="cpu",
-        servers=[ServerAddress("left", "tcp://127.0.0.1:1"), ServerAddress("right", "tcp://127.0.0.1:2")],
-    )
-    base.update(kw)
-    return EdgeConfig(**base)
+def _config(**kw):
+    return two_server_config(device="cpu", **kw)
 
 
 def _frames(n):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import TINY_B
+from helpers import TINY_B1
 from ped_sam_ros.core.geometry import Partition
 from ped_sam_ros.core.model import EdgeStage, RemoteStage
 from ped_sam_ros.core.pipeline import EDGE, DeadlinePolicy, DistributedEncoder, FallbackPolicy
@@ -101,7 +101,7 @@ class FaultyTransport(LocalTransport):
 
 @pytest.fixture(scope="module")
 def stages():
-    return EdgeStage(TINY_B, "paper").load_random(SEED), RemoteStage(TINY_B).load_random(SEED)
+    return EdgeStage(TINY_B1, "paper").load_random(SEED), RemoteStage(TINY_B1).load_random(SEED)
 
 
 @pytest.fixture(scope="module")

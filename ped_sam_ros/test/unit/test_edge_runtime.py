@@ -18,6 +18,8 @@ import pytest
 import torch
 
 from helpers import PKG_DIR as REPO
+from helpers import TINY_B1
+from helpers.edge import two_server_config
 from ped_sam_ros.core.pipeline import EncodeStats, Instance, ObjectPrompt
 from ped_sam_ros.core.transport import (
     RemoteEncodeError,
@@ -30,7 +32,6 @@ from ped_sam_ros.core.transport import (
 from ped_sam_ros.edge import (
     AmgOptions,
     ConfigError,
-    EdgeConfig,
     EdgeRuntime,
     Frame,
     build_pipeline,
@@ -52,20 +53,7 @@ from ped_sam_ros.edge.params import (
 )
 from ped_sam_ros.edge.remotes import apply_overrides, load_remotes_file, remote_commands
 
-TINY = "vit_b/w16h1"
 pytestmark = pytest.mark.timeout(120)
-
-
-def _config(**kw) -> EdgeConfig:
-    base = dict(
-        model=TINY,
-        random_weights=True,
-        seed=3,
-        grid="1x2",
-        servers=[ServerAddress("left", "tcp://127.0.0.1:1"), ServerAddress("right", "tcp://127.0.0.1:2")],
-    )
-    base.update(kw)
-    return EdgeConfig(**base)
 
 
 # ---------------------------------------------------------------- configuration
@@ -121,21 +109,21 @@ def test_k_modes_device_and_precision_reach_the_config():
     )
     assert (cfg.mode, cfg.device, cfg.precision, cfg.pipelined) == ("k2", "cpu", "bfloat16", False)
     assert cfg.stage_options() == dict(device="cpu", precision="bfloat16", compile=False, allow_fallback=False)
-    assert "k1..k4" in " ".join(_config(mode="k9").problems())
+    assert "k1..k4" in " ".join(two_server_config(mode="k9").problems())
 
 
 def test_impossible_device_or_precision_is_a_clear_config_problem(monkeypatch):
     import torch
 
     # float16 on the CPU: refused with the reason, accepted (as float32) only when told
-    problems = _config(device="cpu", precision="float16").problems()
+    problems = two_server_config(device="cpu", precision="float16").problems()
     assert any("float16 on the CPU" in p and "fallback" in p for p in problems), problems
-    assert _config(device="cpu", precision="float16", precision_fallback=True).problems() == []
+    assert two_server_config(device="cpu", precision="float16", precision_fallback=True).problems() == []
     # CUDA asked where none is present (also on a GPU machine: pretend there is none)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    problems = _config(device="cuda").problems()
+    problems = two_server_config(device="cuda").problems()
     assert any("no usable CUDA device" in p for p in problems), problems
-    assert _config(device="auto").problems() == []  # auto takes the CPU then
+    assert two_server_config(device="auto").problems() == []  # auto takes the CPU then
 
 
 def test_grid_validation_follows_aligned_cuts():
@@ -196,23 +184,27 @@ def test_servers_and_assignment_parsing():
 
 
 def test_config_problems_name_each_issue(tmp_path):
-    assert "not both" in " ".join(_config(checkpoint=str(tmp_path / "x.pth")).problems())
-    assert "does not exist" in " ".join(_config(random_weights=False, checkpoint=str(tmp_path / "x.pth")).problems())
+    assert "not both" in " ".join(two_server_config(checkpoint=str(tmp_path / "x.pth")).problems())
+    assert "does not exist" in " ".join(
+        two_server_config(random_weights=False, checkpoint=str(tmp_path / "x.pth")).problems()
+    )
     four = [ServerAddress(n, f"tcp://127.0.0.1:{i + 1}") for i, n in enumerate("abcd")]
     # 2x2 grid, servers 0 0 1 1: windows 0 and 1 are adjacent and both go to server 0
-    errs = _config(grid="2x2", servers=four[:2], assignment=[0, 0, 1, 1]).problems()
+    errs = two_server_config(grid="2x2", servers=four[:2], assignment=[0, 0, 1, 1]).problems()
     assert any("adjacent" in e for e in errs)
-    assert _config(grid="2x2", servers=four[:2], assignment=[0, 1, 1, 0]).problems() == []
-    errs = _config(grid="2x2", servers=four, max_share=0.2).problems()
+    assert two_server_config(grid="2x2", servers=four[:2], assignment=[0, 1, 1, 0]).problems() == []
+    errs = two_server_config(grid="2x2", servers=four, max_share=0.2).problems()
     assert any("above the limit" in e for e in errs)
-    errs = _config(grid="1x2", servers=four).problems()
+    errs = two_server_config(grid="1x2", servers=four).problems()
     assert any("serve no tile" in e for e in errs)
-    errs = _config(server_public_keys_dir=str(tmp_path)).problems()
+    errs = two_server_config(server_public_keys_dir=str(tmp_path)).problems()
     assert any("keys.client_secret" in e for e in errs)
-    errs = _config(server_public_keys_dir=str(tmp_path), client_secret_key=str(tmp_path / "edge.key_secret")).problems()
+    errs = two_server_config(
+        server_public_keys_dir=str(tmp_path), client_secret_key=str(tmp_path / "edge.key_secret")
+    ).problems()
     assert any("edge.key_secret does not exist" in e for e in errs) and any("left.key" in e for e in errs)
     with pytest.raises(ConfigError, match="invalid edge configuration"):
-        _config(mode="fast").validate()
+        two_server_config(mode="fast").validate()
 
 
 def test_docs_parameter_table_is_in_sync():
@@ -274,10 +266,10 @@ def test_remotes_yaml_gives_server_commands_matching_the_edge_config():
 def test_builder_loads_the_servers_random_weights_and_names(tmp_path):
     from ped_sam_ros.core.model import random_sam
 
-    p = build_pipeline(_config(), transport_factory=local_transport)
+    p = build_pipeline(two_server_config(), transport_factory=local_transport)
     try:
         assert p.transport.server_names == ["left", "right"]
-        ref = random_sam(TINY, seed=3).state_dict()
+        ref = random_sam(TINY_B1, seed=3).state_dict()
         assert torch.equal(p.edge.neck[0].weight, ref["image_encoder.neck.0.weight"])
         assert p.encoder.assignment == [0, 1] and p.encoder.timeout_s == 30.0
         assert p.segmenter.amg_options["points_per_side"] == 32
@@ -289,14 +281,14 @@ def test_builder_loads_an_official_format_checkpoint(tiny_b_checkpoint):
     from helpers import TINY_B
     from ped_sam_ros.core.model import load_state_dict
 
-    cfg = _config(model=TINY_B, random_weights=False, checkpoint=str(tiny_b_checkpoint))
+    cfg = two_server_config(model=TINY_B, random_weights=False, checkpoint=str(tiny_b_checkpoint))
     p = build_pipeline(cfg, transport_factory=local_transport)
     state = load_state_dict(tiny_b_checkpoint)
     assert torch.equal(p.edge.mask_decoder.iou_token.weight, state["mask_decoder.iou_token.weight"])
     p.close()
     with pytest.raises(Exception, match="shape|lacks"):
         build_pipeline(
-            _config(model="vit_b/w64h2", random_weights=False, checkpoint=str(tiny_b_checkpoint)),
+            two_server_config(model="vit_b/w64h2", random_weights=False, checkpoint=str(tiny_b_checkpoint)),
             transport_factory=local_transport,
         )
 
@@ -388,7 +380,11 @@ def fake():
     names = ["left", "right"]
     seg = FakeSegmenter(names)
     pipe = EdgePipeline(
-        _config(), edge=None, transport=FakeTransport(names), encoder=SimpleNamespace(timeout_s=30.0), segmenter=seg
+        two_server_config(),
+        edge=None,
+        transport=FakeTransport(names),
+        encoder=SimpleNamespace(timeout_s=30.0),
+        segmenter=seg,
     )
     results, errors = [], []
     done = threading.Condition()
@@ -493,7 +489,7 @@ def test_remote_errors_are_reported_with_server_names_and_the_worker_goes_on(fak
 def test_a_frame_whose_result_callback_raises_is_not_counted_as_output():
     names = ["left", "right"]
     pipe = EdgePipeline(
-        _config(),
+        two_server_config(),
         edge=None,
         transport=FakeTransport(names),
         encoder=SimpleNamespace(timeout_s=30.0),
@@ -595,7 +591,9 @@ def test_worker_owns_the_pipeline_and_build_errors_surface():
 
     def build():
         built_in.append(threading.current_thread().name)
-        return EdgePipeline(_config(), None, FakeTransport(names), SimpleNamespace(timeout_s=1.0), FakeSegmenter(names))
+        return EdgePipeline(
+            two_server_config(), None, FakeTransport(names), SimpleNamespace(timeout_s=1.0), FakeSegmenter(names)
+        )
 
     rt = EdgeRuntime(build).start()
     tr = rt.pipeline.transport
@@ -614,7 +612,7 @@ def test_worker_owns_the_pipeline_and_build_errors_surface():
 
 
 def test_real_pipeline_prompted_and_automatic(astronaut):
-    cfg = _config(amg=AmgOptions(points_per_side=2, pred_iou_thresh=0.0, stability_score_thresh=0.0))
+    cfg = two_server_config(amg=AmgOptions(points_per_side=2, pred_iou_thresh=0.0, stability_score_thresh=0.0))
     results, errors = [], []
     rt = EdgeRuntime(
         lambda: build_pipeline(cfg, transport_factory=local_transport), on_result=results.append, on_error=errors.append
