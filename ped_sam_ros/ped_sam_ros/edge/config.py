@@ -246,11 +246,14 @@ class EdgeConfig:
             errs.append(spare_problem)
         if part is not None and self.servers and not spare_problem:
             from ped_sam_ros.core.geometry import validate_assignment
+            from ped_sam_ros.core.pipeline import check_share_attainable
 
             n = len(self.servers)
             assign = self.assignment if self.assignment is not None else self.auto_assignment(part)
             try:
-                validate_assignment(part, assign, n, allow_adjacent=self.allow_adjacent, max_share=self.max_share)
+                # max_share is checked per frame on its content (aspect ratio); here only that some frame can meet it
+                validate_assignment(part, assign, n, allow_adjacent=self.allow_adjacent)
+                check_share_attainable(part, assign, self.max_share, self.server_names)
             except PartitionError as e:
                 errs.append(f"assignment: {e}")
             spares_used = sorted(set(assign) & set(self.spare_indexes))

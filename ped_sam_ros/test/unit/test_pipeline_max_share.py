@@ -117,3 +117,20 @@ def test_lowest_max_share_is_the_minimum_over_frame_shapes(partition, assignment
     for side in range(4, 1025, 4):
         for hw in ((1024, side), (side, 1024)):
             assert max(server_shares(partition, assignment, hw)) >= best - 1e-12
+
+
+def test_the_node_config_refuses_only_a_limit_no_frame_shape_meets():
+    """EdgeConfig's start-up check is the encoder's: 2x2 on four servers gives one server 31.6 % of
+    a square frame but only 28.1 % of a 1024x896 one, so 0.30 starts (and each frame is checked)."""
+    from ped_sam_ros.core.transport import ServerAddress
+    from ped_sam_ros.edge.config import EdgeConfig
+
+    four = [ServerAddress(n, f"tcp://127.0.0.1:{i + 1}") for i, n in enumerate(NAMES)]
+    assert max(server_shares(Partition.grid(2, 2), [0, 1, 2, 3])) > 0.30
+
+    def problems(limit):
+        return EdgeConfig(model=TINY_B, random_weights=True, grid="2x2", servers=four, max_share=limit).problems()
+
+    assert problems(0.30) == []
+    (err,) = problems(0.25)
+    assert "no frame shape keeps every server within max_share" in err and "28.1% of this 1024x896" in err
