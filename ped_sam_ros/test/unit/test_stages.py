@@ -186,8 +186,10 @@ def test_whole_encoder_is_sam_and_times_edge_stages_faithfully(split_setup):
     whole = WholeEncoder.from_checkpoint(ref.spec, ref.checkpoint)
     assert set(whole.checkpoint_keys()) == {k for k in ref.sam.state_dict() if k.startswith("image_encoder.")}
     assert (whole(ref.x) - ref.features("exact")).abs().max().item() <= TOL
-    tokens = whole.embed(ref.x)
+    # what the benchmark times as an edge stage is that stage's function: the same blocks, weights
+    # and order (on a 16x16 corner of the tokens: the blocks take any grid, at a sixteenth of the cost)
+    tokens = whole.embed(ref.x)[:, :16, :16].contiguous()
     g = get_geometry(ref.spec)
-    mode = "k2" if g.name == "vit_b" else "paper"  # SAM's order resumed after two globals; the globals alone
-    edge = EdgeStage.from_checkpoint(ref.spec, ref.checkpoint, mode)
-    assert torch.equal(whole.encode_tokens(tokens, g.edge_blocks(mode)), edge(tokens))
+    for mode in ("k2", "paper"):
+        edge = EdgeStage.from_checkpoint(ref.spec, ref.checkpoint, mode)
+        assert torch.equal(whole.encode_tokens(tokens, g.edge_blocks(mode)), edge(tokens)), mode
