@@ -13,14 +13,23 @@ Two threads, one frame each at most:
 The hand-over holds one frame: while the compute thread is busy with frame N and frame N+1
 waits, the I/O thread takes no new frame (it keeps polling the connections), so the scheduler
 keeps replacing the pending frame and the latest frame still wins.  When the edge phase is
-the slower one, the I/O thread also starts the next frame just in time (its remote phase
-ending about when the edge phase of the frame before ends, from running estimates of both),
-so that the frame it takes is as fresh as possible: the per-frame latency stays that of the
-sequential runtime while the throughput is the slower stage's.  One compute thread takes
-frames in hand-over order, so results (and errors) are published in input order.  Each frame
-travels as one :class:`Prepared` record (its own input, tokens, stats and timings): nothing of
-one frame can reach another's result.  ``overlapped`` counts the remote phases that started
-while the compute thread held an earlier frame.
+the slower one, the I/O thread also starts the next frame just in time: at
+:func:`next_start`, so that its I/O side ends when the compute thread's current frame ends
+(running medians of both sides' recent durations).  It aims at that end itself, not before
+it: a frame that arrives early waits in the hand-over and its latency grows by the wait; one
+that arrives late leaves the compute thread idle for that long but its own latency is the
+sequential one.  So the frame taken is as fresh as in the sequential runtime and the
+throughput is the slower stage's.  One compute thread takes frames in hand-over order, so
+results (and errors) are published in input order.  Each frame travels as one
+:class:`Prepared` record (its own input, tokens, stats and timings): nothing of one frame can
+reach another's result.  ``overlapped`` counts the remote phases that started while the
+compute thread held an earlier frame.
+
+The I/O thread runs no torch kernel (the merge is numpy; a torch kernel there starts a second
+OpenMP team beside the compute thread's), so its CPU work beside the edge phase is what the
+resize, the wire codecs and the merge cost, and with ``torch`` using every core that work
+still slows the edge phase by about its own length: ``bench.stream`` measures it
+(``interference``).
 """
 
 from __future__ import annotations
@@ -29,8 +38,9 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Dict, List, Optional
+from typing import TYPE_CHECKING, Deque, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -77,8 +87,32 @@ def start_stream(runtime: EdgeRuntime) -> Optional[PipelinedStream]:
     return PipelinedStream(runtime).start()
 
 
-def _ema(old: Optional[float], new: float, weight: float = 0.3) -> float:
-    return new if old is None else (1 - weight) * old + weight * new
+class RunningMedian:
+    """The median of the last ``size`` samples (None before the first): a duration estimate that
+    one frame slowed by other load does not move."""
+
+    def __init__(self, size: int = 5):
+        self._samples: Deque[float] = deque(maxlen=size)
+
+    def add(self, seconds: float) -> None:
+        self._samples.append(seconds)
+
+    @property
+    def value(self) -> Optional[float]:
+        if not self._samples:
+            return None
+        ordered = sorted(self._samples)
+        mid = len(ordered) // 2
+        return ordered[mid] if len(ordered) % 2 else 0.5 * (ordered[mid - 1] + ordered[mid])
+
+
+def next_start(compute_started: float, compute_s: Optional[float], io_s: Optional[float]) -> Optional[float]:
+    """When (monotonic seconds) the I/O thread should start the next frame: so that its I/O side
+    (``io_s``) ends when the compute thread's current frame, started at ``compute_started``,
+    ends (``compute_s``).  None: start now (the I/O side is the slower, or nothing is known yet)."""
+    if io_s is None or compute_s is None or compute_s <= io_s:
+        return None
+    return compute_started + compute_s - io_s
 
 
 class PipelinedStream:
@@ -98,9 +132,9 @@ class PipelinedStream:
         self.overlapped = 0
         #: frames that went through the remote phase
         self.frames = 0
-        #: running estimates (seconds) of the I/O side of a frame and of the compute side
-        self.io_s: Optional[float] = None
-        self.compute_s: Optional[float] = None
+        #: running estimates (medians of recent frames) of the I/O side of a frame and of the compute side
+        self._io = RunningMedian()
+        self._compute = RunningMedian()
         self._compute_started = 0.0  # monotonic start of the compute thread's current frame
         self._taken = threading.Event()  # the compute thread took the last hand-over
 
@@ -119,7 +153,7 @@ class PipelinedStream:
         t0 = time.monotonic()
         prepared = self._prepare(job)
         if prepared.tokens is not None:
-            self.io_s = _ema(self.io_s, time.monotonic() - t0)
+            self._io.add(time.monotonic() - t0)
         prepared.handed_over = time.monotonic()
         self._taken.clear()
         while True:
@@ -130,17 +164,27 @@ class PipelinedStream:
                 self.rt._poll_connections()  # the I/O thread's duty while it waits
         self._pace()
 
+    @property
+    def io_s(self) -> Optional[float]:
+        """The running estimate of a frame's I/O side (resize, remote phase, merge), seconds."""
+        return self._io.value
+
+    @property
+    def compute_s(self) -> Optional[float]:
+        """The running estimate of a frame's compute side (edge phase, decoder, publishing), seconds."""
+        return self._compute.value
+
     def _pace(self) -> None:
         """Wait (polling the connections) until the next frame's remote phase should start: once
-        the compute thread took the frame just handed over, and then until its edge phase has
-        about as long left to run as the I/O side takes (no wait when the I/O side is the slower)."""
+        the compute thread took the frame just handed over, and then until :func:`next_start`
+        (no wait when the I/O side is the slower)."""
         while not self._taken.wait(self.rt.idle_poll_s):
             if self.rt._scheduler.stopping:
                 return
             self.rt._poll_connections()
-        if self.io_s is None or self.compute_s is None or self.compute_s <= self.io_s:
+        start_at = next_start(self._compute_started, self.compute_s, self.io_s)
+        if start_at is None:
             return
-        start_at = self._compute_started + 0.9 * (self.compute_s - self.io_s)  # 10% early: never idle
         while not self.rt._scheduler.stopping:
             left = start_at - time.monotonic()
             if left <= 0:
@@ -200,7 +244,7 @@ class PipelinedStream:
             try:
                 self._finish(p)
                 if p.tokens is not None and p.error is None:
-                    self.compute_s = _ema(self.compute_s, time.monotonic() - self._compute_started)
+                    self._compute.add(time.monotonic() - self._compute_started)
             except BaseException:  # noqa: BLE001 - keep the stream alive; the frame is reported
                 log.exception("the edge compute thread failed on a frame")
             finally:

@@ -1,0 +1,33 @@
+"""The pipelined stream's pacing (edge.stream): when the I/O thread starts the next frame, and the
+running estimates it starts from."""
+
+import pytest
+
+from ped_sam_ros.edge.stream import RunningMedian, next_start
+
+
+def test_next_start_aims_the_io_side_at_the_end_of_the_compute_side():
+    # edge-bound: compute 1.0 s started at t=10, I/O side 0.4 s -> start at 10.6, ending at 11.0 (no early margin)
+    assert next_start(10.0, 1.0, 0.4) == pytest.approx(10.6)
+    assert next_start(10.0, 1.0, 0.4) + 0.4 == pytest.approx(10.0 + 1.0)
+    # I/O-bound or balanced: start at once (the compute thread is not the bottleneck)
+    assert next_start(10.0, 0.4, 1.0) is None
+    assert next_start(10.0, 0.5, 0.5) is None
+    # nothing known yet: start at once
+    assert next_start(10.0, None, 0.4) is None and next_start(10.0, 1.0, None) is None
+
+
+def test_running_median_ignores_one_disturbed_frame_and_follows_a_lasting_change():
+    m = RunningMedian(size=5)
+    assert m.value is None
+    for s in (1.0, 1.0, 1.0, 1.0):
+        m.add(s)
+    m.add(5.0)  # one frame slowed by other load
+    assert m.value == 1.0
+    for s in (2.0, 2.0, 2.0):  # the edge phase really got slower
+        m.add(s)
+    assert m.value == 2.0
+    two = RunningMedian(size=4)
+    two.add(1.0)
+    two.add(2.0)
+    assert two.value == 1.5
