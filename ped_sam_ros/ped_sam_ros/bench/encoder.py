@@ -27,7 +27,8 @@ reported, so a slowdown from other processes on a shared machine hits every case
 * fidelity: the embedding of one image by the whole encoder in bfloat16 (and float16
   on a GPU) against float32 on the same weights: cosine and max abs difference.
 * stream throughput against 1/(slowest stage), and per-frame latency against the
-  sequential runtime: :func:`stream_throughput` (:mod:`.stream`, ``stream_frames`` > 0).
+  sequential runtime, edge-bound, balanced and I/O-bound: :func:`stream_throughput`
+  (:mod:`.stream`, ``stream_frames`` > 0).
 """
 
 from __future__ import annotations
@@ -100,7 +101,8 @@ class Settings:
     fidelity_precisions: Sequence[str] = ("bfloat16", "float16")
     compile: bool = False
     seed: int = 0
-    #: frames through the pipelined and the sequential edge runtime (0: not measured; bench.stream)
+    #: camera frames per run through the pipelined and the sequential edge runtime, in each of
+    #: bench.stream's settings (edge-bound, balanced, I/O-bound); 0: not measured
     stream_frames: int = 0
 
 
@@ -479,8 +481,9 @@ def bench_fidelity(spec: str, device: str, precisions: Sequence[str], s: Setting
 def stream_throughput(s: Optional[Settings] = None, log: Callable[[str], None] = print) -> Dict:
     """Stream throughput of the pipelined edge runtime against 1/(slowest stage) and per-frame
     latency against the sequential runtime (:func:`.stream.measure_stream`: the narrow
-    random-weight model's real edge stage and decoder, the remote phase emulated), on the
-    first device; ``{"status": "not measured", ...}`` when ``s.stream_frames`` is 0."""
+    random-weight model's real edge stage and decoder, the remote phase emulated at 0.5, 1 and
+    1.5 x the edge phase), on the first device; ``{"status": "not measured", ...}`` when
+    ``s.stream_frames`` is 0."""
     if s is None or s.stream_frames <= 0:
         return {"status": "not measured", "reason": "stream_frames is 0 (ped-sam-bench --stream-frames N)"}
     from .stream import measure_stream

@@ -19,7 +19,7 @@ def test_interleaved_rotates_and_drops_warmup():
 
 def test_cli_settings():
     q = cli.settings_from_args(cli.parse_args(["--quick", "--models", "vit_b", "--fidelity-models"]))
-    assert q.stream_frames == 8  # the pipelined-stream measurement is part of --quick
+    assert q.stream_frames == 64  # the pipelined-stream measurement is part of --quick (64 frames per run)
     assert cli.settings_from_args(cli.parse_args(["--stream-frames", "0"])).stream_frames == 0
     assert q.measure == "blocks" and q.models == ("vit_b",) and q.fidelity_models == ()
     assert (q.warmup, q.reps, q.window_probe) == (1, 2, False)
