@@ -13,6 +13,19 @@ from helpers import TINY_B, TINY_H
 LAYER_MARKERS = ("unit", "integration", "net", "ros", "eval", "faults")
 
 
+TEST_DIR = Path(__file__).resolve().parent
+
+
+def pytest_ignore_collect(collection_path, config):
+    """``-m LAYER`` (one layer's marker alone, e.g. ``-m unit``) does not import the other layers'
+    folders: markers come from folders only, so their tests would all be deselected, after their
+    modules (ROS, ZeroMQ, the evaluation) had been imported for nothing."""
+    layer = (config.getoption("markexpr") or "").strip()
+    if layer in LAYER_MARKERS and collection_path.parent == TEST_DIR and collection_path.name in LAYER_MARKERS:
+        return collection_path.name != layer or None
+    return None
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         parts = Path(str(item.fspath)).parts
