@@ -39,26 +39,28 @@ def _check_flowing(s: Scenario, row) -> None:
     assert all(f"tile {VICTIM}: fc ->" in o.reason for o in degraded), degraded[0].reason
 
 
-def test_killed_server_with_a_spare_keeps_results_flowing(servers):
-    s = Scenario(servers, "spare", "kill")
+def _run(servers, fallback: str, fault: str):
+    """One scenario run to its end, its table row printed: (scenario, row)."""
+    s = Scenario(servers, fallback, fault)
     row = s.run()
     print(row.markdown())
+    return s, row
+
+
+def test_killed_server_with_a_spare_keeps_results_flowing(servers):
+    s, row = _run(servers, "spare", "kill")
     _check_flowing(s, row)
     assert all("-> fe (spare)" in o.reason for o in s.outcomes if o.status == "degraded")
 
 
 def test_hung_server_with_the_edge_fallback_keeps_results_flowing(servers):
-    s = Scenario(servers, "edge", "stop")
-    row = s.run()
-    print(row.markdown())
+    s, row = _run(servers, "edge", "stop")
     _check_flowing(s, row)
     assert all("-> edge" in o.reason for o in s.outcomes if o.status == "degraded")
 
 
 def test_killed_server_without_fallback_fails_each_frame_at_once_and_recovers(servers):
-    s = Scenario(servers, "fail", "kill")
-    row = s.run()
-    print(row.markdown())
+    s, row = _run(servers, "fail", "kill")
     assert row.failed >= 3 and row.results_degraded == 0, row
     late = late_outcomes(s, PROMPT_S)  # every frame of the fault has its outcome at once, not at the deadline
     assert not late, late

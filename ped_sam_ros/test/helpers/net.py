@@ -44,6 +44,19 @@ def server_env() -> Dict[str, str]:
     return env
 
 
+def run_server_to_exit(args: Sequence[str], timeout_s: float = 120.0) -> subprocess.CompletedProcess:
+    """``python -m remote_node ARGS`` run to its exit, output captured: for the start-up
+    refusals, which must end the process with one clear line and no traceback."""
+    return subprocess.run(
+        [sys.executable, "-m", "remote_node", *args],
+        cwd=str(REPO),
+        env=server_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+
+
 class ServerProcess:
     """One ``python -m remote_node`` child process."""
 

@@ -7,8 +7,6 @@ the queue and budget tests depend on no timing.  Every wait is bounded.
 
 import logging
 import re
-import subprocess
-import sys
 import threading
 import time
 
@@ -17,7 +15,6 @@ import torch
 
 from helpers import TINY_B
 from helpers.net import (
-    REPO,
     BlockingStage,
     FailingStage,
     FakeRouter,
@@ -25,7 +22,7 @@ from helpers.net import (
     RawClient,
     header_frame,
     pixels_for,
-    server_env,
+    run_server_to_exit,
 )
 from ped_sam_ros.core import wire
 from ped_sam_ros.core.geometry import Tile
@@ -197,11 +194,8 @@ def test_cli_bad_authorized_key_exits_with_one_clear_line(keys, tmp_path):
     (d / "edge.key").write_bytes(keys["edge_pub"].read_bytes())
     (d / "broken.key").write_text("garbage\n")
     ready = tmp_path / "ready"
-    p = subprocess.run(
+    p = run_server_to_exit(
         [
-            sys.executable,
-            "-m",
-            "remote_node",
             "--bind",
             "tcp://127.0.0.1:*",
             "--model",
@@ -213,12 +207,7 @@ def test_cli_bad_authorized_key_exits_with_one_clear_line(keys, tmp_path):
             str(d),
             "--ready-file",
             str(ready),
-        ],
-        cwd=str(REPO),
-        env=server_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
+        ]
     )
     assert p.returncode == 2, p.stderr
     assert "ServerConfigError" in p.stderr and "broken.key" in p.stderr, p.stderr

@@ -19,7 +19,16 @@ import pytest
 import zmq
 
 from helpers import TINY_B
-from helpers.net import REPO, RawClient, ServerProcess, checkpoint_args, header_frame, pixels_for, server_env
+from helpers.net import (
+    REPO,
+    RawClient,
+    ServerProcess,
+    checkpoint_args,
+    header_frame,
+    pixels_for,
+    run_server_to_exit,
+    server_env,
+)
 from ped_sam_ros.core import wire
 from ped_sam_ros.core.geometry import Tile
 from ped_sam_ros.core.model import RemoteStage, random_sam
@@ -342,11 +351,8 @@ def test_library_config_errors(tiny_b_checkpoint, tmp_path):
 def test_non_loopback_bind_without_keys_is_refused(tmp_path, tiny_b_checkpoint):
     ready = tmp_path / "ready"
     for bind in ("tcp://0.0.0.0:*", "tcp://*:*"):
-        p = subprocess.run(
+        p = run_server_to_exit(
             [
-                sys.executable,
-                "-m",
-                "remote_node",
                 "--bind",
                 bind,
                 "--model",
@@ -356,11 +362,7 @@ def test_non_loopback_bind_without_keys_is_refused(tmp_path, tiny_b_checkpoint):
                 "--ready-file",
                 str(ready),
             ],
-            cwd=str(REPO),
-            env=server_env(),
-            capture_output=True,
-            text=True,
-            timeout=60,
+            timeout_s=60,
         )
         assert p.returncode != 0
         assert "refusing to bind" in p.stderr and "--allow-insecure-remote" in p.stderr, p.stderr
