@@ -110,9 +110,9 @@ class CellSummary:
     detect_s: Optional[float]
     policy_s: Optional[float]
     local_s: Optional[float]
-    edge_stage_s: Optional[float]
+    edge_stage_s: Optional[float]  # the edge stage's fastest time in the run (the same computation in every cell)
     added_s: Optional[float]  # detector and policy: means over every frame; local tiles: over the frames with masks
-    added_share: Optional[float]  # added_s / edge_stage_s (the edge stage: mean over the frames with masks)
+    added_share: Optional[float]  # added_s / edge_stage_s
 
     def flat(self) -> Dict[str, Any]:
         """One flat row (for CSV)."""
@@ -180,7 +180,16 @@ def _frac(flags) -> Optional[float]:
     return sum(1 for f in flags if f) / len(flags) if flags else None
 
 
-def _summary(policy: PolicySpec, partition: str, cells: List[SensitiveCell], classes) -> CellSummary:
+def edge_reference(cells: Sequence[SensitiveCell]) -> Optional[float]:
+    """The edge stage's fastest time over the cells with masks: the same computation runs in every cell
+    (only the tokens differ), so the spread is the machine's load, and the minimum the stage's own time."""
+    times = [c.edge_stage_s for c in cells if c.edge_stage_s]
+    return min(times) if times else None
+
+
+def _summary(
+    policy: PolicySpec, partition: str, cells: List[SensitiveCell], classes, edge_s: Optional[float]
+) -> CellSummary:
     figs = {}
     for c in classes:
         objs = [o for cell in cells for o in cell.objects if o.cls == c]
@@ -205,7 +214,7 @@ def _summary(policy: PolicySpec, partition: str, cells: List[SensitiveCell], cla
     off = [v for cell in cells if cell.off_ious is not None for v in cell.off_ious]
     timed = [c for c in cells if c.local_s is not None]
     detect_s, policy_s = _mean(c.detect_s for c in cells), _mean(c.policy_s for c in cells)
-    local_s, edge_s = _mean(c.local_s for c in timed), _mean(c.edge_stage_s for c in timed)
+    local_s = _mean(c.local_s for c in timed)
     added = None if local_s is None else (detect_s or 0.0) + (policy_s or 0.0) + local_s
     actions = {a: _mean(c.tile_actions.get(a, 0) for c in cells) or 0.0 for a in ("send", "obfuscate", "local", "drop")}
     return CellSummary(
@@ -234,16 +243,18 @@ def summarize(
     partitions: Optional[Sequence[PartitionSpec]],
     classes: Sequence[str],
 ) -> List[CellSummary]:
-    """Per policy x partition, or per policy over every partition (``partitions`` None)."""
+    """Per policy x partition, or per policy over every partition (``partitions`` None); the
+    edge time's share is of :func:`edge_reference` over all the cells."""
+    ref = edge_reference(cells)
     out = []
     for p in policies:
         if partitions is None:
             mine = [c for c in cells if c.policy == p.name]
-            out.append(_summary(p, "all", mine, classes))
+            out.append(_summary(p, "all", mine, classes, ref))
             continue
         for q in partitions:
             mine = [c for c in cells if c.policy == p.name and c.partition == q.name]
-            out.append(_summary(p, q.name, mine, classes))
+            out.append(_summary(p, q.name, mine, classes, ref))
     return out
 
 
@@ -321,6 +332,8 @@ def section_lines(sec: SensitiveSection, random_weights: bool) -> List[str]:
         for i in sec.images
         if i.edge_found is not None and any(i.objects.values())
     ]
+    ref = edge_reference(sec.cells)
+    top = max((c.edge_stage_s for c in sec.cells if c.edge_stage_s), default=None)
     weights = (
         "**RANDOM WEIGHTS**: they are agreement with plain SAM on the same random weights, not segmentation quality. "
         if random_weights
@@ -346,8 +359,10 @@ def section_lines(sec: SensitiveSection, random_weights: bool) -> List[str]:
         + weights
         + "*tiles local / obfuscated / dropped*: per frame. *edge time added*: per frame, the detector "
         "(when the policy needs one) and planning + obfuscation (means over every frame) + the local tiles' "
-        "remote stage on the edge (frames with masks); *share*: of the edge stage's time (frames with masks, "
-        "same cells): this run's model, so the share is only as representative as its size.\n",
+        "remote stage on the edge (frames with masks); *share*: of the edge stage's fastest time in this run "
+        + ("n/a" if ref is None else f"({ref * 1000:.0f} ms; it ran {ref * 1000:.0f}-{top * 1000:.0f} ms")
+        + (", the spread being the machine's load): " if ref is not None else ": ")
+        + "this run's model, so the share is only as representative as its size.\n",
     ]
     for c in sec.classes:
         if not any(r.classes[c].objects for r in sec.by_policy):
