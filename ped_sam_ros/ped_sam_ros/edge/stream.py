@@ -15,21 +15,20 @@ waits, the I/O thread takes no new frame (it keeps polling the connections), so 
 keeps replacing the pending frame and the latest frame still wins.  When the edge phase is
 the slower one, the I/O thread also starts the next frame just in time: at
 :func:`next_start`, so that its I/O side ends when the compute thread's current frame ends
-(running medians of both sides' recent durations).  It aims at that end itself, not before
-it: a frame that arrives early waits in the hand-over and its latency grows by the wait; one
-that arrives late leaves the compute thread idle for that long but its own latency is the
-sequential one.  So the frame taken is as fresh as in the sequential runtime and the
-throughput is the slower stage's.  One compute thread takes frames in hand-over order, so
-results (and errors) are published in input order.  Each frame travels as one
-:class:`Prepared` record (its own input, tokens, stats and timings): nothing of one frame can
-reach another's result.  ``overlapped`` counts the remote phases that started while the
-compute thread held an earlier frame.
+(running medians of both sides' recent durations), or a little after it where the edge
+phase's duration varies; never before it: a frame that arrives early waits in the hand-over
+and its latency grows by the wait; one that arrives late leaves the compute thread idle for
+that long but its own latency is the sequential one.  So the frame taken is as fresh as in
+the sequential runtime and the throughput is the slower stage's.  One compute thread takes
+frames in hand-over order, so results (and errors) are published in input order.  Each
+frame travels as one :class:`Prepared` record (its own input, tokens, stats and timings):
+nothing of one frame can reach another's result.  ``overlapped`` counts the remote phases
+that started while the compute thread held an earlier frame.
 
-The I/O thread runs no torch kernel (the merge is numpy; a torch kernel there starts a second
-OpenMP team beside the compute thread's), so its CPU work beside the edge phase is what the
-resize, the wire codecs and the merge cost, and with ``torch`` using every core that work
-still slows the edge phase by about its own length: ``bench.stream`` measures it
-(``interference``).
+The I/O thread runs no torch kernel (the merge is numpy; a torch kernel there would start a
+second OpenMP team beside the compute thread's), so its CPU work beside the edge phase is the
+resize, the wire codecs and the merge; where torch's threads take every core, that work
+slows the edge phase beside it (``bench.stream`` reports it as ``interference``).
 """
 
 from __future__ import annotations
@@ -87,9 +86,15 @@ def start_stream(runtime: EdgeRuntime) -> Optional[PipelinedStream]:
     return PipelinedStream(runtime).start()
 
 
+def _median(values) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else 0.5 * (ordered[mid - 1] + ordered[mid])
+
+
 class RunningMedian:
     """The median of the last ``size`` samples (None before the first): a duration estimate that
-    one frame slowed by other load does not move."""
+    one frame slowed by other load does not move; ``spread`` is their median absolute deviation."""
 
     def __init__(self, size: int = 5):
         self._samples: Deque[float] = deque(maxlen=size)
@@ -99,20 +104,40 @@ class RunningMedian:
 
     @property
     def value(self) -> Optional[float]:
+        return _median(self._samples) if self._samples else None
+
+    @property
+    def spread(self) -> float:
         if not self._samples:
-            return None
-        ordered = sorted(self._samples)
-        mid = len(ordered) // 2
-        return ordered[mid] if len(ordered) % 2 else 0.5 * (ordered[mid - 1] + ordered[mid])
+            return 0.0
+        mid = _median(self._samples)
+        return _median(abs(s - mid) for s in self._samples)
 
 
-def next_start(compute_started: float, compute_s: Optional[float], io_s: Optional[float]) -> Optional[float]:
+#: the most the I/O thread aims past the expected end of the edge phase, as a share of it (the
+#: throughput it may cost, at most, when the edge phase's duration varies)
+MAX_LATE_SHARE = 0.05
+
+
+def next_start(
+    compute_started: float, compute_s: Optional[float], io_s: Optional[float], compute_spread: float = 0.0
+) -> Optional[float]:
     """When (monotonic seconds) the I/O thread should start the next frame: so that its I/O side
     (``io_s``) ends when the compute thread's current frame, started at ``compute_started``,
-    ends (``compute_s``).  None: start now (the I/O side is the slower, or nothing is known yet)."""
+    ends (``compute_s``), plus the recent spread of the compute side (``compute_spread``, at most
+    :data:`MAX_LATE_SHARE` of it).  None: start now (the I/O side is the slower, or nothing is
+    known yet).
+
+    Why aim at the end, or a little past it, never before: a frame whose I/O side ends before
+    the edge phase does waits in the hand-over, and that wait is latency the sequential runtime
+    does not have; one that ends after it leaves the compute thread idle for the difference
+    (throughput) while its own latency is the sequential one.  Where the edge phase's duration
+    varies (other load on the machine), aiming one spread late makes an early frame the
+    exception, for at most :data:`MAX_LATE_SHARE` of the throughput; where it does not vary the
+    aim is the end itself."""
     if io_s is None or compute_s is None or compute_s <= io_s:
         return None
-    return compute_started + compute_s - io_s
+    return compute_started + compute_s - io_s + min(max(compute_spread, 0.0), MAX_LATE_SHARE * compute_s)
 
 
 class PipelinedStream:
@@ -137,6 +162,7 @@ class PipelinedStream:
         self._compute = RunningMedian()
         self._compute_started = 0.0  # monotonic start of the compute thread's current frame
         self._taken = threading.Event()  # the compute thread took the last hand-over
+        self._done = threading.Event()  # the compute thread finished the frame it took last
 
     def start(self) -> PipelinedStream:
         self._thread.start()
@@ -177,12 +203,20 @@ class PipelinedStream:
     def _pace(self) -> None:
         """Wait (polling the connections) until the next frame's remote phase should start: once
         the compute thread took the frame just handed over, and then until :func:`next_start`
-        (no wait when the I/O side is the slower)."""
+        (no wait when the I/O side is the slower).  Until one edge phase has been measured, the
+        next frame waits for the current one to finish (in sequence: an early frame would wait
+        in the hand-over, for as long as the edge phase takes)."""
         while not self._taken.wait(self.rt.idle_poll_s):
             if self.rt._scheduler.stopping:
                 return
             self.rt._poll_connections()
-        start_at = next_start(self._compute_started, self.compute_s, self.io_s)
+        if self.compute_s is None:
+            while not self._done.wait(self.rt.idle_poll_s):
+                if self.rt._scheduler.stopping:
+                    return
+                self.rt._poll_connections()
+            return
+        start_at = next_start(self._compute_started, self.compute_s, self.io_s, self._compute.spread)
         if start_at is None:
             return
         while not self.rt._scheduler.stopping:
@@ -240,6 +274,7 @@ class PipelinedStream:
             with self._lock:
                 self._computing = True
             self._compute_started = time.monotonic()
+            self._done.clear()
             self._taken.set()
             try:
                 self._finish(p)
@@ -250,6 +285,7 @@ class PipelinedStream:
             finally:
                 with self._lock:
                     self._computing = False
+                self._done.set()
                 self._add_in_flight(-1)
 
     def _finish(self, p: Prepared) -> None:

@@ -3,7 +3,7 @@ running estimates it starts from."""
 
 import pytest
 
-from ped_sam_ros.edge.stream import RunningMedian, next_start
+from ped_sam_ros.edge.stream import MAX_LATE_SHARE, RunningMedian, next_start
 
 
 def test_next_start_aims_the_io_side_at_the_end_of_the_compute_side():
@@ -15,19 +15,28 @@ def test_next_start_aims_the_io_side_at_the_end_of_the_compute_side():
     assert next_start(10.0, 0.5, 0.5) is None
     # nothing known yet: start at once
     assert next_start(10.0, None, 0.4) is None and next_start(10.0, 1.0, None) is None
+    # a varying edge phase: aim one spread past the end (an early frame's wait is latency), never before it,
+    # and at most MAX_LATE_SHARE of the edge phase past it (the throughput that may cost)
+    assert next_start(10.0, 1.0, 0.4, compute_spread=0.02) == pytest.approx(10.62)
+    assert next_start(10.0, 1.0, 0.4, compute_spread=0.5) == pytest.approx(10.6 + MAX_LATE_SHARE)
+    assert next_start(10.0, 1.0, 0.4, compute_spread=-1.0) == pytest.approx(10.6)
 
 
 def test_running_median_ignores_one_disturbed_frame_and_follows_a_lasting_change():
     m = RunningMedian(size=5)
-    assert m.value is None
+    assert m.value is None and m.spread == 0.0
     for s in (1.0, 1.0, 1.0, 1.0):
         m.add(s)
     m.add(5.0)  # one frame slowed by other load
-    assert m.value == 1.0
+    assert m.value == 1.0 and m.spread == 0.0
     for s in (2.0, 2.0, 2.0):  # the edge phase really got slower
         m.add(s)
     assert m.value == 2.0
     two = RunningMedian(size=4)
     two.add(1.0)
     two.add(2.0)
-    assert two.value == 1.5
+    assert two.value == 1.5 and two.spread == 0.5
+    jitter = RunningMedian(size=5)
+    for s in (1.0, 1.1, 0.9, 1.2, 0.8):
+        jitter.add(s)
+    assert jitter.value == 1.0 and jitter.spread == pytest.approx(0.1)
