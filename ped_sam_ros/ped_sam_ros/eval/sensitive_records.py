@@ -111,7 +111,7 @@ class CellSummary:
     policy_s: Optional[float]
     local_s: Optional[float]
     edge_stage_s: Optional[float]  # the edge stage's fastest time in the run (the same computation in every cell)
-    added_s: Optional[float]  # detector and policy: means over every frame; local tiles: over the frames with masks
+    added_s: Optional[float]  # detector and policy: medians over every frame; local tiles: over the frames with masks
     added_share: Optional[float]  # added_s / edge_stage_s
 
     def flat(self) -> Dict[str, Any]:
@@ -168,6 +168,12 @@ def _mean(v) -> Optional[float]:
     return float(np.mean(v)) if v else None
 
 
+def _median(v) -> Optional[float]:
+    """Median of the finite values (times: robust to the load spikes of a shared machine)."""
+    v = [float(x) for x in v if x is not None and math.isfinite(float(x))]
+    return float(np.median(v)) if v else None
+
+
 def _psnr(mses) -> Optional[float]:
     m = _mean(mses)
     if m is None:
@@ -213,8 +219,8 @@ def _summary(
         )
     off = [v for cell in cells if cell.off_ious is not None for v in cell.off_ious]
     timed = [c for c in cells if c.local_s is not None]
-    detect_s, policy_s = _mean(c.detect_s for c in cells), _mean(c.policy_s for c in cells)
-    local_s = _mean(c.local_s for c in timed)
+    detect_s, policy_s = _median(c.detect_s for c in cells), _median(c.policy_s for c in cells)
+    local_s = _median(c.local_s for c in timed)
     added = None if local_s is None else (detect_s or 0.0) + (policy_s or 0.0) + local_s
     actions = {a: _mean(c.tile_actions.get(a, 0) for c in cells) or 0.0 for a in ("send", "obfuscate", "local", "drop")}
     return CellSummary(
@@ -358,7 +364,7 @@ def section_lines(sec: SensitiveSection, random_weights: bool) -> List[str]:
         + ". The IoU columns say what the policy costs the masks; "
         + weights
         + "*tiles local / obfuscated / dropped*: per frame. *edge time added*: per frame, the detector "
-        "(when the policy needs one) and planning + obfuscation (means over every frame) + the local tiles' "
+        "(when the policy needs one) and planning + obfuscation (medians over every frame) + the local tiles' "
         "remote stage on the edge (frames with masks); *share*: of the edge stage's fastest time in this run "
         + ("n/a" if ref is None else f"({ref * 1000:.0f} ms; it ran {ref * 1000:.0f}-{top * 1000:.0f} ms")
         + (", the spread being the machine's load): " if ref is not None else ": ")
