@@ -1,4 +1,5 @@
-"""EdgeConfig of the in-process runtime tests (no ROS, no sockets: ``local_transport``)."""
+"""The in-process edge of the tests (no ROS, no sockets): a two-server EdgeConfig and a
+transport wrapper that records what leaves the edge."""
 
 from __future__ import annotations
 
@@ -22,3 +23,22 @@ def two_server_config(**overrides):
     )
     fields.update(overrides)
     return EdgeConfig(**fields)
+
+
+class RecordingTransport:
+    """Wraps a transport: keeps every job (tile, crop) handed to ``encode`` or ``encode_partial``
+    in ``jobs``, then delegates; so a test can see what would have left the edge."""
+
+    def __init__(self, inner):
+        self.inner, self.jobs = inner, []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def encode(self, jobs, mode, timeout_s=60.0):
+        self.jobs.extend(jobs)
+        return self.inner.encode(jobs, mode, timeout_s)
+
+    def encode_partial(self, jobs, mode, timeout_s):
+        self.jobs.extend(jobs)
+        return self.inner.encode_partial(jobs, mode, timeout_s)

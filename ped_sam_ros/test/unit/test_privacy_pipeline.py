@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from helpers import TINY_B
+from helpers.edge import RecordingTransport
 from ped_sam_ros.core.geometry import Partition, content_shape, round_robin_assignment
 from ped_sam_ros.core.layout import best_layout
 from ped_sam_ros.core.pipeline import ObjectPrompt, PedSamPredictor, Segmenter
@@ -30,27 +31,13 @@ class _Fixed:
         return [Detection("face", (x0 * sx, y0 * sy, x1 * sx, y1 * sy), 0.99, "fixed") for x0, y0, x1, y1 in self.boxes]
 
 
-class _Recording:
-    """A transport that records every job (tile, crop) it is given, then delegates."""
-
-    def __init__(self, inner):
-        self.inner, self.jobs = inner, []
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def encode_partial(self, jobs, mode, timeout_s):
-        self.jobs.extend(jobs)
-        return self.inner.encode_partial(jobs, mode, timeout_s)
-
-
 def _encoder(ckpt, mode, k, grid=(2, 2)):
     from ped_sam_ros.core.model import EdgeStage, RemoteStage
     from ped_sam_ros.core.pipeline import DistributedEncoder
     from ped_sam_ros.core.transport import LocalTransport
 
     remote = RemoteStage.from_checkpoint(TINY_B, ckpt)
-    transport = _Recording(LocalTransport(remote, num_servers=k))
+    transport = RecordingTransport(LocalTransport(remote, num_servers=k))
     part = Partition.grid(*grid)
     enc = DistributedEncoder(
         EdgeStage.from_checkpoint(TINY_B, ckpt, mode),

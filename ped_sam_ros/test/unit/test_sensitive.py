@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from helpers import TINY_B
+from helpers.edge import RecordingTransport
 from ped_sam_ros.bench.detectors import matches, score_sample
 from ped_sam_ros.core.geometry import PATCH_SIZE, Partition, content_shape, round_robin_assignment
 from ped_sam_ros.core.layout import best_layout, boxes_whole
@@ -306,20 +307,6 @@ def test_bench_scoring_counts_hits_and_false_positives():
 # The policy inside the distributed encoder (prototype, LocalTransport)
 
 
-class _Recording:
-    """A transport that records every job it is given, then delegates."""
-
-    def __init__(self, inner):
-        self.inner, self.jobs = inner, []
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def encode(self, jobs, mode, timeout_s=60.0):
-        self.jobs.extend(jobs)
-        return self.inner.encode(jobs, mode, timeout_s)
-
-
 @pytest.fixture(scope="module")
 def tiny(sam_reference):
     """The session's checkpoint and SAM's own features of the landscape photo (conftest)."""
@@ -334,7 +321,7 @@ def _policy_encoder(ckpt, mode, k):
     from ped_sam_ros.sensitive.encode import PolicyEncoder
 
     remote = RemoteStage.from_checkpoint(TINY_B, ckpt)
-    transport = _Recording(LocalTransport(remote, num_servers=k))
+    transport = RecordingTransport(LocalTransport(remote, num_servers=k))
     enc = DistributedEncoder(
         EdgeStage.from_checkpoint(TINY_B, ckpt, mode), transport, Partition.grid(1, 1), allow_adjacent=True
     )
