@@ -487,7 +487,7 @@ class _KeyedEncoder(DistributedEncoder):
 
 
 @dataclass
-class _Sent:
+class _ServerCrops:
     """The crops that leave the edge in one cell: per server, (y0, y1, x0, x1, crop) in resized pixels."""
 
     by_server: Dict[int, List[Tuple[int, int, int, int, np.ndarray]]]
@@ -510,7 +510,7 @@ class _Sent:
         return view, recv, same
 
 
-def sent_crops(encoder: DistributedEncoder, plan, resized: np.ndarray) -> _Sent:
+def sent_crops(encoder: DistributedEncoder, plan, resized: np.ndarray) -> _ServerCrops:
     """What leaves the edge for a frame hook's :class:`~ped_sam_ros.core.pipeline.TilePlan`: every
     tile's plain crop, the plan's obfuscated crop instead where it has one, nothing for local and
     dropped tiles (as :meth:`DistributedEncoder.encode_remote` does)."""
@@ -522,7 +522,7 @@ def sent_crops(encoder: DistributedEncoder, plan, resized: np.ndarray) -> _Sent:
             continue
         crop = plan.crops.get(tile.index, encoder.crop_for(tile, resized))
         out.setdefault(int(encoder.assignment[tile.index]), []).append((*cb, crop))
-    return _Sent(out)
+    return _ServerCrops(out)
 
 
 def _reconstruct(view: np.ndarray, recv: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -543,7 +543,7 @@ def _object_outcome(
     box: Box,
     orig_hw,
     resized: np.ndarray,
-    sent: _Sent,
+    sent: _ServerCrops,
     attacker: Optional[Attacker],
     edge_detected: Optional[bool],
 ) -> Optional[ObjectOutcome]:
@@ -858,7 +858,7 @@ class SensitiveEvaluation:
             )
         return out
 
-    def _masks(self, enc, tp, img, sent: _Sent, ref, roi, hw):
+    def _masks(self, enc, tp, img, sent: _ServerCrops, ref, roi, hw):
         """Run the frame through PED-SAM under this plan; IoU with plain SAM per prompt in the ROI."""
         from . import metrics
         from .fidelity import point_masks
