@@ -155,7 +155,7 @@ def test_info_and_health(transports, servers, tiny_b_checkpoint):
             wire.PROTOCOL_VERSION,
             tiny_b_checkpoint.name,
         )
-        assert r.info.embed_dim == t.geometry.embed_dim and set(r.info.modes) == {"paper", "exact"}
+        assert r.info.embed_dim == t.geometry.embed_dim and set(r.info.modes) == {"exact", "k2", "k3", "paper"}
     h = t.health()
     assert [x.name for x in h] == [s.name for s in servers]
     assert all(x.endpoint == s.endpoint and x.connected and x.state == "ok" for x, s in zip(h, servers)), h
