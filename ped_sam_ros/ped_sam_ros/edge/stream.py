@@ -157,9 +157,10 @@ class PipelinedStream:
         self.overlapped = 0
         #: frames that went through the remote phase
         self.frames = 0
-        #: running estimates (medians of recent frames) of the I/O side of a frame and of the compute side
-        self._io = RunningMedian()
-        self._compute = RunningMedian()
+        #: running estimates of the I/O side of a frame and of the compute side: medians of the last 3
+        #: frames (a new compute thread's first frames run ~20% slower; 5 frames followed that too late)
+        self._io = RunningMedian(size=3)
+        self._compute = RunningMedian(size=3)
         self._compute_started = 0.0  # monotonic start of the compute thread's current frame
         self._taken = threading.Event()  # the compute thread took the last hand-over
         self._done = threading.Event()  # the compute thread finished the frame it took last
