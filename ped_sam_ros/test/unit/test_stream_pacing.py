@@ -1,9 +1,13 @@
 """The pipelined stream's pacing (edge.stream): when the I/O thread starts the next frame, and the
 running estimates it starts from."""
 
+import threading
+import time
+from types import SimpleNamespace
+
 import pytest
 
-from ped_sam_ros.edge.stream import MAX_LATE_SHARE, RunningMedian, next_start
+from ped_sam_ros.edge.stream import MAX_LATE_SHARE, PipelinedStream, RunningMedian, next_start
 
 
 def test_next_start_aims_the_io_side_at_the_end_of_the_compute_side():
@@ -40,3 +44,40 @@ def test_running_median_ignores_one_disturbed_frame_and_follows_a_lasting_change
     for s in (1.0, 1.1, 0.9, 1.2, 0.8):
         jitter.add(s)
     assert jitter.value == 1.0 and jitter.spread == pytest.approx(0.1)
+
+
+def _stream():
+    """A PipelinedStream on a stand-in runtime (its compute thread is not started)."""
+    polls = []
+    rt = SimpleNamespace(idle_poll_s=0.01, _scheduler=SimpleNamespace(stopping=False), _set_busy=lambda b: None)
+    rt._poll_connections = lambda: polls.append(time.monotonic())
+    return PipelinedStream(rt), polls
+
+
+def test_until_an_edge_phase_is_measured_the_next_frame_waits_for_it():
+    stream, polls = _stream()
+    stream._taken.set()  # the compute thread took the frame just handed over
+    paced = threading.Thread(target=stream._pace)
+    paced.start()
+    paced.join(0.2)
+    assert paced.is_alive() and polls  # waiting for the edge phase to end, polling the connections meanwhile
+    stream._done.set()
+    paced.join(5.0)
+    assert not paced.is_alive()
+
+
+def test_a_measured_edge_phase_paces_the_next_frame_to_its_end():
+    stream, polls = _stream()
+    stream._compute.add(0.3)
+    stream._io.add(0.1)
+    stream._compute_started = time.monotonic()
+    stream._taken.set()
+    t0 = time.monotonic()
+    stream._pace()
+    assert time.monotonic() - t0 >= 0.19  # started 0.3 - 0.1 s into the edge phase, not at once
+    stream._io.add(0.5)
+    stream._io.add(0.5)  # now the I/O side is the slower: no wait
+    stream._compute_started = time.monotonic()
+    before = len(polls)
+    stream._pace()
+    assert len(polls) == before  # returned at once: no wait, so no polling while waiting
