@@ -508,7 +508,7 @@ def image_tokens_sampler(model: str, seed: int, image: str):
     from ..core.model import RemoteStage, get_geometry
     from .codecs import load_bench_images, resize_for_sam
 
-    stage = RemoteStage(get_geometry(model)).load_random(seed)
+    stage = RemoteStage(get_geometry(model), seed=seed)
     full = Tile(0, 0, 0, 0, TOKEN_GRID, 0, TOKEN_GRID)
     with torch.no_grad():
         tokens = stage.encode_tile(resize_for_sam(load_bench_images([image])[0][1]), full, "paper").numpy()
@@ -625,7 +625,7 @@ def run_edge(job: EdgeJob) -> None:
     from .codecs import load_bench_images, resize_for_sam
 
     torch.set_num_threads(job.threads)
-    edge = EdgeStage(job.model, "paper").load_random(job.seed)
+    edge = EdgeStage(job.model, "paper", seed=job.seed)
     resized = resize_for_sam(load_bench_images([job.image])[0][1])
     partition = Partition.grid(job.grid, job.grid)
     addresses = [ServerAddress(f"srv{i}", ep) for i, ep in enumerate(job.endpoints)]

@@ -39,7 +39,7 @@ class PoisonStage:
 
 @pytest.fixture(scope="module")
 def stages():
-    return EdgeStage(TINY_B, "paper").load_random(SEED), RemoteStage(TINY_B).load_random(SEED)
+    return EdgeStage(TINY_B, "paper", seed=SEED), RemoteStage(TINY_B, seed=SEED)
 
 
 @pytest.fixture(scope="module")

@@ -85,7 +85,7 @@ def stack(request, tmp_path_factory):
     action = request.param
     work = tmp_path_factory.mktemp(f"ros_privacy_{action}")
     dom = new_domain()
-    spies = [SpyStage(RemoteStage(TEST_MODEL).load_random(TEST_SEED)) for _ in range(2)]
+    spies = [SpyStage(RemoteStage(TEST_MODEL, seed=TEST_SEED)) for _ in range(2)]
     servers = [InProcessServer(TEST_MODEL, s) for s in spies]
     extra = [
         "privacy.detector:=default",

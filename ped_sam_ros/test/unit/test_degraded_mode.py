@@ -101,7 +101,7 @@ class FaultyTransport(LocalTransport):
 
 @pytest.fixture(scope="module")
 def stages():
-    return EdgeStage(TINY_B1, "paper").load_random(SEED), RemoteStage(TINY_B1).load_random(SEED)
+    return EdgeStage(TINY_B1, "paper", seed=SEED), RemoteStage(TINY_B1, seed=SEED)
 
 
 @pytest.fixture(scope="module")

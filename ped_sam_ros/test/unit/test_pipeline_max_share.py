@@ -35,7 +35,7 @@ class _Recording:
 def stages():
     from ped_sam_ros.core.model import EdgeStage, RemoteStage
 
-    return EdgeStage(TINY_B, "paper").load_random(3), RemoteStage(TINY_B).load_random(3)
+    return EdgeStage(TINY_B, "paper", seed=3), RemoteStage(TINY_B, seed=3)
 
 
 @pytest.fixture(scope="module")
