@@ -237,8 +237,8 @@ def summary_markdown(s: DemoSummary) -> str:
     down = sum(r.bytes_down_per_frame for r in s.remotes.values())
     lines += [
         "",
-        f"Bytes per frame: {up:,.0f} up (uint8 tile pixels), {down:,.0f} "
-        "down (tokens in the wire precision): each server's bytes over the frames it encoded, summed.",
+        f"Bytes per frame: {up:,.0f} up (tile pixels in the node's `pixel_codec`), {down:,.0f} "
+        "down (tokens in its `wire_precision`): each server's bytes over the frames it encoded, summed.",
         "",
         "## Overlays",
         "",
