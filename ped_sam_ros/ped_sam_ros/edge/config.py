@@ -140,6 +140,7 @@ class EdgeConfig:
     privacy_drop_outside_roi: bool = False
     privacy_drop_fill: str = "blank"
     privacy_min_score: float = 0.5
+    privacy_min_face_px: float = 40.0  # smallest face (camera-frame pixels) the detector looks for
 
     # ------------------------------------------------------------------ derived
 
@@ -303,6 +304,8 @@ class EdgeConfig:
         from ped_sam_ros.sensitive.policy import PolicyError
 
         errs: List[str] = []
+        if not 8.0 <= float(self.privacy_min_face_px) <= 1024.0:
+            errs.append(f"privacy.min_face_px must be within [8, 1024] pixels, got {self.privacy_min_face_px}")
         if self.layout not in ("grid", "auto"):
             errs.append(f"layout must be 'grid' or 'auto', got {self.layout!r}")
         names = [n.strip() for n in str(self.privacy_detector).lower().split(",") if n.strip()]

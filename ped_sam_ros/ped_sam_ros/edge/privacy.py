@@ -216,6 +216,7 @@ def build_privacy_hook(config, encoder) -> Optional[PrivacyHook]:
         primaries,
         local_stage=encoder.edge_remote_stage,
         seed=config.seed,
+        min_face_px=config.privacy_min_face_px,
     )
     return hook
 

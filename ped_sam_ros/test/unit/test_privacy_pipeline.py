@@ -80,11 +80,45 @@ def test_privacy_parameters_become_the_edge_config_and_bad_ones_are_refused():
         params.config_from_params({"random_weights": True, "privacy.classes": "person=zap"})
 
 
+def test_min_face_px_reaches_the_detector_in_resized_pixels_and_bad_values_are_refused():
+    from ped_sam_ros.edge.privacy import build_privacy_hook
+
+    cfg = params.config_from_params({"random_weights": True, "privacy.detector": "haar", "privacy.min_face_px": 64.0})
+    assert cfg.privacy_min_face_px == 64.0
+    hook = build_privacy_hook(cfg, type("Enc", (), {"edge_remote_stage": None})())
+    assert hook.min_face_px == 64.0
+
+    class _Sized:
+        name, classes = "sized", ("face",)
+
+        def __init__(self):
+            self.asked = []
+
+        def detect(self, rgb, min_size=None):
+            self.asked.append(min_size)
+            return []
+
+    sized = _Sized()
+    hook = PrivacyHook(sized, PolicyConfig(), min_face_px=64.0)
+    hook.detect(np.zeros((768, 1024, 3), np.uint8), orig_hw=(1536, 2048))  # camera frame twice the resized one
+    assert sized.asked == [pytest.approx(32.0)]
+    assert params.validate_parameter("privacy.min_face_px", 2.0)
+    with pytest.raises(ConfigError, match="min_face_px"):
+        EdgeConfig(random_weights=True, privacy_min_face_px=4.0).validate()
+
+
 def test_ros_doc_table_lists_the_privacy_parameters():
     from helpers import WORKSPACE
 
     doc = (WORKSPACE / "docs" / "ros.md").read_text()
-    for name in ("privacy.detector", "privacy.face_action", "privacy.classes", "privacy.drop_outside_roi", "layout"):
+    for name in (
+        "privacy.detector",
+        "privacy.face_action",
+        "privacy.classes",
+        "privacy.drop_outside_roi",
+        "privacy.min_face_px",
+        "layout",
+    ):
         assert f"`{name}`" in doc
 
 
