@@ -676,6 +676,11 @@ class Segmenter:
         """SAM's automatic mask generator over this frame: encoded once by :meth:`set_image`
         (distributed or not), then decoded by :func:`generate_masks`; ids 1..N, largest first."""
         self.set_image(rgb)
+        return self.everything_from_embedding(rgb)
+
+    def everything_from_embedding(self, rgb: np.ndarray) -> List[Instance]:
+        """SAM's automatic mask generator over the embedding already held for ``rgb`` (after
+        :meth:`set_image`: nothing is encoded again); ids 1..N, largest first."""
         records = generate_masks(self.predictor, rgb, self.amg_options)
         records.sort(key=lambda r: -r["area"])
         return [

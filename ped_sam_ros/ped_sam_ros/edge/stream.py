@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Deque, Dict, List, Optional
 import numpy as np
 import torch
 
-from ped_sam_ros.core.pipeline import EncodeStats, Instance, _bbox_xywh, generate_masks
+from ped_sam_ros.core.pipeline import EncodeStats, Instance
 
 from .records import FrameResult
 from .scheduler import Job
@@ -342,23 +342,9 @@ class PipelinedStream:
 
     @staticmethod
     def _decode(seg, rgb: np.ndarray, prompts, automatic: bool) -> List[Instance]:
-        """Prompted masks, or SAM's automatic mask generator over the held embedding (as
-        :meth:`~ped_sam_ros.core.pipeline.Segmenter.segment_everything`, without encoding again)."""
-        if not automatic:
-            return seg.segment(prompts)
-        records = generate_masks(seg.predictor, rgb, seg.amg_options)
-        records.sort(key=lambda r: -r["area"])
-        return [
-            Instance(
-                k,
-                r["segmentation"],
-                float(r["predicted_iou"]),
-                float(r["stability_score"]),
-                _bbox_xywh(r["segmentation"]),
-                int(r["area"]),
-            )
-            for k, r in enumerate(records, start=1)
-        ]
+        """Prompted masks, or SAM's automatic mask generator over the held embedding
+        (:meth:`~ped_sam_ros.core.pipeline.Segmenter.everything_from_embedding`: not encoded again)."""
+        return seg.everything_from_embedding(rgb) if automatic else seg.segment(prompts)
 
     def _report(self, job: Job, e: Exception) -> None:
         """A failed frame, reported as the sequential worker reports it."""
